@@ -1,0 +1,36 @@
+# `make test` and `make demo` each do the whole set-up on a fresh machine: system packages (ffmpeg),
+# a virtual environment in .venv, every Python package, the project itself (editable), then run.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo bench setup system-deps clean
+
+setup: $(STAMP) system-deps
+
+# Reinstall when the pinned requirements or setup.py change; the stamp makes repeated runs instant.
+$(STAMP): requirements.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip setuptools wheel
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# The ffmpeg program comes from the system package manager (pip's ffmpeg-python is only the binding).
+system-deps:
+	@command -v ffmpeg >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg >/dev/null; }
+
+test: setup
+	$(PY) -m pytest tests/ -q
+
+bench: setup
+	$(PY) -m pytest bench/ -q
+
+demo: setup
+	$(PY) -m haf.demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,22 @@
+"""Shared set-up for tests/ and bench/.
+
+Without a GPU, Triton kernels run through Triton's interpreter: ``TRITON_INTERPRET`` must be set before
+``triton.jit`` decorates a kernel, so it is set here, before any test module imports ``haf.kernels``.
+"""
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
