@@ -1,0 +1,105 @@
+"""A restricted unpickler for the field's hierarchy pickles, which are untrusted input.
+
+``pickle.load`` executes whatever callable a file names; a hierarchy downloaded from the internet must not be
+able to. :class:`RestrictedUnpickler` resolves only the globals listed in its ``allowed`` map (module, name) →
+object and raises ``ValueError`` naming the file and the global for anything else (``os.system``,
+``builtins.eval``, ``subprocess.Popen``, even a harmless-looking ``collections.OrderedDict``). Persistent ids
+are refused too.
+
+The two file kinds need very little:
+
+* ``*_distances.pkl.xz`` holds a dict of ``(str, str) → int``: dicts, tuples, strings and ints are pickle
+  opcodes, not globals, so :data:`DISTANCES_GLOBALS` is empty.
+* ``*_tree.pkl`` holds an ``nltk.Tree`` (a ``list`` subclass with a ``_label`` attribute). Depending on the
+  protocol the pickle names ``nltk.tree.Tree`` or ``nltk.tree.tree.Tree`` (nltk ≥ 3.6 moved it), and at
+  protocols 0-1 ``copy_reg._reconstructor`` with ``__builtin__.list``/``object``. :data:`TREE_GLOBALS` maps
+  those to :class:`TreeNode`, a stand-in that needs no nltk, and to a reconstructor that builds only a
+  ``TreeNode``.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections.abc import Mapping
+from typing import Any, BinaryIO
+
+
+class TreeNode(list):
+    """Stand-in for ``nltk.Tree`` when reading a pickle: the children are the list items, the label is ``_label``.
+
+    Unpickling restores the instance ``__dict__`` (nltk stores ``{"_label": ...}``); anything else in it is
+    ignored by the readers.
+    """
+
+    _label: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        # Called by BUILD. nltk pickles carry a plain dict; refuse anything else instead of guessing.
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f"tree node state must be a dict, got {type(state).__name__}")
+        self.__dict__.update(state)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:  # pragma: no cover - the stand-in is never written back
+        raise TypeError("TreeNode is a read-only stand-in for nltk.Tree; convert to nltk.Tree to pickle it")
+
+    @property
+    def label(self) -> Any:
+        return self._label
+
+
+def _reconstruct_tree_node(cls: Any, base: Any, state: Any) -> TreeNode:
+    """Safe replacement for ``copyreg._reconstructor`` at protocols 0-1: only ever builds a :class:`TreeNode`."""
+    if cls is not TreeNode or base not in (list, object):
+        raise pickle.UnpicklingError(f"refusing to reconstruct {cls!r} from {base!r}")
+    node = TreeNode()
+    if base is list and state is not None:
+        node.extend(state)
+    return node
+
+
+DISTANCES_GLOBALS: Mapping[tuple[str, str], Any] = {}
+
+TREE_GLOBALS: Mapping[tuple[str, str], Any] = {
+    ("nltk.tree", "Tree"): TreeNode,
+    ("nltk.tree.tree", "Tree"): TreeNode,
+    ("nltk", "Tree"): TreeNode,
+    ("copy_reg", "_reconstructor"): _reconstruct_tree_node,
+    ("copyreg", "_reconstructor"): _reconstruct_tree_node,
+    ("__builtin__", "list"): list,
+    ("builtins", "list"): list,
+    ("__builtin__", "object"): object,
+    ("builtins", "object"): object,
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only the (module, name) pairs in ``allowed``."""
+
+    def __init__(self, file: BinaryIO, allowed: Mapping[tuple[str, str], Any], *, source: str) -> None:
+        super().__init__(file)
+        self._allowed = allowed
+        self._source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            admitted = sorted({f"{m}.{n}" for m, n in self._allowed}) or ["no globals at all"]
+            raise ValueError(
+                f"{self._source}: refusing to unpickle global {module}.{name}: this file may only contain "
+                f"{', '.join(admitted)} (pickles are untrusted input)"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise ValueError(f"{self._source}: refusing persistent id {pid!r} in an untrusted pickle")
+
+
+def restricted_loads(data: bytes, allowed: Mapping[tuple[str, str], Any], *, source: str) -> Any:
+    """Unpickle ``data`` admitting only ``allowed`` globals; every failure is a ``ValueError`` naming ``source``."""
+    try:
+        return RestrictedUnpickler(io.BytesIO(data), allowed, source=source).load()
+    except ValueError:
+        raise
+    except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, IndexError, KeyError) as error:
+        raise ValueError(f"{source}: not a readable pickle of the expected kind: {error}") from None

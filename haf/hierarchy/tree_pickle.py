@@ -1,0 +1,92 @@
+"""Reader (restricted) and writer for the field's ``*_tree.pkl`` files: a pickled ``nltk.Tree``.
+
+An ``nltk.Tree`` is a list of children with a label ``_label``; a child is either another ``Tree`` or a leaf
+string. A ``Tree`` without children is read as a leaf named by its label. The pickle is untrusted: it is read by
+:mod:`haf.hierarchy.safe_unpickle`, which admits only the tree classes and never imports nltk. Labels must be
+strings (ints are accepted and converted with ``str``). A label used twice is an error: a leaf label twice is a
+duplicate leaf, an inner label twice would give that node two parents.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .safe_unpickle import TREE_GLOBALS, TreeNode, restricted_loads
+from .tree import Hierarchy
+
+
+def _name(label: Any, where: str, source: str) -> str:
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        raise ValueError(f"{source}: node label at {where} must be a string, got {type(label).__name__} {label!r}")
+    name = str(label)
+    if not name:
+        raise ValueError(f"{source}: empty node label at {where}")
+    return name
+
+
+def tree_to_edges(tree: Any, *, source: str) -> tuple[list[tuple[str, str]], list[str], str]:
+    """Flatten an unpickled tree into (parent, child) edges, their origins and the root name.
+
+    Iterative, so depth is not limited by Python's recursion limit.
+    """
+    if not isinstance(tree, TreeNode):
+        raise ValueError(f"{source}: expected a pickled nltk.Tree at the top level, got {type(tree).__name__}")
+    root = _name(tree.__dict__.get("_label"), "the root", source)
+    edges: list[tuple[str, str]] = []
+    origins: list[str] = []
+    labels_seen: dict[str, str] = {root: "the root"}
+    stack: list[tuple[TreeNode, str, str]] = [(tree, root, "root")]
+    while stack:
+        node, name, where = stack.pop()
+        for index, child in enumerate(node):
+            child_where = f"{where}[{index}]"
+            if isinstance(child, TreeNode):
+                if "_label" not in child.__dict__:
+                    raise ValueError(f"{source}: tree node at {child_where} has no label")
+                child_name = _name(child.__dict__["_label"], child_where, source)
+                is_leaf = len(child) == 0
+            else:
+                child_name = _name(child, child_where, source)
+                is_leaf = True
+            if child_name in labels_seen:
+                kind = "duplicate leaf name" if is_leaf else "node with two parents:"
+                raise ValueError(
+                    f"{source}: {kind} {child_name!r} appears at {labels_seen[child_name]} and at {child_where}"
+                )
+            labels_seen[child_name] = child_where
+            edges.append((name, child_name))
+            origins.append(f"tree position {child_where}")
+            if isinstance(child, TreeNode) and len(child):
+                stack.append((child, child_name, child_where))
+    return edges, origins, root
+
+
+def read_tree_pickle(path: str | Path, classes: Sequence[str] | None = None) -> Hierarchy:
+    """Read a pickled ``nltk.Tree`` with the restricted unpickler (nltk need not be installed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"hierarchy file not found: {path}")
+    tree = restricted_loads(path.read_bytes(), TREE_GLOBALS, source=str(path))
+    edges, origins, _ = tree_to_edges(tree, source=str(path))
+    return Hierarchy.from_edges(edges, classes, source=str(path), origins=origins)
+
+
+def write_tree_pickle(hierarchy: Hierarchy, path: str | Path, protocol: int = pickle.DEFAULT_PROTOCOL) -> None:
+    """Pickle the tree as a genuine ``nltk.Tree`` (needs the optional nltk package), leaves as strings."""
+    try:
+        from nltk import Tree
+    except ImportError as error:  # pragma: no cover - nltk is installed where this is used
+        raise ImportError("writing *_tree.pkl needs nltk (pip install nltk)") from error
+
+    built: dict[str, Any] = {}
+    # Children before parents: deepest nodes first.
+    for node in sorted(hierarchy.nodes, key=hierarchy.depth, reverse=True):
+        kids = hierarchy.children(node)
+        if kids:
+            built[node] = Tree(node, [built[c] for c in kids])
+        else:
+            built[node] = node
+    Path(path).write_bytes(pickle.dumps(built[hierarchy.root], protocol=protocol))
