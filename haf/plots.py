@@ -1,0 +1,171 @@
+"""Figures people can read: hierarchy vs frame, HierDist@k curves, neural collapse and training curves.
+
+Every function writes one PNG (matplotlib's Agg backend, no display needed) and returns the arrays it drew,
+so tests check the content and not only that a file exists.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+DPI = 120  # readable on a README page without making the PNGs large
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def plot_distance_vs_gram(distances: np.ndarray, frame: np.ndarray, path: str | Path,
+                          classes: Sequence[str] | None = None, title: str = "") -> dict[str, np.ndarray]:
+    """Hierarchical distance matrix beside the frame's Gram matrix W Wᵀ, rows in the same class order.
+
+    HAFrame's Gram matrix is S = (1 − s_min)·exp(−γ d/d_max) + s_min, a decreasing function of d, so the two
+    panels mirror each other (dark where the other is bright).
+    """
+    distances = np.asarray(distances, dtype=np.float64)
+    frame = np.asarray(frame, dtype=np.float64)
+    if distances.shape != (frame.shape[0],) * 2:
+        raise ValueError(f"distances {distances.shape} do not match a frame of {frame.shape[0]} classes")
+    gram = frame @ frame.T
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+    panels = ((distances, "hierarchical distance d(i, j)", "viridis"), (gram, "frame Gram matrix W Wᵀ (cosines)", "viridis_r"))
+    for ax, (matrix, label, cmap) in zip(axes, panels):
+        image = ax.imshow(matrix, cmap=cmap, interpolation="nearest")
+        ax.set_title(label)
+        ax.set_xlabel("class j")
+        ax.set_ylabel("class i")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        if classes is not None and len(classes) <= 40:
+            ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=6)
+            ax.set_yticks(range(len(classes)), classes, fontsize=6)
+    fig.suptitle(title or f"{frame.shape[0]} classes: the frame mirrors the hierarchy")
+    _save(fig, path)
+    return {"distances": distances, "gram": gram}
+
+
+def plot_hierdist_curves(curves: Mapping[str, Mapping[int, float | tuple[float, float | None]]],
+                         path: str | Path, title: str = "") -> dict[str, np.ndarray]:
+    """HierDist@k against k, one line per method; values may be a mean or (mean, 95% CI half-width)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = {}
+    for method, points in sorted(curves.items()):
+        ks = sorted(int(k) for k in points)
+        if not ks:
+            continue
+        means, cis = [], []
+        for k in ks:
+            value = points[k]
+            mean, ci = value if isinstance(value, tuple) else (value, None)
+            means.append(mean)
+            cis.append(0.0 if ci is None else ci)
+        ax.errorbar(ks, means, yerr=cis, marker="o", capsize=3, label=method)
+        drawn[method] = np.array([ks, means], dtype=np.float64)
+    if not drawn:
+        raise ValueError("no HierDist@k values to plot")
+    ax.set_xscale("log")
+    ax.set_xlabel("k (top-k predictions)")
+    ax.set_ylabel("HierDist@k (lower is better)")
+    ax.set_title(title or "Mean hierarchical distance of the top-k predictions")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+    return drawn
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a metrics.jsonl log; a malformed line is an error naming the file and line."""
+    records = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    return records
+
+
+def _series(records: Iterable[Mapping], split: str, key: str) -> np.ndarray:
+    points = [(r["epoch"], r[key]) for r in records
+              if r.get("split") == split and key in r and r[key] is not None and "epoch" in r]
+    return np.array(sorted(points), dtype=np.float64).reshape(-1, 2)
+
+
+def plot_training_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path,
+                         keys: Sequence[tuple[str, str]] = (("train", "loss"), ("val", "top1"),
+                                                            ("val", "mistake_severity"), ("val", "hierdist@5"))
+                         ) -> dict[str, dict[str, np.ndarray]]:
+    """One panel per (split, metric), one line per run label. Missing keys leave a panel saying so."""
+    plt = _pyplot()
+    cols = min(len(keys), 2)
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), squeeze=False)
+    drawn: dict[str, dict[str, np.ndarray]] = {}
+    for ax, (split, key) in zip(axes.flat, keys):
+        name = f"{split}/{key}"
+        for label, records in sorted(runs.items()):
+            series = _series(records, split, key)
+            if len(series):
+                ax.plot(series[:, 0], series[:, 1], marker=".", label=label)
+                drawn.setdefault(name, {})[label] = series
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if name in drawn:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, f"no '{key}' logged for {split}", ha="center", va="center", transform=ax.transAxes)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.set_visible(False)
+    _save(fig, path)
+    return drawn
+
+
+def plot_neural_collapse(runs: Mapping[str, Sequence[Mapping]], path: str | Path) -> dict[str, dict[str, np.ndarray]]:
+    """Neural-collapse diagnostics over epochs: mean ± std of |cos(μ_i, μ_j) − S_ij|, and self-duality."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    drawn: dict[str, dict[str, np.ndarray]] = {}
+    for label, records in sorted(runs.items()):
+        mean, std = _series(records, "val", "nc_mean"), _series(records, "val", "nc_std")
+        if len(mean):
+            axes[0].plot(mean[:, 0], mean[:, 1], marker=".", label=label)
+            if len(std) == len(mean):
+                axes[0].fill_between(mean[:, 0], mean[:, 1] - std[:, 1], mean[:, 1] + std[:, 1], alpha=0.2)
+            drawn.setdefault("nc_mean", {})[label] = mean
+        duality = _series(records, "val", "self_duality")
+        if len(duality):
+            axes[1].plot(duality[:, 0], duality[:, 1], marker=".", label=label)
+            drawn.setdefault("self_duality", {})[label] = duality
+    titles = ("mean ± std of |cos(μ_i, μ_j) − S_ij| over class pairs", "self-duality ‖W/‖W‖ − M/‖M‖‖_F")
+    for ax, key, title in zip(axes, ("nc_mean", "self_duality"), titles):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if key in drawn:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, f"no '{key}' logged", ha="center", va="center", transform=ax.transAxes)
+    if not drawn:
+        plt.close(fig)
+        raise ValueError("no neural-collapse diagnostics (nc_mean, self_duality) in the logs")
+    _save(fig, path)
+    return drawn
