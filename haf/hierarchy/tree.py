@@ -208,6 +208,8 @@ class Hierarchy:
             if isinstance(edge, (str, bytes)) or len(edge) != 2:
                 raise ValueError(f"{source}: {origin}: an edge must be a (parent, child) pair, got {edge!r}")
             par, child = edge
+            if par == child:
+                raise ValueError(f"{source}: node {child!r} is its own parent ({origin})")
             previous = parent_of.get(child)
             if previous is not None and previous != par:
                 raise ValueError(

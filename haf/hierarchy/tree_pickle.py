@@ -10,6 +10,7 @@ duplicate leaf, an inner label twice would give that node two parents.
 from __future__ import annotations
 
 import pickle
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ def _name(label: Any, where: str, source: str) -> str:
 def tree_to_edges(tree: Any, *, source: str) -> tuple[list[tuple[str, str]], list[str], str]:
     """Flatten an unpickled tree into (parent, child) edges, their origins and the root name.
 
-    Iterative, so depth is not limited by Python's recursion limit.
+    Breadth first and iterative (depth is not limited by Python's recursion limit), so messages name the
+    first occurrence in reading order.
     """
     if not isinstance(tree, TreeNode):
         raise ValueError(f"{source}: expected a pickled nltk.Tree at the top level, got {type(tree).__name__}")
@@ -38,9 +40,9 @@ def tree_to_edges(tree: Any, *, source: str) -> tuple[list[tuple[str, str]], lis
     edges: list[tuple[str, str]] = []
     origins: list[str] = []
     labels_seen: dict[str, str] = {root: "the root"}
-    stack: list[tuple[TreeNode, str, str]] = [(tree, root, "root")]
-    while stack:
-        node, name, where = stack.pop()
+    queue: deque[tuple[TreeNode, str, str]] = deque([(tree, root, "root")])
+    while queue:
+        node, name, where = queue.popleft()
         for index, child in enumerate(node):
             child_where = f"{where}[{index}]"
             if isinstance(child, TreeNode):
@@ -60,7 +62,7 @@ def tree_to_edges(tree: Any, *, source: str) -> tuple[list[tuple[str, str]], lis
             edges.append((name, child_name))
             origins.append(f"tree position {child_where}")
             if isinstance(child, TreeNode) and len(child):
-                stack.append((child, child_name, child_where))
+                queue.append((child, child_name, child_where))
     return edges, origins, root
 
 
