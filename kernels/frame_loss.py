@@ -1,0 +1,168 @@
+"""Public entry point of the HAFrame loss: one function, two backends (fused Triton kernels, plain PyTorch).
+
+    ℓ_b = (1 − α) · CE(h_b Wᵀ, y_b) + α · Σ_i (cos(w_i, h_b) − S[i, y_b])²
+
+reduced over the batch like ``F.cross_entropy`` (see :mod:`haf.losses`, the reference this module dispatches to
+and is tested against). Backends:
+
+* ``"reference"`` — :func:`haf.losses.hierarchy_frame_loss` (plain PyTorch, autograd; any device, any dtype);
+* ``"triton"`` — :mod:`haf.kernels.frame_loss_triton`: three fused kernels, dL/dh computed during the forward,
+  no B × K tensor kept for the backward (on CPU only through Triton's interpreter, ``TRITON_INTERPRET=1``);
+* ``"auto"`` — the environment variable ``HAF_BACKEND`` if it is set, otherwise Triton for CUDA tensors (fp32,
+  bf16, fp16) and the reference for everything else.
+
+An explicit ``backend="triton"`` or ``"reference"`` always wins over ``HAF_BACKEND``; the variable only replaces
+``"auto"``, so tests and benchmarks can force a path for a whole run without touching call sites.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Literal, overload
+
+import torch
+from torch import nn
+
+__all__ = ["BACKENDS", "BACKEND_ENV", "FrameLoss", "frame_loss", "resolve_backend"]
+
+BACKENDS = ("auto", "triton", "reference")
+#: Environment variable that replaces ``backend="auto"`` (values: ``BACKENDS``).
+BACKEND_ENV = "HAF_BACKEND"
+#: Input dtypes the Triton kernels are built for (tl.dot operands); fp64 stays on the reference path.
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def resolve_backend(backend: str, features: torch.Tensor) -> str:
+    """Turn ``backend`` (and ``HAF_BACKEND`` for ``"auto"``) into ``"triton"`` or ``"reference"``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        from_env = os.environ.get(BACKEND_ENV, "").strip().lower()
+        if from_env and from_env not in BACKENDS:
+            raise ValueError(f"environment variable {BACKEND_ENV}={from_env!r} must be one of {BACKENDS}")
+        backend = from_env or "auto"
+    if backend == "auto":
+        fast = features.is_cuda and features.dtype in TRITON_DTYPES and _triton_importable()
+        backend = "triton" if fast else "reference"
+    return backend
+
+
+@overload
+def frame_loss(
+    features: torch.Tensor, frame: torch.Tensor, target: torch.Tensor, similarity: torch.Tensor,
+    alpha: float = ..., reduction: str = ..., ignore_index: int = ..., backend: str = ...,
+    *, return_logits: Literal[False] = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def frame_loss(
+    features: torch.Tensor, frame: torch.Tensor, target: torch.Tensor, similarity: torch.Tensor,
+    alpha: float = ..., reduction: str = ..., ignore_index: int = ..., backend: str = ...,
+    *, return_logits: Literal[True],
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def frame_loss(
+    features: torch.Tensor,
+    frame: torch.Tensor,
+    target: torch.Tensor,
+    similarity: torch.Tensor,
+    alpha: float = 0.5,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    backend: str = "auto",
+    *,
+    return_logits: bool = False,
+):
+    """HAFrame loss, shaped like ``F.cross_entropy``.
+
+    Args:
+        features: h, B × D (fp32, bf16 or fp16 on the Triton path; any float dtype on the reference path).
+        frame: W, K × D, fixed (the Triton path computes no dW and refuses a frame that requires grad).
+            Rows need not be unit-norm: the cosine divides by max(‖w_i‖, ε) as the reference does.
+        target: B class indices; rows equal to ``ignore_index`` contribute 0 and do not count in the mean.
+        similarity: S, K × K; the cosine target of class i for a sample of class y is S[i, y].
+        alpha: weight of the cosine term, in [0, 1].
+        reduction: "mean" (over non-ignored rows, 0 if none), "sum" or "none" (B values, 0 at ignored rows).
+        backend: "auto", "triton" or "reference" (see the module docstring; ``HAF_BACKEND`` replaces "auto").
+        return_logits: also return z = h Wᵀ (B × K, fp32, detached) for metrics, so evaluation does not
+            compute the product twice. On the Triton path this keeps a B × K tensor alive: leave it off in training.
+
+    Returns:
+        The loss in fp32 (fp64 for fp64 inputs on the reference path), or ``(loss, logits)``.
+    """
+    chosen = resolve_backend(backend, features)
+    if chosen == "triton":
+        from .frame_loss_triton import triton_frame_loss  # lazy: importing Triton costs seconds
+
+        return triton_frame_loss(
+            features, frame, target, similarity, alpha=alpha, reduction=reduction, ignore_index=ignore_index,
+            return_logits=return_logits,
+        )
+    from haf.losses import hierarchy_frame_loss
+
+    loss = hierarchy_frame_loss(features, frame, target, similarity, alpha, reduction, ignore_index)
+    if not return_logits:
+        return loss
+    with torch.no_grad():
+        compute = torch.float64 if torch.float64 in (features.dtype, frame.dtype) else torch.float32
+        logits = features.to(compute) @ frame.to(compute).T
+    return loss, logits
+
+
+class FrameLoss(nn.Module):
+    """``nn.Module`` form of :func:`frame_loss` holding the fixed frame W and the similarity S as buffers.
+
+    Buffers move with ``.to()``/``.cuda()`` and never reach an optimizer. ``persistent=False`` keeps them out of
+    ``state_dict`` for owners that already save the frame themselves (a method module whose last layer is W).
+    """
+
+    def __init__(
+        self,
+        frame: torch.Tensor,
+        similarity: torch.Tensor,
+        alpha: float = 0.5,
+        reduction: str = "mean",
+        ignore_index: int = -100,
+        backend: str = "auto",
+        persistent: bool = True,
+    ) -> None:
+        super().__init__()
+        frame = torch.as_tensor(frame)
+        similarity = torch.as_tensor(similarity)
+        if frame.dim() != 2:
+            raise ValueError(f"frame must be K × D, got shape {tuple(frame.shape)}")
+        if similarity.shape != (frame.shape[0], frame.shape[0]):
+            raise ValueError(
+                f"similarity must be K × K with K = {frame.shape[0]} (frame rows), got shape {tuple(similarity.shape)}"
+            )
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise ValueError(f"alpha is the weight of the cosine term and must lie in [0, 1], got {alpha}")
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be one of ('mean', 'sum', 'none'), got {reduction!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.register_buffer("frame", frame.detach().clone(), persistent=persistent)
+        self.register_buffer("similarity", similarity.detach().clone(), persistent=persistent)
+        self.alpha = float(alpha)
+        self.reduction = reduction
+        self.ignore_index = int(ignore_index)
+        self.backend = backend
+
+    def forward(self, features: torch.Tensor, target: torch.Tensor, return_logits: bool = False):
+        return frame_loss(
+            features, self.frame, target, self.similarity, alpha=self.alpha, reduction=self.reduction,
+            ignore_index=self.ignore_index, backend=self.backend, return_logits=return_logits,
+        )
+
+    def extra_repr(self) -> str:
+        num_classes, dim = self.frame.shape
+        return (
+            f"num_classes={num_classes}, dim={dim}, alpha={self.alpha}, reduction={self.reduction!r}, "
+            f"ignore_index={self.ignore_index}, backend={self.backend!r}"
+        )
