@@ -6,6 +6,7 @@ Public API (docs/ARCHITECTURE.md): :class:`Hierarchy`, :class:`ClassDistances`, 
 (:func:`inat2019_hierarchy`, :func:`fgvc_aircraft_hierarchy`).
 """
 
+from .builders import FGVC_LEVELS, INAT2019_RANKS, fgvc_aircraft_hierarchy, inat2019_hierarchy
 from .distances import DISTANCE_KINDS, ClassDistances
 from .distances_pickle import distances_from_pairs, read_distances_pickle, write_distances_pickle
 from .isa import read_isa, write_isa
@@ -18,9 +19,13 @@ write_distances_pkl_xz = write_distances_pickle  # the name the issue uses
 __all__ = [
     "CONVENTIONS",
     "DISTANCE_KINDS",
+    "FGVC_LEVELS",
+    "INAT2019_RANKS",
     "ClassDistances",
     "Hierarchy",
     "distances_from_pairs",
+    "fgvc_aircraft_hierarchy",
+    "inat2019_hierarchy",
     "load_class_distances",
     "load_hierarchy",
     "read_class_list",
