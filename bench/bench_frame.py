@@ -1,0 +1,99 @@
+"""s_min search and frame construction at iNat2019 scale (K = 1010), against the reference's literal scan.
+
+Run: ``pytest bench/bench_frame.py`` (about a minute on 2 CPU cores; the literal scan alone is 100 eigensolves).
+Each fast path records ``speedup_vs_full_scan`` (or ``speedup_vs_eigvalsh``) in its extra_info and prints it.
+
+What it decided: the PSD test inside the bisection is a guarded Cholesky (``psd_test="cholesky"``), one
+factorisation being ~20× cheaper than ``eigvalsh`` at K = 1010; see haf/frame.py for why the choice is still the
+eigenvalue-threshold rule's.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from haf.frame import (
+    _is_psd_cholesky,
+    _is_psd_eigvalsh,
+    build_frame,
+    find_s_min,
+    find_s_min_full_scan,
+    similarity_matrix,
+)
+
+NUM_CLASSES = 1010  # iNat2019
+GAMMA = 5.0  # the paper's γ for iNat2019
+BRANCHING_SEED = 0
+
+
+def inat_like_distances(num_classes: int = NUM_CLASSES, levels: int = 7, seed: int = BRANCHING_SEED) -> np.ndarray:
+    """A 7-level tree of ``num_classes`` leaves with random, uneven group sizes; d = levels − (shared prefix)."""
+    rng = np.random.default_rng(seed)
+    # Level-ℓ label of each leaf: cut the sorted leaf range at random points, finer at each level.
+    labels = np.zeros((levels, num_classes), dtype=np.int64)
+    cuts: set[int] = set()
+    for level in range(levels):
+        count = int(round(num_classes ** ((level + 1) / levels)))
+        cuts |= set(rng.choice(np.arange(1, num_classes), size=max(count - 1, 0), replace=False).tolist())
+        boundary = np.zeros(num_classes, dtype=np.int64)
+        boundary[sorted(cuts)] = 1
+        labels[level] = np.cumsum(boundary)
+    shared = np.zeros((num_classes, num_classes), dtype=np.int64)
+    same = np.ones((num_classes, num_classes), dtype=bool)
+    for level in range(levels):
+        same &= labels[level][:, None] == labels[level][None, :]
+        shared += same
+    return levels - shared
+
+
+@pytest.fixture(scope="module")
+def distances() -> np.ndarray:
+    return inat_like_distances()
+
+
+@pytest.fixture(scope="module")
+def full_scan_seconds(distances) -> float:
+    start = time.perf_counter()
+    find_s_min_full_scan(distances, GAMMA)
+    return time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def boundary_similarity(distances) -> np.ndarray:
+    return similarity_matrix(distances, GAMMA, find_s_min(distances, GAMMA))
+
+
+def _record(benchmark, reference_seconds: float, name: str) -> None:
+    ratio = reference_seconds / benchmark.stats.stats.mean
+    benchmark.extra_info[name] = round(ratio, 2)
+    print(f"\n{benchmark.name}: {name} = {ratio:.1f}x")
+
+
+@pytest.mark.benchmark(group="s_min K=1010")
+@pytest.mark.parametrize("psd_test", ["cholesky", "eigvalsh"])
+def test_find_s_min_bisection(benchmark, distances, full_scan_seconds, psd_test):
+    result = benchmark.pedantic(find_s_min, args=(distances, GAMMA), kwargs={"psd_test": psd_test}, rounds=3)
+    assert result == find_s_min_full_scan(distances, GAMMA)
+    benchmark.extra_info["full_scan_seconds"] = round(full_scan_seconds, 3)
+    _record(benchmark, full_scan_seconds, "speedup_vs_full_scan")
+
+
+@pytest.mark.benchmark(group="one PSD test K=1010")
+@pytest.mark.parametrize("psd_test", ["cholesky", "eigvalsh"])
+def test_single_psd_test(benchmark, boundary_similarity, psd_test):
+    start = time.perf_counter()
+    expected = _is_psd_eigvalsh(boundary_similarity)
+    eigvalsh_seconds = time.perf_counter() - start
+    test = _is_psd_cholesky if psd_test == "cholesky" else _is_psd_eigvalsh
+    assert benchmark.pedantic(test, args=(boundary_similarity,), rounds=5) == expected
+    _record(benchmark, eigvalsh_seconds, "speedup_vs_eigvalsh")
+
+
+@pytest.mark.benchmark(group="build_frame K=1010")
+def test_build_frame(benchmark, distances, full_scan_seconds):
+    result = benchmark.pedantic(build_frame, args=(distances, GAMMA), rounds=2)
+    assert result.max_gram_error < 1e-5
+    benchmark.extra_info["max_gram_error"] = result.max_gram_error
+    _record(benchmark, full_scan_seconds, "speedup_vs_full_scan_alone")
