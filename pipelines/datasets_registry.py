@@ -1,0 +1,74 @@
+"""``load_dataset(kind, root, **options)``: one entry point over every dataset reader.
+
+Each kind names an on-disk format; its reader returns a :class:`~haf.pipelines.splits.DatasetSplits` (classes in
+one order, the hierarchy, the distances under the dataset's default convention, and the labelled splits). Readers
+are imported when chosen, so listing the kinds costs nothing. Options are the reader's keyword arguments; an
+unknown one is an error naming it and the valid ones.
+
+==================  =========================================================  ==========================
+kind                layout                                                     default distance convention
+==================  =========================================================  ==========================
+``image-folder``    ``<root>/{train,val,test}/<class>/<image>`` + hierarchy file  lca-height
+``fgvc-aircraft``   the original release (``images_variant_*.txt`` ...)         lca-height
+``inat2019``        ``train2019.json`` / ``val2019.json`` + images              lca-height
+``tiered-imagenet`` per-class split lists over an ImageNet tree + hierarchy     fixed-depth (DESIGN.md §2)
+``cifar100``        the python pickle batches (``train``, ``test``, ``meta``)   lca-height
+``demo``            the generated demo dataset (generated on first use)         lca-height
+==================  =========================================================  ==========================
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from typing import Callable
+
+from .splits import DatasetSplits
+
+# kind -> (module in haf.pipelines, reader function)
+DATASET_READERS: dict[str, tuple[str, str]] = {
+    "image-folder": ("image_folder_reader", "read_image_folder"),
+    "fgvc-aircraft": ("fgvc_aircraft_reader", "read_fgvc_aircraft"),
+    "inat2019": ("inat2019_reader", "read_inat2019"),
+    "tiered-imagenet": ("tiered_imagenet_reader", "read_tiered_imagenet"),
+    "cifar100": ("cifar100_reader", "read_cifar100"),
+    "demo": ("demo_dataset", "read_demo"),
+}
+DATASET_KINDS = tuple(DATASET_READERS)
+
+
+def dataset_reader(kind: str) -> Callable[..., DatasetSplits]:
+    """The reader function of ``kind``; an unknown kind is an error listing the known ones."""
+    if kind not in DATASET_READERS:
+        raise ValueError(f"unknown dataset kind {kind!r}; choose one of {', '.join(DATASET_KINDS)}")
+    module_name, function_name = DATASET_READERS[kind]
+    module = importlib.import_module(f"{__package__}.{module_name}")
+    return getattr(module, function_name)
+
+
+def reader_options(kind: str) -> tuple[str, ...]:
+    """Names of the options ``kind`` accepts (its reader's keyword arguments after ``root``)."""
+    parameters = list(inspect.signature(dataset_reader(kind)).parameters.values())[1:]
+    return tuple(p.name for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD)
+
+
+def load_dataset(kind: str, root: str | os.PathLike, **options) -> DatasetSplits:
+    """Read the dataset of format ``kind`` at ``root``; see the module table for the kinds and their options."""
+    reader = dataset_reader(kind)
+    parameters = list(inspect.signature(reader).parameters.values())[1:]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    known = [p.name for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    if kind == "demo":
+        # The demo reader forwards extra options to DemoSpec: check them against its fields.
+        from dataclasses import fields
+
+        from .demo_dataset import DemoSpec
+
+        known = known + [f.name for f in fields(DemoSpec)]
+        takes_any = False
+    unknown = sorted(set(options) - set(known)) if not takes_any else []
+    if unknown:
+        raise ValueError(
+            f"dataset kind {kind!r}: unknown option {unknown[0]!r}; valid options: {', '.join(known)}"
+        )
+    return reader(root, **options)
