@@ -1,0 +1,90 @@
+"""Fixed simplex ETF + dot-regression loss (Yang et al., NeurIPS 2022, "Inducing neural collapse in imbalanced
+learning: do we really need a learnable classifier at the end of deep neural network?").
+
+Last layer: the fixed ETF M = sqrt(K/(K−1)) · P (I − 11ᵀ/K) (rows m_c: unit norm, pairwise cosine −1/(K−1)),
+built by :func:`haf.frame.fixed_etf` with P seeded by ``context.seed`` and kept as a persistent buffer (saved in
+checkpoints, never trained). The features go through the method's own BatchNorm1d (the authors' ``BN_H``) and, in
+their CIFAR variant, are L2-normalised (``normalize_features``); then
+
+    ℓ_b = ½ (h_bᵀ w_{y_b} − ‖w_{y_b}‖·‖h_b‖)² / ‖h_b‖        (‖h‖, ‖w‖ detached; mean over the batch)
+
+with w_c = m_c, or E_w[c]·m_c with the per-batch class rescaling for imbalanced data (``class_rescaling``;
+:func:`haf.method_losses.batch_class_rescaling`). Prediction: argmax_c h·m_c (= max cosine, the rows having one
+norm). The loss trains only the direction of h, so probabilities for CRM are softmax(s · cos(h, m_c)) with the
+NormFace scale s at which a perfectly collapsed sample gets ``target_probability`` (not part of the paper, which
+reports no probabilities; see :func:`haf.method_losses.normface_scale`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from haf.method_losses import batch_class_rescaling, dot_regression_loss, normface_scale
+from haf.methods.base import Method, MethodContext, register_method
+
+__all__ = ["ETFDotRegression"]
+
+
+@register_method("etf-dot-regression")
+class ETFDotRegression(Method):
+    """BatchNorm (+ optional L2 normalisation) → fixed simplex ETF, trained with the dot-regression loss."""
+
+    @dataclass(frozen=True)
+    class Options:
+        # The authors normalise the BN'd features on CIFAR and not on ImageNet-scale data.
+        normalize_features: bool = False
+        # The authors' BN_H on the features before the ETF; off only for ablations.
+        batch_norm: bool = True
+        # Per-batch class lengths E_w (the authors' long-tailed setting); balanced data does not need them.
+        class_rescaling: bool = False
+        # Probability a perfectly collapsed sample gets under softmax(s·cos) for CRM decoding (see module doc).
+        target_probability: float = 0.99
+
+        def __post_init__(self) -> None:
+            if not (isinstance(self.target_probability, (int, float)) and 0.0 < self.target_probability < 1.0):
+                raise ValueError(f"target_probability must lie in (0, 1), got {self.target_probability}")
+
+    frame: torch.Tensor
+
+    def __init__(self, in_features: int, context: MethodContext, options: Options | None = None) -> None:
+        super().__init__(in_features, context, options)
+        num_classes = context.num_classes
+        if in_features < num_classes - 1:
+            raise ValueError(
+                f"etf-dot-regression: a simplex ETF of K = {num_classes} classes needs features of width ≥ K − 1 = "
+                f"{num_classes - 1}, but the head gives in_features = {in_features} (use the type2 head, whose "
+                f"width defaults to K)"
+            )
+        from haf.frame import fixed_etf  # numpy only; imported here to keep the registry's import light
+
+        frame = np.asarray(fixed_etf(num_classes, in_features, seed=context.seed), dtype=np.float64)
+        if frame.shape != (num_classes, in_features) or not np.isfinite(frame).all():
+            raise ValueError(f"etf-dot-regression: fixed_etf gave a {frame.shape} frame, expected K × D finite")
+        self.register_buffer("frame", torch.from_numpy(frame).float(), persistent=True)
+        self.batch_norm = nn.BatchNorm1d(in_features) if self.options.batch_norm else nn.Identity()
+        self.probability_scale = normface_scale(num_classes, self.options.target_probability)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """The outputs are the processed features h (the loss needs their norm and direction)."""
+        h = self.batch_norm(features)
+        return F.normalize(h, dim=1) if self.options.normalize_features else h
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        vectors = self.frame
+        if self.options.class_rescaling:
+            vectors = vectors * batch_class_rescaling(targets, self.context.num_classes).to(vectors)[:, None]
+        return dot_regression_loss(outputs, vectors, targets)
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        """h Mᵀ in fp32 (the rows of M share one norm, so this ranks classes as the cosine does)."""
+        with torch.autocast(device_type=outputs.device.type, enabled=False):
+            return outputs.float() @ self.frame.float().T
+
+    def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=outputs.device.type, enabled=False):
+            cosine = F.normalize(outputs.float(), dim=1) @ self.frame.float().T
+            return torch.softmax(self.probability_scale * cosine, dim=1)
