@@ -113,6 +113,17 @@ def test_structure_of_unbalanced_tree():
     assert "C" in h and "zz" not in h
 
 
+def test_immutable_and_picklable():
+    import copy
+
+    h = Hierarchy.from_edges(UNBALANCED, classes=["s", "a1", "c1"])
+    with pytest.raises(AttributeError, match="immutable"):
+        h.height = 5  # type: ignore[misc]
+    for clone in (pickle.loads(pickle.dumps(h)), copy.deepcopy(h)):
+        assert clone == h and clone.classes == h.classes and clone.height == h.height
+        np.testing.assert_array_equal(clone.distance_matrix("lca-height"), h.distance_matrix("lca-height"))
+
+
 def test_unknown_node_is_an_error_naming_it():
     h = Hierarchy.from_edges(BALANCED)
     with pytest.raises(ValueError, match="'nope'"):
@@ -219,6 +230,11 @@ def test_class_absent_from_hierarchy_is_named():
 def test_inner_node_as_class_is_an_error():
     with pytest.raises(ValueError, match="'X' is an inner node"):
         Hierarchy.from_edges(BALANCED, classes=["a", "X"])
+
+
+def test_empty_class_list_is_an_error():
+    with pytest.raises(ValueError, match="class list is empty"):
+        Hierarchy.from_edges(BALANCED, classes=[])
 
 
 def test_duplicate_class_in_class_list_is_named():

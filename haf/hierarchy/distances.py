@@ -54,8 +54,9 @@ class ClassDistances:
                 f"{self.source}: distances are not symmetric: d({self.classes[i]!r}, {self.classes[j]!r}) = "
                 f"{matrix[i, j]} but d({self.classes[j]!r}, {self.classes[i]!r}) = {matrix[j, i]}"
             )
-        off_diagonal = matrix + np.eye(k, dtype=np.int64)  # lift the diagonal so only pairs i ≠ j can be ≤ 0
-        bad = np.argwhere(off_diagonal <= 0)
+        # The diagonal is all zeros (checked above), so any further entry ≤ 0 is a pair of distinct classes.
+        nonpositive = np.argwhere(matrix <= 0)
+        bad = nonpositive[nonpositive[:, 0] != nonpositive[:, 1]]
         if bad.size:
             i, j = map(int, bad[0])
             raise ValueError(

@@ -26,6 +26,17 @@ are *pruned*: only the classes and their ancestors are kept. Heights are then th
 leaves were the deepest ones below an LCA. Inner nodes left with a single child are kept, not collapsed, so
 depths never change. Without ``classes`` the class order is the sorted leaf names (the field's convention:
 sorted class-folder names).
+
+Our JSON format
+---------------
+A readable file that round-trips exactly (``Hierarchy.to_json`` / ``from_json``)::
+
+    {"format": "haf-hierarchy", "version": 1, "root": "root",
+     "classes": ["leaf_a", "leaf_b", ...],            # the class order (optional; default: sorted leaves)
+     "edges": [["root", "inner"], ["inner", "leaf_a"], ...]}   # [parent, child], breadth first
+
+Unknown keys, a wrong ``format``/``version``, a malformed edge, or a ``root`` that disagrees with the edges are
+errors naming the key or ``edges[i]``.
 """
 
 from __future__ import annotations
@@ -139,6 +150,8 @@ class Hierarchy:
             classes = leaves
         else:
             classes = list(classes)
+            if not classes:
+                raise ValueError(f"{source}: the class list is empty")
             seen: set[str] = set()
             for name in classes:
                 if name in seen:
@@ -166,8 +179,6 @@ class Hierarchy:
                 depth = {n: d for n, d in depth.items() if n in keep}
                 if not parent:
                     raise ValueError(f"{source}: the class list keeps only the root; a hierarchy needs classes")
-        if not classes:
-            raise ValueError(f"{source}: the class list is empty")
 
         # Subtree heights bottom-up: deepest nodes first.
         subtree_height: dict[str, int] = dict.fromkeys(depth, 0)
@@ -176,16 +187,30 @@ class Hierarchy:
                 par = parent[node]
                 subtree_height[par] = max(subtree_height[par], subtree_height[node] + 1)
 
-        self.classes = tuple(classes)
-        self.root = root
-        self.num_classes = len(self.classes)
-        self.height = subtree_height[root]
-        self.source = source
-        self._parent = MappingProxyType(parent)
-        self._children = MappingProxyType({p: tuple(cs) for p, cs in children_lists.items()})
-        self._depth = MappingProxyType(depth)
-        self._subtree_height = MappingProxyType(subtree_height)
-        self._class_index = MappingProxyType({name: i for i, name in enumerate(self.classes)})
+        fields = {
+            "classes": tuple(classes),
+            "root": root,
+            "num_classes": len(classes),
+            "height": subtree_height[root],
+            "source": source,
+            "_parent": MappingProxyType(parent),
+            "_children": MappingProxyType({p: tuple(cs) for p, cs in children_lists.items()}),
+            "_depth": MappingProxyType(depth),
+            "_subtree_height": MappingProxyType(subtree_height),
+            "_class_index": MappingProxyType({name: i for i, name in enumerate(classes)}),
+        }
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Hierarchy is immutable; cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Hierarchy is immutable; cannot delete {name!r}")
+
+    def __reduce__(self) -> tuple:
+        # Mapping proxies do not pickle; rebuild from the parent map (for DataLoader workers, spawn, deepcopy).
+        return (_rebuild, (dict(self._parent), self.classes, self.source))
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -341,41 +366,43 @@ class Hierarchy:
     def distance_matrix(self, convention: str) -> np.ndarray:
         """K × K int64 leaf distances in class order under ``"lca-height"`` or ``"fixed-depth"`` (module docstring).
 
-        Vectorised with the depth-first leaf order: list the leaves as a depth-first walk meets them,
+        Vectorised with the depth-first leaf order. List the leaves as a depth-first walk meets them,
         l_0, l_1, ..., and let a_t = LCA(l_t, l_{t+1}). Every leaf between l_p and l_q (p < q) lies below
-        LCA(l_p, l_q), and the walk leaves that subtree's branches only through it, so LCA(l_p, l_q) is the
-        shallowest of a_p, ..., a_{q-1}. One running minimum per row (``np.minimum.accumulate`` over the keys
-        depth(a_t) · N + node(a_t), whose minimum also identifies the node) gives a whole row of LCAs; then
-        "fixed-depth" is H − depth(LCA) and "lca-height" is the LCA's subtree height. O(K²) numpy work and K
-        numpy calls; the rows are finally permuted from depth-first to class order.
+        LCA(l_p, l_q) and the walk leaves that subtree's branches only through it, so the a_t for p ≤ t < q are
+        LCA(l_p, l_q) itself or its proper descendants, and LCA(l_p, l_q) is among them. Both distances are
+        strictly larger for an ancestor than for its proper descendant (subtree height grows going up; so does
+        H − depth), hence
+
+            d(l_p, l_q) = max_{p ≤ t < q} d(l_t, l_{t+1}),
+
+        the ultrametric property of tree distances. One running maximum per row (``np.maximum.accumulate``)
+        gives a whole row; the K × K result is then permuted from depth-first to class order in row blocks.
+        O(K²) numpy work and O(K) numpy calls (about a second for K = 10,000 on one CPU core).
         """
         check_convention(convention)
         k = self.num_classes
-        nodes = self.nodes
-        n = len(nodes)
-        node_index = {name: i for i, name in enumerate(nodes)}
         order = self._depth_first_leaves()
-        # LCA of each pair of depth-first neighbours, as the sortable key depth · n + node index.
-        keys = np.empty(max(k - 1, 0), dtype=np.int64)
+        # Distances between depth-first neighbours; every distance is ≤ H, so a small dtype holds them.
+        small = np.int16 if self.height < np.iinfo(np.int16).max else np.int64
+        adjacent = np.empty(max(k - 1, 0), dtype=small)
         for t in range(k - 1):
-            node = self.lca(order[t], order[t + 1])
-            keys[t] = self._depth[node] * n + node_index[node]
-        if convention == "fixed-depth":
-            value_of_key = lambda key: self.height - key // n  # noqa: E731
-        else:
-            node_height = np.array([self._subtree_height[name] for name in nodes], dtype=np.int64)
-            value_of_key = lambda key: node_height[key % n]  # noqa: E731
+            lca = self.lca(order[t], order[t + 1])
+            if convention == "lca-height":
+                adjacent[t] = self._subtree_height[lca]
+            else:
+                adjacent[t] = self.height - self._depth[lca]
+        dfs = np.zeros((k, k), dtype=small)
+        for p in range(k):
+            # Right of p the running maximum runs forwards from p; left of p it runs backwards.
+            dfs[p, p + 1 :] = np.maximum.accumulate(adjacent[p:])
+            dfs[p, :p] = np.maximum.accumulate(adjacent[:p][::-1])[::-1]
         position = {name: i for i, name in enumerate(order)}
         perm = np.array([position[name] for name in self.classes], dtype=np.int64)
         out = np.empty((k, k), dtype=np.int64)
-        full_row = np.empty(k, dtype=np.int64)  # keys of LCA(l_p, l_q) for every q, in depth-first order
-        for i, p in enumerate(perm):
-            # Left of p the running minimum runs backwards from p; right of p it runs forwards.
-            full_row[:p] = np.minimum.accumulate(keys[:p][::-1])[::-1]
-            full_row[p + 1 :] = np.minimum.accumulate(keys[p:])
-            full_row[p] = 0  # placeholder key; the diagonal is set to 0 below
-            out[i] = value_of_key(full_row)[perm]
-        np.fill_diagonal(out, 0)
+        # Row blocks bound the gathered temporary to block × K entries (256 rows: ~5 MB at K = 10,000).
+        for start in range(0, k, 256):
+            rows = perm[start : start + 256]
+            out[start : start + rows.size] = dfs.take(rows, axis=0).take(perm, axis=1)
         return out
 
     def _depth_first_leaves(self) -> list[str]:
@@ -449,6 +476,10 @@ class Hierarchy:
         if root is not None and root != hierarchy.root:
             raise ValueError(f"{source}: key 'root' says {root!r} but the edges' root is {hierarchy.root!r}")
         return hierarchy
+
+
+def _rebuild(parent_of: dict[str, str], classes: tuple[str, ...], source: str) -> Hierarchy:
+    return Hierarchy(parent_of, classes, source=source)
 
 
 def _find_cycle(parent: Mapping[str, str]) -> str:
