@@ -1,0 +1,78 @@
+"""HUG: hyperspherical uniformity gap (Liu et al., ICLR 2023, "Generalizing and decoupling neural collapse via
+hyperspherical uniformity gap"), the MHE variant, with learnable class proxies.
+
+HUG replaces cross-entropy by two decoupled terms on the unit sphere:
+
+    L = α · (1 / #pairs) Σ_{i<j} 1 / ‖ŵ_i − ŵ_j‖²                    inter-class: MHE of the proxies
+      + β · mean_{c in batch} mean_{b: y_b = c} ‖x̂_b − sg(ŵ_c)‖      intra-class: features to their proxy
+
+with ŵ, x̂ the L2-normalised proxies and features and sg the stop-gradient (the inter term moves only the
+proxies, the intra term only the features). α = 0.15, β = 0.015: the paper's setting for MHE-HUG (and MHS-HUG).
+Prediction is the nearest proxy: scores are cos(h, w_c). For CRM the probabilities are softmax(s · cos) with the
+NormFace scale s at which a perfectly collapsed sample gets ``target_probability`` — the paper defines no
+probabilities; this scale is our choice, explained in :func:`haf.method_losses.normface_scale`.
+
+Implemented: MHE-HUG (Riesz s = 2 energy between proxies, Euclidean distance to the proxy inside a class), the
+variant the paper uses for its main results. Not implemented: the MHS (maximum hyperspherical separation) and
+MGD (maximum gram determinant) variants, and HUG combined with cross-entropy.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from haf.method_losses import hug_loss, normface_scale
+from haf.methods.base import Method, MethodContext, register_method
+
+__all__ = ["HUG"]
+
+
+@register_method("hug")
+class HUG(Method):
+    """Learnable class proxies (K × D) trained with the MHE-HUG loss; prediction by maximum cosine."""
+
+    @dataclass(frozen=True)
+    class Options:
+        inter_weight: float = 0.15  # α, weight of the proxies' hyperspherical energy (paper, MHE-HUG)
+        intra_weight: float = 0.015  # β, weight of the features' distance to their proxy (paper, MHE-HUG)
+        # Probability a perfectly collapsed sample gets under softmax(s·cos), for CRM decoding only.
+        target_probability: float = 0.99
+
+        def __post_init__(self) -> None:
+            for key in ("inter_weight", "intra_weight"):
+                value = getattr(self, key)
+                if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                    raise ValueError(f"{key} must be a non-negative number, got {value!r}")
+            if self.inter_weight == 0 and self.intra_weight == 0:
+                raise ValueError("inter_weight and intra_weight are both 0: the loss would be identically zero")
+            if not (isinstance(self.target_probability, (int, float)) and 0.0 < self.target_probability < 1.0):
+                raise ValueError(f"target_probability must lie in (0, 1), got {self.target_probability}")
+
+    def __init__(self, in_features: int, context: MethodContext, options: Options | None = None) -> None:
+        super().__init__(in_features, context, options)
+        if context.num_classes < 2:
+            raise ValueError(f"hug needs at least 2 classes, got {context.num_classes}")
+        self.proxies = nn.Parameter(torch.empty(context.num_classes, in_features))
+        # U(−1/√D, 1/√D): nn.Linear's default weight range, as the authors' proxies.
+        bound = 1.0 / math.sqrt(in_features)
+        nn.init.uniform_(self.proxies, -bound, bound)
+        self.probability_scale = normface_scale(context.num_classes, self.options.target_probability)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """The outputs are the features: both loss terms and the cosine scores work on their direction."""
+        return features
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return hug_loss(outputs, self.proxies, targets, self.options.inter_weight, self.options.intra_weight)
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        """cos(h, w_c) in fp32: prediction by the nearest proxy."""
+        with torch.autocast(device_type=outputs.device.type, enabled=False):
+            return F.normalize(outputs.float(), dim=1) @ F.normalize(self.proxies.float(), dim=1).T
+
+    def probabilities(self, outputs: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.probability_scale * self.scores(outputs), dim=1)
