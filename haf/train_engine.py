@@ -1,0 +1,287 @@
+"""Process-group set-up and the training engine: one loop, two interchangeable engines.
+
+Launchers: ``deepspeed haf/train.py`` and ``torchrun`` export RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
+MASTER_PORT; a plain ``python haf/train.py`` exports nothing, and :func:`setup_distributed` fills them in for a
+world of one (a free localhost port), so the same code path runs everywhere. Backend: NCCL on CUDA, gloo on CPU.
+
+Engines (:class:`DeepSpeedTrainEngine`, :class:`PlainTrainEngine`) share one interface, which the loop uses::
+
+    engine.module                 the unwrapped model (backbone → head → method)
+    engine.optimizer              has .param_groups (the lr schedule writes group["lr"])
+    engine.autocast()             context for forward + loss (torch.autocast for "bf16-autocast", else no-op)
+    engine.forward(images)        the model's outputs
+    engine.backward(loss)         scales by 1/accumulation, all-reduces at the accumulation boundary
+    engine.step()                 optimizer step at the accumulation boundary, otherwise nothing
+    engine.input_dtype            dtype the loader should deliver (bf16 under DeepSpeed's bf16 weights)
+    engine.owns_optimizer_state   True: the optimizer state is a plain torch state dict (ZeRO 0, fp32 / autocast)
+    engine.optimizer_state_dict() / load_optimizer_state_dict(state)
+    engine.save_sharded(dir, tag) / load_sharded(dir, tag)   DeepSpeed's own files when it owns the state
+
+DeepSpeed averages gradients over ranks and accumulation steps, so a rank's loss is the mean over its micro-batch
+and the update equals a one-process update on the global batch (up to per-rank BatchNorm statistics).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from haf.optimization import build_optimizer, deepspeed_config
+from haf.run_config import RunConfig
+
+_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass
+class DistributedContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    env_set_here: tuple[str, ...] = ()  # variables we exported for a launcher-less run (removed at teardown)
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def setup_distributed(device: str = "auto", use_deepspeed: bool = True) -> DistributedContext:
+    """Join (or, without a launcher, create) the process group; pick this rank's device."""
+    env_set: list[str] = []
+    if "WORLD_SIZE" not in os.environ and "OMPI_COMM_WORLD_SIZE" not in os.environ:
+        defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(_free_port())}
+        for key, value in defaults.items():
+            if key not in os.environ:
+                os.environ[key] = value
+                env_set.append(key)
+    if device == "auto":
+        use_cuda = torch.cuda.is_available()
+    elif device in ("cuda", "cpu"):
+        use_cuda = device == "cuda"
+        if use_cuda and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but no CUDA device is available")
+    else:
+        raise ValueError(f"unknown device {device!r}; valid choices: auto, cuda, cpu")
+    backend = "nccl" if use_cuda else "gloo"
+    initialized_here = False
+    if not dist.is_initialized():
+        # A hung peer should fail the job within minutes, not the default half hour.
+        timeout = datetime.timedelta(minutes=int(os.environ.get("HAF_DIST_TIMEOUT_MIN", "10")))
+        if use_deepspeed:
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+        else:
+            dist.init_process_group(backend=backend, timeout=timeout)
+        initialized_here = True
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        torch_device = torch.device("cuda", local_rank)
+    else:
+        torch_device = torch.device("cpu")
+    return DistributedContext(rank, world_size, local_rank, torch_device, backend, tuple(env_set), initialized_here)
+
+
+def teardown_distributed(context: DistributedContext) -> None:
+    """Barrier, then destroy the group we created (without it some gloo runs abort at interpreter exit)."""
+    if dist.is_initialized():
+        dist.barrier()
+        if context.initialized_here:
+            dist.destroy_process_group()
+            try:  # DeepSpeed caches its communication backend; drop it so a later run in-process starts clean.
+                import deepspeed.comm.comm as ds_comm
+
+                ds_comm.cdb = None
+            except ImportError:
+                pass
+    for key in context.env_set_here:
+        os.environ.pop(key, None)
+
+
+# ------------------------------------------------------------------------------------------------- engines
+def _autocast_dtype(precision: str) -> torch.dtype | None:
+    return {"bf16-autocast": torch.bfloat16}.get(precision)
+
+
+class _EngineBase:
+    module: nn.Module
+    optimizer: Any
+    device: torch.device
+    precision: str
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        dtype = _autocast_dtype(self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+
+    def train(self, mode: bool = True) -> None:
+        self.module.train(mode)
+
+    def eval(self) -> None:
+        self.module.eval()
+
+
+class DeepSpeedTrainEngine(_EngineBase):
+    def __init__(self, model: nn.Module, config: RunConfig, context: DistributedContext) -> None:
+        import deepspeed
+
+        self.device = context.device
+        self.precision = config.deepspeed.precision
+        optimizer = build_optimizer(model, config.optim)
+        self.ds_config = deepspeed_config(config, context.world_size)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=self.ds_config, dist_init_required=False)
+        self.module = self.engine.module
+        self._base_optimizer = optimizer
+        # Our own plain state dict is exact only where the torch optimizer itself holds the state.
+        self.owns_optimizer_state = config.deepspeed.zero_stage == 0 and self.precision in ("fp32", "bf16-autocast")
+
+    def forward(self, images: torch.Tensor) -> Any:
+        return self.engine(images)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        self.engine.step()
+
+    def optimizer_state_dict(self) -> dict:
+        return self._base_optimizer.state_dict()
+
+    def load_optimizer_state_dict(self, state: dict) -> None:
+        self._base_optimizer.load_state_dict(state)
+
+    def save_sharded(self, directory: str, tag: str) -> None:
+        self.engine.save_checkpoint(directory, tag=tag, save_latest=False)
+
+    def load_sharded(self, directory: str, tag: str) -> None:
+        path, _ = self.engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
+        if path is None:
+            raise FileNotFoundError(f"DeepSpeed checkpoint {tag!r} not found under {directory}")
+
+
+class PlainTrainEngine(_EngineBase):
+    """torch SGD (+ DistributedDataParallel across ranks, GradScaler for fp16) with DeepSpeed's step semantics."""
+
+    def __init__(self, model: nn.Module, config: RunConfig, context: DistributedContext) -> None:
+        self.device = context.device
+        precision = config.deepspeed.precision
+        # Without DeepSpeed, low-precision *weights* are not offered: bf16/fp16 mean autocast (fp32 master weights).
+        self.precision = "bf16-autocast" if precision == "bf16" else precision
+        self.accumulation = config.deepspeed.gradient_accumulation_steps
+        self.grad_clip = config.train.grad_clip_norm
+        self.module = model
+        self.optimizer = build_optimizer(model, config.optim)
+        self.wrapped: nn.Module = model
+        if context.world_size > 1:
+            device_ids = [context.device.index] if context.device.type == "cuda" else None
+            self.wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        self.scaler = torch.amp.GradScaler(device=self.device.type) if precision == "fp16" else None
+        self.micro_step = 0
+        self.owns_optimizer_state = True
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.scaler is not None:
+            return torch.autocast(device_type=self.device.type, dtype=torch.float16)
+        return super().autocast()
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def _at_boundary(self) -> bool:
+        return (self.micro_step + 1) % self.accumulation == 0
+
+    def forward(self, images: torch.Tensor) -> Any:
+        if isinstance(self.wrapped, nn.parallel.DistributedDataParallel) and not self._at_boundary():
+            # Skip the all-reduce on non-final micro-steps; gradients still accumulate locally.
+            with self.wrapped.no_sync():
+                return self.wrapped(images)
+        return self.wrapped(images)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss = loss / self.accumulation
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        loss.backward()
+
+    def step(self) -> None:
+        boundary = self._at_boundary()
+        self.micro_step += 1
+        if not boundary:
+            return
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def optimizer_state_dict(self) -> dict:
+        state = {"optimizer": self.optimizer.state_dict()}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_optimizer_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
+    def save_sharded(self, directory: str, tag: str) -> None:  # pragma: no cover - never needed
+        raise RuntimeError("the plain engine keeps its optimizer state in the checkpoint itself")
+
+    def load_sharded(self, directory: str, tag: str) -> None:  # pragma: no cover - never needed
+        raise RuntimeError("the plain engine keeps its optimizer state in the checkpoint itself")
+
+
+def build_engine(model: nn.Module, config: RunConfig, context: DistributedContext) -> DeepSpeedTrainEngine | PlainTrainEngine:
+    model.to(context.device)
+    if config.deepspeed.enabled:
+        return DeepSpeedTrainEngine(model, config, context)
+    return PlainTrainEngine(model, config, context)
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum scalars over ranks (float64, so counts of millions of images stay exact)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(values)
+    # gloo reduces CPU tensors, NCCL CUDA tensors.
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def iterate_micro_batches(loader: Any, limit: int | None) -> Iterator[Any]:
+    for index, batch in enumerate(loader):
+        if limit is not None and index >= limit:
+            break
+        yield batch
