@@ -1,0 +1,44 @@
+"""Cross-entropy baseline: a learnable linear classifier on the head's features.
+
+z = h Aᵀ + b (``nn.Linear(D, K)`` with bias, initialised as torchvision initialises ``fc``);
+L = CE(z, y) with optional label smoothing ε: the target distribution is (1 − ε)·onehot(y) + ε/K.
+Scores are the logits; CRM decoding (Karthik et al., ICLR 2021) works on their softmax.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from haf.methods.base import Method, MethodContext, register_method
+
+__all__ = ["CrossEntropy"]
+
+
+@register_method("cross-entropy")
+class CrossEntropy(Method):
+    """Learnable Linear(D, K) + (label-smoothed) cross-entropy."""
+
+    @dataclass(frozen=True)
+    class Options:
+        label_smoothing: float = 0.0  # ε in [0, 1); 0 is the paper's baseline
+
+        def __post_init__(self) -> None:
+            if not 0.0 <= self.label_smoothing < 1.0:
+                raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+
+    def __init__(self, in_features: int, context: MethodContext, options: Options | None = None) -> None:
+        super().__init__(in_features, context, options)
+        self.classifier = nn.Linear(in_features, context.num_classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # Logits may be bf16 under autocast: the log-softmax is accumulated in fp32.
+        return F.cross_entropy(outputs.float(), targets, label_smoothing=self.options.label_smoothing)
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs

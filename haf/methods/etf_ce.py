@@ -1,0 +1,45 @@
+"""Fixed simplex-ETF classifier with plain cross-entropy (Yang et al., NeurIPS 2022, with CE instead of DR).
+
+The last layer is the fixed ETF M = sqrt(K/(K−1))·P(I − 11ᵀ/K) (rows are class vectors, unit norm, pairwise
+cosine −1/(K−1): the hierarchy-blind special case of HAFrame with S_ij = −1/(K−1)), built by
+:func:`haf.frame.fixed_etf` with P seeded by ``context.seed``; z = h Mᵀ and L = CE(z, y), i.e. the HAFrame
+loss with α = 0 through the same fused kernel. Any feature width D ≥ K − 1 works (the ETF spans K − 1 dims).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from haf.methods.base import MethodContext, register_method
+from haf.methods.haframe import FixedFrameMethod, _check_backend
+
+__all__ = ["FixedETFCrossEntropy"]
+
+
+@register_method("etf-ce")
+class FixedETFCrossEntropy(FixedFrameMethod):
+    """Fixed simplex ETF (a buffer) + cross-entropy."""
+
+    @dataclass(frozen=True)
+    class Options:
+        backend: Literal["auto", "triton", "reference"] = "auto"
+
+        def __post_init__(self) -> None:
+            _check_backend(self.backend)
+
+    def __init__(self, in_features: int, context: MethodContext, options: Options | None = None) -> None:
+        super().__init__(in_features, context, options)
+        num_classes = context.num_classes
+        if in_features < num_classes - 1:
+            raise ValueError(
+                f"etf-ce: a simplex ETF of K = {num_classes} classes needs features of width ≥ K − 1 = "
+                f"{num_classes - 1}, but the head gives in_features = {in_features}"
+            )
+        from haf.frame import fixed_etf
+
+        frame = np.asarray(fixed_etf(num_classes, in_features, seed=context.seed), dtype=np.float64)
+        self.install_frame(frame, frame @ frame.T)  # S = M Mᵀ: 1 on the diagonal, −1/(K−1) elsewhere
+        self.loss_alpha = 0.0  # plain cross-entropy: the cosine term is off
+        self.loss_backend = self.options.backend

@@ -1,0 +1,143 @@
+"""HAFrame (Liang & Davis, ICCV 2023): a fixed hierarchy-aware frame as the last layer.
+
+The last layer is a fixed frame W (K × D, unit rows) whose Gram matrix is the class similarity
+S_ij = (1 − s_min)·exp(−γ·d_ij / d_max) + s_min (built once by :func:`haf.frame.build_frame` from the dataset's
+distance matrix), and the features h are trained to collapse onto it with
+
+    z = h Wᵀ                      (h not normalised; no bias, no temperature)
+    L = (1 − α)·CE(z, y) + α·(1/B) Σ_b Σ_i (cos(w_i, h_b) − S[i, y_b])²
+
+computed by :func:`haf.kernels.frame_loss` (fused Triton kernel on CUDA, plain PyTorch on CPU). Scores are z.
+
+W and S are persistent **buffers**: saved in checkpoints (the frame depends on a random rotation Q, so a resumed
+or evaluated model must use the stored one, not a rebuilt one), never in an optimizer, never weight-decayed.
+
+Feature width. The paper uses D = K: the type-II head ends in K channels and W is K × K, which is what this
+method requires (a different width is an error naming both numbers). A K × K frame embeds in any D > K as
+W Pᵀ with P (D × K) orthonormal, which keeps W Wᵀ = S; that generalisation is not part of the paper and is not
+offered here.
+
+:class:`FixedFrameMethod` holds the machinery shared by every fixed-frame method (the fixed ETF of
+``haf/methods/etf_ce.py`` is the same thing with another frame and α = 0).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from haf.methods.base import Method, MethodContext, register_method
+
+__all__ = ["BACKENDS", "FixedFrameMethod", "HAFrame"]
+
+BACKENDS = ("auto", "triton", "reference")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+
+
+class FixedFrameMethod(Method):
+    """A fixed frame W (K × D) and target similarity S (K × K) as buffers; z = h Wᵀ; loss = frame_loss(α).
+
+    Subclasses build (W, S) in ``__init__`` and call :meth:`install_frame`; they set ``loss_alpha`` and
+    ``loss_backend``.
+    """
+
+    frame: torch.Tensor
+    similarity: torch.Tensor
+    loss_alpha: float = 0.0
+    loss_backend: str = "auto"
+
+    def install_frame(self, frame: np.ndarray, similarity: np.ndarray) -> None:
+        """Register W and S as persistent float32 buffers after checking their shapes against K and D."""
+        num_classes = self.context.num_classes
+        frame = np.asarray(frame, dtype=np.float64)
+        similarity = np.asarray(similarity, dtype=np.float64)
+        if frame.shape != (num_classes, self.in_features):
+            raise ValueError(
+                f"{self.name}: frame must be K × D = {num_classes} × {self.in_features}, got {frame.shape}"
+            )
+        if similarity.shape != (num_classes, num_classes):
+            raise ValueError(f"{self.name}: similarity must be K × K = {num_classes} × {num_classes}, got {similarity.shape}")
+        if not (np.isfinite(frame).all() and np.isfinite(similarity).all()):
+            raise ValueError(f"{self.name}: frame or similarity contains NaN/inf")
+        self.register_buffer("frame", torch.from_numpy(frame).float(), persistent=True)
+        self.register_buffer("similarity", torch.from_numpy(similarity).float(), persistent=True)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """The outputs are the features themselves: the loss needs h (its norm and direction), not only z."""
+        return features
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # Imported here, not at module level: the method registry imports every method module, and a kernel
+        # package that fails to import (no Triton on some platform) must not hide the other methods.
+        from haf.kernels import frame_loss
+
+        return frame_loss(
+            outputs, self.frame, targets, self.similarity, alpha=self.loss_alpha, backend=self.loss_backend
+        )
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        """z = h Wᵀ in fp32 (outside autocast: ranking near-tied classes is what HierDist@k measures)."""
+        with torch.autocast(device_type=outputs.device.type, enabled=False):
+            return outputs.float() @ self.frame.float().T
+
+
+@register_method("haframe")
+class HAFrame(FixedFrameMethod):
+    """Fixed hierarchy-aware frame + (1 − α)·CE + α·cosine loss (Liang & Davis, ICCV 2023)."""
+
+    @dataclass(frozen=True)
+    class Options:
+        # γ: how fast similarity decays with hierarchical distance. Paper: FGVC 1, CIFAR-100 2, iNat2019 5,
+        # tieredImageNet-H 3; the default is FGVC-Aircraft's.
+        gamma: float = 1.0
+        # Weight of the cosine term. Paper: FGVC / tieredImageNet-H 0.5, CIFAR-100 / iNat2019 0.4.
+        alpha: float = 0.5
+        # Floor of the similarity; None: the reference's grid search for the most negative PSD value.
+        s_min: float | None = None
+        backend: Literal["auto", "triton", "reference"] = "auto"
+
+        def __post_init__(self) -> None:
+            if not (math.isfinite(self.gamma) and self.gamma > 0):
+                raise ValueError(f"gamma must be a positive number, got {self.gamma}")
+            if not 0.0 <= self.alpha <= 1.0:
+                raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+            if self.s_min is not None and not -1.0 <= self.s_min < 1.0:
+                raise ValueError(f"s_min must lie in [-1, 1) (or be null for the grid search), got {self.s_min}")
+            _check_backend(self.backend)
+
+    def __init__(self, in_features: int, context: MethodContext, options: Options | None = None) -> None:
+        super().__init__(in_features, context, options)
+        num_classes = context.num_classes
+        if in_features != num_classes:
+            raise ValueError(
+                f"haframe: the frame is K × K with K = {num_classes} classes, so the features must be "
+                f"{num_classes}-d, but the head gives in_features = {in_features} (use the type2 head, whose "
+                f"width defaults to K)"
+            )
+        distances = np.asarray(context.distances)
+        if distances.shape != (num_classes, num_classes):
+            raise ValueError(
+                f"haframe: context.distances must be K × K = {num_classes} × {num_classes} (one row per class), "
+                f"got shape {distances.shape}"
+            )
+        from haf.frame import build_frame  # numpy only, but keeps the registry's import light
+
+        result = build_frame(distances, self.options.gamma, s_min=self.options.s_min, seed=context.seed)
+        self.install_frame(result.W, result.S)
+        self.loss_alpha = float(self.options.alpha)
+        self.loss_backend = self.options.backend
+        #: How the frame was built (for logs and metrics.json); the buffers are the source of truth.
+        self.frame_info: dict[str, Any] = {
+            "gamma": float(self.options.gamma),
+            "s_min": float(result.s_min),
+            "d_max": float(result.d_max),
+            "min_eigenvalue": float(result.min_eigenvalue),
+            "max_gram_error": float(result.max_gram_error),
+        }
