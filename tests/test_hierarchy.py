@@ -335,6 +335,7 @@ def test_json_round_trip(tmp_path):
         ("{not json", "not valid JSON"),
         ("[]", "must be a JSON object"),
         ('{"format": "other", "version": 1, "edges": []}', "key 'format'"),
+        ('{"images": [], "categories": []}', "key 'format'.*inat2019_hierarchy"),
         ('{"format": "haf-hierarchy", "version": 2, "edges": []}', "key 'version'"),
         ('{"format": "haf-hierarchy", "version": 1, "edges": [], "extra": 1}', r"unknown key\(s\) \['extra'\]"),
         ('{"format": "haf-hierarchy", "version": 1}', "key 'edges'"),
@@ -425,6 +426,17 @@ def test_tree_pickle_handwritten_nltk_tree_with_label_only_leaves(tmp_path, prot
     tree = nltk.Tree("root", [nltk.Tree("X", ["a", nltk.Tree("b", [])]), nltk.Tree("Y", ["c", "d"])])
     path = tmp_path / "h_tree.pkl"
     path.write_bytes(pickle.dumps(tree, protocol=protocol))
+    assert load_hierarchy(path) == Hierarchy.from_edges(BALANCED)
+
+
+@needs_nltk
+def test_tree_pickle_reads_without_nltk_and_nltk2_labels(tmp_path, monkeypatch):
+    tree = nltk.Tree("root", [nltk.Tree("X", ["a", "b"]), nltk.Tree("Y", ["c", "d"])])
+    del tree[1].__dict__["_label"]
+    tree[1].__dict__["node"] = "Y"  # nltk 2 kept the label here
+    path = tmp_path / "old_tree.pkl"
+    path.write_bytes(pickle.dumps(tree, protocol=2))
+    monkeypatch.setitem(__import__("sys").modules, "nltk", None)  # any import of nltk now fails
     assert load_hierarchy(path) == Hierarchy.from_edges(BALANCED)
 
 

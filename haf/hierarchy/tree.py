@@ -450,7 +450,13 @@ class Hierarchy:
             raise ValueError(f"{source}: the document must be a JSON object, got {type(document).__name__}")
         fmt = document.get("format")
         if fmt != JSON_FORMAT_NAME:
-            raise ValueError(f"{source}: key 'format' must be {JSON_FORMAT_NAME!r}, got {fmt!r}")
+            hint = (
+                " (this looks like an iNaturalist annotation file: build its tree with "
+                "haf.hierarchy.inat2019_hierarchy)"
+                if "categories" in document
+                else ""
+            )
+            raise ValueError(f"{source}: key 'format' must be {JSON_FORMAT_NAME!r}, got {fmt!r}{hint}")
         version = document.get("version")
         if version != JSON_FORMAT_VERSION:
             raise ValueError(f"{source}: key 'version' must be {JSON_FORMAT_VERSION}, got {version!r}")

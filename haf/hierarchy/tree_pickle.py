@@ -1,7 +1,8 @@
 """Reader (restricted) and writer for the field's ``*_tree.pkl`` files: a pickled ``nltk.Tree``.
 
 An ``nltk.Tree`` is a list of children with a label ``_label``; a child is either another ``Tree`` or a leaf
-string. A ``Tree`` without children is read as a leaf named by its label. The pickle is untrusted: it is read by
+string. A ``Tree`` without children is read as a leaf named by its label. nltk 2 stored the label in ``node``
+instead of ``_label``; both are read. The pickle is untrusted: it is read by
 :mod:`haf.hierarchy.safe_unpickle`, which admits only the tree classes and never imports nltk. Labels must be
 strings (ints are accepted and converted with ``str``). A label used twice is an error: a leaf label twice is a
 duplicate leaf, an inner label twice would give that node two parents.
@@ -28,6 +29,12 @@ def _name(label: Any, where: str, source: str) -> str:
     return name
 
 
+def _label_of(node: TreeNode) -> Any:
+    """The node's label: ``_label`` (nltk 3) or ``node`` (nltk 2); ``None`` when it has neither."""
+    state = node.__dict__
+    return state["_label"] if "_label" in state else state.get("node")
+
+
 def tree_to_edges(tree: Any, *, source: str) -> tuple[list[tuple[str, str]], list[str], str]:
     """Flatten an unpickled tree into (parent, child) edges, their origins and the root name.
 
@@ -36,7 +43,7 @@ def tree_to_edges(tree: Any, *, source: str) -> tuple[list[tuple[str, str]], lis
     """
     if not isinstance(tree, TreeNode):
         raise ValueError(f"{source}: expected a pickled nltk.Tree at the top level, got {type(tree).__name__}")
-    root = _name(tree.__dict__.get("_label"), "the root", source)
+    root = _name(_label_of(tree), "the root", source)
     edges: list[tuple[str, str]] = []
     origins: list[str] = []
     labels_seen: dict[str, str] = {root: "the root"}
@@ -46,9 +53,7 @@ def tree_to_edges(tree: Any, *, source: str) -> tuple[list[tuple[str, str]], lis
         for index, child in enumerate(node):
             child_where = f"{where}[{index}]"
             if isinstance(child, TreeNode):
-                if "_label" not in child.__dict__:
-                    raise ValueError(f"{source}: tree node at {child_where} has no label")
-                child_name = _name(child.__dict__["_label"], child_where, source)
+                child_name = _name(_label_of(child), child_where, source)
                 is_leaf = len(child) == 0
             else:
                 child_name = _name(child, child_where, source)
