@@ -1,0 +1,306 @@
+"""DALI input pipelines: one definition for every split, on the GPU (mixed decoder) or on CPU only.
+
+Why ``external_source`` and not ``fn.readers.file``: the batch plan — which files, in which order, on which rank
+(``epoch_plan``) and every random crop/flip (``transforms``) — is computed in Python from (seed, epoch, rank,
+batch) and fed to the pipeline, which only decodes and executes it. That gives, at once: exact resume (no hidden
+reader or operator RNG state, no per-epoch pipeline reseeding), the same order and the same augmentation as the
+reference DataLoader (so the two paths can be compared sample for sample, train transforms included), the
+evaluation sharding rule "every sample exactly once across ranks" without reader padding, and the ability to
+map a decoder failure to the file that caused it. The cost is reading file bytes in the main process (a few
+tens of µs per file) while DALI's threads decode the previous batches.
+
+Graph (devices differ only by ``device``: "gpu" → ``mixed`` decoder and GPU operators; "cpu" → CPU operators,
+``device_id=None``, runs without a GPU)::
+
+    external_source ─ encoded bytes ─ decoders.image_slice(region)   (ROI decoding, ImageNet-style)
+                    └ or uint8 HWC arrays / decoders.image ─ slice(region, zero padding)   (CIFAR pad-4 crop)
+      → resize(size, INTERP_LINEAR, antialias)   → slice(crop)   (eval centre crop)
+      → crop_mirror_normalize(mirror, mean·255, std·255, CHW or HWC, float32/float16)
+
+A decoding failure surfaces as a DALI ``RuntimeError`` for the batch; the loader re-decodes that batch's files one
+by one on a CPU probe pipeline to name the culprit, then raises :class:`CorruptImageError` or (``on_error="skip"``)
+restarts the pipeline at the same batch without that file. Nothing waits on a failed batch, so nothing hangs.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .encoded_images import CorruptImageError, encoded_size, read_encoded
+from .loader import Loader, LoaderOptions
+from .splits import Split
+from .transforms import TransformSpec, batch_uniforms, plan_sample
+
+# Batches DALI prepares ahead of the consumer: 2 is DALI's default and enough to overlap decoding with the step.
+PREFETCH_QUEUE_DEPTH = 2
+
+
+def _dali():
+    """Import DALI lazily: `import haf.pipelines` must not require it (or a GPU driver) to be importable."""
+    import nvidia.dali as dali  # noqa: F401
+    from nvidia.dali import fn, pipeline_def, types
+
+    return fn, pipeline_def, types
+
+
+ALL_COLUMNS = ("data", "region_anchor", "region_shape", "size", "crop_anchor", "crop_shape", "mirror")
+
+
+def pipeline_columns(spec: TransformSpec, needs_resize: bool) -> tuple[str, ...]:
+    """The per-sample inputs a pipeline for ``spec`` consumes (the source feeds only these)."""
+    skip = set()
+    if not needs_resize:
+        skip.add("size")
+    if spec.augment != "imagenet" or spec.train:
+        skip.update(("crop_anchor", "crop_shape"))
+    return tuple(c for c in ALL_COLUMNS if c not in skip)
+
+
+def build_pipeline(
+    source,
+    spec: TransformSpec,
+    *,
+    from_files: bool,
+    needs_resize: bool,
+    device: str,
+    output_layout: str,
+    output_dtype: torch.dtype,
+    batch_size: int,
+    num_threads: int,
+    device_id: int | None,
+    seed: int,
+):
+    """The pipeline for one split. ``source`` is a :class:`_PlanSource` (its ``columns`` are set here).
+
+    ``device`` "gpu": mixed decoding and GPU operators (output on GPU ``device_id``); "cpu": CPU operators only.
+    The graph is static per (spec, from_files); per-sample geometry arrives through ``source``.
+    """
+    fn, pipeline_def, types = _dali()
+    roi_decode = from_files and spec.augment == "imagenet"  # region always inside the image → decode only it
+    needs_crop = spec.augment == "imagenet" and not spec.train
+    columns = pipeline_columns(spec, needs_resize)
+    source.columns = columns
+    slice_args = dict(axis_names="HW", normalized_anchor=False, normalized_shape=False)
+    dali_dtype = types.FLOAT16 if output_dtype == torch.float16 else types.FLOAT  # bf16: cast after (no DALI type)
+
+    @pipeline_def(enable_conditionals=False)
+    def haf_pipeline():
+        nodes = fn.external_source(
+            source=source,
+            num_outputs=len(columns),
+            batch=True,
+            layout=[None if (name != "data" or from_files) else "HWC" for name in columns],
+        )
+        node = dict(zip(columns, nodes))
+        data, region_anchor, region_shape = node["data"], node["region_anchor"], node["region_shape"]
+        decoder_device = "mixed" if device == "gpu" else "cpu"
+        if roi_decode:
+            image = fn.decoders.image_slice(
+                data,
+                region_anchor,
+                region_shape,
+                device=decoder_device,
+                output_type=types.RGB,
+                adjust_orientation=False,  # as torchvision/PIL: the stored pixel grid, no EXIF rotation
+                **slice_args,
+            )
+        else:
+            if from_files:
+                image = fn.decoders.image(data, device=decoder_device, output_type=types.RGB, adjust_orientation=False)
+            else:
+                image = data.gpu() if device == "gpu" else data
+            image = fn.slice(
+                image, region_anchor, region_shape, out_of_bounds_policy="pad", fill_values=0, **slice_args
+            )
+        if needs_resize:
+            image = fn.resize(image, size=node["size"], interp_type=types.INTERP_LINEAR, antialias=True)
+        if needs_crop:
+            image = fn.slice(image, node["crop_anchor"], node["crop_shape"], **slice_args)
+        return fn.crop_mirror_normalize(
+            image,
+            mirror=node["mirror"],
+            mean=[255.0 * m for m in spec.mean],
+            std=[255.0 * s for s in spec.std],
+            dtype=dali_dtype,
+            output_layout=output_layout,
+        )
+
+    return haf_pipeline(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id,
+        seed=seed,  # unused by the graph (it has no random operator); set for reproducible DALI internals
+        prefetch_queue_depth=PREFETCH_QUEUE_DEPTH,
+    )
+
+
+class _PlanSource:
+    """Feeds one epoch's batches, starting at batch ``start``; remembers what it fed, in order.
+
+    ``pending`` holds (batch number, kept sample indices) for every batch handed to DALI and not yet consumed:
+    outputs come back in the same order, so the head of ``pending`` always belongs to the next output — and to
+    the batch that failed, when one does.
+    """
+
+    def __init__(self, loader: "DaliLoader", plan: list[np.ndarray], start: int):
+        self.loader, self.plan, self.next_batch = loader, plan, start
+        self.pending: deque[tuple[int, np.ndarray]] = deque()
+        self.error: BaseException | None = None  # an error raised here, re-raised as is by the loader
+        self.columns: tuple[str, ...] = ALL_COLUMNS  # narrowed by build_pipeline to what the graph consumes
+
+    def __call__(self):
+        try:
+            return self._next()
+        except StopIteration:
+            raise
+        except BaseException as error:
+            self.error = error
+            raise
+
+    def _next(self):
+        loader = self.loader
+        split, spec, o = loader.split, loader.spec, loader.options
+        while True:
+            number = self.next_batch
+            if number >= len(self.plan):
+                raise StopIteration
+            self.next_batch += 1
+            indices = self.plan[number]
+            uniforms = batch_uniforms(o.seed, loader.epoch, o.rank, number, len(indices))
+            columns: dict[str, list[np.ndarray]] = {name: [] for name in self.columns}
+            kept = []
+            for j, index in enumerate(indices):
+                if split.files is not None:
+                    path = split.files[index]
+                    if path in loader.bad_files:
+                        continue
+                    try:
+                        data = read_encoded(path)
+                        height, width = encoded_size(data, path)
+                    except CorruptImageError as error:
+                        if o.on_error == "raise":
+                            raise
+                        loader.bad_files.add(path)
+                        loader.skipped_files.append(path)
+                        continue
+                else:
+                    data = np.ascontiguousarray(split.arrays[index])
+                    height, width = data.shape[:2]
+                ops = plan_sample(spec, uniforms[j], height, width)
+                for name, value in _ops_arrays(data, ops).items():
+                    if name in columns:
+                        columns[name].append(value)
+                kept.append(index)
+            if kept:
+                self.pending.append((number, np.asarray(kept, dtype=np.int64)))
+                return tuple(columns[name] for name in self.columns)
+
+
+def _ops_arrays(data: np.ndarray, ops) -> dict[str, np.ndarray]:
+    """One sample's inputs, named as in ALL_COLUMNS; coordinates as float32 (DALI's slice-argument type)."""
+    f32 = np.float32
+    return {
+        "data": data,
+        "region_anchor": np.array(ops.region[:2], f32),
+        "region_shape": np.array(ops.region[2:], f32),
+        "size": np.array(ops.resize, f32),
+        "crop_anchor": np.array(ops.crop[:2], f32),
+        "crop_shape": np.array(ops.crop[2:], f32),
+        "mirror": np.array(int(ops.flip), np.int32),
+    }
+
+
+class DaliLoader(Loader):
+    """DALI backend (see the module docstring). One pipeline per epoch pass; rebuilt only after a skipped file."""
+
+    def __init__(self, split: Split, options: LoaderOptions):
+        super().__init__(split, options)
+        self.bad_files: set[str] = set()  # files found corrupt under on_error="skip": never fed again
+        self._probe = None  # lazily built 1-sample CPU decode pipeline that names corrupt files
+
+    def _start(self, plan: list[np.ndarray], start: int):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        o = self.options
+        source = _PlanSource(self, plan, start)
+        device_id = None
+        if o.dali_device == "gpu":
+            device_id = o.device.index if o.device.index is not None else torch.cuda.current_device()
+        pipe = build_pipeline(
+            source,
+            self.spec,
+            from_files=self.split.files is not None,
+            needs_resize=self._needs_resize(),
+            device=o.dali_device,
+            output_layout="HWC" if o.channels_last else "CHW",
+            output_dtype=o.dtype,
+            batch_size=o.batch_size,
+            num_threads=max(1, o.workers),
+            device_id=device_id,
+            seed=o.seed,
+        )
+        pipe.build()
+        iterator = DALIGenericIterator(
+            pipe, ["images"], last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False, prepare_first_batch=False
+        )
+        return source, iterator
+
+    def _needs_resize(self) -> bool:
+        """False only for in-memory arrays already at the output size (CIFAR at 32 px): skip a no-op resample."""
+        arrays, s = self.split.arrays, self.spec.image_size
+        return not (arrays is not None and arrays.shape[1:3] == (s + self.spec.crop_bottom, s))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        plan = self.batch_plan()
+        if not plan:
+            return
+        source, iterator = self._start(plan, 0)
+        while True:
+            try:
+                outputs = next(iterator)
+            except StopIteration:
+                return
+            except Exception as error:
+                if source.error is not None:  # raised by our own source (e.g. a corrupt header): as is
+                    raise source.error from None
+                number, indices = source.pending[0]
+                culprits = self._find_corrupt([self.split.files[i] for i in indices]) if self.split.files else []
+                if not culprits:
+                    raise RuntimeError(f"DALI failed on batch {number} of epoch {self.epoch}: {error}") from error
+                if self.options.on_error == "raise":
+                    raise CorruptImageError(culprits[0], "decoding failed in the DALI pipeline") from error
+                self.bad_files.update(culprits)
+                self.skipped_files.extend(culprits)
+                del iterator
+                source, iterator = self._start(plan, number)  # same batch again, without the culprits
+                continue
+            _, indices = source.pending.popleft()
+            images = outputs[0]["images"]
+            if self.options.channels_last:
+                images = images.permute(0, 3, 1, 2)  # NHWC storage seen as NCHW: channels-last strides
+            yield self._finish(images, self.labels[indices])
+
+    def _find_corrupt(self, paths: list[str]) -> list[str]:
+        """Decode each file alone on a CPU DALI pipeline; the ones that fail are the culprits."""
+        fn, pipeline_def, types = _dali()
+        if self._probe is None:
+
+            @pipeline_def(enable_conditionals=False)
+            def probe():
+                data = fn.external_source(name="encoded")
+                return fn.decoders.image(data, device="cpu", output_type=types.RGB, adjust_orientation=False)
+
+            self._probe = probe(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1, exec_async=False,
+                                exec_pipelined=False)
+            self._probe.build()
+        culprits = []
+        for path in paths:
+            try:
+                self._probe.feed_input("encoded", [read_encoded(path)])
+                self._probe.run()
+            except Exception:
+                culprits.append(path)
+        return culprits

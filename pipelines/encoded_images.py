@@ -1,0 +1,65 @@
+"""Reading encoded image files for the loaders, with errors that name the file.
+
+Both backends read a file's bytes here and learn its size from the header (Pillow parses only the header; no
+pixels are decoded), because the augmentation plan needs the size before decoding. A file that cannot be read or
+whose header is not an image's raises :class:`CorruptImageError` — a ``ValueError`` naming the file — or, with
+``on_error="skip"``, is skipped and counted by the loader. Corruption that only shows while decoding (a truncated
+entropy-coded stream) is caught by each backend's decoder and mapped back to the file the same way.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+ON_ERROR = ("raise", "skip")
+
+
+class CorruptImageError(ValueError):
+    """An image file that cannot be read or decoded; ``path`` names it."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def read_encoded(path: str) -> np.ndarray:
+    """The file's bytes as a 1-D uint8 array (what DALI's decoders and torchvision's ``decode_image`` take)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {path}") from None
+    except OSError as error:
+        raise CorruptImageError(path, f"unreadable ({error.strerror or error})") from None
+    if not data:
+        raise CorruptImageError(path, "empty file")
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def encoded_size(data: np.ndarray, path: str) -> tuple[int, int]:
+    """(height, width) from the image header, without decoding pixels (EXIF orientation is not applied,
+    matching both decoders as configured: the stored pixel grid is what gets decoded)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. DecompressionBombWarning: size is all we read
+            with Image.open(io.BytesIO(data.tobytes())) as image:
+                if image.format not in ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM"):
+                    raise CorruptImageError(path, f"unsupported image format {image.format}")
+                width, height = image.size
+    except CorruptImageError:
+        raise
+    except Exception as error:  # Pillow raises several types (UnidentifiedImageError, SyntaxError, ...)
+        raise CorruptImageError(path, f"not a readable image header ({error})") from None
+    if height < 1 or width < 1:
+        raise CorruptImageError(path, f"empty image {height}×{width}")
+    return height, width
+
+
+def check_on_error(on_error: str) -> str:
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error={on_error!r}; expected one of {ON_ERROR}")
+    return on_error

@@ -1,0 +1,191 @@
+"""``make_loader``: one entry point for both input backends (DALI and the reference PyTorch DataLoader).
+
+A loader yields ``(images, labels)``: images ``B × 3 × S × S`` normalised, in ``dtype`` on ``device`` (channels-last
+memory when asked), labels int64 ``B``. ``len(loader)`` is the number of batches this rank reads per epoch.
+``set_epoch(e)`` selects the epoch; order (``epoch_plan``) and augmentation (``transforms``) are functions of
+(seed, epoch, rank) only, so two loaders with the same arguments yield identical batches, whichever backend and
+however many workers, and a run resumed at epoch e replays it exactly.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .encoded_images import check_on_error
+from .epoch_plan import batch_slices, shard_indices
+from .splits import DatasetSplits, Split
+from .transforms import AUGMENTS, TransformSpec
+
+BACKENDS = ("dali", "torch")
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """Everything ``make_loader`` was asked for, validated once; both backends read it."""
+
+    backend: str
+    train: bool
+    batch_size: int
+    image_size: int
+    workers: int
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+    drop_last: bool = True
+    augment: str = "imagenet"
+    on_error: str = "raise"
+    shuffle: bool = True
+    dali_device: str = "cpu"  # where DALI decodes and transforms: "gpu" (mixed decoder + GPU ops) or "cpu"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r}; expected one of {BACKENDS}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size}; expected >= 1")
+        if self.workers < 0:
+            raise ValueError(f"workers={self.workers}; expected >= 0")
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank={self.rank}, world_size={self.world_size}; expected 0 <= rank < world_size")
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed}; expected a non-negative integer")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment={self.augment!r}; expected one of {AUGMENTS}")
+        if self.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype={self.dtype}; expected torch.float32, torch.float16 or torch.bfloat16")
+        if self.dali_device not in ("cpu", "gpu"):
+            raise ValueError(f"dali_device={self.dali_device!r}; expected 'cpu' or 'gpu'")
+        if self.dali_device == "gpu" and self.device.type != "cuda":
+            raise ValueError(f"dali_device='gpu' needs a CUDA output device, got device={self.device}")
+        check_on_error(self.on_error)
+
+
+class Loader(ABC):
+    """Epoch bookkeeping shared by both backends; subclasses turn a batch plan into tensors."""
+
+    def __init__(self, split: Split, options: LoaderOptions):
+        self.split = split
+        self.options = options
+        self.spec = TransformSpec.for_augment(
+            options.augment, train=options.train, image_size=options.image_size, crop_bottom=split.crop_bottom
+        )
+        self.labels = np.asarray(split.labels, dtype=np.int64)
+        self.epoch = 0
+        self.skipped_files: list[str] = []  # every sample skipped under on_error="skip", in the order met
+
+    # -- epoch plan ---------------------------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch the next ``iter(loader)`` reads (DistributedSampler.set_epoch's contract)."""
+        if epoch < 0:
+            raise ValueError(f"epoch={epoch}; expected >= 0")
+        self.epoch = int(epoch)
+
+    def shard(self, epoch: int | None = None) -> np.ndarray:
+        """Sample indices this rank reads in ``epoch`` (default: the current one), in order."""
+        o = self.options
+        return shard_indices(
+            len(self.split),
+            shuffle=o.shuffle,
+            seed=o.seed,
+            epoch=self.epoch if epoch is None else epoch,
+            rank=o.rank,
+            world_size=o.world_size,
+            drop_last=o.drop_last,
+            pad=o.train,
+        )
+
+    def batch_plan(self, epoch: int | None = None) -> list[np.ndarray]:
+        """The sample indices of every batch this rank reads in ``epoch``."""
+        shard = self.shard(epoch)
+        return [shard[s] for s in batch_slices(len(shard), self.options.batch_size, self.options.drop_last)]
+
+    def __len__(self) -> int:
+        # The plan's length does not depend on the epoch (only the order does).
+        return len(batch_slices(len(self.shard(0)), self.options.batch_size, self.options.drop_last))
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped_files)
+
+    # -- output --------------------------------------------------------------------------------------------------
+    def _finish(self, images: torch.Tensor, labels: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move to the device, cast and lay out as asked (images arrive as B×3×H×W views, any strides)."""
+        o = self.options
+        non_blocking = o.device.type == "cuda"
+        images = images.to(o.device, non_blocking=non_blocking).to(o.dtype)
+        memory_format = torch.channels_last if o.channels_last else torch.contiguous_format
+        images = images.contiguous(memory_format=memory_format)
+        labels = torch.as_tensor(labels, dtype=torch.int64).to(o.device, non_blocking=non_blocking)
+        return images, labels
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+def derive_augment(dataset: DatasetSplits, split: Split) -> str:
+    """'cifar' for in-memory 32-px arrays (CIFAR-100), 'imagenet' for image files."""
+    return "cifar" if split.arrays is not None else "imagenet"
+
+
+def make_loader(
+    dataset: DatasetSplits,
+    split: str,
+    *,
+    backend: str = "dali",
+    train: bool,
+    batch_size: int,
+    image_size: int,
+    workers: int,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    device: torch.device | str = torch.device("cpu"),
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+    drop_last: bool | None = None,
+    augment: str | None = None,
+    on_error: str = "raise",
+    shuffle: bool | None = None,
+    dali_device: str | None = None,
+) -> Loader:
+    """A loader over ``dataset[split]`` (see the module docstring).
+
+    ``drop_last`` defaults to ``train``; ``shuffle`` to ``train``; ``augment`` to :func:`derive_augment`;
+    ``dali_device`` to "gpu" when ``device`` is CUDA (mixed decoding, GPU operators), else "cpu". ``workers`` is
+    the number of DALI CPU threads or DataLoader worker processes — the same CPU budget for both.
+    ``on_error``: "raise" → a ``ValueError`` naming the corrupt file; "skip" → the sample is dropped from its
+    batch and listed in ``loader.skipped_files``.
+    """
+    the_split = dataset[split]
+    device = torch.device(device)
+    options = LoaderOptions(
+        backend=backend,
+        train=train,
+        batch_size=batch_size,
+        image_size=image_size,
+        workers=workers,
+        rank=rank,
+        world_size=world_size,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        channels_last=channels_last,
+        drop_last=train if drop_last is None else drop_last,
+        augment=augment or derive_augment(dataset, the_split),
+        on_error=on_error,
+        shuffle=train if shuffle is None else shuffle,
+        dali_device=dali_device or ("gpu" if device.type == "cuda" else "cpu"),
+    )
+    if backend == "dali":
+        from .dali_pipeline import DaliLoader
+
+        return DaliLoader(the_split, options)
+    from .torch_loader import TorchLoader
+
+    return TorchLoader(the_split, options)
