@@ -74,11 +74,13 @@ def class_levels(level_labels: np.ndarray | None, num_classes: int, method: str,
         parent[fine] = coarse  # last write wins; checked for consistency just below
         bad = np.nonzero(parent[fine] != coarse)[0]
         if bad.size:
-            leaf = int(bad[0])
-            name = classes[leaf] if classes is not None else leaf
+            first = int(bad[0])
+            other = int(np.nonzero((fine == fine[first]) & (coarse != coarse[first]))[0][0])
+            a, b = sorted((first, other))
+            name_a, name_b = (classes[a], classes[b]) if classes is not None else (a, b)
             raise ValueError(
-                f"method {method!r}: level_labels is not a tree: class {name!r} shares its level-{level} node "
-                f"with classes whose level-{level - 1} ancestor differs from its own"
+                f"method {method!r}: level_labels is not a tree: classes {name_a!r} and {name_b!r} share their "
+                f"level-{level} node but not their level-{level - 1} ancestor"
             )
         parents.append(parent)
     return ClassLevels(assignments=tuple(columns), parents=tuple(parents))
