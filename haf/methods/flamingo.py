@@ -1,0 +1,63 @@
+"""Flamingo (Chang et al., CVPR 2021, "Your 'Flamingo' is my 'Bird': fine-grained, or not").
+
+The head's feature h (B × D) is split into one chunk per level, coarse → fine (⌊D/L⌋ columns each, the finest
+chunk taking the remainder, as the implementation the HAFrame paper compares with). The level-l classifier, a
+learnable ``nn.Linear``, sees its own chunk and all finer chunks with stopped gradients:
+
+    z_l = A_l [h_l, sg(h_{l+1}), …, sg(h_{L−1})] + b_l,        L = Σ_l CE(z_l, y_l)
+
+so the finest chunk is trained by the finest labels only, and coarse labels shape only their own chunks while
+still reading the fine evidence (:func:`haf.method_losses.flamingo_level_inputs`, :func:`flamingo_loss`).
+Levels come from ``context.level_labels`` (``haf/methods/_levels.py``; the finest level is the leaf classes).
+Prediction, scores and the probabilities CRM decodes are those of the finest level.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from haf.method_losses import flamingo_chunk_bounds, flamingo_level_inputs, flamingo_loss
+from haf.methods._levels import class_levels
+from haf.methods.base import Method, MethodContext, register_method
+
+__all__ = ["Flamingo"]
+
+
+@register_method("flamingo")
+class Flamingo(Method):
+    """One classifier per level on nested feature chunks with stop-gradients; sum of per-level CE."""
+
+    @dataclass(frozen=True)
+    class Options:
+        pass  # the method has no hyperparameters: equal-weight sum of the per-level losses, chunks of ⌊D/L⌋
+
+    assignments: torch.Tensor
+
+    def __init__(self, in_features: int, context: MethodContext, options: Options | None = None) -> None:
+        super().__init__(in_features, context, options)
+        levels = class_levels(context.level_labels, context.num_classes, "flamingo", context.classes)
+        self.num_levels = levels.num_levels
+        if in_features < self.num_levels:
+            raise ValueError(
+                f"flamingo: the {in_features}-d feature cannot be split into one chunk per level "
+                f"({self.num_levels} levels)"
+            )
+        bounds = flamingo_chunk_bounds(in_features, self.num_levels)
+        self.classifiers = nn.ModuleList(
+            nn.Linear(in_features - start, size) for (start, _), size in zip(bounds, levels.sizes)
+        )
+        self.register_buffer("assignments", torch.from_numpy(np.stack(levels.assignments)), persistent=False)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-level logits, coarse → fine; the last are the K class logits."""
+        inputs = flamingo_level_inputs(features, self.num_levels)
+        return tuple(classifier(x) for classifier, x in zip(self.classifiers, inputs))
+
+    def loss(self, outputs: tuple[torch.Tensor, ...], targets: torch.Tensor) -> torch.Tensor:
+        return flamingo_loss(outputs, [assignment[targets] for assignment in self.assignments])
+
+    def scores(self, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return outputs[-1]
