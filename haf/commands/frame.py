@@ -1,0 +1,136 @@
+"""`haf frame FILE --gamma G`: build the HAFrame of a hierarchy file and report how well it was built.
+
+FILE is any hierarchy format ``haf.hierarchy.load_class_distances`` reads (our ``.json``, ``*_isa.txt``,
+``*_tree.pkl``, ``*_distances.pkl.xz``). The report gives K, the tree height, d_max, γ, s_min (the reference's
+100-point grid choice unless ``--s-min`` is given), the smallest eigenvalue of S, max |W Wᵀ − S| and the time
+taken; ``--json`` prints it as one JSON object. ``--out`` saves W, S, the distances, the class order and the
+settings as ``.pt`` (``torch.load(..., weights_only=True)``) or ``.npz`` (``np.load(..., allow_pickle=False)``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HELP = "build the hierarchy-aware frame of a hierarchy file: s_min, eigenvalues, Gram error (--out saves it)"
+
+CONVENTIONS = ("lca-height", "fixed-depth")
+OUT_SUFFIXES = (".pt", ".pth", ".npz")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="hierarchy file: .json, *_isa.txt, *_tree.pkl or *_distances.pkl.xz")
+    parser.add_argument("--gamma", type=float, required=True, help="γ of S = (1−s_min)·exp(−γ·d/d_max) + s_min "
+                        "(paper: FGVC 1, CIFAR-100 2, tieredImageNet-H 3, iNat2019 5)")
+    parser.add_argument("--s-min", type=float, default=None, dest="s_min",
+                        help="use this s_min instead of the reference's grid choice")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the frame's random rotation (default 0)")
+    parser.add_argument("--distance", choices=CONVENTIONS, default=None,
+                        help="tree distance: lca-height (default; height of the LCA's subtree) or fixed-depth "
+                        "(H − depth of the LCA, the tieredImageNet-H files' scale); distance files are taken as "
+                        "stored")
+    parser.add_argument("--classes", metavar="FILE", default=None,
+                        help="the class names, one a line, in class order (needed for distance files that also "
+                        "hold inner nodes; prunes/reorders a tree)")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument("--out", metavar="FILE", default=None,
+                        help="save W, S, distances, classes and settings (.pt for torch, .npz for numpy)")
+
+
+def _save(path: Path, report: dict[str, Any], result, distances) -> None:
+    """Only tensors/arrays, strings and numbers: loadable without unpickling arbitrary objects."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings = {key: report[key] for key in ("gamma", "s_min", "seed", "d_max", "convention", "source",
+                                              "min_eigenvalue", "max_gram_error", "s_min_searched")}
+    if path.suffix == ".npz":
+        arrays = {
+            "frame": result.frame,
+            "similarity": result.similarity,
+            "distances": distances.matrix,
+            "classes": np.array(distances.classes, dtype=str),
+            **{key: np.array(value) for key, value in settings.items()},
+        }
+        if distances.height is not None:  # npz has no None: the key is absent when the height is unknown
+            arrays["height"] = np.array(distances.height)
+        with path.open("wb") as handle:  # np.savez(path) would append ".npz" to other names
+            np.savez(handle, **arrays)
+        return
+    import torch
+
+    payload = {
+        "frame": torch.from_numpy(result.frame),
+        "similarity": torch.from_numpy(result.similarity),
+        "distances": torch.from_numpy(distances.matrix),
+        "classes": list(distances.classes),
+        "height": distances.height,
+        **settings,
+    }
+    torch.save(payload, path)
+
+
+def _format_text(report: dict[str, Any]) -> str:
+    height = report["height"] if report["height"] is not None else "unknown (distance file)"
+    how = "reference grid" if report["s_min_searched"] else "given"
+    rows = [
+        ("file", report["source"]),
+        ("K", report["K"]),
+        ("height", height),
+        ("distance", report["convention"]),
+        ("d_max", report["d_max"]),
+        ("gamma", f"{report['gamma']:g}"),
+        ("s_min", f"{report['s_min']:.6g} ({how})"),
+        ("min eigenvalue of S", f"{report['min_eigenvalue']:.6g}"),
+        ("max |W Wᵀ − S|", f"{report['max_gram_error']:.3g}"),
+        ("seed", report["seed"]),
+        ("seconds", f"{report['seconds']:.3f} (frame) + {report['load_seconds']:.3f} (reading the file)"),
+    ]
+    if report.get("out"):
+        rows.append(("saved", report["out"]))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    from haf.frame import build_frame
+    from haf.hierarchy import load_class_distances
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix not in OUT_SUFFIXES:
+        raise ValueError(f"--out {out}: unknown format; use one of {', '.join(OUT_SUFFIXES)}")
+
+    start = time.perf_counter()
+    distances = load_class_distances(args.file, classes=args.classes, convention=args.distance or "lca-height")
+    load_seconds = time.perf_counter() - start
+    if args.distance and distances.convention == "file":
+        print(f"haf frame: note: {args.file} holds distances, not a tree; --distance {args.distance} does not "
+              "apply (values are used as stored)", file=sys.stderr)
+
+    start = time.perf_counter()
+    result = build_frame(distances.matrix, args.gamma, s_min=args.s_min, seed=args.seed)
+    seconds = time.perf_counter() - start
+
+    report: dict[str, Any] = {
+        "source": str(args.file),
+        "K": distances.num_classes,
+        "height": distances.height,
+        "convention": distances.convention,
+        "d_max": int(distances.d_max),
+        "gamma": result.gamma,
+        "s_min": result.s_min,
+        "s_min_searched": result.s_min_searched,
+        "seed": result.seed,
+        "min_eigenvalue": result.min_eigenvalue,
+        "max_gram_error": result.max_gram_error,
+        "seconds": seconds,
+        "load_seconds": load_seconds,
+    }
+    if out is not None:
+        _save(out, report, result, distances)
+        report["out"] = str(out)
+    print(json.dumps(report) if args.json else _format_text(report))
+    return 0
