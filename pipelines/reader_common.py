@@ -112,14 +112,15 @@ def make_file_split(
     )
 
 
-def check_listed_files_exist(files: Sequence[str], where: str, limit: int = 5) -> None:
-    """Every listed image must exist: the first absent ones are named (with how many more)."""
-    missing = [f for f in files if not os.path.isfile(f)]
+def check_listed_files_exist(
+    files: Sequence[str], where: str, origins: Sequence[str] | None = None, limit: int = 5
+) -> None:
+    """Every listed image must exist: the first absent ones are named, with where each was listed, and the count."""
+    missing = [i for i, f in enumerate(files) if not os.path.isfile(f)]
     if missing:
+        named = [f"{files[i]} (listed at {origins[i]})" if origins is not None else files[i] for i in missing[:limit]]
         extra = f" and {len(missing) - limit} more" if len(missing) > limit else ""
-        raise FileNotFoundError(
-            f"{where}: {len(missing)} listed image(s) are absent: {', '.join(missing[:limit])}{extra}"
-        )
+        raise FileNotFoundError(f"{where}: {len(missing)} listed image(s) are absent: {', '.join(named)}{extra}")
 
 
 def dataset_splits(
@@ -140,3 +141,15 @@ def dataset_splits(
         if len(split) and (split.labels.min() < 0 or split.labels.max() >= k):
             raise ValueError(f"dataset {name!r}: split {split.name!r} has labels outside 0..{k - 1}")
     return DatasetSplits(name=name, classes=classes, distances=distances, hierarchy=hierarchy, splits=dict(splits))
+
+
+def check_split_covers_classes(split: str, labels: np.ndarray, classes: Sequence[str], where: str) -> None:
+    """List-based formats: every class must appear in every split read (as for image folders)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(classes))
+    absent = np.flatnonzero(counts == 0)
+    if absent.size:
+        more = f" (and {absent.size - 1} more)" if absent.size > 1 else ""
+        raise ValueError(
+            f"{where}: class {classes[int(absent[0])]!r} is missing from split {split!r}{more}; "
+            "every split must have the same classes"
+        )
