@@ -14,6 +14,10 @@ Registered backbones (``available_backbones()``):
   generic ``wide_resnet`` — pre-activation Wide-ResNets (Zagoruyko & Komodakis, BMVC 2016), trained from scratch.
 * ``tiny_cnn`` — three conv layers of configurable width, for tests and the CPU demo.
 
+Every backbone takes ``weights=None``; the non-torchvision ones accept a local checkpoint path there as well.
+Backbones may set ``head_defaults`` ({head name: options}): Wide-ResNets and ``tiny_cnn`` make the type-I head
+the plain average-pooled map, the reference's type-I feature for WRN-28-8.
+
 Adding a backbone is one decorated function::
 
     @register_backbone("my_net")

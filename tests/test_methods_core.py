@@ -177,3 +177,16 @@ def test_gradient_reaches_the_features_and_not_the_frame(name, dim):
         assert list(method.parameters()) == []
         assert not method.frame.requires_grad and method.frame.grad is None
         assert {"frame", "similarity"} <= set(method.state_dict())
+
+
+def test_half_precision_casts_keep_the_frame_exact():
+    """DeepSpeed's bf16/fp16 weights call .bfloat16()/.half() on the whole model: the frame must not be rounded."""
+    method = _method("haframe", s_min=-0.2)
+    frame, similarity = method.frame.clone(), method.similarity.clone()
+    for cast in (torch.nn.Module.bfloat16, torch.nn.Module.half, torch.nn.Module.float):
+        cast(method)
+        assert torch.equal(method.frame, frame) and torch.equal(method.similarity, similarity)
+    method.double()  # lossless casts still apply
+    assert method.frame.dtype == torch.float64 and torch.equal(method.frame.float(), frame)
+    ce = _method("cross-entropy", in_features=4).bfloat16()  # ordinary weights are cast as usual
+    assert ce.classifier.weight.dtype == torch.bfloat16
