@@ -146,8 +146,11 @@ def _is_psd_eigvalsh(s: np.ndarray) -> bool:
 
 
 def _cholesky_succeeds(s: np.ndarray, shift: float) -> bool:
+    """Whether S + shift·I is numerically positive definite (LAPACK potrf reaches the end)."""
+    shifted = s.copy()
+    shifted.flat[:: s.shape[0] + 1] += shift  # the diagonal, without building a K × K identity
     try:
-        np.linalg.cholesky(s + shift * np.eye(s.shape[0]))
+        np.linalg.cholesky(shifted)
     except np.linalg.LinAlgError:
         return False
     return True
