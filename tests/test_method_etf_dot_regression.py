@@ -134,3 +134,16 @@ def test_method_options_and_width_errors():
         cls.Options(target_probability=1.0)
     with pytest.raises(ValueError, match="width ≥ K − 1 = 3"):
         cls(2, _context())
+
+
+def test_frame_survives_module_wide_half_casts():
+    # DeepSpeed's bf16 weights mode casts the whole model: the frame must keep full precision, BN may not.
+    method = get_method("etf-dot-regression")(4, _context())
+    frame = method.frame.clone()
+    method.bfloat16()
+    assert method.frame.dtype == torch.float32 and torch.equal(method.frame, frame)
+    assert method.batch_norm.weight.dtype == torch.bfloat16
+    outputs = method(torch.randn(4, 4, dtype=torch.bfloat16))
+    loss = method.loss(outputs, torch.arange(4))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert method.double().frame.dtype == torch.float64  # lossless casts still apply

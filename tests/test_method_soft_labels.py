@@ -75,3 +75,13 @@ def test_method_probabilities_and_options():
         cls.Options(beta=-2.0)
     with pytest.raises(ValueError, match="K × K = 4 × 4"):
         cls(5, MethodContext(classes=("a", "b", "c", "d"), distances=np.zeros((3, 3))))
+
+
+def test_soft_targets_survive_module_wide_half_casts():
+    # exp(−β) with β = 30 is ~1e-13: fp16 would flush it to zero. The buffer keeps fp32; the classifier casts.
+    method = get_method("soft-labels")(5, CONTEXT).half()
+    assert method.soft_targets.dtype == torch.float32 and method.soft_targets.min().item() > 0
+    assert method.classifier.weight.dtype == torch.float16
+    assert get_method("hierarchical-ce")(
+        5, MethodContext(classes=("a", "b", "c", "d"), distances=DISTANCES, level_labels=np.array([[0], [0], [1], [1]]))
+    ).bfloat16().edge_weights.dtype == torch.float32

@@ -24,13 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from haf.method_losses import batch_class_rescaling, dot_regression_loss, normface_scale
-from haf.methods.base import Method, MethodContext, register_method
+from haf.methods._full_precision import FullPrecisionBuffersMethod
+from haf.methods.base import MethodContext, register_method
 
 __all__ = ["ETFDotRegression"]
 
 
 @register_method("etf-dot-regression")
-class ETFDotRegression(Method):
+class ETFDotRegression(FullPrecisionBuffersMethod):
     """BatchNorm (+ optional L2 normalisation) → fixed simplex ETF, trained with the dot-regression loss."""
 
     @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class ETFDotRegression(Method):
                 raise ValueError(f"target_probability must lie in (0, 1), got {self.target_probability}")
 
     frame: torch.Tensor
+    full_precision_buffers = ("frame",)
 
     def __init__(self, in_features: int, context: MethodContext, options: Options | None = None) -> None:
         super().__init__(in_features, context, options)

@@ -33,13 +33,14 @@ from torch import nn
 
 from haf.method_losses import hierarchical_ce_weights, hierarchical_cross_entropy
 from haf.methods._levels import class_levels
-from haf.methods.base import Method, MethodContext, register_method
+from haf.methods._full_precision import FullPrecisionBuffersMethod
+from haf.methods.base import MethodContext, register_method
 
 __all__ = ["HierarchicalCrossEntropy"]
 
 
 @register_method("hierarchical-ce")
-class HierarchicalCrossEntropy(Method):
+class HierarchicalCrossEntropy(FullPrecisionBuffersMethod):
     """Learnable Linear(D, K) + hierarchical cross-entropy with exponentially decaying edge weights."""
 
     @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class HierarchicalCrossEntropy(Method):
 
     assignments: torch.Tensor
     edge_weights: torch.Tensor
+    full_precision_buffers = ("edge_weights",)
 
     def __init__(self, in_features: int, context: MethodContext, options: Options | None = None) -> None:
         super().__init__(in_features, context, options)

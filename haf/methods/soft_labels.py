@@ -25,13 +25,14 @@ import torch
 from torch import nn
 
 from haf.method_losses import soft_label_loss, soft_label_targets
-from haf.methods.base import Method, MethodContext, register_method
+from haf.methods._full_precision import FullPrecisionBuffersMethod
+from haf.methods.base import MethodContext, register_method
 
 __all__ = ["SoftLabels"]
 
 
 @register_method("soft-labels")
-class SoftLabels(Method):
+class SoftLabels(FullPrecisionBuffersMethod):
     """Learnable Linear(D, K) + KL divergence to hierarchy-derived soft targets."""
 
     @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class SoftLabels(Method):
                 raise ValueError(f"beta must be a non-negative number, got {self.beta!r}")
 
     soft_targets: torch.Tensor
+    full_precision_buffers = ("soft_targets",)
 
     def __init__(self, in_features: int, context: MethodContext, options: Options | None = None) -> None:
         super().__init__(in_features, context, options)

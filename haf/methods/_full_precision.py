@@ -1,0 +1,34 @@
+"""Keep a method's fixed float buffers (frames, soft targets, edge weights) out of module-wide half casts.
+
+DeepSpeed's bf16/fp16 weights mode casts the whole model (``.half()`` / ``.bfloat16()``), buffers included. A
+fixed frame or a soft-target matrix defines the target of the loss rather than being a weight: rounding it to
+8–11 significant bits would change the method (an exp(−30) soft target underflows in fp16), and the losses
+accumulate in fp32 anyway. Device moves and lossless casts (``.double()``) still apply. The same rule as
+``FixedFrameMethod`` in ``haf/methods/haframe.py``, for methods that are not fixed-frame methods.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from haf.methods.base import Method
+
+__all__ = ["FullPrecisionBuffersMethod"]
+
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class FullPrecisionBuffersMethod(Method):
+    """A Method whose buffers named in ``full_precision_buffers`` never become fp16/bf16."""
+
+    full_precision_buffers: ClassVar[tuple[str, ...]] = ()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "FullPrecisionBuffersMethod":
+        before = {name: self._buffers[name] for name in self.full_precision_buffers if self._buffers.get(name) is not None}
+        super()._apply(fn, recurse)
+        for name, original in before.items():
+            after = self._buffers[name]
+            if after is not None and after.dtype in _HALF_DTYPES and original.dtype not in _HALF_DTYPES:
+                self._buffers[name] = original.to(device=after.device)
+        return self
