@@ -247,3 +247,21 @@ def test_errors(loss_fn):
         loss_fn(features, frame, target, similarity, alpha=1.5)
     with pytest.raises(ValueError, match="reduction must be one of"):
         loss_fn(features, frame, target, similarity, reduction="batchmean")
+
+
+@pytest.mark.parametrize("loss_fn", LOSSES)
+def test_confident_nearly_converged_fp32_matches_float64(loss_fn):
+    """‖h‖ ≈ 200 along w_y plus noise: CE ≈ 0 and the cosine term is a small difference of O(1) numbers."""
+    _, frame, _, similarity = make_problem(1, 48, 37, seed=13)
+    gen = torch.Generator().manual_seed(14)
+    target = torch.randint(0, 37, (64,), generator=gen)
+    features = 200.0 * frame[target] + 0.5 * torch.randn(64, 48, generator=gen, dtype=torch.float64)
+    h64 = features.clone().requires_grad_(True)
+    ref = loss_fn(h64, frame, target, similarity, reduction="none")
+    ref.sum().backward()
+    h32 = features.float().requires_grad_(True)
+    got = loss_fn(h32, frame.float(), target, similarity.float(), reduction="none")
+    got.sum().backward()
+    assert float(ref.detach().max()) < 0.05  # really near convergence
+    torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-3, atol=2e-6)
+    torch.testing.assert_close(h32.grad.double(), h64.grad, rtol=1e-3, atol=1e-6)
