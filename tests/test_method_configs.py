@@ -18,6 +18,7 @@ import torch
 import haf.classifier
 from haf.classifier import build_classifier
 from haf.methods import MethodContext, available_methods
+from haf.metrics import crm_scores
 from haf.run_config import load_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -92,3 +93,6 @@ def test_config_loads_and_builds_model_and_loss(path: Path):
         probs = method.probabilities(outputs)
     assert scores.shape == probs.shape == (8, num_classes)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(8))
+    # What the evaluation loop does with them: CRM decoding (Karthik et al.) beside the plain scores.
+    crm = crm_scores(probs, torch.from_numpy(distances).float())
+    assert crm.shape == (8, num_classes) and torch.isfinite(crm).all()
