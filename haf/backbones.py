@@ -177,7 +177,9 @@ def load_state_into_backbone(model: nn.Module, state: Mapping[str, torch.Tensor]
     missing = {k for k in expected - set(stripped) if not k.endswith("num_batches_tracked")}
     unexpected = set(stripped) - expected
     if missing or unexpected:
-        parts = [f"{source}: checkpoint does not match the {type(model).__name__} backbone (prefix {prefix!r} stripped)"]
+        parts = [
+            f"{source}: checkpoint does not match the {type(model).__name__} backbone (prefix {prefix!r} stripped)"
+        ]
         if missing:
             parts.append(f"missing keys ({len(missing)}): {_key_list(missing)}")
         if unexpected:
@@ -442,7 +444,8 @@ class TinyCNN(nn.Module):
         for index in range(depth):
             out = width if index == 0 else width * 2 ** min(index, 2)
             stride = 1 if index == 0 else 2
-            layers += [nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+            conv = nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False)
+            layers += [conv, nn.BatchNorm2d(out), nn.ReLU()]
             channels = out
         self.layers = nn.Sequential(*layers)
         self.out_channels: int = channels

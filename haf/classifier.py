@@ -63,7 +63,7 @@ class HierarchyClassifier(nn.Module):
         transform_lr_scale: float = 1.0,
         no_decay_norm_and_bias: bool = False,
     ) -> list[dict[str, Any]]:
-        """Optimizer parameter groups ``backbone``, ``transformation``, ``last_layer`` (the method); empty ones left out.
+        """Optimizer groups ``backbone``, ``transformation``, ``last_layer`` (the method's); empty ones left out.
 
         Each group carries ``lr`` (= base_lr · lr_scale), ``weight_decay``, and two extra keys torch optimizers and
         DeepSpeed pass through untouched: ``name`` and ``lr_scale``, so a scheduler sets ``lr = lr_t · lr_scale``.
@@ -72,10 +72,11 @@ class HierarchyClassifier(nn.Module):
         Only parameters with ``requires_grad`` are included; every one appears in exactly one group.
         """
         head_backbone_side = {id(p) for m in self.head.backbone_modules() for p in m.parameters()}
+        head_params = list(self.head.parameters())
         sections: list[tuple[str, float, list[nn.Parameter]]] = [
             ("backbone", backbone_lr_scale, list(self.backbone.parameters())),
-            ("backbone", backbone_lr_scale, [p for p in self.head.parameters() if id(p) in head_backbone_side]),
-            ("transformation", transform_lr_scale, [p for p in self.head.parameters() if id(p) not in head_backbone_side]),
+            ("backbone", backbone_lr_scale, [p for p in head_params if id(p) in head_backbone_side]),
+            ("transformation", transform_lr_scale, [p for p in head_params if id(p) not in head_backbone_side]),
             ("last_layer", 1.0, list(self.method.parameters())),
         ]
         grouped: dict[str, tuple[float, list[nn.Parameter]]] = {}

@@ -64,7 +64,9 @@ class FixedFrameMethod(Method):
                 f"{self.name}: frame must be K × D = {num_classes} × {self.in_features}, got {frame.shape}"
             )
         if similarity.shape != (num_classes, num_classes):
-            raise ValueError(f"{self.name}: similarity must be K × K = {num_classes} × {num_classes}, got {similarity.shape}")
+            raise ValueError(
+                f"{self.name}: similarity must be K × K = {num_classes} × {num_classes}, got {similarity.shape}"
+            )
         if not (np.isfinite(frame).all() and np.isfinite(similarity).all()):
             raise ValueError(f"{self.name}: frame or similarity contains NaN/inf")
         self.register_buffer("frame", torch.from_numpy(frame).float(), persistent=True)
