@@ -94,15 +94,19 @@ def build_backbone(name: str, **options: Any) -> nn.Module:
 # Checkpoint loading
 # ---------------------------------------------------------------------------------------------------------------
 
-#: Key prefixes that training frameworks put in front of a backbone's parameter names, longest first so that
-#: ``module.encoder_q.`` wins over ``module.``: DataParallel/DDP (``module.``), MoCo v1/v2 (``module.encoder_q.``),
-#: SimCLR/BYOL/DINO-style wrappers (``encoder.``, ``backbone.``), and their DDP-wrapped forms.
+#: Key prefixes that training frameworks put in front of a backbone's parameter names: DataParallel/DDP
+#: (``module.``), MoCo v1/v2 (``module.encoder_q.``), SimCLR/BYOL/DINO-style wrappers (``encoder.``, ``backbone.``),
+#: Lightning (``model.``), our own ``HierarchyClassifier`` (``backbone.``), and their DDP-wrapped forms. The prefix
+#: under which most of the backbone's keys appear wins (see ``_strip_prefix``), so the order only breaks ties.
 CHECKPOINT_PREFIXES: tuple[str, ...] = (
     "module.encoder_q.",
     "module.encoder.",
     "module.backbone.",
+    "model.encoder.",
+    "model.backbone.",
     "encoder_q.",
     "module.",
+    "model.",
     "encoder.",
     "backbone.",
     "",

@@ -117,6 +117,16 @@ def test_moco_checkpoint_loads_through_the_registry(tmp_path):
         build_backbone("tiny_cnn", weights="IMAGENET1K_V1")
 
 
+def test_backbone_initialises_from_a_classifier_checkpoint(tmp_path):
+    """Our own training checkpoints hold backbone.*, head.*, method.*: the backbone part loads, the rest is not ours."""
+    source = _randomised(build_backbone("tiny_cnn", width=4), seed=6)
+    state = {f"backbone.{k}": v for k, v in source.state_dict().items()}
+    state.update({"head.conv.weight": torch.randn(5, 16, 1, 1), "method.frame": torch.randn(5, 5)})
+    torch.save({"model": state, "epoch": 3}, tmp_path / "best.pt")
+    target = build_backbone("tiny_cnn", width=4, weights=tmp_path / "best.pt")
+    _same_state(source, target)
+
+
 def test_missing_unexpected_and_misshapen_keys_are_named(tmp_path):
     state = build_backbone("tiny_cnn", width=4).state_dict()
     missing = dict(state)
