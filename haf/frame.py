@@ -9,7 +9,7 @@ Similarity (Liang & Davis, ICCV 2023)::
 s_min is the reference's choice on the 100-point grid ``linspace(−1/(K−1), −1, 100)``: the most negative grid value
 whose S is positive semi-definite, "PSD" meaning that no eigenvalue is ≤ −1e-6 (eigenvalues with |λ| < 1e-6 count
 as 0). :func:`find_s_min_full_scan` is that rule literally (100 eigensolves); :func:`find_s_min` gives the identical
-answer with about 7 by bisection, because the PSD grid points form a prefix of the grid:
+answer with at most 9 (the two ends, then ≤ 7 bisection steps), because the PSD grid points form a prefix of the grid:
 
     Write E = exp(−γD/d_max) and S(s) = (1 − s)·E + s·11ᵀ = (1 − s)·[E + t·11ᵀ] with t = s/(1 − s), which
     increases with s on s < 1. 11ᵀ is PSD, so by Weyl's inequality every eigenvalue μ_k(t) of E + t·11ᵀ is
@@ -18,8 +18,12 @@ answer with about 7 by bisection, because the PSD grid points form a prefix of t
     |λ_min(S(s'))| = (1 − s')·|μ_min(t')| < (1 − s)·|μ_min(t)| = |λ_min(S(s))| < τ. So "PSD at s" implies
     "PSD at every larger s", and along the grid (which runs from −1/(K−1) down to −1) the PSD points are a prefix.
 
-The PSD test inside the bisection is a Cholesky factorisation (about 20× cheaper than ``eigvalsh`` at K = 1010,
-see bench/bench_frame.py) with a guard band: ``cholesky(S + (τ − δ)·I)`` succeeding proves λ_min > −τ, and
+    The first grid point is PSD for every tree: tree distances are ultrametric, so E = Σ_l w_l·B_l with w_l ≥ 0,
+    Σ w_l = 1 and B_l the 0/1 "same block at level l" matrices, and xᵀB_l x ≥ (1ᵀx)²/K gives K·E ⪰ 11ᵀ, i.e.
+    S(−1/(K−1)) = (K·E − 11ᵀ)/(K − 1) ⪰ 0. No PSD grid point therefore means the distances are not a tree's.
+
+The PSD test inside the bisection is a Cholesky factorisation (one is ~3–4× cheaper than ``eigvalsh`` at
+K = 1010 on a CPU; bench/bench_frame.py measures it) with a guard band: ``cholesky(S + (τ − δ)·I)`` succeeding proves λ_min > −τ, and
 ``cholesky(S + (τ + δ)·I)`` failing proves λ_min ≤ −τ, where δ = 8·K·u·‖S‖_∞ bounds the rounding error of both
 Cholesky and the symmetric eigensolver (u = fp64 unit roundoff; backward errors of both are O(K·u·‖S‖)). Only a
 λ_min within δ of −τ is undecided, and then ``eigvalsh`` decides, so the choice is always the one the
@@ -29,7 +33,7 @@ Frame: with S = V Λ Vᵀ and a seeded random orthogonal Q, W = (Q Λ^{1/2} Vᵀ
 We use the random orthogonal matrix Q' = Q_g V (Q_g from the QR of a seeded Gaussian, sign-fixed), i.e.
 W = V Λ^{1/2} Vᵀ Q_gᵀ = S^{1/2} Q_gᵀ. Q' is as Haar-random as Q_g, so this is the same construction, but W depends
 only on S and the seed, not on which eigenvector basis LAPACK returns inside a repeated eigenvalue's eigenspace
-(balanced trees have many): the same seed gives the same frame on every machine.
+(balanced trees have many): the same seed gives the same frame, to rounding, on every machine and BLAS.
 """
 from __future__ import annotations
 
