@@ -20,7 +20,13 @@ ON_ERROR = ("raise", "skip")
 class CorruptImageError(ValueError):
     """An image file that cannot be read or decoded; ``path`` names it."""
 
-    def __init__(self, path: str, reason: str):
+    def __init__(self, path: str, reason: str | None = None):
+        if reason is None:
+            # One argument: a finished message. DataLoader re-raises a worker's exception as
+            # ``type(message_with_worker_traceback)``; accepting that keeps the type (and the file name in the text).
+            super().__init__(path)
+            self.path, self.reason = None, path
+            return
         super().__init__(f"cannot read image {path}: {reason}")
         self.path = path
         self.reason = reason

@@ -112,13 +112,21 @@ class TorchLoader(Loader):
             collate_fn=_collate,
             pin_memory=options.device.type == "cuda",
             worker_init_fn=_single_threaded_worker if workers else None,
-            persistent_workers=workers > 0,
+            persistent_workers=False,
             prefetch_factor=4 if workers else None,
         )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, indices, skipped in self._loader:
-            self.skipped_files.extend(skipped)
-            if images is None:  # every sample of this batch was skipped
-                continue
-            yield self._finish(images, self.labels[indices])
+        batches = iter(self._loader)
+        try:
+            for images, indices, skipped in batches:
+                self.skipped_files.extend(skipped)
+                if images is None:  # every sample of this batch was skipped
+                    continue
+                yield self._finish(images, self.labels[indices])
+        finally:
+            # Stop the workers now — after an error or an early break too — rather than whenever the
+            # exception's traceback is collected (a worker left running is a process leak, and its join blocks).
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
