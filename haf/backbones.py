@@ -248,7 +248,13 @@ def _looks_like_path(weights: str) -> bool:
 
 def _fetch_torchvision_state_dict(weights_enum: Any) -> dict[str, torch.Tensor]:
     """Download (or read from torch hub's cache) the state dict of a torchvision weights enum member."""
-    return weights_enum.get_state_dict(progress=True, check_hash=True)
+    try:
+        return weights_enum.get_state_dict(progress=True, check_hash=True)
+    except OSError as error:  # URLError, connection and disk errors are all OSErrors
+        raise OSError(
+            f"cannot fetch torchvision weights {weights_enum} from {weights_enum.url}: {error}. Without network "
+            f"access, download that file elsewhere and pass its local path as the weights instead."
+        ) from error
 
 
 def load_pretrained(model: nn.Module, arch: str, weights: str | os.PathLike[str] | None) -> None:

@@ -201,3 +201,14 @@ def test_torchvision_weights_load_through_the_api(monkeypatch):
         assert torch.equal(loaded[key], value), key
     build_backbone("tiny_cnn", weights="none")  # the config's spelling of "from scratch"
     assert len(requested) == 1
+
+
+def test_failed_download_says_what_to_do(monkeypatch):
+    member = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(type(member), "get_state_dict", offline)
+    with pytest.raises(OSError, match=r"IMAGENET1K_V1 from https://.*network unreachable.*local path"):
+        backbones._fetch_torchvision_state_dict(member)
