@@ -17,6 +17,7 @@ import torch
 
 import haf.classifier
 from haf.classifier import build_classifier
+from haf.eval_loop import method_supports_crm
 from haf.methods import MethodContext, available_methods
 from haf.metrics import crm_scores
 from haf.run_config import load_config
@@ -31,6 +32,7 @@ DATASETS = ("cifar100", "fgvc-aircraft", "inat2019", "tiered-imagenet")
 TREE_SHAPE = {"cifar100": (100, 5), "fgvc-aircraft": (100, 3), "inat2019": (128, 7), "tiered-imagenet": (128, 12),
               "demo": (36, 3)}
 OUR_METHODS = ("etf-dot-regression", "hug", "soft-labels", "hierarchical-ce", "flamingo", "hafeature")
+POSTERIOR_METHODS = ("cross-entropy", "soft-labels", "hierarchical-ce", "flamingo", "hafeature")
 
 
 def synthetic_tree(num_classes: int, num_levels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,3 +98,7 @@ def test_config_loads_and_builds_model_and_loss(path: Path):
     # What the evaluation loop does with them: CRM decoding (Karthik et al.) beside the plain scores.
     crm = crm_scores(probs, torch.from_numpy(distances).float())
     assert crm.shape == (8, num_classes) and torch.isfinite(crm).all()
+    if config.method.name in POSTERIOR_METHODS:  # trained by a softmax log-likelihood: CRM is reported
+        assert method_supports_crm(method)
+    elif config.method.name in OUR_METHODS:  # cosine classifiers: only on request (report_crm)
+        assert not method_supports_crm(method)

@@ -95,3 +95,10 @@ def test_options_validation():
         Options(inter_weight=0.0, intra_weight=0.0)
     with pytest.raises(ValueError, match="target_probability"):
         Options(target_probability=0.0)
+
+
+def test_crm_reporting_is_opt_in():
+    from haf.eval_loop import method_supports_crm
+
+    assert not method_supports_crm(get_method("hug")(2, CONTEXT))
+    assert method_supports_crm(get_method("hug")(2, CONTEXT, get_method("hug").Options(report_crm=True)))

@@ -12,7 +12,8 @@ with w_c = m_c, or E_w[c]·m_c with the per-batch class rescaling for imbalanced
 :func:`haf.method_losses.batch_class_rescaling`). Prediction: argmax_c h·m_c (= max cosine, the rows having one
 norm). The loss trains only the direction of h, so probabilities for CRM are softmax(s · cos(h, m_c)) with the
 NormFace scale s at which a perfectly collapsed sample gets ``target_probability`` (not part of the paper, which
-reports no probabilities; see :func:`haf.method_losses.normface_scale`).
+reports no probabilities; see :func:`haf.method_losses.normface_scale`). The evaluation reports CRM
+decoding of them only with ``report_crm: true``: the loss fits no likelihood.
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ class ETFDotRegression(FullPrecisionBuffersMethod):
         class_rescaling: bool = False
         # Probability a perfectly collapsed sample gets under softmax(s·cos) for CRM decoding (see module doc).
         target_probability: float = 0.99
+        # Also report CRM decoding of softmax(s·cos). Off: the loss fits no likelihood, so these probabilities
+        # carry the scale chosen above rather than a learnt posterior; on, they are decoded like any other.
+        report_crm: bool = False
 
         def __post_init__(self) -> None:
             if not (isinstance(self.target_probability, (int, float)) and 0.0 < self.target_probability < 1.0):
@@ -68,6 +72,7 @@ class ETFDotRegression(FullPrecisionBuffersMethod):
             raise ValueError(f"etf-dot-regression: fixed_etf gave a {frame.shape} frame, expected K × D finite")
         self.register_buffer("frame", torch.from_numpy(frame).float(), persistent=True)
         self.batch_norm = nn.BatchNorm1d(in_features) if self.options.batch_norm else nn.Identity()
+        self.supports_crm = bool(self.options.report_crm)  # read by haf/eval_loop.py
         self.probability_scale = normface_scale(num_classes, self.options.target_probability)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

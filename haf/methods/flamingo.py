@@ -30,6 +30,10 @@ __all__ = ["Flamingo"]
 class Flamingo(Method):
     """One classifier per level on nested feature chunks with stop-gradients; sum of per-level CE."""
 
+    # Trained with a log-likelihood of the (finest-level) softmax: a class posterior, so the evaluation also
+    # reports CRM decoding (haf/eval_loop.py reads this flag).
+    supports_crm = True
+
     @dataclass(frozen=True)
     class Options:
         pass  # the method has no hyperparameters: equal-weight sum of the per-level losses, chunks of ⌊D/L⌋

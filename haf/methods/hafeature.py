@@ -36,6 +36,10 @@ __all__ = ["HAFeature"]
 class HAFeature(Method):
     """Per-level normalised classifiers on a shared feature; CE + JSD consistency − weight consistency + hinge."""
 
+    # Trained with a log-likelihood of the (finest-level) softmax: a class posterior, so the evaluation also
+    # reports CRM decoding (haf/eval_loop.py reads this flag).
+    supports_crm = True
+
     @dataclass(frozen=True)
     class Options:
         jsd_weight: float = 1.0  # weight of the adjacent-level Jensen–Shannon consistency

@@ -43,6 +43,10 @@ __all__ = ["HierarchicalCrossEntropy"]
 class HierarchicalCrossEntropy(FullPrecisionBuffersMethod):
     """Learnable Linear(D, K) + hierarchical cross-entropy with exponentially decaying edge weights."""
 
+    # Trained with a log-likelihood of the (finest-level) softmax: a class posterior, so the evaluation also
+    # reports CRM decoding (haf/eval_loop.py reads this flag).
+    supports_crm = True
+
     @dataclass(frozen=True)
     class Options:
         alpha: float = 0.1  # decay α of λ = exp(−α·depth); the paper's values include 0.1 and 0.5

@@ -10,7 +10,8 @@ with ŵ, x̂ the L2-normalised proxies and features and sg the stop-gradient (th
 proxies, the intra term only the features). α = 0.15, β = 0.015: the paper's setting for MHE-HUG (and MHS-HUG).
 Prediction is the nearest proxy: scores are cos(h, w_c). For CRM the probabilities are softmax(s · cos) with the
 NormFace scale s at which a perfectly collapsed sample gets ``target_probability`` — the paper defines no
-probabilities; this scale is our choice, explained in :func:`haf.method_losses.normface_scale`.
+probabilities; this scale is our choice, explained in :func:`haf.method_losses.normface_scale`. The evaluation reports CRM decoding of them only with
+``report_crm: true``: the loss fits no likelihood, so they are not a learnt posterior.
 
 Implemented: MHE-HUG (Riesz s = 2 energy between proxies, Euclidean distance to the proxy inside a class), the
 variant the paper uses for its main results. Not implemented: the MHS (maximum hyperspherical separation) and
@@ -41,6 +42,9 @@ class HUG(Method):
         intra_weight: float = 0.015  # β, weight of the features' distance to their proxy (paper, MHE-HUG)
         # Probability a perfectly collapsed sample gets under softmax(s·cos), for CRM decoding only.
         target_probability: float = 0.99
+        # Also report CRM decoding of softmax(s·cos). Off: the loss fits no likelihood, so these probabilities
+        # carry the scale chosen above rather than a learnt posterior; on, they are decoded like any other.
+        report_crm: bool = False
 
         def __post_init__(self) -> None:
             for key in ("inter_weight", "intra_weight"):
@@ -60,6 +64,7 @@ class HUG(Method):
         # U(−1/√D, 1/√D): nn.Linear's default weight range, as the authors' proxies.
         bound = 1.0 / math.sqrt(in_features)
         nn.init.uniform_(self.proxies, -bound, bound)
+        self.supports_crm = bool(self.options.report_crm)  # read by haf/eval_loop.py
         self.probability_scale = normface_scale(context.num_classes, self.options.target_probability)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,10 @@ __all__ = ["SoftLabels"]
 class SoftLabels(FullPrecisionBuffersMethod):
     """Learnable Linear(D, K) + KL divergence to hierarchy-derived soft targets."""
 
+    # Trained with a log-likelihood of the (finest-level) softmax: a class posterior, so the evaluation also
+    # reports CRM decoding (haf/eval_loop.py reads this flag).
+    supports_crm = True
+
     @dataclass(frozen=True)
     class Options:
         beta: float = 30.0  # hardness β of the soft targets; see the module docstring for the published sweep
