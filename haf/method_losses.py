@@ -331,7 +331,9 @@ def flamingo_level_inputs(features: torch.Tensor, num_levels: int) -> list[torch
     for level, (start, end) in enumerate(bounds):
         finer_start = bounds[level + 1][0] if level + 1 < num_levels else features.shape[1]
         own = features[:, start:end]
-        inputs.append(torch.cat([own, features[:, finer_start:].detach()], dim=1) if finer_start < features.shape[1] else own)
+        if finer_start < features.shape[1]:
+            own = torch.cat([own, features[:, finer_start:].detach()], dim=1)
+        inputs.append(own)
     return inputs
 
 
@@ -384,9 +386,9 @@ def dissimilarity_hinge(probs: torch.Tensor, pairs: torch.Tensor, margin: float 
         return probs.sum() * 0.0
     p, q = probs[pairs[:, 0]], probs[pairs[:, 1]]
     log_m = (0.5 * (p + q)).clamp_min(torch.finfo(p.dtype).tiny).log()
-    return 0.5 * (
-        (margin - _kl_to_mixture(p, log_m)).clamp_min(0).mean() + (margin - _kl_to_mixture(q, log_m)).clamp_min(0).mean()
-    )
+    hinge_p = (margin - _kl_to_mixture(p, log_m)).clamp_min(0).mean()
+    hinge_q = (margin - _kl_to_mixture(q, log_m)).clamp_min(0).mean()
+    return 0.5 * (hinge_p + hinge_q)
 
 
 def adjacent_dissimilar_pairs(labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

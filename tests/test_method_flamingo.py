@@ -22,7 +22,8 @@ def _context(level_labels=LEVEL_LABELS) -> MethodContext:
 
 
 def test_chunk_bounds_follow_the_reference():
-    assert flamingo_chunk_bounds(600, 7) == [(0, 85), (85, 170), (170, 255), (255, 340), (340, 425), (425, 510), (510, 600)]
+    # D = 600, L = 7 (iNat2019's type-I feature): six chunks of 85, the species chunk 90.
+    assert flamingo_chunk_bounds(600, 7) == [(85 * i, 85 * (i + 1)) for i in range(6)] + [(510, 600)]
     assert flamingo_chunk_bounds(7, 3) == [(0, 2), (2, 4), (4, 7)]
     with pytest.raises(ValueError, match="needs D ≥ L"):
         flamingo_chunk_bounds(2, 3)

@@ -29,7 +29,8 @@ def _context(level_labels=THREE_LEVELS) -> MethodContext:
 
 def test_parent_probabilities_are_sums_of_children():
     probs = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.7, 0.1, 0.1, 0.1]])
-    torch.testing.assert_close(coarsen_probabilities(probs, torch.tensor([0, 0, 1, 1])), torch.tensor([[0.3, 0.7], [0.8, 0.2]]))
+    summed = coarsen_probabilities(probs, torch.tensor([0, 0, 1, 1]))
+    torch.testing.assert_close(summed, torch.tensor([[0.3, 0.7], [0.8, 0.2]]))
     method = get_method("hafeature")(5, _context())
     outputs = method(torch.randn(3, 5))
     fine = torch.softmax(outputs[2], dim=1)
@@ -43,7 +44,8 @@ def test_jensen_shannon_hand_worked():
     assert jensen_shannon_divergence(p, q).item() == pytest.approx(math.log(2), abs=1e-7)  # disjoint supports
     assert jensen_shannon_divergence(p, p).item() == pytest.approx(0.0, abs=1e-7)
     # p = (½, ½), q = (1, 0): m = (¾, ¼); ½[½ log(⅔) + ½ log 2] + ½ log(4/3).
-    value = jensen_shannon_divergence(torch.tensor([[0.5, 0.5]], dtype=torch.float64), torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    half, one = torch.tensor([[0.5, 0.5]], dtype=torch.float64), torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    value = jensen_shannon_divergence(half, one)
     expected = 0.5 * (0.5 * math.log(2 / 3) + 0.5 * math.log(2)) + 0.5 * math.log(4 / 3)
     assert value.item() == pytest.approx(expected, abs=1e-12)
 
@@ -87,9 +89,8 @@ def test_loss_terms_compose_and_gradient_matches_finite_differences():
     terms = hafeature_loss_terms(logits, weights, targets, parents, margin=3.0, pairs=pairs)
     probs = [torch.softmax(z, dim=1) for z in logits]
     torch.testing.assert_close(terms["ce"], torch.nn.functional.cross_entropy(logits[2], targets[2]))
-    expected_jsd = jensen_shannon_divergence(coarsen_probabilities(probs[1], parents[1], 2), probs[0]) + jensen_shannon_divergence(
-        coarsen_probabilities(probs[2], parents[2], 3), probs[1]
-    )
+    expected_jsd = jensen_shannon_divergence(coarsen_probabilities(probs[1], parents[1], 2), probs[0])
+    expected_jsd = expected_jsd + jensen_shannon_divergence(coarsen_probabilities(probs[2], parents[2], 3), probs[1])
     torch.testing.assert_close(terms["jsd"], expected_jsd)
     torch.testing.assert_close(terms["dissimilarity"], dissimilarity_hinge(probs[1], pairs[1], 3.0))
     total = hafeature_loss(logits, weights, targets, parents, 0.5, 2.0, 3.0, margin=3.0, pairs=pairs)
@@ -109,7 +110,8 @@ def test_method_forward_uses_row_normalised_weights_and_predicts_the_finest_leve
     features = torch.randn(3, 5)
     outputs = method(features)
     fine = method.classifiers[2]
-    torch.testing.assert_close(outputs[2], features @ (fine.weight / fine.weight.norm(dim=1, keepdim=True)).T + fine.bias)
+    unit_rows = fine.weight / fine.weight.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(outputs[2], features @ unit_rows.T + fine.bias)
     with torch.no_grad():
         fine.weight.mul_(7.0)  # rescaling a row changes nothing: the classifier is normalised
     torch.testing.assert_close(method(features)[2], outputs[2])

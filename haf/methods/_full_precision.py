@@ -25,7 +25,9 @@ class FullPrecisionBuffersMethod(Method):
     full_precision_buffers: ClassVar[tuple[str, ...]] = ()
 
     def _apply(self, fn: Any, recurse: bool = True) -> "FullPrecisionBuffersMethod":
-        before = {name: self._buffers[name] for name in self.full_precision_buffers if self._buffers.get(name) is not None}
+        before = {
+            name: self._buffers[name] for name in self.full_precision_buffers if self._buffers.get(name) is not None
+        }
         super()._apply(fn, recurse)
         for name, original in before.items():
             after = self._buffers[name]

@@ -10,12 +10,13 @@ with ŵ, x̂ the L2-normalised proxies and features and sg the stop-gradient (th
 proxies, the intra term only the features). α = 0.15, β = 0.015: the paper's setting for MHE-HUG (and MHS-HUG).
 Prediction is the nearest proxy: scores are cos(h, w_c). For CRM the probabilities are softmax(s · cos) with the
 NormFace scale s at which a perfectly collapsed sample gets ``target_probability`` — the paper defines no
-probabilities; this scale is our choice, explained in :func:`haf.method_losses.normface_scale`. The evaluation reports CRM decoding of them only with
-``report_crm: true``: the loss fits no likelihood, so they are not a learnt posterior.
+probabilities; this scale is our choice, explained in :func:`haf.method_losses.normface_scale`. The evaluation
+reports CRM decoding of them only with ``report_crm: true``: the loss fits no likelihood, so they are not a learnt
+posterior.
 
-Implemented: MHE-HUG (Riesz s = 2 energy between proxies, Euclidean distance to the proxy inside a class), the
-variant the paper uses for its main results. Not implemented: the MHS (maximum hyperspherical separation) and
-MGD (maximum gram determinant) variants, and HUG combined with cross-entropy.
+Implemented: MHE-HUG (Riesz s = 2 energy between the proxies, Euclidean distance to the proxy inside a class),
+one of the three variants whose α, β the paper states, with the authors' class-balanced intra-class mean.
+Not implemented: the MHS (maximum hyperspherical separation) and MGD (maximum Gram determinant) variants.
 """
 from __future__ import annotations
 
