@@ -129,3 +129,36 @@ def test_method_probabilities_are_the_leaf_softmax_and_options_validate():
         cls.Options(weighting="width")
     with pytest.raises(ValueError, match="needs the class tree"):
         cls(5, MethodContext(classes=("a", "b", "c", "d"), distances=DISTANCES))
+
+
+def _random_tree(num_classes: int, num_levels: int, seed: int) -> np.ndarray:
+    """Level labels of a random tree: each level merges random groups of the finer one (some single-child)."""
+    rng = np.random.default_rng(seed)
+    columns = [np.arange(num_classes)]
+    for _ in range(num_levels - 1):
+        finer = columns[0]
+        parent_of = rng.integers(0, max(1, (finer.max() + 1) // 2), size=finer.max() + 1)
+        columns.insert(0, parent_of[finer])
+    return np.stack(columns, axis=1)
+
+
+def test_vectorised_loss_matches_a_literal_path_walk_on_random_trees():
+    # The literal form: for each sample, walk the levels and add −λ·log(Σ_{leaves of C} p / Σ_{leaves of parent} p).
+    for seed, (num_classes, num_levels) in enumerate(((17, 3), (123, 5))):
+        labels = _random_tree(num_classes, num_levels, seed)
+        assignments = _assignments(labels)
+        weights = torch.from_numpy(hierarchical_ce_weights(list(assignments.numpy()), 0.3))
+        gen = torch.Generator().manual_seed(seed)
+        logits = 3 * torch.randn(9, num_classes, dtype=torch.float64, generator=gen)
+        target = torch.randint(0, num_classes, (9,), generator=gen)
+        probs = torch.softmax(logits, dim=1)
+        expected = 0.0
+        for b in range(9):
+            parent_mass = 1.0
+            for level in range(assignments.shape[0]):
+                members = assignments[level] == assignments[level, target[b]]
+                mass = float(probs[b, members].sum())
+                expected += -float(weights[target[b], level]) * math.log(mass / parent_mass)
+                parent_mass = mass
+        value = hierarchical_cross_entropy(logits, target, assignments, weights)
+        assert value.item() == pytest.approx(expected / 9, rel=1e-10)

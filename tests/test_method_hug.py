@@ -102,3 +102,22 @@ def test_crm_reporting_is_opt_in():
 
     assert not method_supports_crm(get_method("hug")(2, CONTEXT))
     assert method_supports_crm(get_method("hug")(2, CONTEXT, get_method("hug").Options(report_crm=True)))
+
+
+def test_vectorised_intra_class_term_matches_the_per_class_loop():
+    # The authors' form: for each class present, mean ‖x̂ − ŵ_c‖ over its samples; then the mean over classes.
+    gen = torch.Generator().manual_seed(2)
+    features = torch.randn(37, 11, dtype=torch.float64, generator=gen)
+    proxies = torch.randn(123, 11, dtype=torch.float64, generator=gen)
+    target = torch.randint(0, 123, (37,), generator=gen)
+    per_class = []
+    for c in target.unique():
+        x = features[target == c]
+        x = x / x.norm(dim=1, keepdim=True)
+        w = proxies[c] / proxies[c].norm()
+        per_class.append((x - w).norm(dim=1).mean())
+    torch.testing.assert_close(hug_intra_class_distance(features, proxies, target), torch.stack(per_class).mean())
+    # and the energy against the explicit double loop over pairs
+    unit = proxies[:9] / proxies[:9].norm(dim=1, keepdim=True)
+    pairs = [1 / (unit[i] - unit[j]).square().sum() for i in range(9) for j in range(i + 1, 9)]
+    torch.testing.assert_close(hyperspherical_energy(proxies[:9]), torch.stack(pairs).mean())
