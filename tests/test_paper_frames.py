@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from haf.frame import GRID_POINTS, PSD_TOLERANCE, build_frame, find_s_min, reference_grid
+from haf.frame import GRID_POINTS, PSD_TOLERANCE, build_frame, find_s_min, find_s_min_full_scan, reference_grid
 from haf.hierarchy import Hierarchy, load_hierarchy
 
 HIERARCHIES = Path(__file__).parent / "data" / "hierarchies"
@@ -188,6 +188,13 @@ def test_s_min_is_the_last_psd_grid_point_by_eigvalsh(paper: PaperHierarchy) -> 
     beyond = _smallest_eigenvalue(_reference_similarity(distances, paper.gamma, grid[index + 1]))
     assert at > -PSD_TOLERANCE
     assert beyond <= -PSD_TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["fgvc-aircraft", "cifar-100"])
+def test_s_min_equals_the_literal_100_point_scan(name: str) -> None:
+    """At K = 100 the reference's literal scan (100 eigensolves) is cheap enough to run outright."""
+    paper = BY_NAME[name]
+    assert find_s_min_full_scan(_distances(name, paper.convention), paper.gamma) == _s_min(name)
 
 
 def test_tiered_imagenet_needs_the_fixed_depth_convention() -> None:
