@@ -5,6 +5,10 @@ Without a GPU, Triton kernels run through Triton's interpreter: ``TRITON_INTERPR
 """
 import os
 
+# Multi-threaded OpenBLAS busy-waits when the cores are shared or oversubscribed (numpy eigensolves ran 6-20x
+# slower on 2 shared cores); set before numpy is first imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import pytest
 import torch
 
