@@ -134,3 +134,39 @@ def test_make_loader_names_missing_split_and_derives_defaults():
     assert len(loader) == 2 == math.floor(5 / 2)
     evaluation = make_loader(dataset, "train", backend="torch", train=False, batch_size=2, image_size=32, workers=0)
     assert len(evaluation) == 3 and not evaluation.options.shuffle
+
+
+def test_header_size_matches_pillow_for_every_layout(tmp_path):
+    from PIL import Image
+
+    from haf.pipelines.encoded_images import CorruptImageError, encoded_size, read_encoded
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    thumbnail_exif = Image.Exif()
+    thumbnail_exif[0x0112] = 6  # orientation "rotate 90": sizes stay the stored grid's
+    cases = {
+        "baseline.jpg": dict(format="JPEG", quality=90),
+        "progressive.jpg": dict(format="JPEG", progressive=True),
+        "exif.jpg": dict(format="JPEG", exif=thumbnail_exif.tobytes()),
+        "restart.jpg": dict(format="JPEG", restart_marker_rows=1),
+        "rgb.png": dict(format="PNG"),
+        "image.bmp": dict(format="BMP"),
+        "image.webp": dict(format="WEBP"),
+    }
+    for name, options in cases.items():
+        path = str(tmp_path / name)
+        image.save(path, **options)
+        assert encoded_size(read_encoded(path), path) == (37, 53), name
+    gray = str(tmp_path / "gray.jpg")
+    Image.fromarray(pixels[..., 0]).save(gray)
+    assert encoded_size(read_encoded(gray), gray) == (37, 53)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes((tmp_path / "baseline.jpg").read_bytes()[:40])  # ends inside the quantisation tables
+    with pytest.raises(CorruptImageError, match="cut.jpg"):
+        encoded_size(read_encoded(str(cut)), str(cut))
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    with pytest.raises(CorruptImageError, match="empty.jpg"):
+        read_encoded(str(empty))
