@@ -35,6 +35,15 @@ OUR_METHODS = ("etf-dot-regression", "hug", "soft-labels", "hierarchical-ce", "f
 POSTERIOR_METHODS = ("cross-entropy", "soft-labels", "hierarchical-ce", "flamingo", "hafeature")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (10–20× slower on a shared 2-core machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def synthetic_tree(num_classes: int, num_levels: int) -> tuple[np.ndarray, np.ndarray]:
     """Nested blocks of 2^(L−1−l) consecutive classes at level l: level labels and LCA-height distances."""
     block = [2 ** (num_levels - 1 - level) for level in range(num_levels)]

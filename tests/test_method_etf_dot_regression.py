@@ -13,6 +13,15 @@ from haf.methods import MethodContext, get_method
 DISTANCES = np.array([[0, 1, 2, 2], [1, 0, 2, 2], [2, 2, 0, 1], [2, 2, 1, 0]])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (10–20× slower on a shared 2-core machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _context(num_classes: int = 4) -> MethodContext:
     return MethodContext(classes=tuple(f"c{i}" for i in range(num_classes)), distances=DISTANCES, seed=3)
 

@@ -23,6 +23,15 @@ THREE_LEVELS = np.array([[0, 0, 0], [0, 1, 1], [1, 2, 2], [1, 2, 3]])  # 2 → 3
 DISTANCES = np.array([[0, 1, 2, 2], [1, 0, 2, 2], [2, 2, 0, 1], [2, 2, 1, 0]])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (10–20× slower on a shared 2-core machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _context(level_labels=THREE_LEVELS) -> MethodContext:
     return MethodContext(classes=("a", "b", "c", "d"), distances=DISTANCES, level_labels=level_labels)
 

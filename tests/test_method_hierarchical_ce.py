@@ -21,6 +21,15 @@ CONTEXT = MethodContext(classes=("a", "b", "c", "d"), distances=DISTANCES, level
 UNBALANCED = np.array([[0, 0, 0], [0, 1, 1], [0, 1, 2], [1, 2, 3]])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (10–20× slower on a shared 2-core machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _assignments(level_labels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.stack(class_levels(level_labels, level_labels.shape[0], "test").assignments))
 

@@ -16,6 +16,15 @@ CONTEXT = MethodContext(classes=("a", "b", "c", "d"), distances=DISTANCES)
 SQUARE = torch.tensor([[2.0, 0.0], [0.0, 1.0], [-3.0, 0.0], [0.0, -0.5]], dtype=torch.float64)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (10–20× slower on a shared 2-core machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def test_energy_of_a_square_hand_worked_and_at_a_critical_point():
     # Squared distances: 4 neighbouring pairs at 2, 2 opposite pairs at 4 → mean(1/d²) = (4·½ + 2·¼)/6 = 5/12.
     proxies = SQUARE.clone().requires_grad_(True)

@@ -15,6 +15,15 @@ DISTANCES = np.array([[0, 1, 2, 2], [1, 0, 2, 2], [2, 2, 0, 1], [2, 2, 1, 0]])
 CONTEXT = MethodContext(classes=("a", "b", "c", "d"), distances=DISTANCES)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (10–20× slower on a shared 2-core machine)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def test_soft_targets_hand_worked():
     # β = 2: row 0 ∝ exp(−2·d/2) = (1, e⁻¹, e⁻², e⁻²).
     q = soft_label_targets(DISTANCES, beta=2.0)
