@@ -1,7 +1,7 @@
 """Evaluation over a (sharded) loader: streaming hierarchical metrics, merged exactly across ranks.
 
 Each rank updates a :class:`haf.metrics.HierarchicalMetrics` on its shard (evaluation shards are disjoint and
-unpadded, see ``pipelines/epoch_plan.py``), the accumulators are gathered and merged, so every rank returns the
+unpadded, see ``pipelines/epoch_plan.py``), and the accumulators' sums are all-reduced, so every rank returns the
 metrics of the whole split. For probabilistic methods (cross-entropy and its relatives) the same pass also scores
 CRM decoding (Karthik et al., ICLR 2021): the classes ranked by −Σ_i p_i d(i, j), which gives the "crm" section
 of metrics.json.
@@ -19,7 +19,7 @@ DEFAULT_KS = (1, 5, 20)
 
 # Methods whose softmax is a calibrated class posterior, so CRM's expected-cost decoding applies. The paper reports
 # CRM for its cross-entropy baseline; a method can opt in or out with a class attribute ``supports_crm``.
-PROBABILISTIC_METHODS = ("cross-entropy", "soft-labels", "hierarchical-cross-entropy", "hxe")
+PROBABILISTIC_METHODS = ("cross-entropy", "soft-labels", "hierarchical-ce")
 
 
 def method_supports_crm(method: Any) -> bool:
@@ -27,18 +27,6 @@ def method_supports_crm(method: Any) -> bool:
     if flag is not None:
         return bool(flag)
     return getattr(method, "name", "") in PROBABILISTIC_METHODS
-
-
-def _merge_across_ranks(metric: Any) -> Any:
-    """Gather every rank's accumulator and merge them (same result on every rank)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return metric
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, metric)
-    merged = gathered[0]
-    for other in gathered[1:]:
-        merged.merge(other)
-    return merged
 
 
 @torch.no_grad()
@@ -95,9 +83,10 @@ def evaluate(
         totals = totals.to(device)
         dist.all_reduce(totals)
         totals = totals.cpu()
-    plain = _merge_across_ranks(plain)
+    # Sums and counts only (HierarchicalMetrics.state): one all-reduce gives every rank the whole split's metrics.
+    plain.all_reduce_()
     if decoded is not None:
-        decoded = _merge_across_ranks(decoded)
+        decoded.all_reduce_()
     model.train(was_training)
     images_seen = int(totals[1].item())
     return {

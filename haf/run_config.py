@@ -9,7 +9,7 @@ A config composes seven sections and two scalars::
     method:    {name, options}    # options validated against the method's ``Options`` dataclass
     optim:     {lr, momentum, weight_decay, nesterov, schedule, backbone_lr_scale, transformation_lr_scale, ...}
     train:     {epochs, batch_size, eval_batch_size, stop_after_epoch, max_steps_per_epoch, device, ...}
-    data:      {backend, image_size, workers, channels_last}
+    data:      {backend, image_size, workers, augment, channels_last}
     deepspeed: {enabled, zero_stage, precision, gradient_accumulation_steps, extra}
     logging:   {tensorboard, jsonl, progress, log_every}
 
@@ -60,6 +60,10 @@ class ModelConfig:
     pretrained: Union[str, None] = None
     backbone_options: dict = field(default_factory=dict)  # keyword options of the backbone factory
     head_options: dict = field(default_factory=dict)  # keyword options of the head factory
+    # Keep every BatchNorm in eval mode while training (running statistics, affine weights still trained), as
+    # detection/fine-tuning recipes do for small per-GPU batches. It also makes a sample's gradient independent of
+    # the rest of its batch, so N ranks reproduce one process exactly. false: the reference (batch statistics).
+    freeze_batchnorm: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,9 @@ class DataConfig:
     backend: Literal["torch", "dali"] = "torch"
     image_size: int = 224
     workers: int = 4  # per rank
+    # Random training augmentation (crop/flip). false: the training split gets the deterministic evaluation
+    # transform (still shuffled) — for debugging, and for comparing runs sample for sample across world sizes.
+    augment: bool = True
     # Channels-last activations ("auto": on GPU only, where cuDNN's NHWC convolutions are faster).
     channels_last: Literal["auto", "on", "off"] = "auto"
 

@@ -106,14 +106,28 @@ def teardown_distributed(context: DistributedContext) -> None:
         dist.barrier()
         if context.initialized_here:
             dist.destroy_process_group()
-            try:  # DeepSpeed caches its communication backend; drop it so a later run in-process starts clean.
-                import deepspeed.comm.comm as ds_comm
-
-                ds_comm.cdb = None
-            except ImportError:
-                pass
+            _forget_deepspeed_groups()
     for key in context.env_set_here:
         os.environ.pop(key, None)
+
+
+def _forget_deepspeed_groups() -> None:
+    """DeepSpeed caches its backend and process groups in module globals; after the group is destroyed they point
+    at dead groups, and a second run in the same process (tests, notebooks) would fail. Reset them."""
+    try:
+        import deepspeed.comm.comm as ds_comm
+        import deepspeed.utils.groups as ds_groups
+    except ImportError:
+        return
+    ds_comm.cdb = None
+    for name in ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP", "_TENSOR_MODEL_PARALLEL_GROUP",
+                 "_MODEL_PARALLEL_GROUP", "_DATA_PARALLEL_GROUP", "mpu", "mesh_device"):
+        if hasattr(ds_groups, name):
+            setattr(ds_groups, name, None)
+    for name in ("_EXPERT_PARALLEL_GROUP", "_EXPERT_PARALLEL_GROUP_RANKS", "_EXPERT_DATA_PARALLEL_GROUP",
+                 "_EXPERT_DATA_PARALLEL_GROUP_RANKS", "_ALL_TO_ALL_GROUP"):
+        if isinstance(getattr(ds_groups, name, None), dict):
+            getattr(ds_groups, name).clear()
 
 
 # ------------------------------------------------------------------------------------------------- engines
@@ -137,8 +151,14 @@ class _EngineBase:
     def input_dtype(self) -> torch.dtype:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
 
+    freeze_batchnorm: bool = False
+
     def train(self, mode: bool = True) -> None:
         self.module.train(mode)
+        if mode and self.freeze_batchnorm:
+            for module in self.module.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
 
     def eval(self) -> None:
         self.module.eval()
@@ -148,6 +168,7 @@ class DeepSpeedTrainEngine(_EngineBase):
     def __init__(self, model: nn.Module, config: RunConfig, context: DistributedContext) -> None:
         import deepspeed
 
+        self.freeze_batchnorm = config.model.freeze_batchnorm
         self.device = context.device
         self.precision = config.deepspeed.precision
         optimizer = build_optimizer(model, config.optim)
@@ -188,6 +209,7 @@ class PlainTrainEngine(_EngineBase):
     """torch SGD (+ DistributedDataParallel across ranks, GradScaler for fp16) with DeepSpeed's step semantics."""
 
     def __init__(self, model: nn.Module, config: RunConfig, context: DistributedContext) -> None:
+        self.freeze_batchnorm = config.model.freeze_batchnorm
         self.device = context.device
         precision = config.deepspeed.precision
         # Without DeepSpeed, low-precision *weights* are not offered: bf16/fp16 mean autocast (fp32 master weights).

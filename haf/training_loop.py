@@ -127,11 +127,13 @@ def make_split_loader(config: RunConfig, data: PreparedData, split: str, *, trai
     else:
         # Evaluation shards need not split evenly (no padding, partial last batch): round the per-rank batch up.
         micro = max(1, math.ceil(global_batch / context.world_size))
+    # Without augmentation the training split takes the evaluation transform, still shuffled, full batches only.
+    augmented = train and config.data.augment
     return make_loader(
-        data.dataset, split, backend=config.data.backend, train=train, batch_size=micro,
+        data.dataset, split, backend=config.data.backend, train=augmented, batch_size=micro,
         image_size=config.data.image_size, workers=config.data.workers, rank=context.rank,
         world_size=context.world_size, seed=config.seed, device=context.device, dtype=dtype,
-        channels_last=channels_last,
+        channels_last=channels_last, shuffle=train, drop_last=train,
     )
 
 
@@ -224,10 +226,37 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
+def parameter_fingerprint(model: torch.nn.Module) -> torch.Tensor:
+    """Three float64 numbers that differ when any parameter differs: Σp, Σp², Σ(i mod 97 + 1)·p_i.
+
+    Data-parallel ranks must hold bit-identical weights after every step; comparing fingerprints at each checkpoint
+    catches a rank that silently diverged (a missed all-reduce, a non-deterministic kernel on one device).
+    """
+    total = torch.zeros(3, dtype=torch.float64)
+    for param in model.parameters():
+        flat = param.detach().reshape(-1).double().cpu()
+        weights = torch.arange(flat.numel(), dtype=torch.float64).remainder_(97).add_(1)
+        total += torch.stack([flat.sum(), flat.square().sum(), (flat * weights).sum()])
+    return total
+
+
+def gather_fingerprints(model: torch.nn.Module, device: torch.device) -> list[list[float]]:
+    local = parameter_fingerprint(model)
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [local.tolist()]
+    local = local.to(device)
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    return [g.cpu().tolist() for g in gathered]
+
+
 def save_epoch_checkpoint(engine: Any, config: RunConfig, data: PreparedData, context: DistributedContext,
                           output_dir: Path, *, epoch: int, global_step: int, best_metric: float, best_epoch: int,
                           metrics: dict | None, is_best: bool) -> None:
     """Write last.pt atomically (and best.pt as a hard link of it); DeepSpeed shards first, on every rank."""
+    fingerprints = gather_fingerprints(engine.module, context.device)  # collective: every rank
+    if context.is_main and any(f != fingerprints[0] for f in fingerprints[1:]):
+        print(f"warning: epoch {epoch}: the ranks' parameters differ (fingerprints {fingerprints})", file=sys.stderr)
     tag = None
     if not engine.owns_optimizer_state:
         tag = f"epoch{epoch:04d}"
@@ -236,6 +265,7 @@ def save_epoch_checkpoint(engine: Any, config: RunConfig, data: PreparedData, co
         payload = _checkpoint_payload(engine, config, data, epoch=epoch, global_step=global_step,
                                       best_metric=best_metric, best_epoch=best_epoch, metrics=metrics,
                                       deepspeed_tag=tag)
+        payload["rank_fingerprints"] = torch.tensor(fingerprints, dtype=torch.float64)
         last = output_dir / LAST_NAME
         atomic_torch_save(payload, last)
         if is_best:
@@ -526,3 +556,98 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"haf/train.py: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+# ---------------------------------------------------------------------------------------------- haf eval
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    split: str | None = None,
+    data_root: str | None = None,
+    overrides: Sequence[str] = (),
+    batch_size: int | None = None,
+    device: str = "auto",
+    crm: str = "auto",
+    json_out: str | Path | None = None,
+    progress: bool = True,
+    data: PreparedData | None = None,
+) -> dict:
+    """Evaluate a training checkpoint on one split in this process; write and return the metrics.
+
+    Returns ``{"record": metrics.json-style dict, "table": printable text, "json_path": Path}``.
+    """
+    path = Path(checkpoint)
+    state = load_checkpoint(path)
+    extra = list(overrides)
+    if data_root is not None:
+        extra.append(f"dataset.root={data_root}")
+    if batch_size is not None:
+        extra.append(f"train.eval_batch_size={batch_size}")
+    config = load_config(None, extra, data=state["config"], validate_method=True)
+    config = config.replace(source=state.get("config_source") or str(path))
+    split = split or config.dataset.test_split
+    if device == "auto":
+        torch_device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available")
+        torch_device = torch.device(device)
+
+    if data is None:
+        data = prepare_dataset(config)
+    stored_classes = list(state.get("classes") or [])
+    if stored_classes and stored_classes != list(data.dataset.classes):
+        first = next((i for i, (a, b) in enumerate(zip(stored_classes, data.dataset.classes)) if a != b),
+                     min(len(stored_classes), len(data.dataset.classes)))
+        raise ValueError(f"{path}: the checkpoint's classes differ from dataset {config.dataset.root!r} "
+                         f"({len(stored_classes)} vs {len(data.dataset.classes)} classes; first difference at "
+                         f"index {first}): evaluate on the dataset it was trained on")
+    model = build_model(config, data.dataset, data.distances)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{path}: weights do not fit the model its config describes: {error}") from None
+    channels_last = use_channels_last(config, torch_device)
+    model = model.to(torch_device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    from haf.pipelines import make_loader
+
+    loader = make_loader(data.dataset, split, backend=config.data.backend, train=False,
+                         batch_size=config.train.eval_batch_size, image_size=config.data.image_size,
+                         workers=config.data.workers, rank=0, world_size=1, seed=config.seed, device=torch_device,
+                         channels_last=channels_last)
+    loader.set_epoch(0)
+    use_crm = method_supports_crm(model.method) if crm == "auto" else crm == "on"
+    autocast = None
+    if config.deepspeed.precision in ("bf16-autocast", "bf16"):
+        def autocast() -> Any:
+            return torch.autocast(device_type=torch_device.type, dtype=torch.bfloat16)
+    bar = _progress(len(loader), f"eval {split}", progress)
+    result = evaluate(model, loader, data.distances, crm=use_crm, autocast=autocast, progress=bar)
+    if bar is not None:
+        bar.close()
+    record = dict(result["metrics"])
+    if result["crm"] is not None:
+        record["crm"] = dict(result["crm"])
+    record["loss"] = result["loss"]
+    record["run"] = {
+        "dataset": config.dataset.kind,
+        "method": config.method.name,
+        "model": f"{config.model.backbone}/{config.model.head}",
+        "seed": config.seed,
+        "epochs": config.train.epochs,
+        "best_epoch": int(state["epoch"]),
+        "checkpoint": str(path),
+        "split": split,
+        "test_images": result["images"],
+        "config": config.source,
+        "output_dir": str(path.parent),
+    }
+    json_path = Path(json_out) if json_out is not None else path.parent / f"eval-{split}.json"
+    atomic_write_text(json.dumps(record, indent=2) + "\n", json_path)
+    table = format_metric_table({"plain": result["metrics"], "crm": result["crm"]},
+                                title=f"{path} (epoch {state['epoch']}) on {config.dataset.kind}/{split}, "
+                                      f"{result['images']} images:")
+    return {"record": record, "table": table, "json_path": json_path}
