@@ -1,8 +1,8 @@
 """Every baseline method learns: a linear feature map + the method, trained on separable synthetic data.
 
-A sign error in a loss term (the subtracted weight consistency of HAFeature, the stop-gradients of Flamingo, the
-detached norms of dot regression, the detached proxies of HUG) still passes value checks at a single point but
-shows here as a model that does not fit four well-separated Gaussian classes.
+Value and gradient checks hold at chosen points; this checks the whole training signal: a loss that pushes the
+wrong way (a flipped sign, a stop-gradient cutting the path to the features, a detached class vector) leaves
+four well-separated Gaussian classes unfitted. It cannot see a term whose weight is too small to matter.
 """
 from __future__ import annotations
 
