@@ -94,14 +94,14 @@ def _bench(benchmark, dataset, backend, mode, device):
 # The torch case of each (mode, device) runs first (definition order), so the DALI case can report its ratio.
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("backend", ["torch", "dali"])
-def bench_cpu(benchmark, dataset, backend, mode):
+def test_pipeline_throughput_cpu(benchmark, dataset, backend, mode):
     _bench(benchmark, dataset, backend, mode, "cpu")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("backend", ["torch", "dali"])
-def bench_gpu(benchmark, dataset, backend, mode):
+def test_pipeline_throughput_gpu(benchmark, dataset, backend, mode):
     _bench(benchmark, dataset, backend, mode, "cuda")
 
 
