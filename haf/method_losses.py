@@ -379,8 +379,8 @@ def dissimilarity_hinge(probs: torch.Tensor, pairs: torch.Tensor, margin: float 
     """½ mean_pairs max(0, m − KL(p_a ‖ mix)) + ½ mean_pairs max(0, m − KL(p_b ‖ mix)) over (a, b) in ``pairs``.
 
     Pushes apart the predictions of samples with different labels at this level. KL to the mixture is at most
-    log 2, so with the reference's margin 3 the hinge is always active (the term is 3 − JSD-like halves). An
-    empty ``pairs`` (P = 0) gives 0.
+    log 2, so with the reference's margin 3 the hinge is always active and the term equals 3 − mean JSD(p_a, p_b).
+    An empty ``pairs`` (P = 0) gives 0.
     """
     if pairs.numel() == 0:
         return probs.sum() * 0.0
@@ -394,9 +394,9 @@ def dissimilarity_hinge(probs: torch.Tensor, pairs: torch.Tensor, margin: float 
 def adjacent_dissimilar_pairs(labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """P × 2 index pairs: neighbours in a random permutation of the batch whose ``labels`` differ.
 
-    The reference shuffles the batch and takes consecutive samples with different labels (repeating that list
-    until it holds 256 pairs; the repetition does not change the mean it feeds). Every unordered pair of the
-    batch is equally likely to be adjacent, so the hinge's expectation is its mean over all dissimilar pairs.
+    The reference shuffles the batch and takes consecutive samples with different labels, repeating that list
+    until it holds 256 pairs (which weights the pairs almost uniformly); here each such pair counts once. Every
+    unordered pair of the batch is equally likely to be adjacent, so no pair of classes is favoured.
     """
     perm = torch.randperm(labels.shape[0], generator=generator, device="cpu").to(labels.device)
     first, second = perm[:-1], perm[1:]
