@@ -306,7 +306,8 @@ class DaliLoader(Loader):
                 if not culprits:
                     raise RuntimeError(f"DALI failed on batch {number} of epoch {self.epoch}: {error}") from error
                 if self.options.on_error == "raise":
-                    raise CorruptImageError(culprits[0], "decoding failed in the DALI pipeline") from error
+                    others = f"; also corrupt in this batch: {', '.join(culprits[1:])}" if culprits[1:] else ""
+                    raise CorruptImageError(culprits[0], f"decoding failed in the DALI pipeline{others}") from error
                 self.bad_files.update(culprits)
                 self.skipped_files.extend(culprits)
                 del iterator

@@ -77,17 +77,33 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _check_jpeg_complete(raw: bytes, path: str) -> None:
+    """A JPEG cut short (interrupted download or copy) has no end-of-image marker after its scan data.
+
+    Entropy-coded data never contains FF D9 (an FF byte there is always followed by 00 or a restart marker), so
+    "an FF D9 after the first start-of-scan" is exact; an EXIF thumbnail's own FF D9 lies before the main scan.
+    Checked up front because decoders disagree on such files: libjpeg-turbo (DALI CPU, torchvision) fails,
+    a GPU decoder may return the decoded part. Trailing bytes after the marker are allowed, as every decoder
+    allows them.
+    """
+    scan = raw.find(b"\xff\xda")
+    if scan < 0 or raw.rfind(b"\xff\xd9") < scan:
+        raise CorruptImageError(path, "truncated JPEG (no end-of-image marker after the scan data)")
+
+
 def encoded_size(data: np.ndarray, path: str) -> tuple[int, int]:
     """(height, width) from the image header, without decoding pixels (EXIF orientation is not applied,
     matching both decoders as configured: the stored pixel grid is what gets decoded).
 
     JPEG and PNG headers are parsed directly; other formats (and JPEGs the fast walk cannot follow) go through
-    Pillow's lazy ``Image.open``, which also reads only the header.
+    Pillow's lazy ``Image.open``, which also reads only the header. JPEGs are also checked for truncation
+    (:func:`_check_jpeg_complete`), so a cut file fails the same way on every backend and decoder.
     """
-    raw = data.data  # zero-copy view of the bytes
+    raw = data.base if isinstance(data.base, bytes) else data.tobytes()  # read_encoded's bytes: no copy
     size = None
     if raw[:2] == b"\xff\xd8":
         size = _jpeg_size(raw)
+        _check_jpeg_complete(raw, path)
     elif raw[:8] == _PNG_SIGNATURE and len(raw) >= 24 and raw[12:16] == b"IHDR":
         size = int.from_bytes(raw[20:24], "big"), int.from_bytes(raw[16:20], "big")
     if size is None:

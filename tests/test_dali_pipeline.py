@@ -28,7 +28,7 @@ from haf.pipelines import make_loader  # noqa: E402
 from haf.pipelines.encoded_images import CorruptImageError  # noqa: E402
 from haf.pipelines.splits import DatasetSplits, Split  # noqa: E402
 from haf.pipelines.synthetic_jpegs import write_jpegs  # noqa: E402
-from test_torch_loader import N_FILES, collect, jpeg_dataset, truncate  # noqa: E402
+from test_torch_loader import CORRUPTIONS, N_FILES, collect, jpeg_dataset, truncate  # noqa: E402
 
 ONE_LEVEL = 1.0 / (255.0 * 0.224) + 1e-5  # one uint8 level after dividing by the smallest ImageNet std
 HAS_CUDA = torch.cuda.is_available()
@@ -146,10 +146,13 @@ def test_dtype_and_channels_last(dataset):
 
 
 @pytest.mark.timeout(60)
-def test_truncated_jpeg_is_named_or_skipped_and_counted(tmp_path):
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_corrupt_jpeg_is_named_or_skipped_and_counted(tmp_path, corruption):
+    """"truncated" is caught when the source reads the file; "bad-huffman" only by DALI's decoder, inside the
+    pipeline: the loader names the file by re-decoding the failed batch and restarts at that batch to skip it."""
     dataset = jpeg_dataset(tmp_path, 9)
     bad = dataset["val"].files[5]
-    truncate(bad)  # header intact: only DALI's decoder can notice
+    CORRUPTIONS[corruption](bad)
     loader = make_loader(dataset, "val", backend="dali", train=False, batch_size=4, image_size=16, workers=1)
     with pytest.raises(CorruptImageError, match="img_00005.jpg"):
         list(loader)
@@ -210,7 +213,7 @@ def test_gpu_cifar_and_truncated_file(tmp_path):
                               device="cuda"))
     torch.testing.assert_close(got[0].cpu(), ref[0], rtol=0, atol=1e-5)
     dataset = jpeg_dataset(tmp_path, 5)
-    truncate(dataset["val"].files[3])
+    truncate(dataset["val"].files[3])  # caught by the source's end-marker check, whatever nvJPEG would do
     loader = make_loader(dataset, "val", backend="dali", train=False, batch_size=4, image_size=16, workers=1,
                          device="cuda", on_error="skip")
     _, labels, _ = collect(loader)

@@ -166,6 +166,13 @@ def test_header_size_matches_pillow_for_every_layout(tmp_path):
     cut.write_bytes((tmp_path / "baseline.jpg").read_bytes()[:40])  # ends inside the quantisation tables
     with pytest.raises(CorruptImageError, match="cut.jpg"):
         encoded_size(read_encoded(str(cut)), str(cut))
+    data = (tmp_path / "baseline.jpg").read_bytes()
+    cut.write_bytes(data[: len(data) - 10])  # scan data cut: header fine, no end-of-image marker
+    with pytest.raises(CorruptImageError, match="truncated JPEG"):
+        encoded_size(read_encoded(str(cut)), str(cut))
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes(data + b"\0" * 5000 + b"trailer")  # bytes after the end marker: decoders accept them
+    assert encoded_size(read_encoded(str(padded)), str(padded)) == (37, 53)
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     with pytest.raises(CorruptImageError, match="empty.jpg"):

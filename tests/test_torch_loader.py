@@ -32,6 +32,18 @@ def truncate(path: str, keep: float = 0.5) -> None:
     Path(path).write_bytes(data[: int(len(data) * keep)])
 
 
+def break_huffman_table(path: str) -> None:
+    """Overwrite the first Huffman table's code counts with 255s: header and end marker intact, every
+    decoder fails ("Bogus Huffman table definition") — corruption only decoding can find."""
+    data = bytearray(Path(path).read_bytes())
+    start = data.find(b"\xff\xc4")
+    data[start + 5 : start + 21] = b"\xff" * 16
+    Path(path).write_bytes(bytes(data))
+
+
+CORRUPTIONS = {"truncated": truncate, "bad-huffman": break_huffman_table}
+
+
 def collect(loader):
     batches = list(loader)
     return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]), [len(y) for _, y in batches]
@@ -113,10 +125,11 @@ def test_output_dtype_and_channels_last(dataset):
 
 
 @pytest.mark.timeout(60)
-def test_truncated_jpeg_is_named_or_skipped(tmp_path):
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_corrupt_jpeg_is_named_or_skipped(tmp_path, corruption):
     dataset = jpeg_dataset(tmp_path, 6)
     bad = dataset["val"].files[4]
-    truncate(bad)
+    CORRUPTIONS[corruption](bad)
     for workers in (0, 1):
         loader = make_loader(dataset, "val", backend="torch", train=False, batch_size=4, image_size=16, workers=workers)
         with pytest.raises(CorruptImageError, match=bad):
