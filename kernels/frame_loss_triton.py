@@ -26,12 +26,13 @@ Kernels, per chunk of rows (grid sizes for B rows, K classes, D features):
    cross-entropy log1p(Σ_{i≠y} e^{z_i − z_y}) and its gradient p_y − 1 = −Σ_{i≠y} p_i to full relative precision,
    where 1 + tiny would round to 1 (eager PyTorch returns 0 for both below ~6e-8).
 2. ``_softmax_grad_kernel`` — merges the partials into logsumexp and the row loss (online-softmax rule), writes
-   the weighted row loss and the per-row coefficient a, then turns z into G (in place for fp32; a bf16/fp16
+   the weighted row loss, a and the row's batch weight, then turns z into G (in place for fp32; a bf16/fp16
    copy otherwise, the dtype of the second GEMM's operand). Memory-bound, once per element.
-3. ``_grad_features_kernel`` — dH = G W + a ⊙ h (tl.dot over K; 2BDK flops). Skipped without grad.
+3. ``_grad_features_kernel`` — dH = weight ⊙ (G W + a ⊙ h) (tl.dot over K; 2BDK flops). Skipped without grad.
 
 Total 4BDK flops (no logits recompute). The batch weight (1 for "sum"/"none", 1/#counted rows for "mean") is
-folded into G and a, so dH is the gradient for grad_output = 1; the backward multiplies by grad_output
+applied in kernel 3's epilogue, not folded into G: G keeps the O(1) scale of p − δ, so an fp16 G does not lose
+its small entries to underflow when 1/B is tiny. dH is the gradient for grad_output = 1; the backward multiplies by grad_output
 (loss scaling, "none" reductions) — one elementwise launch. The mean's count is summed on the device by each
 program of kernel 2 from the targets (O(B) loads, cheap next to a B-chunk × K tile sweep): no ``.item()``, no host
 synchronisation anywhere after the first call, so the whole loss is CUDA-graph capturable (the first call per
@@ -106,21 +107,12 @@ def _grouped_tile(pid, num_row_blocks, num_col_blocks, GROUP: tl.constexpr):
 
 
 @triton.jit
-def _div(x, y):
-    """IEEE-rounded division (tl.math.div_rn; plain ``/`` compiles to a 2-ulp approximation on NVIDIA GPUs).
-    Used where the result feeds the cosine term: its gradient is a difference of two large, nearly equal terms
-    (Σ c_i w_i and a·h), so each rounding of 1/n shows up in dL/dh."""
-    x, y = tl.broadcast(x, y)
-    return tl.math.div_rn(x, y)
-
-
-@triton.jit
 def _log1p(x):
     """log(1 + x) to full relative precision for small x (Goldberg's trick: the rounding of u = 1 + x is
     divided back out); portable where libdevice's log1p is not (interpreter, other backends)."""
     u = 1.0 + x
     exact = u == 1.0
-    return tl.where(exact, x, tl.log(u) * _div(x, tl.where(exact, 1.0, u - 1.0)))
+    return tl.where(exact, x, tl.log(u) * tl.math.div_rn(x, tl.where(exact, 1.0, u - 1.0)))
 
 
 @triton.jit
@@ -171,7 +163,11 @@ def _logits_stats_kernel(
         table_ptr + y_safe[:, None] * stride_table + cols[None, :],
         mask=has_class[:, None] & col_ok[None, :], other=0.0,
     )
-    cos = _div(acc * inv_w[None, :], n[:, None])  # 0 on padded classes (r = 0 there)
+    # Divisions that feed the cosine term are IEEE-rounded (div_rn; plain ``/`` compiles to a 2-ulp approximation
+    # on NVIDIA GPUs): its gradient is a difference of two large, nearly equal terms (Σ c_i w_i and a·h), so every
+    # rounding of 1/n shows in dL/dh. Operands are broadcast by hand: div_rn does not broadcast.
+    n_tile = tl.broadcast_to(n[:, None], (BLOCK_B, BLOCK_K))
+    cos = tl.math.div_rn(acc * inv_w[None, :], n_tile)  # 0 on padded classes (r = 0 there)
     diff = tl.where(col_ok[None, :], cos - target_cos, 0.0)  # cos_i − S[i, y], formed directly
     sq = tl.sum(diff * diff, axis=1)
     dc = tl.sum(diff * cos, axis=1)
@@ -195,13 +191,13 @@ def _logits_stats_kernel(
 @triton.jit
 def _softmax_grad_kernel(
     z_ptr, g_ptr, part_ptr, hnorm_ptr, inv_wnorm_ptr, table_ptr, y_ptr, y_all_ptr,  # inputs (+ G output)
-    loss_ptr, coef_ptr,  # outputs: weighted row loss (B fp32), weighted a (B fp32)
+    loss_ptr, coef_ptr, weight_ptr,  # outputs (B fp32 each): weighted row loss, a, batch weight of the row
     B, B_all, K, T, cols_per_program, alpha, ignore_index,
     stride_zb, stride_gb, stride_pq, stride_pb, stride_table,
     EPS: tl.constexpr, MEAN: tl.constexpr, WRITE_G: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_Y: tl.constexpr,
 ):
-    """Row statistics from the partials, the row loss, a, and G = weight · g for BLOCK_R rows × a column range."""
+    """Row statistics from the partials, the row loss, a, and G = g (unweighted) for BLOCK_R rows × a column range."""
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
     rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -258,17 +254,18 @@ def _softmax_grad_kernel(
     small_gap = gap < 30.0
     cross_entropy = tl.where(small_gap, _log1p(others * tl.exp(tl.where(small_gap, gap, 0.0))), gap + log_sum)
     # p_y − 1 = −Σ_{i≠y} p_i, without the cancellation of (1 − tiny) − 1
-    target_grad = -_div(others, total)
+    target_grad = -tl.math.div_rn(others, total)
 
     hnorm = tl.load(hnorm_ptr + rows, mask=row_ok, other=1.0)
     n = tl.maximum(hnorm, EPS)
     row_loss = (1.0 - alpha) * cross_entropy + alpha * sq
     row_loss = tl.where(counted, row_loss * weight, 0.0) + poison
-    a = tl.where(hnorm > EPS, _div((-2.0 * alpha) * dc, n * n), 0.0)
-    coef = tl.where(counted, a * weight, 0.0) + poison
+    a = tl.where(hnorm > EPS, tl.math.div_rn((-2.0 * alpha) * dc, n * n), 0.0)  # IEEE division, as in kernel 1
+    coef = tl.where(counted, a, 0.0) + poison
     first = pid_c == 0
     tl.store(loss_ptr + rows, row_loss, mask=row_ok & first)
     tl.store(coef_ptr + rows, coef, mask=row_ok & first)
+    tl.store(weight_ptr + rows, weight, mask=row_ok & first)
 
     if WRITE_G:
         col_start = pid_c * cols_per_program
@@ -284,22 +281,23 @@ def _softmax_grad_kernel(
             )
             p = tl.exp((z - row_max[:, None]) - log_sum[:, None])  # softmax, shifted as in the loss
             p = tl.where(cols[None, :] == y[:, None], target_grad[:, None], p)  # p − δ_iy
-            cos = _div(z * inv_w[None, :], n[:, None])
-            cos_grad = _div((cos - target_cos) * inv_w[None, :], n[:, None])
+            n_tile = tl.broadcast_to(n[:, None], (BLOCK_R, BLOCK_C))
+            cos = tl.math.div_rn(z * inv_w[None, :], n_tile)
+            cos_grad = tl.math.div_rn((cos - target_cos) * inv_w[None, :], n_tile)
             g = (1.0 - alpha) * p + (2.0 * alpha) * cos_grad
-            g = tl.where(counted[:, None], g * weight[:, None], 0.0) + poison[:, None]
+            g = tl.where(counted[:, None], g, 0.0) + poison[:, None]
             tl.store(g_ptr + rows[:, None] * stride_gb + cols[None, :], g.to(g_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _grad_features_kernel(
-    g_ptr, w_ptr, h_ptr, coef_ptr, dh_ptr,
+    g_ptr, w_ptr, h_ptr, coef_ptr, weight_ptr, dh_ptr,
     B, D, K,
     stride_gb, stride_wk, stride_wd, stride_hb, stride_hd, stride_db, stride_dd,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):
-    """dH = G W + a ⊙ h for one (BLOCK_B rows × BLOCK_D features) tile, reducing over the K classes."""
+    """dH = weight ⊙ (G W + a ⊙ h) for one (BLOCK_B rows × BLOCK_D features) tile, reducing over the K classes."""
     pid_b, pid_d = _grouped_tile(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.cdiv(D, BLOCK_D), GROUP)
     rows = pid_b.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     ds = pid_d.to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -322,7 +320,8 @@ def _grad_features_kernel(
     mask = row_ok[:, None] & d_ok[None, :]
     h = tl.load(h_ptr + rows[:, None] * stride_hb + ds[None, :] * stride_hd, mask=mask, other=0.0).to(tl.float32)
     coef = tl.load(coef_ptr + rows, mask=row_ok, other=0.0)
-    acc += coef[:, None] * h
+    weight = tl.load(weight_ptr + rows, mask=row_ok, other=0.0)
+    acc = (acc + coef[:, None] * h) * weight[:, None]
     tl.store(dh_ptr + rows[:, None] * stride_db + ds[None, :] * stride_dd, acc.to(dh_ptr.dtype.element_ty), mask=mask)
 
 
@@ -364,6 +363,7 @@ class KernelConfig:
     rows_block: int = 8  # kernel 2: rows per program ...
     cols_block: int = 512  # ... × classes per step (4096 elements: 32 per thread at 4 warps)
     rows_warps: int = 4
+    partials_block: int = 128  # kernel 2 merges the class-tile partials this many at a time
     group: int = 8  # grouped launch order (L2 reuse) of kernels 1 and 3
     chunk_bytes: int = 128 << 20  # bound on the transient z (+ G) buffers; see _chunk_rows
 
@@ -373,7 +373,7 @@ class KernelConfig:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"KernelConfig.{field.name} must be a positive int, got {value!r}")
         for name in ("logits_block_b", "logits_block_k", "logits_block_d", "grad_block_b", "grad_block_d",
-                     "grad_block_k", "rows_block", "cols_block"):
+                     "grad_block_k", "rows_block", "cols_block", "partials_block"):
             value = getattr(self, name)
             if value & (value - 1):
                 raise ValueError(f"KernelConfig.{name} must be a power of two (tl.arange), got {value}")
@@ -400,9 +400,9 @@ def choose_config(batch: int, dim: int, num_classes: int, dtype: torch.dtype, in
     * fp32 with IEEE ("highest"): no tensor cores — 64 × 64 × 32 FMA tiles, 4 warps, 2 stages (register-bound).
     """
     small = batch * num_classes <= SMALL_PROBLEM_ELEMENTS
-    if INTERPRETED:  # numpy executes whole tiles: fewer, larger programs interpret fastest
-        return KernelConfig(logits_block_b=64, logits_block_k=128, logits_block_d=64, grad_block_b=64,
-                            grad_block_d=64, grad_block_k=128, rows_block=64, cols_block=256)
+    if INTERPRETED:  # numpy runs whole tiles; the cost is per program and per reduction call: few, large programs
+        return KernelConfig(logits_block_b=64, logits_block_k=256, logits_block_d=64, grad_block_b=64,
+                            grad_block_d=64, grad_block_k=256, rows_block=64, cols_block=512)
     if dtype == torch.float32 and input_precision == "ieee":
         return KernelConfig(logits_block_b=64, logits_block_k=64, logits_block_d=32, logits_warps=4,
                             logits_stages=2, grad_block_b=64, grad_block_d=64, grad_block_k=32, grad_warps=4,
@@ -566,9 +566,10 @@ def fused_frame_loss_forward(
     partials = torch.empty(NUM_PARTIALS, chunk, tiles_k, device=device, dtype=torch.float32)
     hnorm = torch.empty(chunk, device=device, dtype=torch.float32)
     coef = torch.empty(chunk, device=device, dtype=torch.float32)
+    row_weight = torch.empty(chunk, device=device, dtype=torch.float32)
 
     col_blocks = triton.cdiv(num_classes, config.cols_block)
-    block_t = min(triton.next_power_of_2(tiles_k), 128)
+    block_t = min(triton.next_power_of_2(tiles_k), config.partials_block)
     for start in range(0, batch, chunk):
         rows = min(chunk, batch - start)
         h = features[start:start + rows]
@@ -597,7 +598,7 @@ def fused_frame_loss_forward(
         g = g_buf[:rows] if g_buf is not None else partials
         _softmax_grad_kernel[(row_blocks, splits)](
             z, g, partials, hnorm, prepared.inv_norm, table, y, target,
-            loss_rows[start:start + rows], coef,
+            loss_rows[start:start + rows], coef, row_weight,
             rows, batch, num_classes, tiles_k, cols_per_program, float(alpha), ignore_index,
             z.stride(0), g.stride(0), partials.stride(0), partials.stride(1), table.stride(0),
             EPS=COSINE_EPS, MEAN=reduction == "mean", WRITE_G=compute_grad,
@@ -609,7 +610,7 @@ def fused_frame_loss_forward(
             dh = grad[start:start + rows]
             grid3 = (triton.cdiv(rows, config.grad_block_b) * triton.cdiv(dim, config.grad_block_d),)
             _grad_features_kernel[grid3](
-                g, prepared.weight, h, coef, dh,
+                g, prepared.weight, h, coef, row_weight, dh,
                 rows, dim, num_classes,
                 g.stride(0), prepared.weight.stride(0), prepared.weight.stride(1), h.stride(0), h.stride(1),
                 dh.stride(0), dh.stride(1),
