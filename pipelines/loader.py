@@ -128,9 +128,14 @@ class Loader(ABC):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
-def derive_augment(dataset: DatasetSplits, split: Split) -> str:
-    """'cifar' for in-memory 32-px arrays (CIFAR-100), 'imagenet' for image files."""
-    return "cifar" if split.arrays is not None else "imagenet"
+# Output sizes at or below this get the CIFAR recipe (pad-4 crop + flip, fixed resize) when no augment is named:
+# RandomResizedCrop's 8%-area crops are a few pixels wide at such sizes (the 32-px demo dataset, CIFAR as files).
+SMALL_IMAGE_SIZE = 64
+
+
+def derive_augment(dataset: DatasetSplits, split: Split, image_size: int) -> str:
+    """'cifar' for in-memory arrays (CIFAR-100) or small outputs (≤ SMALL_IMAGE_SIZE px), else 'imagenet'."""
+    return "cifar" if split.arrays is not None or image_size <= SMALL_IMAGE_SIZE else "imagenet"
 
 
 def make_loader(
@@ -177,7 +182,7 @@ def make_loader(
         dtype=dtype,
         channels_last=channels_last,
         drop_last=train if drop_last is None else drop_last,
-        augment=augment or derive_augment(dataset, the_split),
+        augment=augment or derive_augment(dataset, the_split, image_size),
         on_error=on_error,
         shuffle=train if shuffle is None else shuffle,
         dali_device=dali_device or ("gpu" if device.type == "cuda" else "cpu"),

@@ -24,11 +24,10 @@ import torch
 
 pytest.importorskip("nvidia.dali")
 
-from haf.pipelines import make_loader  # noqa: E402
 from haf.pipelines.encoded_images import CorruptImageError  # noqa: E402
 from haf.pipelines.splits import DatasetSplits, Split  # noqa: E402
 from haf.pipelines.synthetic_jpegs import write_jpegs  # noqa: E402
-from test_torch_loader import CORRUPTIONS, N_FILES, collect, jpeg_dataset, truncate  # noqa: E402
+from test_torch_loader import CORRUPTIONS, N_FILES, collect, jpeg_dataset, make_loader, truncate  # noqa: E402
 
 ONE_LEVEL = 1.0 / (255.0 * 0.224) + 1e-5  # one uint8 level after dividing by the smallest ImageNet std
 HAS_CUDA = torch.cuda.is_available()
@@ -96,9 +95,23 @@ def test_cifar_arrays_match_the_reference_exactly():
     for train in (True, False):
         name = "train" if train else "test"
         (ref, ref_labels, _, _), (got, labels, _, _) = both(dataset, name, train=train, batch_size=4, image_size=32,
-                                                             workers=2, seed=1)
+                                                             workers=2, seed=1, augment="cifar")
         assert torch.equal(labels, ref_labels)
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+
+
+def test_cifar_recipe_on_files_matches_the_reference(tmp_path):
+    """32-px JPEGs (the demo dataset's kind): decode, pad-4 crop, flip, no resampling → equal to rounding;
+    48×40 JPEGs get the fixed resize to 32 as well → one level inside the 1-pixel border (see module doc)."""
+    for size, atol, inner in [((32, 32), 1e-5, 0), ((48, 40), ONE_LEVEL, 1)]:
+        files = tuple(write_jpegs(tmp_path / f"{size[0]}x{size[1]}", 5, size=size, seed=2))
+        split = Split("train", np.arange(5), files=files)
+        dataset = DatasetSplits("small", tuple("abcde"), None, None, {"train": split})
+        (ref, ref_labels, _, _), (got, labels, _, _) = both(dataset, "train", train=True, batch_size=2, image_size=32,
+                                                             workers=1, augment="cifar", drop_last=False)
+        assert torch.equal(labels, ref_labels)
+        diff = (got - ref).abs()
+        assert diff[..., inner:32 - inner, inner:32 - inner].max().item() <= atol
 
 
 def test_resume_replays_an_epoch_exactly(dataset):
@@ -208,9 +221,9 @@ def test_gpu_cifar_and_truncated_file(tmp_path):
     arrays = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
     split = Split("train", np.arange(6), arrays=arrays)
     cifar = DatasetSplits("cifar", tuple("abcdef"), None, None, {"train": split})
-    ref = collect(make_loader(cifar, "train", backend="torch", train=True, batch_size=4, image_size=32, workers=0))
-    got = collect(make_loader(cifar, "train", backend="dali", train=True, batch_size=4, image_size=32, workers=1,
-                              device="cuda"))
+    kwargs = dict(train=True, batch_size=4, image_size=32, augment="cifar")
+    ref = collect(make_loader(cifar, "train", backend="torch", workers=0, **kwargs))
+    got = collect(make_loader(cifar, "train", backend="dali", workers=1, device="cuda", **kwargs))
     torch.testing.assert_close(got[0].cpu(), ref[0], rtol=0, atol=1e-5)
     dataset = jpeg_dataset(tmp_path, 5)
     truncate(dataset["val"].files[3])  # caught by the source's end-marker check, whatever nvJPEG would do

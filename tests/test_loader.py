@@ -134,6 +134,11 @@ def test_make_loader_names_missing_split_and_derives_defaults():
     assert len(loader) == 2 == math.floor(5 / 2)
     evaluation = make_loader(dataset, "train", backend="torch", train=False, batch_size=2, image_size=32, workers=0)
     assert len(evaluation) == 3 and not evaluation.options.shuffle
+    files = Split("train", np.zeros(2, np.int64), files=("a.jpg", "b.jpg"))
+    photos = DatasetSplits("photos", ("a",), None, None, {"train": files})
+    for size, augment in [(224, "imagenet"), (64, "cifar")]:
+        loader = make_loader(photos, "train", backend="torch", train=True, batch_size=1, image_size=size, workers=0)
+        assert loader.options.augment == augment
 
 
 def test_header_size_matches_pillow_for_every_layout(tmp_path):

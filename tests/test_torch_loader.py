@@ -9,11 +9,16 @@ import torch
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 
-from haf.pipelines import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, make_loader
+import functools
+
+from haf.pipelines import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
+from haf.pipelines import make_loader as _make_loader
 from haf.pipelines.encoded_images import CorruptImageError
 from haf.pipelines.splits import DatasetSplits, Split
 from haf.pipelines.synthetic_jpegs import write_jpegs
 
+# The JPEG tests exercise the ImageNet recipe at small sizes (which would otherwise default to CIFAR's).
+make_loader = functools.partial(_make_loader, augment="imagenet")
 N_FILES = 11  # odd on purpose: partial last batches and uneven shards
 
 
@@ -74,7 +79,8 @@ def test_cifar_train_is_pad4_crop_and_flip_of_the_array():
     arrays = rng.integers(0, 256, size=(9, 32, 32, 3), dtype=np.uint8)
     split = Split("train", np.arange(9, dtype=np.int64), arrays=arrays)
     dataset = DatasetSplits("cifar", tuple("abcdefghi"), None, None, {"train": split})
-    loader = make_loader(dataset, "train", backend="torch", train=True, batch_size=3, image_size=32, workers=0, seed=5)
+    loader = make_loader(dataset, "train", backend="torch", train=True, batch_size=3, image_size=32, workers=0, seed=5,
+                         augment="cifar")
     mean = torch.tensor(CIFAR100_MEAN).view(3, 1, 1)
     std = torch.tensor(CIFAR100_STD).view(3, 1, 1)
     flips, offsets = 0, set()
