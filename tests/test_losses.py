@@ -265,3 +265,21 @@ def test_confident_nearly_converged_fp32_matches_float64(loss_fn):
     assert float(ref.detach().max()) < 0.05  # really near convergence
     torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-3, atol=2e-6)
     torch.testing.assert_close(h32.grad.double(), h64.grad, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss_fn", LOSSES)
+def test_device_and_dtype_mismatch_errors(loss_fn):
+    features, frame, target, similarity = make_problem(4, 6, 5, seed=0)
+    with pytest.raises(ValueError, match="frame is on meta but features are on cpu"):
+        loss_fn(features, frame.to("meta"), target, similarity)
+    with pytest.raises(ValueError, match="target is on meta"):
+        loss_fn(features, frame, target.to("meta"), similarity)
+    with pytest.raises(ValueError, match="similarity must be a floating-point tensor"):
+        loss_fn(features, frame, target, similarity.long())
+
+
+def test_cross_entropy_wrapper_errors():
+    with pytest.raises(ValueError, match="logits must be B × K"):
+        cross_entropy(torch.zeros(3), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        cross_entropy(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), reduction="avg")
