@@ -107,7 +107,9 @@ class HierarchicalMetrics:
 
     @torch.no_grad()
     def update(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
-        """Add one batch: scores B × K (higher is better, any float dtype), targets B class indices."""
+        """Add one batch: scores B × K (higher is better, any float dtype), targets B class indices (tensors or
+        numpy arrays)."""
+        scores, targets = torch.as_tensor(scores), torch.as_tensor(targets)
         _validate_batch(scores, targets, self.num_classes)
         if scores.shape[0] == 0:
             return

@@ -231,3 +231,8 @@ def test_all_reduce_over_two_gloo_ranks(tmp_path):
     results = dict(queue.get() for _ in range(2))
     expected = hierarchical_metrics(SCORES, TARGETS, D4, ks=(1, 2))
     assert results[0] == pytest.approx(expected, nan_ok=True) and results[1] == results[0]
+
+
+def test_numpy_inputs_are_accepted():
+    got = hierarchical_metrics(SCORES.numpy(), TARGETS.numpy(), D4, ks=(1, 2))
+    assert got == hierarchical_metrics(SCORES, TARGETS, D4, ks=(1, 2))
