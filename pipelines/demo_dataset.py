@@ -5,14 +5,19 @@ attributes, ordered from the one a small CNN reads most easily to the one it rea
 similarity follows the tree and the network's mistakes are structured (mostly between siblings):
 
     level 1 (coarse)  colour family of background and object, e.g. ``red``
-    level 2 (mid)     fill pattern of the object (stripes, checks, dots, solid), e.g. ``red-stripes``
+    level 2 (mid)     fill pattern of the object (stripes, checks, dots, solid) with its second tone (dark shade,
+                      near-white, near-black), e.g. ``red-stripes``
     level 3 (leaf)    shape of the object (disk, triangle, square, ring, cross, bar), e.g. ``red-stripes-disk``
 
 Siblings (distance 1) share colour and pattern and differ only in shape; cousins (distance 2) share colour only;
 leaves of different families (distance 3) share nothing. (Shape is the leaf attribute because CNNs read texture
 before shape: with shape at level 2 a small CNN confused cousins more than siblings.) Nuisance factors make the
-network err: random position, scale and rotation of the object, hue and brightness jitter, a brightness gradient on
-the background, clutter blobs of *any* family's colour, pixel noise and JPEG compression.
+network err: random position, scale and rotation of the object, hue and brightness jitter, a per-channel colour cast
+(white balance, so families occasionally blur into each other), a brightness gradient on the background, clutter
+blobs of *any* family's colour, pixel noise and JPEG compression.
+
+Calibration (the defaults; a 3-layer width-16 CNN, CE, SGD, 12 epochs on the 2,160 training images): about 40% test
+top-1, and the mistakes are structured — roughly 80% siblings, 13% cousins, 6% other families (severity ≈ 1.25).
 
 Layout written (an image folder plus our hierarchy file, readable by the ``image-folder`` and ``demo`` readers)::
 
@@ -38,7 +43,7 @@ from typing import Iterator
 import numpy as np
 
 # Bump when the rendering changes: a cached dataset of another version is regenerated, never silently reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST_NAME = "demo_manifest.json"
 HIERARCHY_NAME = "hierarchy.json"
 ROOT_NAME = "demo"
@@ -70,8 +75,9 @@ class DemoSpec:
     test_per_class: int = 20
     jpeg_quality: int = 90
     # Nuisance strengths: the demo must be learnable in a few CPU minutes yet leave a small CNN making mistakes.
-    hue_jitter: float = 0.035  # ± fraction of the hue circle; families are 1/colours apart
-    noise_std: float = 0.10  # upper bound of the per-image Gaussian noise σ, intensities in [0, 1]
+    hue_jitter: float = 0.1  # ± fraction of the hue circle; families are 1/colours apart
+    colour_cast: float = 0.25  # ± per-channel gain (white balance): shifts hues, so families occasionally blur
+    noise_std: float = 0.07  # upper bound of the per-image Gaussian noise σ, intensities in [0, 1]
     clutter_max: int = 2  # up to this many distractor blobs in a random family's colour
 
     def __post_init__(self) -> None:
@@ -177,18 +183,26 @@ def _pattern(pattern: str, x: np.ndarray, y: np.ndarray, size: int, rng: np.rand
     b = -x * math.sin(angle) + y * math.cos(angle)
     px = 2.0 / size  # one output pixel in [-1, 1] units
     if pattern == "stripes":
-        return np.mod(a / (rng.uniform(4.0, 5.5) * px) + rng.uniform(0.0, 1.0), 1.0) < 0.5
+        return np.mod(a / (rng.uniform(6.5, 8.0) * px) + rng.uniform(0.0, 1.0), 1.0) < 0.5
     if pattern == "checks":
-        period = rng.uniform(4.5, 6.0) * px
+        period = rng.uniform(11.0, 13.0) * px
         return (np.floor(a / period * 2 + rng.uniform(0, 2)) + np.floor(b / period * 2 + rng.uniform(0, 2))) % 2 == 0
     if pattern == "dots":
-        period = rng.uniform(4.0, 5.0) * px
+        period = rng.uniform(6.5, 8.0) * px
         du = np.mod(a / period + rng.uniform(0.0, 1.0), 1.0) - 0.5
         dv = np.mod(b / period + rng.uniform(0.0, 1.0), 1.0) - 0.5
-        return du**2 + dv**2 > 0.3**2  # light ground, dark dots of radius 0.3 period
+        return du**2 + dv**2 <= 0.32**2  # light dots of radius 0.32 period on a near-black ground
     if pattern == "solid":
         return np.ones_like(x, dtype=bool)
     raise ValueError(f"demo dataset: unknown pattern {pattern!r}; known: {PATTERNS}")
+
+
+def _second_tone(pattern: str, hue: float, rng: np.random.Generator) -> np.ndarray:
+    if pattern == "checks":  # near-white
+        return _hsv(hue, rng.uniform(0.05, 0.25), rng.uniform(0.9, 1.0))
+    if pattern == "dots":  # near-black
+        return _hsv(hue, rng.uniform(0.3, 0.8), rng.uniform(0.08, 0.25))
+    return _hsv(hue, rng.uniform(0.7, 1.0), rng.uniform(0.25, 0.45))  # stripes (solid never shows it): dark shade
 
 
 def render_image(leaf: DemoClass, spec: DemoSpec, rng: np.random.Generator) -> np.ndarray:
@@ -214,7 +228,7 @@ def render_image(leaf: DemoClass, spec: DemoSpec, rng: np.random.Generator) -> n
         image[blob] = _hsv(clutter_hue, rng.uniform(0.5, 0.9), rng.uniform(0.4, 0.9))
 
     # Object: shape at random scale, rotation and position (kept mostly inside the frame).
-    scale = rng.uniform(0.45, 0.8)  # circumradius as a fraction of the half-width
+    scale = rng.uniform(0.5, 0.85)  # circumradius as a fraction of the half-width
     rotation = rng.uniform(0.0, 2.0 * math.pi)
     limit = max(0.0, 0.95 - scale)
     cx, cy = rng.uniform(-limit, limit), rng.uniform(-limit, limit)
@@ -227,11 +241,14 @@ def render_image(leaf: DemoClass, spec: DemoSpec, rng: np.random.Generator) -> n
     cells = _pattern(leaf.pattern, x, y, size, rng)
     obj_hue = leaf.hue + rng.uniform(-spec.hue_jitter, spec.hue_jitter)
     light = _hsv(obj_hue, rng.uniform(0.7, 1.0), rng.uniform(0.75, 1.0))
-    dark = _hsv(obj_hue, rng.uniform(0.7, 1.0), rng.uniform(0.2, 0.45))
+    # The pattern's second tone is part of the level-2 attribute: structure alone (stripes vs checks at a random
+    # angle) is hard for a tiny CNN whose pooled features keep tone statistics better than layout.
+    dark = _second_tone(leaf.pattern, obj_hue, rng)
     image[mask] = np.where(cells[mask][:, None], light, dark)
 
     # Box-filter down to the output size, then pixel noise of a random strength.
     image = image.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE, 3).mean(axis=(1, 3))
+    image = image * rng.uniform(1.0 - spec.colour_cast, 1.0 + spec.colour_cast, size=3)
     image = image + rng.normal(0.0, rng.uniform(0.3, 1.0) * spec.noise_std, size=image.shape)
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
