@@ -290,9 +290,9 @@ class DaliLoader(Loader):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         plan = self.batch_plan()
-        if not plan:
+        if self.start_batch >= len(plan):
             return
-        source, iterator = self._start(plan, 0)
+        source, iterator = self._start(plan, self.start_batch)
         while True:
             try:
                 outputs = next(iterator)

@@ -77,14 +77,24 @@ class Loader(ABC):
         )
         self.labels = np.asarray(split.labels, dtype=np.int64)
         self.epoch = 0
+        self.start_batch = 0  # first batch of the next pass (set_epoch's resume-inside-an-epoch option)
         self.skipped_files: list[str] = []  # every sample skipped under on_error="skip", in the order met
 
     # -- epoch plan ---------------------------------------------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch the next ``iter(loader)`` reads (DistributedSampler.set_epoch's contract)."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch the next ``iter(loader)`` reads (DistributedSampler.set_epoch's contract).
+
+        ``start_batch`` resumes inside an epoch: iteration begins at that batch, with exactly the samples and
+        augmentation it has in a full pass (each batch's randomness depends only on its number), and the
+        batches before it are not read. ``len(loader)`` still counts the whole epoch. Every later
+        ``set_epoch`` call without it starts at batch 0 again.
+        """
         if epoch < 0:
             raise ValueError(f"epoch={epoch}; expected >= 0")
+        if start_batch < 0:
+            raise ValueError(f"start_batch={start_batch}; expected >= 0")
         self.epoch = int(epoch)
+        self.start_batch = int(start_batch)
 
     def shard(self, epoch: int | None = None) -> np.ndarray:
         """Sample indices this rank reads in ``epoch`` (default: the current one), in order."""

@@ -91,7 +91,9 @@ class _EpochBatches:
 
     def __iter__(self):
         o = self.loader.options
-        for number, indices in enumerate(self.loader.batch_plan()):
+        plan = self.loader.batch_plan()
+        for number in range(self.loader.start_batch, len(plan)):
+            indices = plan[number]
             uniforms = batch_uniforms(o.seed, self.loader.epoch, o.rank, number, len(indices))
             yield [(int(i), uniforms[j]) for j, i in enumerate(indices)]
 

@@ -115,7 +115,8 @@ def test_spec_and_options_reject_bad_values():
     with pytest.raises(ValueError, match="augment"):
         TransformSpec.for_augment("mnist", train=True, image_size=32)
     with pytest.raises(ValueError, match="crop_bottom"):
-        plan_sample(TransformSpec.for_augment("imagenet", train=True, image_size=8, crop_bottom=50), np.zeros(23), 40, 40)
+        spec = TransformSpec.for_augment("imagenet", train=True, image_size=8, crop_bottom=50)
+        plan_sample(spec, np.zeros(NUM_UNIFORMS), 40, 40)
     base = dict(backend="torch", train=True, batch_size=2, image_size=32, workers=0)
     for bad, key in [({"backend": "tf"}, "backend"), ({"rank": 2, "world_size": 2}, "rank"),
                      ({"on_error": "ignore"}, "on_error"), ({"batch_size": 0}, "batch_size"),

@@ -88,9 +88,9 @@ def test_cifar_train_is_pad4_crop_and_flip_of_the_array():
         for image, label in zip(images, labels):
             raw = (image * std + mean) * 255  # undo normalisation: integer levels again
             padded = torch.nn.functional.pad(torch.from_numpy(arrays[label]).permute(2, 0, 1).float(), (4, 4, 4, 4))
-            matches = [(t, l, f) for t in range(9) for l in range(9) for f in (False, True)
-                       if torch.allclose((padded[:, t:t + 32, l:l + 32].flip(-1) if f else padded[:, t:t + 32, l:l + 32]),
-                                         raw, atol=1e-3)]
+            crops = {(t, l): padded[:, t:t + 32, l:l + 32] for t in range(9) for l in range(9)}
+            matches = [(t, l, f) for (t, l), crop in crops.items() for f in (False, True)
+                       if torch.allclose(crop.flip(-1) if f else crop, raw, atol=1e-3)]
             assert len(matches) == 1, f"sample {label}: not a unique pad-4 crop of its array"
             flips += matches[0][2]
             offsets.add(matches[0][:2])
