@@ -154,6 +154,8 @@ def walk_tree(src: Path) -> tuple[list[str], list[str]]:
         for name in sorted(files):
             if name.startswith("."):
                 continue
+            if PART_TAG in name:
+                continue  # a temporary output of an interrupted run inside the source: neither image nor data
             rel = name if rel_folder == "." else os.path.join(rel_folder, name)
             (images if is_image(name) else others).append(rel)
     return images, others
@@ -256,8 +258,14 @@ def ffmpeg_error_text(stderr: str, code: int, limit: int = 3) -> str:
     return "; ".join(lines[:limit]) if lines else f"exit status {code}"
 
 
-def resize_batch_ffmpeg(jobs: Sequence[Job], spec: ResizeSpec, ffmpeg: str = "ffmpeg") -> list[tuple[Job, str | None]]:
-    """Resize ``jobs`` in one ffmpeg process; on failure, retry each alone to find the culprits."""
+def resize_batch_ffmpeg(
+    jobs: Sequence[Job], spec: ResizeSpec, ffmpeg: str = "ffmpeg", pillow_fallback: bool = False
+) -> list[tuple[Job, str | None]]:
+    """Resize ``jobs`` in one ffmpeg process; on failure, retry each alone to find the culprits.
+
+    With ``pillow_fallback`` an image ffmpeg cannot handle alone (e.g. a CMYK JPEG) goes through the Pillow
+    reference path before it is reported.
+    """
     for job in jobs:
         os.makedirs(os.path.dirname(job.target), exist_ok=True)
     code, errors = _run_ffmpeg(jobs, spec, ffmpeg)
@@ -266,10 +274,14 @@ def resize_batch_ffmpeg(jobs: Sequence[Job], spec: ResizeSpec, ffmpeg: str = "ff
     for job in jobs:
         _remove(job.part)
     if len(jobs) == 1:
-        return [(jobs[0], f"ffmpeg failed: {ffmpeg_error_text(errors, code)}")]
+        reason = f"ffmpeg failed: {ffmpeg_error_text(errors, code)}"
+        if pillow_fallback:
+            [(job, pillow_error)] = resize_batch_pillow(jobs, spec)
+            return [(job, None if pillow_error is None else f"{reason}; {pillow_error}")]
+        return [(jobs[0], reason)]
     results = []
     for job in jobs:
-        results.extend(resize_batch_ffmpeg([job], spec, ffmpeg))
+        results.extend(resize_batch_ffmpeg([job], spec, ffmpeg, pillow_fallback))
     return results
 
 
@@ -358,6 +370,7 @@ def prepare_images(
     backend: str = "ffmpeg",
     ffmpeg: str = "ffmpeg",
     copy_other: bool = True,
+    pillow_fallback: bool = False,
     progress: bool = True,
 ) -> PrepareReport:
     """Resize every image under ``src`` into the mirror tree ``dst``; see the module docstring."""
@@ -392,13 +405,15 @@ def prepare_images(
 
     if backend == "ffmpeg":
         # Threads suffice: each one waits on its own ffmpeg process.
-        work: Callable[[list[Job]], list] = lambda batch: resize_batch_ffmpeg(batch, spec, ffmpeg_path)  # noqa: E731
+        work: Callable[[list[Job]], list] = lambda batch: resize_batch_ffmpeg(  # noqa: E731
+            batch, spec, ffmpeg_path, pillow_fallback
+        )
         pool: Executor = ThreadPoolExecutor(max_workers=workers)
     else:
         # Pillow decodes and encodes under the GIL for long stretches: processes, one batch per task.
         work = _PillowTask(spec)
         pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else ThreadPoolExecutor(max_workers=1)
-    with pool:
+    try:
         futures = [pool.submit(work, batch) for batch in batches(todo, batch_size)]
         for future in as_completed(futures):
             for job, error in future.result():
@@ -408,8 +423,14 @@ def prepare_images(
                     report.failed.append((job.source, error))
                 if bar is not None:
                     bar.update(1)
-    if bar is not None:
-        bar.close()
+    except BaseException:
+        # Ctrl-C or an unexpected error (disk full): drop the queued batches instead of finishing them first.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        if bar is not None:
+            bar.close()
 
     if copy_other:
         for rel in others:

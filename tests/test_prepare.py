@@ -169,3 +169,18 @@ def test_command_summary_and_strict_exit(tmp_path, capsys):
     assert haf_main(argv + ["--strict"]) == 1
     assert "0 done, 4 skipped, 1 failed" in capsys.readouterr().out
     assert set(sizes(tmp_path / "dst").values()) == {(20, 10)}
+
+
+def test_pillow_fallback_rescues_a_disguised_file(tmp_path):
+    """ImageNet holds a PNG named .JPEG (n02105855_2933.JPEG); ffmpeg's demuxer goes by the name and fails."""
+    src = tmp_path / "src"
+    (src / "n02105855").mkdir(parents=True)
+    Image.fromarray(smooth_image(40, 30, 0)).save(src / "n02105855" / "n02105855_2933.JPEG", format="PNG")
+    Image.fromarray(smooth_image(40, 30, 1)).save(src / "n02105855" / "fine.JPEG")
+    plain = prepare_images(src, tmp_path / "plain", ResizeSpec(shorter_side=16), workers=1, progress=False)
+    assert plain.done == 1 and [Path(p).name for p, _ in plain.failed] == ["n02105855_2933.JPEG"]
+    rescued = prepare_images(src, tmp_path / "rescued", ResizeSpec(shorter_side=16), workers=1,
+                             pillow_fallback=True, progress=False)
+    assert rescued.done == 2 and not rescued.failed
+    with Image.open(tmp_path / "rescued" / "n02105855" / "n02105855_2933.JPEG") as image:
+        assert image.format == "JPEG" and image.size == (21, 16)

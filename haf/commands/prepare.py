@@ -35,6 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qscale", type=int, default=2, help="ffmpeg JPEG quality -q:v, 2 (best) .. 31 (default 2)")
     parser.add_argument("--quality", type=int, default=95, help="Pillow JPEG quality 1..100 (default 95)")
     parser.add_argument("--ffmpeg", default="ffmpeg", help="ffmpeg program (default: ffmpeg on PATH)")
+    parser.add_argument("--pillow-fallback", action="store_true",
+                        help="retry images ffmpeg cannot read (e.g. CMYK JPEGs) with Pillow before reporting them")
     parser.add_argument("--no-copy-other", action="store_true", help="do not copy non-image files into DST")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when any image failed")
@@ -49,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     )
     report = prepare_images(
         args.src, args.dst, spec, workers=args.workers, batch_size=args.batch_size, backend=args.backend,
-        ffmpeg=args.ffmpeg, copy_other=not args.no_copy_other, progress=not args.no_progress,
+        ffmpeg=args.ffmpeg, copy_other=not args.no_copy_other, pillow_fallback=args.pillow_fallback,
+        progress=not args.no_progress,
     )
     print(f"haf prepare: {report.summary()}; {spec.describe()}")
     for source, reason in report.failed:
