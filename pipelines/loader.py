@@ -173,7 +173,9 @@ def make_loader(
 
     ``drop_last`` defaults to ``train``; ``shuffle`` to ``train``; ``augment`` to :func:`derive_augment`;
     ``dali_device`` to "gpu" when ``device`` is CUDA (mixed decoding, GPU operators), else "cpu". ``workers`` is
-    the number of DALI CPU threads or DataLoader worker processes — the same CPU budget for both.
+    the number of DALI CPU threads (at least 1) or DataLoader worker processes (0: decode in this process) — the
+    same CPU budget for both. Extensions beyond docs/ARCHITECTURE.md: ``augment``, ``on_error``, ``shuffle``,
+    ``dali_device`` and ``set_epoch(epoch, start_batch)``.
     ``on_error``: "raise" → a ``ValueError`` naming the corrupt file; "skip" → the sample is dropped from its
     batch and listed in ``loader.skipped_files``.
     """
