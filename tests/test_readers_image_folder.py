@@ -128,3 +128,24 @@ def test_registry_names_unknown_kind_and_option(tmp_path):
         load_dataset("imagenet", tmp_path)
     with pytest.raises(ValueError, match="unknown option 'hierachy'.*hierarchy"):
         load_dataset("image-folder", tmp_path, hierachy="x")
+
+
+@pytest.mark.parametrize("file_name", ["tree.json", "tree_isa.txt", "tree_tree.pkl", "tree_distances.pkl.xz"])
+def test_every_hierarchy_format_gives_the_same_distances(tmp_path, file_name):
+    from haf.hierarchy import ClassDistances, write_distances_pickle, write_isa as write_isa_file, write_tree_pickle
+
+    root = make_folders(tmp_path / "ds", splits=("train",))
+    tree = Hierarchy.from_edges(EDGES)
+    path = tmp_path / file_name
+    if file_name.endswith(".json"):
+        tree.to_json(path)
+    elif file_name.endswith("_isa.txt"):
+        write_isa_file(tree, path)
+    elif file_name.endswith("_tree.pkl"):
+        write_tree_pickle(tree, path)
+    else:
+        write_distances_pickle(ClassDistances.from_hierarchy(tree, "lca-height"), path)
+    data = load_dataset("image-folder", root, hierarchy=path)
+    assert tree.classes == CLASSES == data.classes
+    assert np.array_equal(data.distances.matrix, tree.distance_matrix("lca-height"))
+    assert (data.hierarchy is None) == file_name.endswith(".pkl.xz")
