@@ -5,8 +5,9 @@ Both backends apply the same four geometric steps to every sample, in this order
 1. ``region``  — cut the box ``(top, left, height, width)`` out of the decoded image (source pixels). A box that
    reaches outside the image is zero-padded there (CIFAR's pad-4 random crop is a region starting at −4..+4).
 2. ``resize``  — resample the region to ``(height, width)`` with bilinear interpolation and an antialiasing
-   (triangle) filter when shrinking: DALI ``INTERP_LINEAR, antialias=True`` ≡ torchvision ``BILINEAR,
-   antialias=True``.
+   (triangle) filter when shrinking: DALI ``INTERP_LINEAR, antialias=True``, torchvision ``BILINEAR,
+   antialias=True``. They agree to one uint8 level except in the outermost output row/column, where DALI
+   clamps the filter to the edge pixel and torchvision renormalises the cut filter (measured in the tests).
 3. ``crop``    — cut ``(top, left, height, width)`` out of the resized image (the eval centre crop).
 4. ``flip``    — mirror left–right.
 5. normalise:  x ↦ (x / 255 − mean) / std per channel.
