@@ -163,7 +163,8 @@ def build_pipeline(
         batch_size=batch_size,
         num_threads=num_threads,
         device_id=device_id,
-        seed=seed,  # unused by the graph (it has no random operator); set for reproducible DALI internals
+        # Unused by the graph (no random operator); set for reproducible DALI internals, folded into DALI's range.
+        seed=seed % 2**31,
         prefetch_queue_depth=PREFETCH_QUEUE_DEPTH,
     )
 
