@@ -263,7 +263,7 @@ def resize_batch_ffmpeg(
 ) -> list[tuple[Job, str | None]]:
     """Resize ``jobs`` in one ffmpeg process; on failure, retry each alone to find the culprits.
 
-    With ``pillow_fallback`` an image ffmpeg cannot handle alone (e.g. a CMYK JPEG) goes through the Pillow
+    With ``pillow_fallback`` an image ffmpeg cannot handle alone (e.g. a PNG named .JPEG) goes through the Pillow
     reference path before it is reported.
     """
     for job in jobs:
