@@ -78,6 +78,31 @@ def test_eval_parity_at_imagenet_size_with_roi_decoding(tmp_path):
     assert window[0] + start[0] >= 0 and window[0] + end[0] <= 368  # ROI inside the banner-free region
 
 
+def test_grayscale_and_png_inputs_become_rgb_alike(tmp_path):
+    """ImageNet holds grayscale and CMYK JPEGs and PNGs: both backends decode every one of them to RGB."""
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 256, size=(40, 52, 4), dtype=np.uint8)
+    images = {
+        "gray.jpg": Image.fromarray(pixels[..., 0]),
+        "cmyk.jpg": Image.fromarray(pixels, "RGBA").convert("CMYK"),
+        "rgba.png": Image.fromarray(pixels, "RGBA"),
+        "palette.png": Image.fromarray(pixels[..., :3]).convert("P"),
+        "gray.png": Image.fromarray(pixels[..., 1]),
+    }
+    files = []
+    for name, image in images.items():
+        image.save(tmp_path / name)
+        files.append(str(tmp_path / name))
+    split = Split("val", np.arange(len(files)), files=tuple(files))
+    dataset = DatasetSplits("mixed", tuple(images), None, None, {"val": split})
+    (ref, _, _, _), (got, _, _, _) = both(dataset, train=False, batch_size=5, image_size=32, workers=1)
+    assert got.shape == (5, 3, 32, 32)
+    per_file = (got - ref).abs().amax(dim=(1, 2, 3))
+    assert per_file.max().item() <= ONE_LEVEL, dict(zip(images, per_file.tolist()))
+
+
 def test_train_crops_and_flips_match_the_reference(dataset):
     kwargs = dict(train=True, batch_size=3, image_size=24, workers=1, seed=11, drop_last=False)
     (ref, ref_labels, _, _), (got, labels, _, _) = both(dataset, split="train", **kwargs)
