@@ -146,7 +146,8 @@ def validation_indices(labels: np.ndarray, per_class: int, num_classes: int, pat
         members = np.flatnonzero(labels == c)
         if members.size <= per_class:
             raise ValueError(
-                f"{path}: class index {c} has {members.size} training images; cannot hold out {per_class} for validation"
+                f"{path}: class index {c} has {members.size} training images; cannot hold out {per_class} "
+                "for validation"
             )
         chosen.append(members[-per_class:])
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)

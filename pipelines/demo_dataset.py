@@ -129,7 +129,8 @@ def demo_classes(spec: DemoSpec) -> list[DemoClass]:
             node = c * spec.patterns + p
             for o in range(spec.shapes):
                 shape = SHAPES[(node + o) % len(SHAPES)]
-                leaves.append(DemoClass(f"{colour}-{pattern}-{shape}", colour, f"{colour}-{pattern}", hue, pattern, shape))
+                node_name = f"{colour}-{pattern}"
+                leaves.append(DemoClass(f"{node_name}-{shape}", colour, node_name, hue, pattern, shape))
     return sorted(leaves, key=lambda leaf: leaf.name)
 
 

@@ -112,7 +112,8 @@ def read_inat2019(
     for split in splits:
         if split not in INAT_SPLITS:
             raise ValueError(
-                f"iNat2019 has no labelled split {split!r}; choose from {', '.join(INAT_SPLITS)} (test2019 is unlabelled)"
+                f"iNat2019 has no labelled split {split!r}; choose from {', '.join(INAT_SPLITS)} "
+                "(test2019 is unlabelled)"
             )
     train_path = root / "train2019.json"
     train_doc = load_annotations(train_path)

@@ -61,7 +61,8 @@ def test_default_split_folder_and_val_class_folders(tmp_path):
     lists.rename(imagenet / "splits_tieredImageNet-H")
     # A validation tree re-sorted into class folders (valprep) is found as well.
     (imagenet / "val" / "n03").mkdir()
-    (imagenet / "val" / "ILSVRC2012_val_00000003.JPEG").rename(imagenet / "val" / "n03" / "ILSVRC2012_val_00000003.JPEG")
+    name = "ILSVRC2012_val_00000003.JPEG"
+    (imagenet / "val" / name).rename(imagenet / "val" / "n03" / name)
     data = load_dataset("tiered-imagenet", imagenet, hierarchy=isa, splits=["test"])
     assert str(imagenet / "val" / "n03" / "ILSVRC2012_val_00000003.JPEG") in data["test"].files
 

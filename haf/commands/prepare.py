@@ -36,7 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quality", type=int, default=95, help="Pillow JPEG quality 1..100 (default 95)")
     parser.add_argument("--ffmpeg", default="ffmpeg", help="ffmpeg program (default: ffmpeg on PATH)")
     parser.add_argument("--pillow-fallback", action="store_true",
-                        help="retry images ffmpeg cannot read (e.g. a PNG named .JPEG) with Pillow before reporting them")
+                        help="retry images ffmpeg cannot read (e.g. a PNG named .JPEG) with Pillow before "
+                        "reporting them")
     parser.add_argument("--no-copy-other", action="store_true", help="do not copy non-image files into DST")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when any image failed")
