@@ -106,3 +106,13 @@ def test_cli_writes_markdown_and_csv(tmp_path, capsys):
 def test_cli_missing_input_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def test_every_subcommand_builds_its_help(capsys):
+    # argparse formats HELP strings with %-interpolation: a bare % in any subcommand's HELP crashes `haf --help`.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("frame", "report", "plot", "eval", "prepare", "demo-data"):
+        assert name in out

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "tabulate many runs (methods × seeds) as mean ± t-based 95% CI, in Markdown and CSV"
+HELP = "tabulate many runs (methods × seeds) as mean ± t-based 95%% CI, in Markdown and CSV"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
