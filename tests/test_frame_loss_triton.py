@@ -241,6 +241,21 @@ def test_gradient_flows_through_ops_before_the_loss():
     assert relative_error(x.grad.cpu(), exact) < 1e-5
 
 
+def test_autocast_runs_the_product_in_the_autocast_dtype():
+    """Under autocast, fp32 features are multiplied like an autocast matmul (bf16 operands, fp32 accumulation);
+    the gradient flows back through the cast to the fp32 features."""
+    features, frame, target, similarity = make_problem(24, 21, 100, seed=19)
+    h = features.float().to(DEVICE).requires_grad_()
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        loss = fused.triton_frame_loss(h, frame.to(DEVICE), target.to(DEVICE), similarity.to(DEVICE), 0.4)
+    loss.backward()
+    assert loss.dtype == torch.float32 and h.grad.dtype == torch.float32
+    rounded = features.float().bfloat16()
+    expected_loss, expected_grad = run_fused(rounded, frame, target, similarity, 0.4, "mean")
+    torch.testing.assert_close(loss.detach().cpu(), expected_loss, rtol=0, atol=0)
+    torch.testing.assert_close(h.grad.cpu(), expected_grad.float(), rtol=0, atol=0)
+
+
 def test_second_backward_through_the_same_graph_is_refused():
     features, frame, target, similarity = make_problem(16, 21, 100, seed=12)
     h = features.float().to(DEVICE).requires_grad_()

@@ -1,0 +1,242 @@
+"""HAFrame loss, forward + backward: the fused Triton path against the reference paths (issue 3, DESIGN.md §6).
+
+Paths (one benchmark each, same inputs, same loss, gradient wrt the features):
+
+* ``loop``     — (a) ``haf.losses.hierarchy_frame_loss_loop``, the paper's per-class Python loop;
+* ``eager``    — (b) ``haf.losses.hierarchy_frame_loss``, vectorised eager PyTorch (the ratios' denominator);
+* ``compiled`` — (c) (b) under ``torch.compile`` (default mode);
+* ``fused``    — ``haf.kernels.frame_loss(..., backend="triton")``.
+
+Inputs: features in fp32 or bf16, the frame and S as fp32 buffers (what training passes); the reference upcasts
+bf16 features to fp32 (its dtype policy), the fused path multiplies bf16 on tensor cores with fp32 accumulation.
+The fp32 matmul precision is fixed for the whole run (``HAF_BENCH_MATMUL_PRECISION``, default "high" = TF32 on
+GPUs, which both the eager reference and the fused kernels then use) and printed.
+
+On a GPU: the five shapes of DESIGN.md §6 — paper (64, 100, 100), (256, 1010, 1010), (1024, 608, 608); large
+(4096, 10000, 10000), (8192, 2048, 32000) — and a summary with time ratios, TFLOP/s counted as 4·B·D·K, and peak
+extra memory (``max_memory_allocated`` above the inputs) against (b).
+On CPU: the fused path would only run in Triton's interpreter (not a timing), so only the reference paths run, at
+reduced shapes (the large ones shrunk ~10×), the loop only where it finishes in a second, and (c) only with
+``HAF_BENCH_COMPILE_CPU=1`` (inductor's C++ build takes over a minute per shape on a small machine). The suite then
+finishes in well under a minute; the summary says which shapes were reduced.
+
+Run: ``pytest bench/bench_frame_loss.py`` (add ``-s`` to see the summary as it is printed; it is also written at
+the end of the terminal report).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import haf.losses as reference
+from haf.kernels import frame_loss
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+MATMUL_PRECISION = os.environ.get("HAF_BENCH_MATMUL_PRECISION", "high")
+COMPILE_ON_CPU = os.environ.get("HAF_BENCH_COMPILE_CPU", "") == "1"
+ALPHA = 0.4  # CIFAR-100 / iNat2019's weight; the value does not change the work
+IGNORED_EVERY = 17  # a few ignored rows, as in real batches with padding
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    batch: int
+    dim: int
+    classes: int
+    regime: str  # "paper" or "large"
+    reduced_from: tuple[int, int, int] | None = None  # CPU stand-in for this GPU shape
+    loop: bool = True  # run baseline (a) at this shape
+
+    @property
+    def flops(self) -> int:
+        return 4 * self.batch * self.dim * self.classes
+
+    def label(self) -> str:
+        return f"({self.batch}, {self.dim}, {self.classes})"
+
+
+GPU_SHAPES = [
+    Shape("fgvc", 64, 100, 100, "paper"),
+    Shape("inat", 256, 1010, 1010, "paper"),
+    Shape("tiered", 1024, 608, 608, "paper"),
+    Shape("large-square", 4096, 10000, 10000, "large"),
+    Shape("large-wide", 8192, 2048, 32000, "large"),
+]
+CPU_SHAPES = [
+    Shape("fgvc", 64, 100, 100, "paper"),
+    Shape("inat", 256, 1010, 1010, "paper", loop=False),
+    Shape("tiered", 1024, 608, 608, "paper", loop=False),
+    Shape("large-square", 512, 1000, 1000, "large", reduced_from=(4096, 10000, 10000), loop=False),
+    Shape("large-wide", 512, 256, 4000, "large", reduced_from=(8192, 2048, 32000), loop=False),
+]
+SHAPES = GPU_SHAPES if HAS_CUDA else CPU_SHAPES
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PATHS = ["loop", "eager", "compiled", "fused"]
+
+#: (shape name, dtype name, path) -> {"seconds": best round, "peak_bytes": extra memory or None}
+RESULTS: dict[tuple[str, str, str], dict] = {}
+
+
+def _loss_fn(path: str):
+    if path == "loop":
+        return reference.hierarchy_frame_loss_loop
+    if path == "eager":
+        return reference.hierarchy_frame_loss
+    if path == "compiled":
+        return _compiled()
+    return lambda *args: frame_loss(*args, backend="triton")
+
+
+_COMPILED = None
+
+
+def _compiled():
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(reference.hierarchy_frame_loss)
+    return _COMPILED
+
+
+def _skip_reason(shape: Shape, path: str) -> str | None:
+    if path == "fused" and not HAS_CUDA:
+        return "fused path needs a GPU (on CPU it runs only in Triton's interpreter: correctness, not speed)"
+    if path == "compiled" and not HAS_CUDA and not COMPILE_ON_CPU:
+        return "torch.compile on CPU takes over a minute per shape here; set HAF_BENCH_COMPILE_CPU=1 to include it"
+    if path == "loop" and not shape.loop:
+        return "per-class loop skipped at this CPU shape (seconds per call); it runs at every GPU shape"
+    return None
+
+
+def _inputs(shape: Shape, dtype: torch.dtype):
+    gen = torch.Generator(device="cpu").manual_seed(shape.batch + shape.classes)
+    frame = F.normalize(torch.randn(shape.classes, shape.dim, generator=gen), dim=1)
+    similarity = (frame @ frame.T).clamp(-1.0, 1.0)
+    features = torch.randn(shape.batch, shape.dim, generator=gen)
+    target = torch.randint(0, shape.classes, (shape.batch,), generator=gen)
+    target[::IGNORED_EVERY] = -100
+    to = {"device": DEVICE}
+    return (features.to(dtype=dtype, **to).requires_grad_(), frame.to(**to), target.to(**to), similarity.to(**to))
+
+
+def _sync() -> None:
+    if HAS_CUDA:
+        torch.cuda.synchronize()
+
+
+def _step(loss_fn, features, frame, target, similarity) -> None:
+    features.grad = None
+    loss = loss_fn(features, frame, target, similarity, ALPHA)
+    loss.backward()
+    _sync()
+
+
+def _peak_extra_bytes(loss_fn, inputs) -> int | None:
+    if not HAS_CUDA:
+        return None  # max_memory_allocated is a CUDA allocator statistic
+    inputs[0].grad = None
+    _sync()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    _step(loss_fn, *inputs)
+    return torch.cuda.max_memory_allocated() - base
+
+
+@pytest.fixture(scope="module", autouse=True)
+def matmul_precision():
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(MATMUL_PRECISION)
+    yield
+    torch.set_float32_matmul_precision(previous)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
+def test_frame_loss_forward_backward(benchmark, shape: Shape, dtype_name: str, path: str):
+    reason = _skip_reason(shape, path)
+    if reason:
+        pytest.skip(reason)
+    inputs = _inputs(shape, DTYPES[dtype_name])
+    loss_fn = _loss_fn(path)
+    _step(loss_fn, *inputs)  # warm-up: compilation, caches, allocator
+    peak = _peak_extra_bytes(loss_fn, inputs)
+    slow = path == "loop" or shape.regime == "large"
+    benchmark.group = f"frame-loss {shape.name} {shape.label()} {dtype_name}"
+    rounds = 3 if slow else (20 if HAS_CUDA else 8)
+    start = time.perf_counter()
+    benchmark.pedantic(_step, args=(loss_fn, *inputs), rounds=rounds, iterations=1, warmup_rounds=1)
+    if benchmark.disabled:  # --benchmark-disable: pedantic made a single call, timed here
+        seconds = time.perf_counter() - start
+    else:
+        seconds = benchmark.stats.stats.min  # least disturbed round on a shared machine
+    RESULTS[(shape.name, dtype_name, path)] = {"seconds": seconds, "peak_bytes": peak}
+    benchmark.extra_info.update(
+        {"shape": shape.label(), "dtype": dtype_name, "path": path, "tflops": shape.flops / seconds / 1e12,
+         "peak_extra_mib": None if peak is None else peak / 2**20, "matmul_precision": MATMUL_PRECISION}
+    )
+    assert seconds > 0
+
+
+def _environment() -> list[str]:
+    import triton
+
+    device = torch.cuda.get_device_name() if HAS_CUDA else f"CPU ({platform.processor() or platform.machine()}, " \
+                                                           f"{os.cpu_count()} cores visible)"
+    return [
+        f"device: {device}; torch {torch.__version__}; triton {triton.__version__}; python {platform.python_version()}",
+        f"float32 matmul precision: {MATMUL_PRECISION} (torch.set_float32_matmul_precision, fixed for the run)",
+    ]
+
+
+def summary_lines() -> list[str]:
+    lines = ["", "HAFrame loss forward+backward — best of the rounds; ratios are time(eager) / time(path)"]
+    lines += _environment()
+    if not HAS_CUDA:
+        lines.append("CPU run: reference paths only, large shapes reduced (see 'reduced from'); fused not timed.")
+    header = f"{'shape (B, D, K)':<22}{'dtype':<6}{'path':<10}{'ms':>10}{'× eager':>9}{'TFLOP/s':>9}" \
+             f"{'peak MiB':>10}{'% eager mem':>12}  note"
+    lines += [header, "-" * len(header)]
+    for shape in SHAPES:
+        for dtype_name in DTYPES:
+            eager = RESULTS.get((shape.name, dtype_name, "eager"))
+            for path in PATHS:
+                row = RESULTS.get((shape.name, dtype_name, path))
+                if row is None:
+                    continue
+                ratio = f"{eager['seconds'] / row['seconds']:.2f}" if eager else "—"
+                peak = row["peak_bytes"]
+                peak_text = "n/a" if peak is None else f"{peak / 2**20:.1f}"
+                share = "n/a"
+                if peak is not None and eager and eager["peak_bytes"]:
+                    share = f"{100 * peak / eager['peak_bytes']:.1f}"
+                note = f"reduced from {shape.reduced_from}" if shape.reduced_from else ""
+                lines.append(
+                    f"{shape.label():<22}{dtype_name:<6}{path:<10}{row['seconds'] * 1e3:>10.3f}{ratio:>9}"
+                    f"{shape.flops / row['seconds'] / 1e12:>9.3f}{peak_text:>10}{share:>12}  {note}"
+                )
+    return lines
+
+
+class _SummaryPlugin:
+    """Prints the summary at the end of the terminal report (a test module cannot define that hook itself)."""
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if RESULTS:
+            for line in summary_lines():
+                terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def print_summary(request):
+    manager = request.config.pluginmanager
+    if manager.get_plugin("haf-frame-loss-summary") is None:
+        manager.register(_SummaryPlugin(), "haf-frame-loss-summary")
+    yield
