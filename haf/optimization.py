@@ -79,9 +79,15 @@ def deepspeed_config(config: RunConfig, world_size: int) -> dict:
         # loss_scale 0 = dynamic loss scaling, 2**16 the usual initial scale.
         "fp16": {"enabled": ds.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
         "gradient_clipping": config.train.grad_clip_norm or 0.0,
+        # DeepSpeed casts parameters to bf16/fp16 but by default keeps buffers as loaded: BatchNorm would then see
+        # low-precision weights next to fp32 running statistics, which its kernels reject. Cast buffers too (the
+        # fixed frame and S are restored to fp32 after initialisation, see haf.training_loop).
+        "data_types": {"buffer_dtype": {"bf16": "bf16", "fp16": "fp16"}.get(ds.precision)},
         # DeepSpeed's own step log would interleave with our progress bars: effectively off.
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
+    if out["data_types"]["buffer_dtype"] is None:
+        del out["data_types"]
     out.update(ds.extra)
     return out

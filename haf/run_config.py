@@ -20,6 +20,7 @@ first and the including file is deep-merged on top; mappings merge key by key, e
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import types
@@ -345,6 +346,19 @@ def world_batch_split(global_batch: int, world_size: int, accumulation: int = 1,
         raise ValueError(f"key '{key}': global batch {global_batch} does not split evenly over {world_size} "
                          f"rank(s) × {accumulation} accumulation step(s)")
     return global_batch // (world_size * accumulation)
+
+
+def add_train_arguments(parser: "argparse.ArgumentParser") -> None:
+    """The training command line shared by ``haf/train.py`` and ``haf train`` (argparse only: cheap)."""
+    parser.add_argument("--config", required=True, help="YAML config (configs/<dataset>/<method>.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.epochs=2 (repeatable; VALUE is YAML)")
+    parser.add_argument("--output-dir", default=None, help="checkpoints, logs and metrics.json (default: "
+                        "the config's output_dir, else runs/<dataset>/<config name>-seed<seed>)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt if it exists")
+    # The deepspeed launcher passes --local_rank (torch.distributed.launch --local-rank); the LOCAL_RANK
+    # environment variable is what is used.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
 # ------------------------------------------------------------------------------------------ the validator

@@ -52,7 +52,7 @@ from haf.checkpoints import (
 )
 from haf.eval_loop import evaluate, format_metric_table, method_supports_crm
 from haf.optimization import learning_rate, set_learning_rate
-from haf.run_config import RunConfig, config_from_dict, load_config, world_batch_split
+from haf.run_config import RunConfig, add_train_arguments, config_from_dict, load_config, world_batch_split
 from haf.train_engine import DistributedContext, build_engine, setup_distributed, teardown_distributed
 
 METRICS_NAME = "metrics.json"
@@ -472,6 +472,9 @@ def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: Distr
             # "loss": this rank's last micro-batch (rank 0); "loss_mean": the mean since the previous record.
             record = {"kind": "train", "epoch": epoch + 1, "step": global_step, "loss": float(loss.detach()),
                       "loss_mean": mean_loss, "lr": lr, "images_per_s": throughput}
+            # The rates the optimizer really holds (read back through any DeepSpeed wrapper), per group.
+            record.update({f"lr/{group.get('name', index)}": float(group["lr"])
+                           for index, group in enumerate(engine.optimizer.param_groups)})
             logger.log(record, global_step)
             if bar is not None:
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.4g}", img_s=f"{throughput:.0f}")
@@ -533,18 +536,6 @@ def build_arg_parser() -> argparse.ArgumentParser:
         description="Train a hierarchy-aware classifier: deepspeed|torchrun|python haf/train.py --config FILE")
     add_train_arguments(parser)
     return parser
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config (configs/<dataset>/<method>.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.epochs=2 (repeatable; VALUE is YAML)")
-    parser.add_argument("--output-dir", default=None, help="checkpoints, logs and metrics.json (default: "
-                        "runs/<dataset>/<config name>-seed<seed>)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt if it exists")
-    # The deepspeed launcher passes --local_rank (and torch.distributed.launch --local-rank); LOCAL_RANK in the
-    # environment is what we use.
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

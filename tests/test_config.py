@@ -165,6 +165,7 @@ def test_deepspeed_config_assembly():
     assert ds["train_batch_size"] == 256 and ds["train_micro_batch_size_per_gpu"] == 16
     assert ds["gradient_accumulation_steps"] == 2 and ds["zero_optimization"] == {"stage": 1}
     assert ds["bf16"] == {"enabled": True} and ds["fp16"]["enabled"] is False
+    assert ds["data_types"] == {"buffer_dtype": "bf16"}  # BatchNorm statistics follow the weights' dtype
     assert ds["gradient_clipping"] == 5.0 and ds["zero_allow_untested_optimizer"] is True
     assert world_batch_split(64, 4) == 16
     with pytest.raises(ValueError, match=r"key 'train.batch_size': global batch 256 does not split evenly over 3"):

@@ -39,9 +39,14 @@ def _run(demo_root: Path, output_dir: Path, resume: bool = False, **sections):
     return run_training(config, resume=resume)
 
 
-@pytest.mark.parametrize("deepspeed_enabled", [True, False], ids=["deepspeed-engine", "plain-engine"])
-def test_resume_after_kill_equals_uninterrupted_run(demo_root, tmp_path, deepspeed_enabled):
-    engine = {"deepspeed": {"enabled": deepspeed_enabled}}
+@pytest.mark.parametrize("deepspeed_section", [
+    {"enabled": True},
+    {"enabled": False},
+    # ZeRO-1 with DeepSpeed's bf16 weights: the optimizer state lives in DeepSpeed's own shard files.
+    {"enabled": True, "zero_stage": 1, "precision": "bf16"},
+], ids=["deepspeed-engine", "plain-engine", "deepspeed-zero1-bf16"])
+def test_resume_after_kill_equals_uninterrupted_run(demo_root, tmp_path, deepspeed_section):
+    engine = {"deepspeed": deepspeed_section}
     full, split = tmp_path / "full", tmp_path / "split"
     full_metrics = _run(demo_root, full, **engine)
     # "Kill" after epoch 2: the run stops right after writing its epoch-2 checkpoint, without test metrics.
@@ -55,6 +60,11 @@ def test_resume_after_kill_equals_uninterrupted_run(demo_root, tmp_path, deepspe
     assert len(full_steps) == 4 and resumed_steps == full_steps  # bit-identical per-step losses
     # The first two epochs were logged once each (the JSONL log is appended, not rewritten, on resume).
     assert [r["epoch"] for r in train_records(split)] == [1] * 4 + [2] * 4 + [3] * 4
+    # The schedule reaches the optimizer (through DeepSpeed's wrappers too): lr_t = 0.1·½(1 + cos(π t/3)), the
+    # backbone at a tenth of it, in the epoch resumed from a checkpoint as in the others.
+    for record in train_records(split):
+        lr_t = 0.1 * 0.5 * (1 + math.cos(math.pi * (record["epoch"] - 1) / 3))
+        assert record["lr/backbone"] == pytest.approx(0.1 * lr_t) and record["lr/transformation"] == pytest.approx(lr_t)
     full_params, resumed_params = checkpoint_params(full / "last.pt"), checkpoint_params(split / "last.pt")
     assert full_params.keys() == resumed_params.keys()
     for name in full_params:
