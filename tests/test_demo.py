@@ -1,0 +1,111 @@
+"""`make demo` end to end in miniature, and the pieces of haf/demo.py that the miniature cannot judge.
+
+The end-to-end test runs ``python -m haf.demo --quick`` (36 classes × 8 images generated into tmp_path, one epoch of
+three steps per method, both methods through the real ``haf/train.py`` subprocess), then runs it again to check that
+finished runs are reused. About 40-50 s on 2 shared cores, most of it the two training processes' start-up
+(importing torch and DeepSpeed); marked ``slow``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from haf import demo
+
+REQUIRED_KEYS = ("top1", "mistake_severity", "hierdist@1", "hierdist@5", "hierdist@20")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert demo.main(["--quick", "--cpu", "--quiet", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+
+    # The comparison table names both methods and the CRM decoding of the baseline.
+    table = printed[printed.index("### demo"):]
+    for label in ("cross-entropy (tiny_cnn/type1)", "cross-entropy+crm (tiny_cnn/type1)", "haframe (tiny_cnn/type2)"):
+        assert f"| {label} | 1 |" in table, label
+    assert "haframe − cross-entropy, paired by seed" in printed
+    assert (out / "results.md").read_text().count("| haframe (tiny_cnn/type2) |") == 1
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("dataset,method,runs,top1_mean")
+    assert len(csv_lines) == 4  # header + CE + CE+CRM + HAFrame
+
+    for method, head in (("cross-entropy", "type1"), ("haframe", "type2")):
+        record = json.loads((out / method / "seed0" / "metrics.json").read_text())
+        for key in REQUIRED_KEYS:
+            assert isinstance(record[key], float), (method, key)
+        assert record["run"]["method"] == method
+        assert record["run"]["model"] == f"tiny_cnn/{head}"
+        assert record["run"]["seed"] == 0 and record["run"]["epochs"] == 1
+        assert record["run"]["test_images"] == 36 * demo.QUICK_DATASET["test_per_class"]
+        assert ("crm" in record) == (method == "cross-entropy")
+        # The HierDist@k curve covers k = 1 … K and agrees with the training loop's own test metrics.
+        curve = json.loads((out / method / "seed0" / demo.CURVE_NAME).read_text())
+        assert sorted(int(k) for k in curve["plain"]) == list(range(1, 37))
+        for k in (1, 5, 20):
+            assert curve["plain"][str(k)] == pytest.approx(record[f"hierdist@{k}"], abs=1e-4)
+        if method == "cross-entropy":
+            assert curve["crm"]["5"] == pytest.approx(record["crm"]["hierdist@5"], abs=1e-4)
+
+    for name in ("frame_vs_hierarchy.png", "hierdist_at_k.png", "training_curves.png"):
+        path = out / "plots" / name
+        assert path.stat().st_size > 1000, name
+        assert path.read_bytes()[:8] == PNG_MAGIC, name
+        assert str(path) in printed
+
+    # Re-running reuses every finished run (same resolved config), and reprints the same table.
+    assert demo.main(["--quick", "--cpu", "--quiet", "--output-dir", str(out)]) == 0
+    again = capsys.readouterr().out
+    assert again.count(": up to date in ") == 2 and "] training " not in again and "0 run(s) trained" in again
+    assert again[again.index("### demo"):again.index("Mean ±")] == table[:table.index("Mean ±")]
+
+
+def test_run_state_follows_the_resolved_config(tmp_path: Path) -> None:
+    [run] = [r for r in demo.plan_runs(tmp_path, [3], ["train.epochs=2"]) if r.method == "haframe"]
+    assert run.output_dir == tmp_path / "haframe" / "seed3"
+    assert demo.run_state(run) == "new"
+    run.output_dir.mkdir(parents=True)
+    (run.output_dir / "config.yaml").write_text(demo.resolved_config(run).to_yaml())
+    assert demo.run_state(run) == "new"  # neither a checkpoint nor metrics yet
+    (run.output_dir / "last.pt").write_bytes(b"")
+    assert demo.run_state(run) == "resume"
+    (run.output_dir / "metrics.json").write_text("{}")
+    assert demo.run_state(run) == "done"
+    [longer] = [r for r in demo.plan_runs(tmp_path, [3], ["train.epochs=4"]) if r.method == "haframe"]
+    assert demo.run_state(longer) == "new"  # another budget: trained again, not reported as done
+
+
+def test_the_two_demo_configs_differ_only_in_method_and_head() -> None:
+    from haf.run_config import load_config
+
+    baseline = load_config(demo.DEMO_CONFIGS["cross-entropy"]).to_dict()
+    haframe = load_config(demo.DEMO_CONFIGS["haframe"]).to_dict()
+    assert baseline["method"]["name"] == "cross-entropy" and haframe["method"]["name"] == "haframe"
+    assert baseline["model"].pop("head") == "type1" and haframe["model"].pop("head") == "type2"
+    for section in (set(baseline) | set(haframe)) - {"method"}:
+        assert baseline[section] == haframe[section], section
+
+
+def test_training_records_one_point_per_epoch(tmp_path: Path) -> None:
+    log = tmp_path / "metrics.jsonl"
+    lines = [
+        {"kind": "train", "epoch": 1, "step": 10, "loss": 9.0, "loss_mean": 3.0},
+        {"kind": "train", "epoch": 1, "step": 12, "loss": 9.0, "loss_mean": 1.0},  # a 2-step window
+        {"kind": "val", "epoch": 1, "step": 12, "top1": 40.0},
+        {"kind": "train", "epoch": 2, "step": 22, "loss": 9.0, "loss_mean": 0.5},
+        {"kind": "test", "epoch": 1, "step": 22, "top1": 41.0},
+    ]
+    log.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    records = demo.training_records(log)
+    train = {r["epoch"]: r["loss"] for r in records if r["split"] == "train"}
+    assert train == {1: pytest.approx((3.0 * 10 + 1.0 * 2) / 12), 2: pytest.approx(0.5)}
+    assert [(r["split"], r["top1"]) for r in records if r["split"] != "train"] == [("val", 40.0), ("test", 41.0)]
+
+
+def test_bad_seeds_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert demo.main(["--seeds", "1", "1", "--output-dir", "unused"]) == 2
+    assert "--seeds must be distinct" in capsys.readouterr().err
