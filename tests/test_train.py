@@ -115,6 +115,12 @@ def test_frame_is_not_optimized_and_unchanged_by_training(demo_root, tmp_path):
     scales = {group["name"]: group["lr_scale"] for group in optimizer.param_groups}
     assert scales["backbone"] == pytest.approx(0.1) and scales["transformation"] == pytest.approx(1.0)
 
+    # The seed fixes the frame's random rotation: same seed, same frame; another seed, another rotation of it.
+    again = build_model(config, data.dataset, data.distances).method.frame
+    other = build_model(config.replace(seed=4), data.dataset, data.distances).method.frame
+    assert torch.equal(again, frame) and not torch.allclose(other, frame, atol=1e-3)
+    torch.testing.assert_close(other.double() @ other.double().T, frame.double() @ frame.double().T, atol=1e-5, rtol=0)
+
     initial = frame.detach().clone()
     _run(demo_root, tmp_path / "run", train={"epochs": 2})
     trained = checkpoint_params(tmp_path / "run" / "last.pt")
@@ -129,7 +135,8 @@ def test_frame_is_not_optimized_and_unchanged_by_training(demo_root, tmp_path):
 def test_metrics_json_layout_and_crm_for_cross_entropy(demo_root, tmp_path):
     out = tmp_path / "ce"
     record = _run(demo_root, out, train={"epochs": 1}, model={"head": "type1", "head_options": {"hidden_dim": 32}},
-                  method={"name": "cross-entropy", "options": {}})
+                  method={"name": "cross-entropy", "options": {}}, logging={"tensorboard": True})
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))  # the same records for TensorBoard
     written = json.loads((out / "metrics.json").read_text())
     assert written == json.loads(json.dumps(record))
     for key in ("top1", "mistake_severity", "hierdist@1", "hierdist@5"):
