@@ -100,10 +100,11 @@ def setup_distributed(device: str = "auto", use_deepspeed: bool = True) -> Distr
     return DistributedContext(rank, world_size, local_rank, torch_device, backend, tuple(env_set), initialized_here)
 
 
-def teardown_distributed(context: DistributedContext) -> None:
+def teardown_distributed(context: DistributedContext, barrier: bool = True) -> None:
     """Barrier, then destroy the group we created (without it some gloo runs abort at interpreter exit)."""
     if dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         if context.initialized_here:
             dist.destroy_process_group()
             _forget_deepspeed_groups()

@@ -232,12 +232,12 @@ def parameter_fingerprint(model: torch.nn.Module) -> torch.Tensor:
     Data-parallel ranks must hold bit-identical weights after every step; comparing fingerprints at each checkpoint
     catches a rank that silently diverged (a missed all-reduce, a non-deterministic kernel on one device).
     """
-    total = torch.zeros(3, dtype=torch.float64)
+    parts = []
     for param in model.parameters():
-        flat = param.detach().reshape(-1).double().cpu()
-        weights = torch.arange(flat.numel(), dtype=torch.float64).remainder_(97).add_(1)
-        total += torch.stack([flat.sum(), flat.square().sum(), (flat * weights).sum()])
-    return total
+        flat = param.detach().reshape(-1).double()  # on the parameter's device: no copy of the model to the host
+        weights = torch.arange(flat.numel(), dtype=torch.float64, device=flat.device).remainder_(97).add_(1)
+        parts.append(torch.stack([flat.sum(), flat.square().sum(), (flat * weights).sum()]).cpu())
+    return torch.stack(parts).sum(0) if parts else torch.zeros(3, dtype=torch.float64)
 
 
 def gather_fingerprints(model: torch.nn.Module, device: torch.device) -> list[list[float]]:
@@ -308,9 +308,13 @@ def run_training(config: RunConfig, *, resume: bool = False, data: PreparedData 
     use_deepspeed = config.deepspeed.enabled
     context = setup_distributed(config.train.device, use_deepspeed=use_deepspeed)
     try:
-        return _run(config, context, resume=resume, data=data)
-    finally:
-        teardown_distributed(context)
+        result = _run(config, context, resume=resume, data=data)
+    except BaseException:
+        # No closing barrier: the other ranks may never reach it, and a hang would hide this rank's error.
+        teardown_distributed(context, barrier=False)
+        raise
+    teardown_distributed(context)
+    return result
 
 
 def _run(config: RunConfig, context: DistributedContext, *, resume: bool, data: PreparedData | None) -> dict | None:
