@@ -44,19 +44,25 @@ row sliced along K, which Triton cannot do; the three tiled kernels launch ≥ 6
 share one code path with the large regime. Launches stay at 4 per forward (3 kernels + the batch sum) and 1 per
 backward, against ~30 for the eager reference.
 
-Regimes of DESIGN.md §6 (bf16; counts for the whole forward + backward; "traffic" is the ideal HBM traffic of
-this design: h, W once per chunk for each GEMM, z written+read (8 B/elt), the similarity row gathered twice
-(8 B/elt), G written+read (4 B/elt), dH written, scaled and rewritten):
+Regimes of DESIGN.md §6 (bf16; counts for the whole forward + backward). "Traffic" is this design's ideal HBM
+traffic, ≈ 20·B·K + 4·chunks·K·D + 10·B·D bytes: z written and read (8 B/elt), the similarity row gathered in
+kernels 1 and 2 (8 B/elt), G written and read (4 B/elt); W read by both GEMMs once per chunk; h read twice, dH
+written, then read and rewritten by the backward. Times assume 3.35 TB/s and 650 TFLOP/s (an H100 SXM Triton GEMM):
 
-============================  ===========  =========================  =========================================
-(B, D, K)                      4·B·D·K      traffic                    bound
-============================  ===========  =========================  =========================================
-(64, 100, 100)                 2.6 MFLOP    ~0.2 MB                    launch (≈ 1 µs of work per kernel)
-(256, 1010, 1010)              1.04 GFLOP   ~11 MB                     launch (≈ 2 µs math, ≈ 3 µs memory)
-(1024, 608, 608)               1.51 GFLOP   ~16 MB                     launch (≈ 3 µs math, ≈ 5 µs memory)
-(4096, 10000, 10000)           1.64 TFLOP   ~1.7 GB (2 chunks of W)    compute (≈ 2.5 ms at 650 TFLOP/s)
-(8192, 2048, 32000)            2.15 TFLOP   ~6.5 GB (4 chunks of W)    compute (≈ 3.3 ms vs ≈ 2 ms of traffic)
-============================  ===========  =========================  =========================================
+============================  ===========  ========================  ==========================================
+(B, D, K)                      4·B·D·K      traffic                   bound
+============================  ===========  ========================  ==========================================
+(64, 100, 100)                 2.6 MFLOP    ~0.2 MB                   launch (< 1 µs of work per kernel)
+(256, 1010, 1010)              1.04 GFLOP   ~12 MB                    launch (≈ 2 µs math, ≈ 3.5 µs memory)
+(1024, 608, 608)               1.51 GFLOP   ~20 MB                    launch (≈ 2.5 µs math, ≈ 6 µs memory)
+(4096, 10000, 10000)           1.64 TFLOP   ~2.0 GB (2 chunks)        compute (≈ 2.5 ms math, ≈ 0.6 ms memory)
+(8192, 2048, 32000)            2.15 TFLOP   ~6.5 GB (4 chunks)        compute (≈ 3.3 ms math, ≈ 1.9 ms memory)
+============================  ===========  ========================  ==========================================
+
+At the wide shape kernel 2 is a serial, memory-bound pass (≈ 10 B/elt, ≈ 0.8 ms) between the two GEMMs, so the
+expected total is ≈ 4.3 ms, ≈ 500 TFLOP/s — right at the 50%-of-peak target; the alternative (G computed inside
+kernel 3's prologue) saves G's 4 B/elt but recomputes exp(z − lse) and re-gathers S once per D block (16× at
+D = 2048), which costs more than it saves.
 
 Memory: between forward and backward only dH (B × D, input dtype; fp32 for fp16 inputs, whose 5-bit exponent
 would underflow the unscaled gradient before a loss scaler multiplies it) is kept. Transients per chunk: z (fp32)
@@ -566,10 +572,11 @@ def fused_frame_loss_forward(
         g_buf = z_buf if g_in_place else torch.empty(chunk, num_classes, device=device, dtype=dtype)
     else:
         g_buf = None
-    partials = torch.empty(NUM_PARTIALS, chunk, tiles_k, device=device, dtype=torch.float32)
-    hnorm = torch.empty(chunk, device=device, dtype=torch.float32)
-    coef = torch.empty(chunk, device=device, dtype=torch.float32)
-    row_weight = torch.empty(chunk, device=device, dtype=torch.float32)
+    # One fp32 workspace for the small per-row buffers (one allocation instead of four: host time matters at the
+    # launch-bound shapes): partials (5 × chunk × T), then ‖h‖, a and the batch weight (chunk each).
+    workspace = torch.empty(NUM_PARTIALS * chunk * tiles_k + 3 * chunk, device=device, dtype=torch.float32)
+    partials = workspace[: NUM_PARTIALS * chunk * tiles_k].view(NUM_PARTIALS, chunk, tiles_k)
+    hnorm, coef, row_weight = workspace[NUM_PARTIALS * chunk * tiles_k:].view(3, chunk).unbind(0)
 
     col_blocks = triton.cdiv(num_classes, config.cols_block)
     block_t = min(triton.next_power_of_2(tiles_k), config.partials_block)
