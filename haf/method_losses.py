@@ -248,7 +248,9 @@ def hierarchical_ce_weights(
     Edges whose child has the same leaves as its parent (single-child chains, or a shallow leaf repeated down
     the levels) have p(C | parent) = 1 and get weight 0, so they add exactly nothing.
     ``normalize``: divide by the sum of the weights of all nodes of the tree, root included, as the reference's
-    default does (a constant factor: harmless with the reference's Adam, a 1/Z learning-rate cut under SGD).
+    default does (a constant factor: harmless with the reference's Adam, a 1/Z learning-rate cut under SGD). Nodes
+    are counted per level, so on an unbalanced tree a shallow leaf repeated down the levels counts once per level
+    (the level table cannot tell a repeat from a single-child chain): the constant differs, nothing else does.
     """
     if not (math.isfinite(alpha) and alpha >= 0):
         raise ValueError(f"alpha must be a non-negative number, got {alpha}")
