@@ -121,7 +121,8 @@ def _skip_reason(shape: Shape, path: str) -> str | None:
 def _inputs(shape: Shape, dtype: torch.dtype):
     gen = torch.Generator(device="cpu").manual_seed(shape.batch + shape.classes)
     frame = F.normalize(torch.randn(shape.classes, shape.dim, generator=gen), dim=1)
-    similarity = (frame @ frame.T).clamp(-1.0, 1.0)
+    gram = (frame @ frame.T).clamp(-1.0, 1.0)
+    similarity = 0.5 * (gram + gram.T)  # bitwise symmetric, as S built from a hierarchy is
     features = torch.randn(shape.batch, shape.dim, generator=gen)
     target = torch.randint(0, shape.classes, (shape.batch,), generator=gen)
     target[::IGNORED_EVERY] = -100

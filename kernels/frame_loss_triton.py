@@ -505,8 +505,10 @@ def _prepare_frame(frame: torch.Tensor, dtype: torch.dtype) -> _PreparedFrame:
 def _prepare_similarity(similarity: torch.Tensor) -> torch.Tensor:
     """The gather table T with T[y, i] = S[i, y], fp32, rows contiguous, so each sample reads one row.
 
-    S built from a hierarchy is symmetric and then T = S (no copy when S is already fp32 and contiguous);
-    otherwise T = Sᵀ. Deciding that costs one host synchronisation, once per similarity tensor (cached)."""
+    S built from a hierarchy is bitwise symmetric (S_ij is a function of the symmetric d_ij) and then T = S, with no
+    copy when S is already fp32 and contiguous; otherwise T = Sᵀ, a cached K × K fp32 copy (4 GB at K = 32000, so
+    symmetrise a nearly symmetric S, e.g. one computed as W Wᵀ by a GEMM, before passing it). Deciding costs one
+    host synchronisation, once per similarity tensor (cached)."""
 
     def build() -> torch.Tensor:
         s32 = similarity.detach().to(torch.float32)
