@@ -27,7 +27,7 @@ import datetime
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -79,6 +79,10 @@ def setup_distributed(device: str = "auto", use_deepspeed: bool = True) -> Distr
     else:
         raise ValueError(f"unknown device {device!r}; valid choices: auto, cuda, cpu")
     backend = "nccl" if use_cuda else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")))
+    if use_cuda:
+        # Before the process group exists, so NCCL binds each rank to its own GPU, not all to GPU 0.
+        torch.cuda.set_device(local_rank)
     initialized_here = False
     if not dist.is_initialized():
         # A hung peer should fail the job within minutes, not the default half hour.
@@ -91,12 +95,7 @@ def setup_distributed(device: str = "auto", use_deepspeed: bool = True) -> Distr
             dist.init_process_group(backend=backend, timeout=timeout)
         initialized_here = True
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        torch_device = torch.device("cuda", local_rank)
-    else:
-        torch_device = torch.device("cpu")
+    torch_device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     return DistributedContext(rank, world_size, local_rank, torch_device, backend, tuple(env_set), initialized_here)
 
 
@@ -291,20 +290,3 @@ def build_engine(model: nn.Module, config: RunConfig, context: DistributedContex
     if config.deepspeed.enabled:
         return DeepSpeedTrainEngine(model, config, context)
     return PlainTrainEngine(model, config, context)
-
-
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum scalars over ranks (float64, so counts of millions of images stay exact)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return list(values)
-    # gloo reduces CPU tensors, NCCL CUDA tensors.
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
-def iterate_micro_batches(loader: Any, limit: int | None) -> Iterator[Any]:
-    for index, batch in enumerate(loader):
-        if limit is not None and index >= limit:
-            break
-        yield batch
