@@ -69,7 +69,7 @@ def test_run_state_follows_the_resolved_config(tmp_path: Path) -> None:
     assert run.output_dir == tmp_path / "haframe" / "seed3"
     assert demo.run_state(run) == "new"
     run.output_dir.mkdir(parents=True)
-    (run.output_dir / "config.yaml").write_text(demo.resolved_config(run).to_yaml())
+    (run.output_dir / "config.yaml").write_text(demo.resolved_config(run).to_yaml().replace(str(tmp_path), "/moved"))
     assert demo.run_state(run) == "new"  # neither a checkpoint nor metrics yet
     (run.output_dir / "last.pt").write_bytes(b"")
     assert demo.run_state(run) == "resume"
