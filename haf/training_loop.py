@@ -350,6 +350,9 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, data: 
     start_epoch, global_step, best_metric, best_epoch = 0, 0, -math.inf, -1
     last_path = output_dir / LAST_NAME
     if resume:
+        if not _same_on_all_ranks(last_path.is_file(), context):
+            raise ValueError(f"{last_path}: visible on some ranks only; --resume needs the output directory on a "
+                             "file system every node shares")
         if last_path.is_file():
             state = load_checkpoint(last_path)
             _check_resume_compatible(config, state, last_path)
@@ -409,6 +412,14 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, data: 
         return _final_test(engine, config, data, context, output_dir, best_epoch, channels_last, logger, global_step)
     finally:
         logger.close()
+
+
+def _same_on_all_ranks(flag: bool, context: DistributedContext) -> bool:
+    if not dist.is_initialized() or context.world_size == 1:
+        return True
+    votes = torch.tensor([float(flag), float(not flag)], device=context.device)
+    dist.all_reduce(votes)
+    return bool(votes.min().item() == 0)
 
 
 def _steps(loader: Any, limit: int | None) -> int:

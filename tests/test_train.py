@@ -184,8 +184,8 @@ def test_train_script_as_plain_python_process(demo_root, tmp_path):
 @pytest.mark.slow
 def test_two_processes_match_one_process(demo_root, tmp_path):
     """Two CPU processes (gloo) — `deepspeed --num_gpus 2` with the DeepSpeed engine and `torchrun
-    --nproc_per_node 2` with the plain engine (DDP) — hold identical weights on both ranks, and match a one-process
-    run on the same global batches. Augmentation is off and BatchNorm uses running statistics
+    --nproc_per_node 2` with the plain engine (DDP, stopped after epoch 1 and resumed) — hold identical weights on
+    both ranks, and match a one-process run on the same global batches. Augmentation is off and BatchNorm uses running statistics
     (model.freeze_batchnorm), so a sample's gradient does not depend on which rank's half-batch it is in; what is
     left is the order of floating-point sums."""
     sections = {"train": {"epochs": 2}, "data": {"augment": False}, "model": {"freeze_batchnorm": True}}
@@ -204,9 +204,12 @@ def test_two_processes_match_one_process(demo_root, tmp_path):
         config_path = tmp_path / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(tiny_run_dict(demo_root, out, deepspeed={"enabled": use_deepspeed},
                                                             **sections)))
-        done = subprocess.run([*launcher, "haf/train.py", "--config", str(config_path)], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, (name, (done.stdout + done.stderr)[-4000:])
+        # The torchrun leg is also killed after epoch 1 and resumed on two ranks.
+        stages = [["--set", "train.stop_after_epoch=1"], ["--resume"]] if name == "torchrun" else [[]]
+        for extra in stages:
+            done = subprocess.run([*launcher, "haf/train.py", "--config", str(config_path), *extra], cwd=REPO,
+                                  env=env, capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, (name, extra, (done.stdout + done.stderr)[-4000:])
         two = torch.load(out / "last.pt", weights_only=True)
         fingerprints = two["rank_fingerprints"]
         assert fingerprints.shape == (2, 3) and torch.equal(fingerprints[0], fingerprints[1]), name
