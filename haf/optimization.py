@@ -89,5 +89,11 @@ def deepspeed_config(config: RunConfig, world_size: int) -> dict:
     }
     if out["data_types"]["buffer_dtype"] is None:
         del out["data_types"]
+    if ds.precision == "bf16-autocast":
+        # Inside its forward DeepSpeed *disables* an autocast opened outside it unless its own torch_autocast is on
+        # (deepspeed/runtime/torch_autocast.py), so the autocast must be configured here. No module is declared
+        # "lower-precision safe": those would all-reduce their gradients in bf16; we keep fp32 reductions, as
+        # native AMP does.
+        out["torch_autocast"] = {"enabled": True, "dtype": "bf16", "lower_precision_safe_modules": []}
     out.update(ds.extra)
     return out

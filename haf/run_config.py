@@ -330,7 +330,8 @@ def check_semantics(config: RunConfig) -> None:
     if ds.zero_stage > 0 and not ds.enabled:
         fail("deepspeed.zero_stage", "ZeRO needs deepspeed.enabled: true")
     reserved = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                "zero_optimization", "bf16", "fp16", "gradient_clipping", "optimizer", "scheduler"}
+                "zero_optimization", "bf16", "fp16", "gradient_clipping", "optimizer", "scheduler", "torch_autocast",
+                "data_types"}
     clash = sorted(reserved & set(ds.extra))
     if clash:
         fail("deepspeed.extra", f"{', '.join(clash)} come from other config keys (train.batch_size, "

@@ -167,6 +167,11 @@ def test_deepspeed_config_assembly():
     assert ds["bf16"] == {"enabled": True} and ds["fp16"]["enabled"] is False
     assert ds["data_types"] == {"buffer_dtype": "bf16"}  # BatchNorm statistics follow the weights' dtype
     assert ds["gradient_clipping"] == 5.0 and ds["zero_allow_untested_optimizer"] is True
+    assert "torch_autocast" not in ds  # DeepSpeed's bf16 weights, no autocast
+    amp = deepspeed_config(load_config(CONFIGS / "cifar100" / "haframe.yaml"), world_size=1)
+    # bf16-autocast (the shipped GPU default): DeepSpeed's own autocast, fp32 gradient reductions, fp32 weights.
+    assert amp["torch_autocast"] == {"enabled": True, "dtype": "bf16", "lower_precision_safe_modules": []}
+    assert amp["bf16"] == {"enabled": False} and "data_types" not in amp
     assert world_batch_split(64, 4) == 16
     with pytest.raises(ValueError, match=r"key 'train.batch_size': global batch 256 does not split evenly over 3"):
         deepspeed_config(config.replace(deepspeed=config.deepspeed.__class__(gradient_accumulation_steps=1)), 3)

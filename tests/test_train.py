@@ -228,3 +228,36 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("deepspeed_enabled", [True, False], ids=["deepspeed-engine", "plain-engine"])
+def test_bf16_autocast_reaches_the_model_inside_the_engine(demo_root, tmp_path, device, deepspeed_enabled):
+    """precision: bf16-autocast runs the convolutions in bf16 inside the engine's forward (DeepSpeed turns an outer
+    autocast off unless its own torch_autocast is configured) while weights and gradients stay fp32."""
+    from haf.run_config import load_config
+    from haf.train_engine import build_engine, setup_distributed, teardown_distributed
+    from haf.training_loop import build_model, prepare_dataset
+
+    config = load_config(None, data=tiny_run_dict(
+        demo_root, tmp_path, train={"device": device},
+        deepspeed={"enabled": deepspeed_enabled, "precision": "bf16-autocast"}))
+    data = prepare_dataset(config)
+    context = setup_distributed(device, use_deepspeed=deepspeed_enabled)
+    try:
+        model = build_model(config, data.dataset, data.distances)
+        engine = build_engine(model, config, context)
+        seen = []
+        first_conv = next(m for m in engine.module.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+        first_conv.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+        images = torch.randn(4, 3, 16, 16, device=context.device)
+        targets = torch.arange(4, device=context.device)
+        engine.train()
+        with engine.autocast():
+            loss = engine.module.loss(engine.forward(images), targets)
+        engine.backward(loss)
+        assert seen == [torch.bfloat16]
+        assert first_conv.weight.dtype == torch.float32 and first_conv.weight.grad.dtype == torch.float32
+        assert torch.isfinite(loss)
+    finally:
+        teardown_distributed(context)
