@@ -106,7 +106,7 @@ def accelerator_overrides() -> tuple[list[str], str]:
     except ImportError:
         return [], f"device: {name} (fused Triton HAFrame loss; DALI not installed: PyTorch DataLoader)"
     # DALI's CPU stage threads (decode is on the GPU, "mixed"); a few suffice for 32-px images.
-    threads = max(1, min(4, os.cpu_count() or 1))
+    threads = max(1, min(4, usable_cpus()))
     return ["data.backend=dali", f"data.workers={threads}"], f"device: {name} (fused Triton HAFrame loss, DALI input)"
 
 
@@ -196,18 +196,25 @@ def train_all(pending: Sequence[tuple[int, PlannedRun, str]], total: int, *, job
     """Train the pending runs, ``jobs`` at a time; returns each run's wall time. Stops at the first failure."""
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
+    import threading
+
     timings: dict[PlannedRun, float] = {}
+    print_lock = threading.Lock()  # print() writes the text and the newline separately: lines of two runs interleave
+
+    def say(line: str) -> None:
+        with print_lock:
+            print(line, flush=True)
 
     def one(index: int, run: PlannedRun, state: str) -> None:
         # Concurrent runs write their output to a log each (interleaved output would be unreadable).
         log_file = run.output_dir.parent / f"seed{run.seed}.log" if (jobs > 1 or quiet) else None
         what = "resuming" if state == "resume" else "training"
-        print(f"[{index}/{total}] {what} {run.label} → {run.output_dir}"
-              + (f" (log: {log_file})" if log_file is not None else ""), flush=True)
+        say(f"[{index}/{total}] {what} {run.label} → {run.output_dir}"
+            + (f" (log: {log_file})" if log_file is not None else ""))
         start = time.perf_counter()
         train(run, state, log_file=log_file, threads=threads)
         timings[run] = time.perf_counter() - start
-        print(f"[{index}/{total}] {run.label} done in {timings[run]:.0f} s", flush=True)
+        say(f"[{index}/{total}] {run.label} done in {timings[run]:.0f} s")
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(one, *item) for item in pending]

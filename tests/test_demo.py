@@ -109,3 +109,25 @@ def test_training_records_one_point_per_epoch(tmp_path: Path) -> None:
 def test_bad_seeds_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert demo.main(["--seeds", "1", "1", "--output-dir", "unused"]) == 2
     assert "--seeds must be distinct" in capsys.readouterr().err
+
+
+def test_gpu_machine_gets_dali_and_valid_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a GPU here, pretend one: the overrides the demo adds must name DALI and pass config validation."""
+    import importlib.util
+
+    import torch
+
+    from haf.run_config import load_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Fake GPU")
+    extra, line = demo.accelerator_overrides()
+    assert "Fake GPU" in line and "Triton" in line
+    if importlib.util.find_spec("nvidia.dali") is not None:
+        assert "data.backend=dali" in extra and "DALI input" in line
+    else:
+        assert extra == [] and "DALI not installed" in line
+    for config in demo.DEMO_CONFIGS.values():
+        loaded = load_config(config, [*demo.COMMON_OVERRIDES, *extra])
+        assert loaded.train.device == "auto"
+        assert loaded.data.backend == ("dali" if extra else "torch")
