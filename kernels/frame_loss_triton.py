@@ -56,11 +56,13 @@ written, then read and rewritten by the backward. Times assume 3.35 TB/s and 650
 (256, 1010, 1010)              1.04 GFLOP   ~12 MB                    launch (≈ 2 µs math, ≈ 3.5 µs memory)
 (1024, 608, 608)               1.51 GFLOP   ~20 MB                    launch (≈ 2.5 µs math, ≈ 6 µs memory)
 (4096, 10000, 10000)           1.64 TFLOP   ~2.0 GB (2 chunks)        compute (≈ 2.5 ms math, ≈ 0.6 ms memory)
-(8192, 2048, 32000)            2.15 TFLOP   ~6.5 GB (4 chunks)        compute (≈ 3.3 ms math, ≈ 1.9 ms memory)
+(8192, 2048, 32000)            2.15 TFLOP   ~7.5 GB (8 chunks)        compute (≈ 3.3 ms math, ≈ 2.2 ms memory)
 ============================  ===========  ========================  ==========================================
 
-At the wide shape kernel 2 is a serial, memory-bound pass (≈ 10 B/elt, ≈ 0.8 ms) between the two GEMMs, so the
-expected total is ≈ 4.3 ms, ≈ 500 TFLOP/s — right at the 50%-of-peak target; the alternative (G computed inside
+At the wide shape kernel 2 is a serial, memory-bound pass (≈ 10 B/elt, ≈ 0.8 ms) between the two GEMMs and
+W (131 MB) is re-read by both GEMMs for each of the 8 chunks, so the expected total is ≈ 4.5 ms, ≈ 480 TFLOP/s —
+just under the 50%-of-peak target; a larger ``chunk_bytes`` trades transient memory for fewer W re-reads (256 MiB:
+6 chunks, still < 10% of the reference's peak). The alternative (G computed inside
 kernel 3's prologue) saves G's 4 B/elt but recomputes exp(z − lse) and re-gathers S once per D block (16× at
 D = 2048), which costs more than it saves.
 
@@ -140,17 +142,18 @@ def _logits_stats_kernel(
 
     acc = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
     sumsq = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    # Main loop in the Triton matmul tutorial's style: rows and classes past the edge are wrapped (% B, % K) onto
+    # valid ones, so only the reduction tail needs a mask, and the pointers advance by BLOCK_D per step (the int64
+    # row offsets are formed once). Wrapped rows/classes compute throw-away values that no store writes.
+    offs_d = tl.arange(0, BLOCK_D)
+    h_ptrs = h_ptr + (rows % B)[:, None] * stride_hb + offs_d[None, :] * stride_hd
+    w_ptrs = w_ptr + (cols % K)[:, None] * stride_wk + offs_d[None, :] * stride_wd
     for d0 in range(0, D, BLOCK_D):
-        ds = d0 + tl.arange(0, BLOCK_D).to(tl.int64)
-        d_ok = ds < D
-        h = tl.load(
-            h_ptr + rows[:, None] * stride_hb + ds[None, :] * stride_hd,
-            mask=row_ok[:, None] & d_ok[None, :], other=0.0,
-        )
-        w = tl.load(
-            w_ptr + cols[:, None] * stride_wk + ds[None, :] * stride_wd,
-            mask=col_ok[:, None] & d_ok[None, :], other=0.0,
-        )
+        d_ok = (d0 + offs_d) < D
+        h = tl.load(h_ptrs, mask=d_ok[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=d_ok[None, :], other=0.0)
+        h_ptrs += BLOCK_D * stride_hd
+        w_ptrs += BLOCK_D * stride_wd
         h32 = h.to(tl.float32)
         sumsq += tl.sum(h32 * h32, axis=1)  # every class tile needs ‖h‖; it rides on tiles already loaded
         if UPCAST_DOT:  # interpreter only: its tl.dot multiplies bf16 bit patterns (see _upcast_dot)
@@ -311,13 +314,15 @@ def _grad_features_kernel(
     d_ok = ds < D
 
     acc = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)  # main loop as in kernel 1: wrapped edges, a mask on the K tail only
+    g_ptrs = g_ptr + (rows % B)[:, None] * stride_gb + offs_k[None, :]
+    w_ptrs = w_ptr + offs_k[:, None].to(tl.int64) * stride_wk + (ds % D)[None, :] * stride_wd
     for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-        k_ok = ks < K
-        g = tl.load(g_ptr + rows[:, None] * stride_gb + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        w = tl.load(
-            w_ptr + ks[:, None] * stride_wk + ds[None, :] * stride_wd, mask=k_ok[:, None] & d_ok[None, :], other=0.0
-        )
+        k_ok = (k0 + offs_k) < K
+        g = tl.load(g_ptrs, mask=k_ok[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+        g_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K * stride_wk  # int32 product: fine below 8M features (BLOCK_K ≤ 256)
         if UPCAST_DOT:
             acc = tl.dot(g.to(tl.float32), w.to(tl.float32), acc, input_precision=INPUT_PRECISION)
         else:
@@ -357,12 +362,12 @@ class KernelConfig:
     """Tile sizes and launch parameters (see :func:`choose_config` for the reasoning behind the defaults)."""
 
     logits_block_b: int = 128  # kernel 1 tile: rows ...
-    logits_block_k: int = 128  # ... × classes
+    logits_block_k: int = 64  # ... × classes
     logits_block_d: int = 64  # reduction step over features
     logits_warps: int = 8
     logits_stages: int = 3
     grad_block_b: int = 128  # kernel 3 tile: rows ...
-    grad_block_d: int = 128  # ... × features
+    grad_block_d: int = 64  # ... × features
     grad_block_k: int = 64  # reduction step over classes
     grad_warps: int = 8
     grad_stages: int = 4
@@ -398,14 +403,18 @@ def choose_config(
 ) -> KernelConfig:
     """Tiles per regime (H100 reasoning; no autotuning, so the first call never benchmarks and graphs capture).
 
+    Register budgets were checked by compiling every kernel ahead of time for sm_90a (``triton.compile`` with a
+    ``GPUTarget``, then ``ptxas -v``; no GPU needed): the chosen tiles compile without spills. 128 × 128 tiles did
+    not (kernel 1's epilogue holds the gathered S tile, the cosines and the exp's next to the accumulator, ~670 B
+    of spills per thread; kernel 3 ~470 B), which is why the class/feature side of the tiles is 64.
+
     * Small problems (paper shapes) are launch-bound: 64 × 64 tiles and 4 warps give ≥ 64 programs per kernel at
-      (256, 1010, 1010) instead of 16, and 3 stages hide the few loads each program makes.
-    * Large bf16/fp16: 128 × 128 × 64 tiles with 8 warps keep 64 fp32 accumulator registers per thread, leaving
-      room for kernel 1's epilogue (gathered S row, five reductions) without spills; one stage of operands is
-      2 × 128 × 64 × 2 B = 32 KiB, so 3 stages (kernel 1) / 4 stages (kernel 3, a plain GEMM) fit the 228 KiB of
-      shared memory and cover HBM latency.
-    * fp32 with TF32: the same tiles at a 32-wide reduction step (same 32 KiB per stage).
-    * fp32 with IEEE ("highest"): no tensor cores — 64 × 64 × 32 FMA tiles, 4 warps, 2 stages (register-bound).
+      (256, 1010, 1010); kernel 1 steps 32 features at a time (64 spilled), 3 stages hide the few loads.
+    * Large bf16/fp16: 128 × 64 tiles, 8 warps (32 fp32 accumulators per thread), 64-deep steps: one stage of
+      operands is 2 × 128 × 64 × 2 B ≤ 32 KiB, so 3 stages (kernel 1) and 4 (kernel 3, a plain GEMM) fit the
+      228 KiB of shared memory and cover HBM latency.
+    * fp32 with TF32: the same tiles at a 32-deep step (same bytes per stage), 3 stages.
+    * fp32 with IEEE ("highest"): no tensor cores — 64 × 64 × 32 FMA tiles, 4 warps, 2 stages.
     """
     small = batch * num_classes <= SMALL_PROBLEM_ELEMENTS
     if INTERPRETED:  # numpy runs whole tiles; the cost is per program and per reduction call: few, large programs
@@ -416,8 +425,8 @@ def choose_config(
                             logits_stages=2, grad_block_b=64, grad_block_d=64, grad_block_k=32, grad_warps=4,
                             grad_stages=2)
     if small:
-        return KernelConfig(logits_block_b=64, logits_block_k=64, logits_block_d=64 if dtype != torch.float32 else 32,
-                            logits_warps=4, logits_stages=3, grad_block_b=64, grad_block_d=64,
+        return KernelConfig(logits_block_b=64, logits_block_k=64, logits_block_d=32, logits_warps=4,
+                            logits_stages=3, grad_block_b=64, grad_block_d=64,
                             grad_block_k=64 if dtype != torch.float32 else 32, grad_warps=4, grad_stages=3)
     if dtype == torch.float32:
         return KernelConfig(logits_block_d=32, grad_block_k=32, grad_stages=3)

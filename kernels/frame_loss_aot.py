@@ -1,0 +1,153 @@
+"""Ahead-of-time compilation of the fused frame-loss kernels for a CUDA target, without a GPU.
+
+Triton's interpreter (``TRITON_INTERPRET=1``) checks the kernels' arithmetic but not that they compile: layouts,
+dtype rules of ``tl.dot``, shared-memory budgets and register allocation only meet the real compiler. This module
+runs that compiler — Triton → PTX → ``ptxas`` (shipped inside the Triton wheel) → cubin — for a chosen
+architecture, from any machine. ``python -m haf.kernels.frame_loss_aot`` compiles every kernel for sm_90 at the
+tile choices of the paper and large regimes and prints ptxas' register and spill report for each.
+
+The kernels must be real ``JITFunction``s, so this must run in a process where ``TRITON_INTERPRET`` is unset
+(the tests start a subprocess for it).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import frame_loss_triton as fused
+
+_TRITON_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+#: Integer arguments of the kernels (sizes, strides, ignore_index): i32 at these shapes. Strides over features
+#: are 1 for the contiguous tensors the launcher passes, and Triton's JIT specialises the value 1 to a constant.
+_UNIT_STRIDES = {"stride_hd", "stride_wd", "stride_dd"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledKernel:
+    name: str
+    shared_bytes: int
+    ptx: str
+    cubin: bytes
+
+
+def _signature(kernel, pointer_types: dict[str, str], float_args: set[str], constants: dict) -> dict[str, str]:
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name in pointer_types:
+            signature[name] = pointer_types[name]
+        elif name in float_args:
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+    return signature
+
+
+def _compile(kernel, pointer_types, float_args, constants, num_warps, num_stages, capability) -> CompiledKernel:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if fused.INTERPRETED:
+        raise RuntimeError("ahead-of-time compilation needs TRITON_INTERPRET unset when haf.kernels is imported")
+    signature = _signature(kernel, pointer_types, float_args, constants)
+    source = ASTSource(
+        fn=kernel, signature=signature,
+        constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()},
+    )
+    compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
+    return CompiledKernel(kernel.__name__, compiled.metadata.shared, compiled.asm["ptx"], compiled.asm["cubin"])
+
+
+def compile_kernels(
+    dtype: torch.dtype, batch: int, dim: int, num_classes: int, capability: int = 90,
+    precision: str | None = None,
+) -> list[CompiledKernel]:
+    """Compile the three kernels with the tiles ``choose_config`` picks for this problem and dtype."""
+    name = _TRITON_DTYPE[dtype]
+    precision = precision if dtype == torch.float32 else None
+    if dtype == torch.float32 and precision is None:
+        precision = "tf32"
+    config = fused.choose_config(batch, dim, num_classes, dtype, precision)
+    unit = {stride: 1 for stride in _UNIT_STRIDES}
+    logits = _compile(
+        fused._logits_stats_kernel,
+        {"h_ptr": f"*{name}", "w_ptr": f"*{name}", "inv_wnorm_ptr": "*fp32", "table_ptr": "*fp32", "y_ptr": "*i64",
+         "z_ptr": "*fp32", "part_ptr": "*fp32", "hnorm_ptr": "*fp32"},
+        set(),
+        {**{k: v for k, v in unit.items() if k in fused._logits_stats_kernel.arg_names},
+         "EPS": fused.COSINE_EPS, "BLOCK_B": config.logits_block_b, "BLOCK_K": config.logits_block_k,
+         "BLOCK_D": config.logits_block_d, "GROUP": config.group, "INPUT_PRECISION": precision,
+         "UPCAST_DOT": False, "STORE_Z": True},
+        config.logits_warps, config.logits_stages, capability,
+    )
+    softmax = _compile(
+        fused._softmax_grad_kernel,
+        {"z_ptr": "*fp32", "g_ptr": f"*{name}", "part_ptr": "*fp32", "hnorm_ptr": "*fp32", "inv_wnorm_ptr": "*fp32",
+         "table_ptr": "*fp32", "y_ptr": "*i64", "y_all_ptr": "*i64", "loss_ptr": "*fp32", "coef_ptr": "*fp32",
+         "weight_ptr": "*fp32"},
+        {"alpha"},
+        {"EPS": fused.COSINE_EPS, "MEAN": True, "WRITE_G": True, "BLOCK_R": config.rows_block,
+         "BLOCK_C": config.cols_block, "BLOCK_T": config.partials_block, "BLOCK_Y": 1024},
+        config.rows_warps, 1, capability,
+    )
+    grad_dtype = "fp32" if dtype == torch.float16 else name
+    grad = _compile(
+        fused._grad_features_kernel,
+        {"g_ptr": f"*{name}", "w_ptr": f"*{name}", "h_ptr": f"*{name}", "coef_ptr": "*fp32", "weight_ptr": "*fp32",
+         "dh_ptr": f"*{grad_dtype}"},
+        set(),
+        {**{k: v for k, v in unit.items() if k in fused._grad_features_kernel.arg_names},
+         "BLOCK_B": config.grad_block_b, "BLOCK_D": config.grad_block_d, "BLOCK_K": config.grad_block_k,
+         "GROUP": config.group, "INPUT_PRECISION": precision, "UPCAST_DOT": False},
+        config.grad_warps, config.grad_stages, capability,
+    )
+    return [logits, softmax, grad]
+
+
+def ptxas_report(kernel: CompiledKernel, capability: int = 90) -> str:
+    """ptxas' register / spill summary for one compiled kernel (the ptxas bundled with Triton)."""
+    import os
+    import shutil
+
+    import triton
+
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    ptxas = os.environ.get("TRITON_PTXAS_PATH") or (str(bundled) if bundled.exists() else shutil.which("ptxas"))
+    if ptxas is None:
+        raise FileNotFoundError(f"no ptxas: neither {bundled} nor one on PATH (set TRITON_PTXAS_PATH)")
+    arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / f"{kernel.name}.ptx"
+        source.write_text(kernel.ptx)
+        out = subprocess.run([ptxas, f"-arch={arch}", "-v", str(source), "-o", str(Path(folder) / "out.cubin")],
+                             capture_output=True, text=True, check=True)
+    lines = (out.stdout + out.stderr).splitlines()
+    return " | ".join(line.split(":", 1)[-1].strip() for line in lines if "spill" in line or "registers" in line)
+
+
+SHAPES = {"paper (256, 1010, 1010)": (256, 1010, 1010), "large (8192, 2048, 32000)": (8192, 2048, 32000)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--capability", type=int, default=90, help="CUDA compute capability × 10 (default 90)")
+    args = parser.parse_args(argv)
+    for label, (batch, dim, classes) in SHAPES.items():
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for kernel in compile_kernels(dtype, batch, dim, classes, args.capability):
+                print(f"{label:<26} {_TRITON_DTYPE[dtype]:<5} {kernel.name:<24} smem {kernel.shared_bytes:>6} B  "
+                      f"{ptxas_report(kernel, args.capability)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
