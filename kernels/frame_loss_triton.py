@@ -560,6 +560,8 @@ def fused_frame_loss_forward(
     prepared = _prepare_frame(frame, dtype)
     table = _prepare_similarity(similarity)
     target = target if target.is_contiguous() else target.contiguous()
+    if features.stride(1) * config.logits_block_d >= 2**31:  # kernel 1 steps its pointers by an int32 product
+        features = features.contiguous()
 
     loss_rows = torch.empty(batch, device=device, dtype=torch.float32)
     logits = torch.empty(batch, num_classes, device=device, dtype=torch.float32) if return_logits else None
