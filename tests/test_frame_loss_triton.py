@@ -443,10 +443,13 @@ def test_gpu_no_host_synchronisation_and_cuda_graph_capture():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_gpu_large_problem_in_several_chunks(dtype):
-    """Compiled tiles (128-wide), several row chunks, K = 5000 not a tile multiple."""
-    features, frame, target, similarity = make_problem(3000, 520, 5000, seed=21, ignored=(0, 1000))
-    config = dataclasses.replace(fused.choose_config(3000, 520, 5000, dtype, fused._input_precision(dtype)),
+    """Compiled large-regime tiles, several row chunks, K = 2000 and D = 1040 not tile multiples."""
+    batch, dim, classes = 3000, 1040, 2000
+    features, frame, target, similarity = make_problem(batch, dim, classes, seed=21, ignored=(0, 1000))
+    config = dataclasses.replace(fused.choose_config(batch, dim, classes, dtype, fused._input_precision(dtype)),
                                  chunk_bytes=8 << 20)
+    g_bytes = 0 if dtype == torch.float32 else 2
+    assert fused._chunk_rows(batch, dim, classes, g_bytes, config, fused._sm_count(torch.device("cuda"))) < batch
     assert_no_worse_than_torch(features.to(dtype), frame, target, similarity, 0.4, "mean", config=config)
 
 
