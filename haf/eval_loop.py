@@ -17,16 +17,9 @@ import torch.distributed as dist
 
 DEFAULT_KS = (1, 5, 20)
 
-# Methods whose softmax is a calibrated class posterior, so CRM's expected-cost decoding applies. The paper reports
-# CRM for its cross-entropy baseline; a method can opt in or out with a class attribute ``supports_crm``.
-PROBABILISTIC_METHODS = ("cross-entropy", "soft-labels", "hierarchical-ce")
-
-
 def method_supports_crm(method: Any) -> bool:
-    flag = getattr(method, "supports_crm", None)
-    if flag is not None:
-        return bool(flag)
-    return getattr(method, "name", "") in PROBABILISTIC_METHODS
+    """Whether CRM decoding applies: the method declares it (``Method.supports_crm``)."""
+    return bool(getattr(method, "supports_crm", False))
 
 
 @torch.no_grad()

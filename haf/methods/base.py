@@ -42,6 +42,9 @@ class Method(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    # True when probabilities() is a calibrated class posterior, so CRM's expected-cost decoding applies and
+    # evaluation reports a CRM row beside the plain one (the paper does so for its cross-entropy baseline).
+    supports_crm: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Options:

@@ -21,6 +21,8 @@ __all__ = ["CrossEntropy"]
 class CrossEntropy(Method):
     """Learnable Linear(D, K) + (label-smoothed) cross-entropy."""
 
+    supports_crm = True  # softmax of a CE-trained linear layer is the posterior CRM decodes (Karthik et al., 2021)
+
     @dataclass(frozen=True)
     class Options:
         label_smoothing: float = 0.0  # ε in [0, 1); 0 is the paper's baseline
