@@ -2,7 +2,7 @@
 
 DESIGN.md §2 gives the s_min that the reference grid search picks on each dataset's hierarchy (FGVC-Aircraft γ=1 →
 −0.6100, CIFAR-100 γ=2 → −0.3001, iNat2019 γ=5 → −0.03126, tieredImageNet-H γ=3 → −0.07224). These tests load the
-real trees (tests/data/hierarchies/, provenance in SOURCES.md there) with ``haf.hierarchy``, build the distance
+real trees (hierarchies/ at the repository root, provenance in SOURCES.md there) with ``haf.hierarchy``, build the distance
 matrix in the dataset's convention, and check that ``haf.frame`` lands on exactly that grid point, that the choice
 is the reference rule's (checked with an independent ``eigvalsh`` on both sides of the boundary), and that the
 frame built from it satisfies W Wᵀ = S with unit rows. A mismatch here means a convention, d_max, grid or
@@ -23,7 +23,7 @@ import pytest
 from haf.frame import GRID_POINTS, PSD_TOLERANCE, build_frame, find_s_min, find_s_min_full_scan, reference_grid
 from haf.hierarchy import Hierarchy, load_hierarchy
 
-HIERARCHIES = Path(__file__).parent / "data" / "hierarchies"
+HIERARCHIES = Path(__file__).resolve().parents[1] / "hierarchies"
 
 #: W Wᵀ = S and unit rows to this absolute error (fp64 eigendecomposition of a K ≤ 1010 matrix with entries ≤ 1).
 GRAM_TOLERANCE = 1e-9
