@@ -51,10 +51,10 @@ DEFAULT_OUTPUT_DIR = "runs/demo"
 QUICK_OUTPUT_DIR = "runs/demo-quick"  # never mixed with the full demo's runs (those would then be "up to date")
 
 # Settings every demo run gets on top of its config (same for both methods, so the comparison stays fair).
-# Budget: 30 epochs. At the configs' 12 epochs the tiny CNN is still far from converged (~37% top-1, seed 0)
-# and HAFrame's hierarchy-aware ranking had not formed (HierDist@5 1.33 vs CE 1.36, severity 1.33 vs 1.31);
-# at 30 epochs (~55 CPU-seconds a run with one thread, ~3 min for all six runs on 2 idle cores) the
-# runs reach ~43% top-1 and the effect the paper reports shows (see the report of `make demo`).
+# Budget: 30 epochs. At the configs' 12 epochs the tiny CNN is still far from converged (~37% test top-1, seed 0)
+# and HAFrame's hierarchy-aware ranking has not formed yet (its validation HierDist@5 separates from CE's only
+# after ~10 epochs). 30 epochs: ~350 CPU-seconds for all six runs including start-up (~3 min on 2 idle cores by
+# extrapolation; 6 min measured on 2 cores shared with other jobs). 50 epochs gave the same picture at 1.7x the time.
 # No progress bars: several runs' bars interleaved with the per-epoch lines are unreadable in a `make` log.
 COMMON_OVERRIDES: tuple[str, ...] = ("train.epochs=30", "logging.progress=false")
 
