@@ -45,15 +45,17 @@ def plot_distance_vs_gram(distances: np.ndarray, frame: np.ndarray, path: str | 
         raise ValueError(f"distances {distances.shape} do not match a frame of {frame.shape[0]} classes")
     gram = frame @ frame.T
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+    labelled = classes is not None and len(classes) <= 40  # more names than that are unreadable anyway
+    # constrained layout keeps each panel's colour bar clear of the next panel's class names
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6.2) if labelled else (10, 4.4), layout="constrained")
     panels = ((distances, "hierarchical distance d(i, j)", "viridis"), (gram, "frame Gram matrix W Wᵀ (cosines)", "viridis_r"))
     for ax, (matrix, label, cmap) in zip(axes, panels):
         image = ax.imshow(matrix, cmap=cmap, interpolation="nearest")
         ax.set_title(label)
         ax.set_xlabel("class j")
         ax.set_ylabel("class i")
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        if classes is not None and len(classes) <= 40:
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        if labelled:
             ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=6)
             ax.set_yticks(range(len(classes)), classes, fontsize=6)
     fig.suptitle(title or f"{frame.shape[0]} classes: the frame mirrors the hierarchy")
@@ -65,7 +67,7 @@ def plot_hierdist_curves(curves: Mapping[str, Mapping[int, float | tuple[float, 
                          path: str | Path, title: str = "") -> dict[str, np.ndarray]:
     """HierDist@k against k, one line per method; values may be a mean or (mean, 95% CI half-width)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     drawn = {}
     for method, points in sorted(curves.items()):
         ks = sorted(int(k) for k in points)
@@ -117,7 +119,7 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path
     plt = _pyplot()
     cols = min(len(keys), 2)
     rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), squeeze=False, layout="constrained")
     drawn: dict[str, dict[str, np.ndarray]] = {}
     for ax, (split, key) in zip(axes.flat, keys):
         name = f"{split}/{key}"
@@ -142,7 +144,7 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path
 def plot_neural_collapse(runs: Mapping[str, Sequence[Mapping]], path: str | Path) -> dict[str, dict[str, np.ndarray]]:
     """Neural-collapse diagnostics over epochs: mean ± std of |cos(μ_i, μ_j) − S_ij|, and self-duality."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     drawn: dict[str, dict[str, np.ndarray]] = {}
     for label, records in sorted(runs.items()):
         mean, std = _series(records, "val", "nc_mean"), _series(records, "val", "nc_std")
