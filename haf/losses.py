@@ -27,6 +27,8 @@ import torch.nn.functional as F
 __all__ = [
     "COSINE_EPS",
     "REDUCTIONS",
+    "check_frame_loss_inputs",
+    "check_target_range",
     "cross_entropy",
     "hierarchy_frame_loss",
     "hierarchy_frame_loss_loop",
@@ -47,12 +49,19 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _validate_target(target: torch.Tensor, batch: int, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """Check shape, dtype and range of ``target``; return the mask of rows that count."""
+def check_target(target: torch.Tensor, batch: int) -> None:
+    """Shape and dtype of ``target`` (no host synchronisation)."""
     if target.dim() != 1 or target.shape[0] != batch:
         raise ValueError(f"target must have shape ({batch},) to match features, got {tuple(target.shape)}")
     if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise ValueError(f"target must be an integer tensor of class indices, got dtype {target.dtype}")
+
+
+def check_target_range(target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """Every non-ignored target is a class index; returns the mask of rows that count.
+
+    Synchronises with the device (``bool(...)``): fast paths call it only for CPU tensors.
+    """
     valid = target != ignore_index
     bad = valid & ((target < 0) | (target >= num_classes))
     if bool(bad.any()):
@@ -64,15 +73,23 @@ def _validate_target(target: torch.Tensor, batch: int, num_classes: int, ignore_
     return valid
 
 
-def _validate(
+def _validate_target(target: torch.Tensor, batch: int, num_classes: int, ignore_index: int) -> torch.Tensor:
+    check_target(target, batch)
+    return check_target_range(target, num_classes, ignore_index)
+
+
+def check_frame_loss_inputs(
     features: torch.Tensor,
     frame: torch.Tensor,
     target: torch.Tensor,
     similarity: torch.Tensor,
     alpha: float,
     reduction: str,
-    ignore_index: int,
-) -> torch.Tensor:
+) -> None:
+    """Shapes, dtypes, devices, α and reduction of a frame-loss call, without any host synchronisation.
+
+    Shared by the reference path and the fused kernels so both reject bad input with the same messages.
+    """
     if features.dim() != 2:
         raise ValueError(f"features must be B × D, got shape {tuple(features.shape)}")
     if frame.dim() != 2 or frame.shape[1] != features.shape[1]:
@@ -89,13 +106,26 @@ def _validate(
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
         if tensor.device != features.device:
             raise ValueError(f"{name} is on {tensor.device} but features are on {features.device}")
+    check_target(target, features.shape[0])
     if target.device != features.device:
         raise ValueError(f"target is on {target.device} but features are on {features.device}")
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha is the weight of the cosine term and must lie in [0, 1], got {alpha}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return _validate_target(target, features.shape[0], num_classes, ignore_index)
+
+
+def _validate(
+    features: torch.Tensor,
+    frame: torch.Tensor,
+    target: torch.Tensor,
+    similarity: torch.Tensor,
+    alpha: float,
+    reduction: str,
+    ignore_index: int,
+) -> torch.Tensor:
+    check_frame_loss_inputs(features, frame, target, similarity, alpha, reduction)
+    return check_target_range(target, frame.shape[0], ignore_index)
 
 
 def _reduce(per_sample: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -88,7 +88,7 @@ import torch
 import triton
 import triton.language as tl
 
-from haf.losses import COSINE_EPS, REDUCTIONS
+from haf.losses import COSINE_EPS, check_frame_loss_inputs, check_target_range
 
 __all__ = ["INTERPRETED", "KernelConfig", "choose_config", "fused_frame_loss_forward", "triton_frame_loss"]
 
@@ -692,57 +692,23 @@ class FusedFrameLossFunction(torch.autograd.Function):
 
 
 def _check_inputs(features, frame, target, similarity, alpha, reduction) -> None:
-    if features.dim() != 2:
-        raise ValueError(f"features must be B × D, got shape {tuple(features.shape)}")
-    if features.dtype not in SUPPORTED_DTYPES:
+    """The reference's checks (haf.losses, same messages) plus what only the fused path requires."""
+    if isinstance(alpha, torch.Tensor):
+        raise ValueError("alpha must be a Python float (a tensor would need a host synchronisation per call)")
+    if features.is_floating_point() and features.dtype not in SUPPORTED_DTYPES:
         raise ValueError(
             f"the triton backend takes features in {[str(d) for d in SUPPORTED_DTYPES]}, got {features.dtype}; "
             "use backend='reference' for other dtypes"
         )
-    if frame.dim() != 2 or frame.shape[1] != features.shape[1]:
-        raise ValueError(
-            f"frame must be K × D with D = {features.shape[1]} (the feature width), got shape {tuple(frame.shape)}"
-        )
+    check_frame_loss_inputs(features, frame, target, similarity, alpha, reduction)
     if frame.shape[0] == 0:
         raise ValueError("frame has no rows: the loss needs at least one class")
-    num_classes = frame.shape[0]
-    if similarity.shape != (num_classes, num_classes):
-        raise ValueError(
-            f"similarity must be K × K with K = {num_classes} (frame rows), got shape {tuple(similarity.shape)}"
-        )
     for name, tensor in (("frame", frame), ("similarity", similarity)):
-        if not tensor.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
-        if tensor.device != features.device:
-            raise ValueError(f"{name} is on {tensor.device} but features are on {features.device}")
         if tensor.requires_grad and torch.is_grad_enabled():
             raise ValueError(
                 f"{name} requires grad, but the triton backend treats it as fixed (no gradient for it); "
                 f"pass {name}.detach() or use backend='reference'"
             )
-    if target.dim() != 1 or target.shape[0] != features.shape[0]:
-        raise ValueError(f"target must have shape ({features.shape[0]},) to match features, got {tuple(target.shape)}")
-    if target.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise ValueError(f"target must be an integer tensor of class indices, got dtype {target.dtype}")
-    if target.device != features.device:
-        raise ValueError(f"target is on {target.device} but features are on {features.device}")
-    if isinstance(alpha, torch.Tensor):
-        raise ValueError("alpha must be a Python float (a tensor would need a host synchronisation per call)")
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"alpha is the weight of the cosine term and must lie in [0, 1], got {alpha}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-
-
-def _check_target_range(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
-    """Host-side range check (synchronising), done only for CPU tensors; CUDA rows get NaN instead."""
-    bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
-    if bool(bad.any()):
-        row = int(torch.nonzero(bad)[0, 0])
-        raise ValueError(
-            f"target[{row}] = {int(target[row])} is not a class index in [0, {num_classes}) "
-            f"nor ignore_index ({ignore_index})"
-        )
 
 
 def triton_frame_loss(
@@ -768,7 +734,7 @@ def triton_frame_loss(
                "backend='reference'")
         )
     if not features.is_cuda:
-        _check_target_range(target, frame.shape[0], ignore_index)
+        check_target_range(target, frame.shape[0], ignore_index)
     device_type = features.device.type
     if torch.is_autocast_enabled(device_type) and features.dtype == torch.float32:
         features = features.to(torch.get_autocast_dtype(device_type))  # the product runs like an autocast matmul
