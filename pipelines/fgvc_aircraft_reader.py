@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from haf.hierarchy.builders import fgvc_aircraft_hierarchy
+from haf.hierarchy.builders import fgvc_aircraft_hierarchy, read_fgvc_label_file
 
 from .reader_common import (
     check_convention,
@@ -46,20 +46,6 @@ def fgvc_data_dir(root: Path) -> Path:
         f"{root}: no images_variant_{{train,val,test}}.txt here or in {root / 'data'} "
         "(expected the original fgvc-aircraft-2013b release)"
     )
-
-
-def read_variant_list(path: Path) -> list[tuple[str, str, int]]:
-    """(image id, variant, line number) for each non-blank line of ``images_variant_<split>.txt``."""
-    out = []
-    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        fields = line.split(maxsplit=1)
-        if len(fields) != 2:
-            raise ValueError(f"{path}:{number}: expected '<image_id> <variant>', got {raw.strip()!r}")
-        out.append((fields[0], fields[1].strip(), number))
-    return out
 
 
 def read_fgvc_aircraft(
@@ -91,7 +77,7 @@ def read_fgvc_aircraft(
     for split in splits:
         listing = require_file(data_dir / f"images_variant_{split}.txt", f"FGVC-Aircraft {split!r} list")
         files, labels, origins = [], [], []
-        for image_id, variant, number in read_variant_list(listing):
+        for image_id, variant, number in read_fgvc_label_file(listing):
             if variant not in index:
                 raise ValueError(f"{listing}:{number}: variant {variant!r} has no hierarchy entry")
             files.append(str(image_dir / f"{image_id}.jpg"))

@@ -128,8 +128,9 @@ def inat2019_hierarchy(
 # --------------------------------------------------------------------------- FGVC-Aircraft
 
 
-def _read_labels(path: Path) -> list[tuple[str, str, int]]:
-    """``<image_id> <label with spaces>`` lines → (image id, label, line number)."""
+def read_fgvc_label_file(path: Path) -> list[tuple[str, str, int]]:
+    """FGVC-Aircraft's ``images_<level>_<split>.txt``: ``<image_id> <label with spaces>`` lines → (image id,
+    label, line number); shared with the dataset reader in ``haf.pipelines``."""
     out = []
     for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = raw.strip()
@@ -191,7 +192,7 @@ def fgvc_aircraft_hierarchy(data_dir: str | Path, classes: Iterable[str] | None 
                 raise FileNotFoundError(f"{path} is missing (its variant file for split {split!r} exists)")
             allowed = set(listed[level]) if listed[level] is not None else None
             labels: dict[str, tuple[str, str]] = {}
-            for image, label, number in _read_labels(path):
+            for image, label, number in read_fgvc_label_file(path):
                 origin = f"{path}:{number}"
                 if image in labels:
                     raise ValueError(f"{origin}: image {image!r} is labelled twice (also {labels[image][1]})")
