@@ -3,8 +3,8 @@
 DeepSpeed's bf16/fp16 weights mode casts the whole model (``.half()`` / ``.bfloat16()``), buffers included. A
 fixed frame or a soft-target matrix defines the target of the loss rather than being a weight: rounding it to
 8–11 significant bits would change the method (an exp(−30) soft target underflows in fp16), and the losses
-accumulate in fp32 anyway. Device moves and lossless casts (``.double()``) still apply. The same rule as
-``FixedFrameMethod`` in ``haf/methods/haframe.py``, for methods that are not fixed-frame methods.
+accumulate in fp32 anyway. Device moves and lossless casts (``.double()``) still apply. Fixed-frame methods
+(``haf/methods/haframe.py``) and methods with fixed targets (soft labels, HXE, ETF) share this base.
 """
 from __future__ import annotations
 

@@ -29,12 +29,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from haf.methods.base import Method, MethodContext, register_method
+from haf.methods._full_precision import FullPrecisionBuffersMethod
+from haf.methods.base import MethodContext, register_method
 
 __all__ = ["BACKENDS", "FixedFrameMethod", "HAFrame"]
 
 BACKENDS = ("auto", "triton", "reference")
-_HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _check_backend(backend: str) -> None:
@@ -42,12 +42,15 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
 
-class FixedFrameMethod(Method):
+class FixedFrameMethod(FullPrecisionBuffersMethod):
     """A fixed frame W (K × D) and target similarity S (K × K) as buffers; z = h Wᵀ; loss = frame_loss(α).
 
     Subclasses build (W, S) in ``__init__`` and call :meth:`install_frame`; they set ``loss_alpha`` and
-    ``loss_backend``.
+    ``loss_backend``. W and S follow device moves but are never rounded by a module-wide ``.half()`` /
+    ``.bfloat16()`` (DeepSpeed's low-precision weights mode): they define the target geometry, not weights.
     """
+
+    full_precision_buffers = ("frame", "similarity")
 
     frame: torch.Tensor
     similarity: torch.Tensor
@@ -71,22 +74,6 @@ class FixedFrameMethod(Method):
             raise ValueError(f"{self.name}: frame or similarity contains NaN/inf")
         self.register_buffer("frame", torch.from_numpy(frame).float(), persistent=True)
         self.register_buffer("similarity", torch.from_numpy(similarity).float(), persistent=True)
-
-    def _apply(self, fn: Any, recurse: bool = True) -> "FixedFrameMethod":
-        """Follow device moves, but never round the frame to half precision.
-
-        A module-wide ``.half()``/``.bfloat16()`` (DeepSpeed's bf16/fp16 weights mode casts the whole model) would
-        round W and S to 8–11 significant bits; they define the target geometry rather than being weights, and
-        the loss accumulates in fp32 anyway, so they keep their precision (lossless casts such as ``.double()``
-        still apply).
-        """
-        before = {name: self._buffers[name] for name in ("frame", "similarity") if name in self._buffers}
-        super()._apply(fn, recurse)
-        for name, original in before.items():
-            after = self._buffers[name]
-            if after is not None and after.dtype in _HALF_DTYPES and original.dtype not in _HALF_DTYPES:
-                self._buffers[name] = original.to(device=after.device)
-        return self
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """The outputs are the features themselves: the loss needs h (its norm and direction), not only z."""
