@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -289,30 +288,6 @@ def hierdist_curve(run_dir: Path, data: Any) -> dict[str, dict[int, float]]:
 
 
 # --------------------------------------------------------------------------------------------------- plots
-def training_records(path: Path) -> list[dict]:
-    """metrics.jsonl as the plotting functions read it: a ``split`` per record, one train point per epoch.
-
-    The training loop writes ``kind`` (train / val / test) and several train records per epoch (``loss_mean`` over
-    a window of steps); an epoch's training loss here is the step-weighted mean of its windows.
-    """
-    from haf.plots import read_jsonl
-
-    records, train_sum, train_steps, last_step = [], {}, {}, {}
-    for record in read_jsonl(path):
-        split = record.get("split", record.get("kind"))
-        if split == "train":
-            epoch = record["epoch"]
-            steps = record["step"] - last_step.get("any", 0)
-            last_step["any"] = record["step"]
-            train_sum[epoch] = train_sum.get(epoch, 0.0) + record.get("loss_mean", record.get("loss", math.nan)) * steps
-            train_steps[epoch] = train_steps.get(epoch, 0) + steps
-        else:
-            records.append({**record, "split": split})
-    for epoch in sorted(train_sum):
-        records.append({"split": "train", "epoch": epoch, "loss": train_sum[epoch] / max(train_steps[epoch], 1)})
-    return records
-
-
 def frame_of(run_dir: Path) -> tuple[Any, Any, list[str]]:
     """(W, distances, classes) of a HAFrame run's tested checkpoint: the very frame it was trained against."""
     from haf.checkpoints import load_checkpoint
@@ -353,7 +328,8 @@ def write_plots(runs: Sequence[PlannedRun], data: Any, plot_dir: Path) -> dict[s
     plots.plot_hierdist_curves(curves, path, title="HierDist@k on the demo test set (mean ± 95% CI over seeds)")
     written["HierDist@k"] = path
 
-    logs = {run.label: training_records(run.output_dir / LOG_NAME) for run in runs
+    # metrics.jsonl: one record per epoch and split, the format haf.plots reads.
+    logs = {run.label: plots.read_jsonl(run.output_dir / LOG_NAME) for run in runs
             if (run.output_dir / LOG_NAME).is_file()}
     if logs:
         path = plot_dir / "training_curves.png"

@@ -16,9 +16,20 @@ probabilistic methods, and a ``run`` record (the format ``haf report`` reads).
 
 Output directory::
 
-    config.yaml        the resolved config          metrics.jsonl   train/val records (one JSON object a line)
-    last.pt, best.pt   checkpoints (weights_only)   tensorboard/    the same records for TensorBoard
-    metrics.json       test metrics                 deepspeed/      ZeRO ≥ 1 / bf16 / fp16 optimizer shards
+    config.yaml        the resolved config          metrics.jsonl   per-epoch train/val/test records
+    last.pt, best.pt   checkpoints (weights_only)   steps.jsonl     training records every logging.log_every steps
+    metrics.json       test metrics                 tensorboard/    both, for TensorBoard
+                                                    deepspeed/      ZeRO ≥ 1 / bf16 / fp16 optimizer shards
+
+``metrics.jsonl`` (what :mod:`haf.plots` and ``make demo`` read) holds one JSON object per epoch and split:
+``{"epoch": int (1-based, epochs completed), "split": "train" | "val" | "test", "step": optimizer steps so far,
+...metrics}``. Train records carry ``loss`` (mean over the epoch's micro-batches on rank 0), ``lr`` (the
+schedule's peak-relative rate lr_t), ``lr/<group>`` (the rates the optimizer holds) and ``images_per_s`` (all
+ranks); val records the keys of :func:`haf.metrics.hierarchical_metrics`, ``loss``, and the neural-collapse
+diagnostics ``nc_mean``, ``nc_std``, ``self_duality`` where the method has a single K-row classifier
+(:func:`haf.eval_loop.collapse_target`); the test record the test metrics of the tested checkpoint.
+``steps.jsonl`` holds the finer training curve: ``{"epoch", "split": "train", "step", "loss" (last micro-batch),
+"loss_mean" (mean since the previous record), "lr", "lr/<group>", "images_per_s"}``.
 """
 from __future__ import annotations
 
@@ -56,9 +67,11 @@ from haf.run_config import RunConfig, add_train_arguments, config_from_dict, loa
 from haf.train_engine import DistributedContext, build_engine, setup_distributed, teardown_distributed
 
 METRICS_NAME = "metrics.json"
-LOG_NAME = "metrics.jsonl"
+LOG_NAME = "metrics.jsonl"  # per-epoch records (the haf.plots contract)
+STEP_LOG_NAME = "steps.jsonl"  # every logging.log_every optimizer steps
 CONFIG_NAME = "config.yaml"
 DEEPSPEED_DIR = "deepspeed"
+SPLITS = ("train", "val", "test")  # the values of a metrics.jsonl record's "split"
 
 
 # ------------------------------------------------------------------------------------------- building blocks
@@ -148,16 +161,23 @@ def default_output_dir(config: RunConfig) -> Path:
 
 
 class RunLogger:
-    """JSONL + TensorBoard records on rank 0 (other ranks log nothing)."""
+    """JSONL + TensorBoard records on rank 0 (other ranks log nothing).
+
+    :meth:`log` writes a per-epoch record to ``metrics.jsonl``, :meth:`log_step` a step record to ``steps.jsonl``;
+    TensorBoard gets both (``<split>/<key>`` and ``train_step/<key>``) against the optimizer step.
+    """
 
     def __init__(self, output_dir: Path, config: RunConfig, enabled: bool) -> None:
         self.enabled = enabled
         self.jsonl = None
+        self.step_jsonl = None
         self.writer = None
         if not enabled:
             return
         if config.logging.jsonl:
+            # Appended: a resumed run continues the log of the epochs it does not repeat.
             self.jsonl = open(output_dir / LOG_NAME, "a", buffering=1)
+            self.step_jsonl = open(output_dir / STEP_LOG_NAME, "a", buffering=1)
         if config.logging.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -167,19 +187,28 @@ class RunLogger:
                 print("warning: tensorboard is not installed; logging to JSONL only", file=sys.stderr)
 
     def log(self, record: dict, step: int) -> None:
+        """One epoch's record of one split: must carry ``epoch`` and ``split`` (train / val / test)."""
+        if record.get("split") not in SPLITS or not isinstance(record.get("epoch"), int):
+            raise ValueError(f"metrics.jsonl record needs an int 'epoch' and a 'split' in {SPLITS}, got {record}")
+        self._write(self.jsonl, record, record["split"], step)
+
+    def log_step(self, record: dict, step: int) -> None:
+        self._write(self.step_jsonl, record, "train_step", step)
+
+    def _write(self, stream: Any, record: dict, tag: str, step: int) -> None:
         if not self.enabled:
             return
-        if self.jsonl is not None:
-            self.jsonl.write(json.dumps(record) + "\n")
+        if stream is not None:
+            stream.write(json.dumps(record) + "\n")
         if self.writer is not None:
-            kind = record.get("kind", "train")
             for key, value in record.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "epoch"):
-                    self.writer.add_scalar(f"{kind}/{key}", value, step)
+                    self.writer.add_scalar(f"{tag}/{key}", value, step)
 
     def close(self) -> None:
-        if self.jsonl is not None:
-            self.jsonl.close()
+        for stream in (self.jsonl, self.step_jsonl):
+            if stream is not None:
+                stream.close()
         if self.writer is not None:
             self.writer.close()
 
@@ -394,7 +423,7 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, data: 
                 if bar is not None:
                     bar.close()
                 metrics = {**result["metrics"], "loss": result["loss"]}
-                logger.log({"kind": "val", "epoch": epoch + 1, "step": global_step, **metrics}, global_step)
+                logger.log({"split": "val", "epoch": epoch + 1, "step": global_step, **metrics}, global_step)
                 if main:
                     print(f"epoch {epoch + 1}/{epochs}: val " + ", ".join(
                         f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)), file=sys.stderr)
@@ -453,14 +482,18 @@ def _check_resume_compatible(config: RunConfig, state: dict, path: Path) -> None
 
 def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: DistributedContext, logger: RunLogger, *,
                      epoch: int, lr: float, steps: int, global_step: int, progress: bool) -> int:
+    """One pass over ``steps`` micro-batches; logs step records every ``log_every`` steps and one epoch record."""
     engine.train()
     model = engine.module
     bar = _progress(steps // max(1, config.deepspeed.gradient_accumulation_steps),
                     f"train {epoch + 1}/{config.train.epochs}", progress)
     log_every = config.logging.log_every
     accumulation = config.deepspeed.gradient_accumulation_steps
+    # Detached running sums (fp64): a .item() per step would synchronise the GPU every step.
     window_loss = torch.zeros((), dtype=torch.float64)
+    epoch_loss = torch.zeros((), dtype=torch.float64)
     window_micro, window_images, window_start = 0, 0, time.perf_counter()
+    epoch_micro, epoch_images, epoch_start = 0, 0, time.perf_counter()
     for micro_step, (images, targets) in enumerate(loader):
         if micro_step >= steps:
             break
@@ -469,10 +502,14 @@ def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: Distr
             loss = model.loss(outputs, targets)
         engine.backward(loss)
         engine.step()
-        # Detached running sum: a .item() per step would synchronise the GPU every step.
-        window_loss = window_loss.to(loss.device) + loss.detach().double()
+        detached = loss.detach().double()
+        window_loss = window_loss.to(detached.device) + detached
+        epoch_loss = epoch_loss.to(detached.device) + detached
         window_micro += 1
-        window_images += int(targets.shape[0]) * context.world_size
+        epoch_micro += 1
+        images_now = int(targets.shape[0]) * context.world_size
+        window_images += images_now
+        epoch_images += images_now
         if (micro_step + 1) % accumulation:
             continue
         global_step += 1
@@ -485,19 +522,27 @@ def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: Distr
             if not math.isfinite(mean_loss):
                 raise FloatingPointError(f"epoch {epoch + 1}, step {global_step}: training loss is {mean_loss}")
             # "loss": this rank's last micro-batch (rank 0); "loss_mean": the mean since the previous record.
-            record = {"kind": "train", "epoch": epoch + 1, "step": global_step, "loss": float(loss.detach()),
-                      "loss_mean": mean_loss, "lr": lr, "images_per_s": throughput}
-            # The rates the optimizer really holds (read back through any DeepSpeed wrapper), per group.
-            record.update({f"lr/{group.get('name', index)}": float(group["lr"])
-                           for index, group in enumerate(engine.optimizer.param_groups)})
-            logger.log(record, global_step)
+            record = {"split": "train", "epoch": epoch + 1, "step": global_step, "loss": float(loss.detach()),
+                      "loss_mean": mean_loss, "lr": lr, "images_per_s": throughput, **_group_rates(engine)}
+            logger.log_step(record, global_step)
             if bar is not None:
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.4g}", img_s=f"{throughput:.0f}")
             window_loss = torch.zeros((), dtype=torch.float64)
             window_micro, window_images, window_start = 0, 0, time.perf_counter()
     if bar is not None:
         bar.close()
+    # The epoch's record: mean loss over its micro-batches (rank 0's shard), throughput over the whole pass.
+    epoch_mean = float(epoch_loss) / max(epoch_micro, 1)
+    epoch_throughput = epoch_images / max(time.perf_counter() - epoch_start, 1e-9)
+    logger.log({"split": "train", "epoch": epoch + 1, "step": global_step, "loss": epoch_mean, "lr": lr,
+                "images_per_s": epoch_throughput, **_group_rates(engine)}, global_step)
     return global_step
+
+
+def _group_rates(engine: Any) -> dict[str, float]:
+    """``lr/<group>``: the rates the optimizer really holds (read back through any DeepSpeed wrapper)."""
+    return {f"lr/{group.get('name', index)}": float(group["lr"])
+            for index, group in enumerate(engine.optimizer.param_groups)}
 
 
 def _final_test(engine: Any, config: RunConfig, data: PreparedData, context: DistributedContext, output_dir: Path,
@@ -537,7 +582,7 @@ def _final_test(engine: Any, config: RunConfig, data: PreparedData, context: Dis
     }
     if context.is_main:
         atomic_write_text(json.dumps(record, indent=2) + "\n", output_dir / METRICS_NAME)
-        logger.log({"kind": "test", "epoch": int(state["epoch"]), "step": global_step, **result["metrics"]},
+        logger.log({"split": "test", "epoch": int(state["epoch"]), "step": global_step, **result["metrics"]},
                    global_step)
         print(format_metric_table({"plain": result["metrics"], "crm": result["crm"]},
                                   title=f"test ({path.name}, epoch {state['epoch']}):"), file=sys.stderr)

@@ -90,22 +90,6 @@ def test_the_two_demo_configs_differ_only_in_method_and_head() -> None:
         assert baseline[section] == haframe[section], section
 
 
-def test_training_records_one_point_per_epoch(tmp_path: Path) -> None:
-    log = tmp_path / "metrics.jsonl"
-    lines = [
-        {"kind": "train", "epoch": 1, "step": 10, "loss": 9.0, "loss_mean": 3.0},
-        {"kind": "train", "epoch": 1, "step": 12, "loss": 9.0, "loss_mean": 1.0},  # a 2-step window
-        {"kind": "val", "epoch": 1, "step": 12, "top1": 40.0},
-        {"kind": "train", "epoch": 2, "step": 22, "loss": 9.0, "loss_mean": 0.5},
-        {"kind": "test", "epoch": 1, "step": 22, "top1": 41.0},
-    ]
-    log.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    records = demo.training_records(log)
-    train = {r["epoch"]: r["loss"] for r in records if r["split"] == "train"}
-    assert train == {1: pytest.approx((3.0 * 10 + 1.0 * 2) / 12), 2: pytest.approx(0.5)}
-    assert [(r["split"], r["top1"]) for r in records if r["split"] != "train"] == [("val", 40.0), ("test", 41.0)]
-
-
 def test_bad_seeds_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert demo.main(["--seeds", "1", "1", "--output-dir", "unused"]) == 2
     assert "--seeds must be distinct" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from train_fixtures import TINY_DEMO_OPTIONS, checkpoint_params, tiny_run_dict, train_records
+from train_fixtures import TINY_DEMO_OPTIONS, checkpoint_params, step_records, tiny_run_dict, train_records
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,14 +55,19 @@ def test_resume_after_kill_equals_uninterrupted_run(demo_root, tmp_path, deepspe
     assert torch.load(split / "last.pt", weights_only=True)["epoch"] == 2
     resumed_metrics = _run(demo_root, split, resume=True, **engine)
 
-    full_steps = [(r["step"], r["loss"]) for r in train_records(full) if r["epoch"] == 3]
-    resumed_steps = [(r["step"], r["loss"]) for r in train_records(split) if r["epoch"] == 3]
+    full_steps = [(r["step"], r["loss"]) for r in step_records(full) if r["epoch"] == 3]
+    resumed_steps = [(r["step"], r["loss"]) for r in step_records(split) if r["epoch"] == 3]
     assert len(full_steps) == 4 and resumed_steps == full_steps  # bit-identical per-step losses
-    # The first two epochs were logged once each (the JSONL log is appended, not rewritten, on resume).
-    assert [r["epoch"] for r in train_records(split)] == [1] * 4 + [2] * 4 + [3] * 4
+    # The first two epochs were logged once each (the JSONL logs are appended, not rewritten, on resume).
+    assert [r["epoch"] for r in step_records(split)] == [1] * 4 + [2] * 4 + [3] * 4
+    assert [(r["epoch"], r["step"]) for r in train_records(split)] == [(1, 4), (2, 8), (3, 12)]
+    assert [r["epoch"] for r in train_records(split, "val")] == [1, 2, 3]
+    # The epoch's loss is the mean of its micro-batches' losses.
+    epoch3 = [r["loss"] for r in step_records(split) if r["epoch"] == 3]
+    assert train_records(split)[2]["loss"] == pytest.approx(sum(epoch3) / 4, rel=1e-12)
     # The schedule reaches the optimizer (through DeepSpeed's wrappers too): lr_t = 0.1·½(1 + cos(π t/3)), the
     # backbone at a tenth of it, in the epoch resumed from a checkpoint as in the others.
-    for record in train_records(split):
+    for record in step_records(split) + train_records(split):
         lr_t = 0.1 * 0.5 * (1 + math.cos(math.pi * (record["epoch"] - 1) / 3))
         assert record["lr/backbone"] == pytest.approx(0.1 * lr_t) and record["lr/transformation"] == pytest.approx(lr_t)
     full_params, resumed_params = checkpoint_params(full / "last.pt"), checkpoint_params(split / "last.pt")
@@ -82,8 +87,8 @@ def test_resume_differs_without_optimizer_state(demo_root, tmp_path):
     state["optimizer"]["state"] = {}  # momentum buffers gone
     torch.save(state, split / "last.pt")
     _run(demo_root, split, resume=True)
-    full_losses = [r["loss"] for r in train_records(full) if r["epoch"] == 3]
-    broken_losses = [r["loss"] for r in train_records(split) if r["epoch"] == 3]
+    full_losses = [r["loss"] for r in step_records(full) if r["epoch"] == 3]
+    broken_losses = [r["loss"] for r in step_records(split) if r["epoch"] == 3]
     assert full_losses[0] == broken_losses[0]  # same weights and batch at the first step of epoch 3
     assert full_losses[1:] != broken_losses[1:]
 
@@ -261,3 +266,33 @@ def test_bf16_autocast_reaches_the_model_inside_the_engine(demo_root, tmp_path, 
         assert torch.isfinite(loss)
     finally:
         teardown_distributed(context)
+
+
+@pytest.fixture(scope="module")
+def haframe_run(demo_root, tmp_path_factory) -> Path:
+    """A 2-epoch HAFrame run whose logs the tests below read."""
+    out = tmp_path_factory.mktemp("haframe") / "run"
+    _run(demo_root, out, train={"epochs": 2})
+    return out
+
+
+def test_metrics_jsonl_records_are_what_the_plots_read(haframe_run, tmp_path):
+    """One record per epoch and split with an int "epoch" and a "split"; haf.plots draws the run's curves from it."""
+    import numpy as np
+
+    from haf import plots
+
+    records = plots.read_jsonl(haframe_run / "metrics.jsonl")
+    assert [(r["split"], r["epoch"]) for r in records[:4]] == [("train", 1), ("val", 1), ("train", 2), ("val", 2)]
+    assert len(records) == 5 and records[4]["split"] == "test" and records[4]["epoch"] in (1, 2)
+    for record in records:
+        assert type(record["epoch"]) is int and "kind" not in record
+    for record in records[0:4:2]:
+        assert all(math.isfinite(record[key]) for key in ("loss", "lr", "images_per_s"))
+    for record in records[1:4:2]:
+        assert all(math.isfinite(record[key]) for key in ("loss", "top1", "hierdist@1", "hierdist@5"))
+
+    drawn = plots.plot_training_curves({"tiny": records}, tmp_path / "curves.png")
+    np.testing.assert_array_equal(drawn["train/loss"]["tiny"], [[1, records[0]["loss"]], [2, records[2]["loss"]]])
+    np.testing.assert_array_equal(drawn["val/top1"]["tiny"], [[1, records[1]["top1"]], [2, records[3]["top1"]]])
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"

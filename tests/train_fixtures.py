@@ -36,9 +36,15 @@ def tiny_run_dict(demo_root: Path, output_dir: Path, **sections: Any) -> dict:
     return merged
 
 
-def train_records(output_dir: Path, kind: str = "train") -> list[dict]:
+def train_records(output_dir: Path, split: str = "train") -> list[dict]:
+    """The run's per-epoch records (metrics.jsonl) of one split."""
     lines = (Path(output_dir) / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def step_records(output_dir: Path) -> list[dict]:
+    """The run's training records every logging.log_every steps (steps.jsonl)."""
+    return [json.loads(line) for line in (Path(output_dir) / "steps.jsonl").read_text().splitlines()]
 
 
 def checkpoint_params(path: Path) -> dict[str, torch.Tensor]:
