@@ -17,6 +17,12 @@ Loading is strict, as a typo in a 100-epoch run should cost a second, not a day:
 wrong type or a value outside its choices raises ``ValueError`` naming the file, the dotted key and the valid
 keys/choices. Composition: ``base: other.yaml`` (or a list; paths relative to the including file) is loaded
 first and the including file is deep-merged on top; mappings merge key by key, everything else is replaced.
+
+One exception: ``method.options`` belong to one method. A layer (an including file, ``data=``, or
+``--set method.name=...``) that changes ``method.name`` starts from that method's defaults instead of inheriting
+the previous method's options (HAFrame's gamma would be an unknown key to cross-entropy); a layer that keeps the
+name (or does not set one) merges its options key by key as usual. With ``--set``, name the method before its
+options: ``--set method.name=haframe --set method.options.gamma=2``.
 """
 from __future__ import annotations
 
@@ -193,7 +199,7 @@ def load_config(
     source = str(path) if path is not None else "<dict>"
     raw: dict = load_yaml_tree(Path(path)) if path is not None else {}
     if data is not None:
-        raw = deep_merge(raw, _plain(data))
+        raw = merge_layer(raw, _plain(data))
     for override in overrides:
         raw = apply_override(raw, override)
     if output_dir is not None:
@@ -245,8 +251,8 @@ def load_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
         raise ValueError(f"{path}: key '{BASE_KEY}' must be a path or a list of paths, got {bases!r}")
     merged: dict = {}
     for base in bases:
-        merged = deep_merge(merged, load_yaml_tree(path.parent / base, (*_seen, resolved)))
-    return deep_merge(merged, data)
+        merged = merge_layer(merged, load_yaml_tree(path.parent / base, (*_seen, resolved)))
+    return merge_layer(merged, data)
 
 
 def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict:
@@ -258,6 +264,22 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict:
         else:
             merged[key] = value
     return merged
+
+
+def merge_layer(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict:
+    """:func:`deep_merge` of one config layer over another, except that ``method.options`` do not outlive a change
+    of ``method.name`` (they are validated against one method's ``Options``)."""
+    return deep_merge(_without_other_methods_options(base, top), top)
+
+
+def _without_other_methods_options(base: Mapping[str, Any], top: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``base`` minus its ``method.options`` when ``top`` names another method than ``base`` does."""
+    base_method, top_method = base.get("method"), top.get("method")
+    if not (isinstance(base_method, Mapping) and isinstance(top_method, Mapping)):
+        return base
+    if "name" not in top_method or top_method["name"] == base_method.get("name"):
+        return base
+    return {**base, "method": {k: v for k, v in base_method.items() if k != "options"}}
 
 
 def apply_override(raw: dict, override: str) -> dict:
@@ -272,6 +294,9 @@ def apply_override(raw: dict, override: str) -> dict:
     except yaml.YAMLError:
         value = text  # not YAML: keep the literal string (e.g. a path with ':' in it)
     parts = key.split(".")
+    if parts == ["method", "name"]:
+        # Another method does not inherit this one's options (see the module docstring).
+        raw = dict(_without_other_methods_options(raw, {"method": {"name": value}}))
     out = deep_merge({}, raw)
     node = out
     for i, part in enumerate(parts[:-1]):

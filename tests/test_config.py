@@ -148,6 +148,51 @@ def test_base_composition_merges_and_reports_bad_files(tmp_path):
         load_config(tmp_path / "list.yaml")
 
 
+def _defaults(method: str) -> dict:
+    import dataclasses
+
+    from haf.methods import get_method
+
+    return dataclasses.asdict(get_method(method).Options())
+
+
+def test_a_file_that_changes_the_method_does_not_inherit_its_options(tmp_path):
+    (tmp_path / "frame.yaml").write_text("method: {name: haframe, options: {gamma: 3, alpha: 0.25}}\n"
+                                         "train: {epochs: 7}\n")
+    (tmp_path / "ce.yaml").write_text("base: frame.yaml\nmethod: {name: cross-entropy}\n")
+    ce = load_config(tmp_path / "ce.yaml")
+    assert ce.method.name == "cross-entropy" and ce.method.options == _defaults("cross-entropy")
+    assert ce.train.epochs == 7  # everything else still composes
+    # Options given next to the new name are that method's own.
+    (tmp_path / "hug.yaml").write_text("base: frame.yaml\nmethod: {name: hug, options: {intra_weight: 0.5}}\n")
+    assert load_config(tmp_path / "hug.yaml").method.options["intra_weight"] == 0.5
+    # Same method (or no name at all): options merge key by key.
+    (tmp_path / "same.yaml").write_text("base: frame.yaml\nmethod: {name: haframe, options: {gamma: 5}}\n")
+    (tmp_path / "unnamed.yaml").write_text("base: frame.yaml\nmethod: {options: {alpha: 0.75}}\n")
+    same, unnamed = load_config(tmp_path / "same.yaml"), load_config(tmp_path / "unnamed.yaml")
+    assert (same.method.options["gamma"], same.method.options["alpha"]) == (5.0, 0.25)
+    assert (unnamed.method.name, unnamed.method.options["gamma"], unnamed.method.options["alpha"]) == (
+        "haframe", 3.0, 0.75)
+    # A list of bases composes by the same rule, and so does data= on top of a file.
+    (tmp_path / "both.yaml").write_text("base: [frame.yaml, ce.yaml]\n")
+    assert load_config(tmp_path / "both.yaml").method.options == _defaults("cross-entropy")
+    assert load_config(tmp_path / "frame.yaml", data={"method": {"name": "cross-entropy"}}).method.options == (
+        _defaults("cross-entropy"))
+
+
+def test_set_method_name_drops_the_previous_methods_options():
+    ce = load_config(CONFIGS / "demo.yaml", ["method.name=cross-entropy", "model.head=type1"])
+    assert ce.method.name == "cross-entropy" and ce.method.options == _defaults("cross-entropy")
+    hug = load_config(CONFIGS / "demo.yaml", ["method.name=hug", "method.options.intra_weight=0.5"])
+    assert hug.method.options["intra_weight"] == 0.5 and "gamma" not in hug.method.options
+    # Naming the method it already is keeps (and merges into) its options.
+    same = load_config(CONFIGS / "demo.yaml", ["method.name=haframe", "method.options.gamma=4"])
+    assert (same.method.options["gamma"], same.method.options["alpha"]) == (4.0, 0.5)
+    # Options set before the name belong to the method named before: they are dropped with it.
+    assert apply_override({"method": {"name": "haframe", "options": {"gamma": 2}}}, "method.name=etf-ce") == {
+        "method": {"name": "etf-ce"}}
+
+
 def test_config_round_trips_through_a_plain_dict():
     config = load_config(CONFIGS / "inat2019" / "haframe.yaml", ["train.epochs=3"])
     data = yaml.safe_load(config.to_yaml())

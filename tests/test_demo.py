@@ -80,11 +80,17 @@ def test_run_state_follows_the_resolved_config(tmp_path: Path) -> None:
 
 
 def test_the_two_demo_configs_differ_only_in_method_and_head() -> None:
+    """demo-cross-entropy.yaml is demo.yaml with another method and head; HAFrame's options stay behind."""
+    import dataclasses
+
+    from haf.methods import get_method
     from haf.run_config import load_config
 
     baseline = load_config(demo.DEMO_CONFIGS["cross-entropy"]).to_dict()
     haframe = load_config(demo.DEMO_CONFIGS["haframe"]).to_dict()
-    assert baseline["method"]["name"] == "cross-entropy" and haframe["method"]["name"] == "haframe"
+    assert baseline["method"] == {"name": "cross-entropy",
+                                  "options": dataclasses.asdict(get_method("cross-entropy").Options())}
+    assert haframe["method"]["name"] == "haframe"
     assert baseline["model"].pop("head") == "type1" and haframe["model"].pop("head") == "type2"
     for section in (set(baseline) | set(haframe)) - {"method"}:
         assert baseline[section] == haframe[section], section

@@ -14,8 +14,9 @@ TINY_DEMO_OPTIONS = {"colours": 2, "patterns": 2, "shapes": 2, "image_size": 16,
 
 
 def tiny_run_dict(demo_root: Path, output_dir: Path, **sections: Any) -> dict:
-    """A complete config dict for a tiny CPU run; ``sections`` are deep-merged on top."""
-    from haf.run_config import deep_merge
+    """A complete config dict for a tiny CPU run; ``sections`` are merged on top as a config layer (another
+    ``method.name`` does not inherit the default method's options)."""
+    from haf.run_config import merge_layer
 
     base = {
         "seed": 3,
@@ -29,11 +30,7 @@ def tiny_run_dict(demo_root: Path, output_dir: Path, **sections: Any) -> dict:
         "deepspeed": {"enabled": True, "zero_stage": 0, "precision": "fp32"},
         "logging": {"tensorboard": False, "jsonl": True, "progress": False, "log_every": 1},
     }
-    method = sections.pop("method", None)
-    merged = deep_merge(base, sections)
-    if method is not None:
-        merged["method"] = method  # a different method does not inherit the default method's options
-    return merged
+    return merge_layer(base, sections)
 
 
 def train_records(output_dir: Path, split: str = "train") -> list[dict]:
