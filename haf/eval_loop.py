@@ -5,10 +5,26 @@ unpadded, see ``pipelines/epoch_plan.py``), and the accumulators' sums are all-r
 metrics of the whole split. For probabilistic methods (cross-entropy and its relatives) the same pass also scores
 CRM decoding (Karthik et al., ICLR 2021): the classes ranked by −Σ_i p_i d(i, j), which gives the "crm" section
 of metrics.json.
+
+With ``collapse=True`` (the training loop's validations) the pass also accumulates the per-class sums of the
+method's input features h (one B × D ``index_add`` per batch, no second forward; sums and counts all-reduced over
+ranks) and reports the neural-collapse diagnostics of Liang & Davis (ICCV 2023, §5) for the class means μ_k
+(:func:`collapse_diagnostics`):
+
+* ``nc_mean``, ``nc_std``: mean and std over class pairs i < j of |cos(μ_i, μ_j) − S_ij|;
+* ``self_duality`` = ‖W/‖W‖_F − M/‖M‖_F‖_F for the classifier rows W and the class-mean matrix M.
+
+What S, W and M are comes from the method's one K-row classifier (``Method.classifier_weights``, see
+:func:`collapse_target`): a fixed frame W gives S_ij = cos(w_i, w_j) (HAFrame's S by construction), a learnable
+classifier (cross-entropy and relatives) the simplex-ETF target S_ij = −1/(K−1) that its collapse converges to
+(Papyan et al., PNAS 2020). Class means are centred on their mean (the global mean) for ETF targets and learnable
+classifiers and left raw for HAFrame, whose S has no centre (DESIGN.md §2). Methods without a single K-row
+classifier (Flamingo, HAFeature: one classifier per level) get no diagnostics (no keys).
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -16,6 +32,72 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_KS = (1, 5, 20)
+# A frame counts as centred (a simplex ETF: Σ_k w_k = 0) when ‖Σ_k w_k‖ ≤ this × ‖W‖_F. An fp32 ETF sums to
+# ~1e-7·‖W‖_F; HAFrame's rows sum to √(Σ_ij S_ij) ≫ 1e-4·√K unless S is the ETF itself (then both rules agree).
+CENTRED_FRAME_TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class CollapseTarget:
+    """What the class means of a method's input features are compared with (see the module docstring)."""
+
+    weights: torch.Tensor  # W, K × D: the classifier's rows
+    similarity: torch.Tensor  # S, K × K float64: the target cosines of the class means
+    centred: bool  # subtract the mean of the class means first (ETF targets, learnable classifiers)
+
+
+def collapse_target(method: Any) -> CollapseTarget | None:
+    """W, S and the centring rule of ``method``'s single K-row classifier; None when it has none (no diagnostics).
+
+    Fixed W (a buffer): S_ij = cos(w_i, w_j), class means centred iff the frame is (Σ_k w_k = 0: the simplex ETF,
+    for which centring leaves the target c·W unchanged); HAFrame's frame is not centred, so its means stay raw.
+    Learnable W (a parameter): S = the simplex ETF, 1 on the diagonal and −1/(K−1) elsewhere, means centred.
+    """
+    getter = getattr(method, "classifier_weights", None)
+    weights = getter() if callable(getter) else None
+    if weights is None:
+        return None
+    w = weights.detach().to(torch.float64)
+    k = w.shape[0]
+    if k < 2 or w.shape[1] != getattr(method, "in_features", w.shape[1]):
+        return None  # W acts on something other than h (or there are no pairs): nothing to compare h's means with
+    if isinstance(weights, torch.nn.Parameter) or weights.requires_grad:
+        similarity = torch.full((k, k), -1.0 / (k - 1), dtype=torch.float64, device=w.device)
+        similarity.fill_diagonal_(1.0)
+        return CollapseTarget(weights.detach(), similarity, centred=True)
+    unit = w / torch.linalg.vector_norm(w, dim=1, keepdim=True).clamp_min(1e-12)
+    centred = bool(torch.linalg.vector_norm(w.sum(0)) <= CENTRED_FRAME_TOL * torch.linalg.matrix_norm(w))
+    return CollapseTarget(weights.detach(), unit @ unit.T, centred=centred)
+
+
+def collapse_diagnostics(means: torch.Tensor, counts: torch.Tensor, target: CollapseTarget) -> dict[str, float]:
+    """``{"nc_mean", "nc_std", "self_duality"}`` for class means M (K × D) with sample ``counts`` (K).
+
+    Classes without samples are left out of both (of the pairs, and of the rows of W and M); fewer than two classes
+    with samples give ``{}``. M is centred on the mean of the present classes' means when ``target.centred``.
+    """
+    from haf.metrics import neural_collapse_metrics, self_duality
+
+    present = counts.to(means.device) > 0
+    if int(present.sum()) < 2 or means.shape != target.weights.shape:
+        return {}
+    result = neural_collapse_metrics(means, target.similarity, centred=target.centred, counts=counts)
+    m = means[present].to(torch.float64)
+    if target.centred:
+        m = m - m.mean(dim=0, keepdim=True)
+    result["self_duality"] = self_duality(target.weights.to(m.device)[present], m)
+    return result
+
+
+def _all_reduce_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks (a copy on the GPU for NCCL); returns the summed tensor on its device."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return tensor
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    reduced = tensor.to(device)
+    dist.all_reduce(reduced)
+    return reduced.to(tensor.device)
+
 
 def method_supports_crm(method: Any) -> bool:
     """Whether CRM decoding applies: the method declares it (``Method.supports_crm``)."""
@@ -33,13 +115,16 @@ def evaluate(
     autocast: Any = None,
     max_steps: int | None = None,
     progress: Any = None,
+    collapse: bool = False,
 ) -> dict:
     """Evaluate ``model`` (a HierarchyClassifier) on ``loader``.
 
-    Returns ``{"metrics": {top1, mistake_severity, hierdist@k...}, "crm": {...} or None, "loss": mean loss,
-    "images": count, "seconds": wall time}``; all merged over ranks.
+    Returns ``{"metrics": {top1, mistake_severity, hierdist@k...}, "crm": {...} or None, "collapse": {nc_mean,
+    nc_std, self_duality} or None, "loss": mean loss, "images": count, "seconds": wall time}``; all merged over
+    ranks. ``collapse``: also compute the neural-collapse diagnostics (None when the method has no single K-row
+    classifier; see the module docstring).
     """
-    from haf.metrics import HierarchicalMetrics, crm_scores
+    from haf.metrics import ClassMeans, HierarchicalMetrics, crm_scores
 
     was_training = model.training
     model.eval()
@@ -50,13 +135,22 @@ def evaluate(
     crm_distances = None
     loss_sum = torch.zeros((), dtype=torch.float64)
     count = 0
+    method = getattr(model, "method", None)
+    # h is needed separately: forward() = method(features(images)), so split it rather than run a second pass.
+    target = collapse_target(method) if collapse and hasattr(model, "features") else None
+    means = ClassMeans(distance_tensor.shape[0], target.weights.shape[1]) if target is not None else None
     start = time.perf_counter()
     for step, (images, targets) in enumerate(loader):
         if max_steps is not None and step >= max_steps:
             break
         context = autocast() if autocast is not None else torch.autocast(images.device.type, enabled=False)
         with context:
-            outputs = model(images)
+            if means is not None:
+                features = model.features(images)
+                outputs = method(features)
+                means.update(features, targets)
+            else:
+                outputs = model(images)
             loss = model.loss(outputs, targets)
         scores = model.scores(outputs).float()
         plain.update(scores, targets)
@@ -80,11 +174,16 @@ def evaluate(
     plain.all_reduce_()
     if decoded is not None:
         decoded.all_reduce_()
+    diagnostics = None
+    if means is not None:
+        means.sums, means.counts = _all_reduce_(means.sums), _all_reduce_(means.counts)
+        diagnostics = collapse_diagnostics(*means.compute(), target) or None
     model.train(was_training)
     images_seen = int(totals[1].item())
     return {
         "metrics": plain.compute(),
         "crm": decoded.compute() if decoded is not None else None,
+        "collapse": diagnostics,
         "loss": float(totals[0] / max(images_seen, 1)),
         "images": images_seen,
         "seconds": time.perf_counter() - start,

@@ -419,10 +419,10 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, data: 
                                 show_progress)
                 val_loader.set_epoch(epoch)
                 result = evaluate(engine.module, val_loader, data.distances, autocast=engine.autocast,
-                                  max_steps=config.train.max_eval_steps, progress=bar)
+                                  max_steps=config.train.max_eval_steps, progress=bar, collapse=True)
                 if bar is not None:
                     bar.close()
-                metrics = {**result["metrics"], "loss": result["loss"]}
+                metrics = {**result["metrics"], "loss": result["loss"], **(result["collapse"] or {})}
                 logger.log({"split": "val", "epoch": epoch + 1, "step": global_step, **metrics}, global_step)
                 if main:
                     print(f"epoch {epoch + 1}/{epochs}: val " + ", ".join(

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from train_fixtures import TINY_DEMO_OPTIONS, tiny_run_dict
 
@@ -71,3 +72,118 @@ def test_eval_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     (tmp_path / "not_ours.pt").write_bytes(b"junk")
     assert main(["eval", str(tmp_path / "not_ours.pt")]) == 2
     assert "not_ours.pt" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ neural-collapse diagnostics
+# K = 4 classes in two sibling pairs (lca-height distances) with their two-level class tree (Flamingo needs it).
+NC_DISTANCES = [[0, 1, 2, 2], [1, 0, 2, 2], [2, 2, 0, 1], [2, 2, 1, 0]]
+NC_LEVELS = [[0, 0], [0, 1], [1, 2], [1, 3]]
+
+
+class _CollapsedFeatures(torch.nn.Module):
+    """A HierarchyClassifier stand-in whose features are h = centres[y] + offset for the class y that the one-hot
+    "image" encodes: every class's features sit exactly on their class mean (perfect collapse by construction)."""
+
+    def __init__(self, method: torch.nn.Module, centres: torch.Tensor, offset: torch.Tensor) -> None:
+        super().__init__()
+        self.method = method
+        self.register_buffer("centres", centres.float())
+        self.register_buffer("offset", offset.float())
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1) @ self.centres + self.offset
+
+    def forward(self, images: torch.Tensor):
+        return self.method(self.features(images))
+
+    def loss(self, outputs, targets):
+        return self.method.loss(outputs, targets)
+
+    def scores(self, outputs):
+        return self.method.scores(outputs)
+
+    def probabilities(self, outputs):
+        return self.method.probabilities(outputs)
+
+
+def _method(name: str, dim: int, **options):
+    import numpy as np
+
+    from haf.classifier import build_method_options
+    from haf.methods import MethodContext, get_method
+
+    context = MethodContext(classes=tuple("abcd"), distances=np.array(NC_DISTANCES),
+                            level_labels=np.array(NC_LEVELS), seed=1)
+    cls = get_method(name)
+    return cls(dim, context, build_method_options(cls, options))
+
+
+def _collapse_of(model: torch.nn.Module, collapse: bool = True):
+    """evaluate() over 3 batches holding every class (each batch has classes 0..3, 2 samples of each)."""
+    import numpy as np
+
+    from haf.eval_loop import evaluate
+
+    targets = torch.arange(4).repeat(2)
+    batches = [(torch.nn.functional.one_hot(targets, 4).float()[:, :, None, None], targets) for _ in range(3)]
+    return evaluate(model, batches, np.array(NC_DISTANCES), collapse=collapse)
+
+
+def test_perfect_collapse_onto_the_haframe_gives_zero_diagnostics():
+    method = _method("haframe", 4, gamma=1.0, alpha=0.5)
+    frame = method.frame.double()
+    # Raw class means (HAFrame's S has no centre): h = 3·w_y exactly.
+    result = _collapse_of(_CollapsedFeatures(method, 3.0 * frame, torch.zeros(4)))
+    diagnostics = result["collapse"]
+    assert set(diagnostics) == {"nc_mean", "nc_std", "self_duality"}
+    assert diagnostics["nc_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert diagnostics["nc_std"] == pytest.approx(0.0, abs=1e-6)
+    assert diagnostics["self_duality"] == pytest.approx(0.0, abs=1e-6)
+    assert result["metrics"]["top1"] == 100.0
+    # Control: the same means shifted off the origin are no longer HAFrame's geometry (raw, not centred).
+    shifted = _collapse_of(_CollapsedFeatures(method, 3.0 * frame, torch.full((4,), 2.0)))["collapse"]
+    assert shifted["nc_mean"] > 0.05 and shifted["self_duality"] > 0.05
+    # Without collapse=True nothing is accumulated and no keys appear.
+    assert _collapse_of(_CollapsedFeatures(method, 3.0 * frame, torch.zeros(4)), collapse=False)["collapse"] is None
+
+
+def test_learnable_classifier_is_compared_centred_with_the_simplex_etf():
+    from haf.eval_loop import collapse_target
+    from haf.frame import fixed_etf
+
+    method = _method("cross-entropy", 6)
+    etf = torch.as_tensor(fixed_etf(4, 6, seed=2), dtype=torch.float32)
+    with torch.no_grad():
+        method.classifier.weight.copy_(0.5 * etf)
+        method.classifier.bias.zero_()
+    target = collapse_target(method)
+    assert target.centred and target.similarity[0, 1] == pytest.approx(-1 / 3) and target.similarity[2, 2] == 1.0
+    # Class means = 4·ETF + a global offset: centring removes the offset, so the collapse is perfect.
+    offset = torch.tensor([1.0, -2.0, 0.5, 3.0, 0.0, 1.5])
+    diagnostics = _collapse_of(_CollapsedFeatures(method, 4.0 * etf, offset))["collapse"]
+    assert diagnostics["nc_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert diagnostics["nc_std"] == pytest.approx(0.0, abs=1e-6)
+    assert diagnostics["self_duality"] == pytest.approx(0.0, abs=1e-6)
+    # Control: class means that are not an ETF (nor aligned with W) are reported as such.
+    generator = torch.Generator().manual_seed(0)
+    random_means = torch.randn(4, 6, generator=generator)
+    uncollapsed = _collapse_of(_CollapsedFeatures(method, random_means, offset))["collapse"]
+    assert uncollapsed["nc_mean"] > 0.1 and uncollapsed["self_duality"] > 0.1
+
+
+def test_fixed_etf_frame_is_centred_and_haframe_is_not():
+    from haf.eval_loop import collapse_target
+
+    etf, haframe = collapse_target(_method("etf-ce", 4)), collapse_target(_method("haframe", 4))
+    assert etf.centred and not haframe.centred
+    # The frame's own cosines are the target: HAFrame's S buffer.
+    torch.testing.assert_close(haframe.similarity, _method("haframe", 4).similarity.double(), atol=1e-6, rtol=0)
+
+
+def test_methods_without_a_single_k_row_classifier_get_no_diagnostics():
+    from haf.eval_loop import collapse_target
+
+    flamingo = _method("flamingo", 4)
+    assert flamingo.classifier_weights() is None and collapse_target(flamingo) is None
+    result = _collapse_of(_CollapsedFeatures(flamingo, torch.eye(4), torch.zeros(4)))
+    assert result["collapse"] is None and result["metrics"]["num_samples"] == 24

@@ -296,3 +296,18 @@ def test_metrics_jsonl_records_are_what_the_plots_read(haframe_run, tmp_path):
     np.testing.assert_array_equal(drawn["train/loss"]["tiny"], [[1, records[0]["loss"]], [2, records[2]["loss"]]])
     np.testing.assert_array_equal(drawn["val/top1"]["tiny"], [[1, records[1]["top1"]], [2, records[3]["top1"]]])
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_validation_records_carry_neural_collapse_diagnostics(haframe_run, tmp_path):
+    """Every validation of a HAFrame run logs nc_mean, nc_std and self_duality (finite, in their ranges)."""
+    from haf import plots
+
+    records = plots.read_jsonl(haframe_run / "metrics.jsonl")
+    val = [r for r in records if r["split"] == "val"]
+    assert len(val) == 2
+    for record in val:
+        assert 0.0 <= record["nc_mean"] <= 2.0 and 0.0 <= record["nc_std"] <= 2.0  # |cos − S| ≤ 2
+        assert 0.0 <= record["self_duality"] <= 2.0 and math.isfinite(record["self_duality"])
+    assert not any(key in r for r in records if r["split"] != "val" for key in ("nc_mean", "self_duality"))
+    drawn = plots.plot_neural_collapse({"tiny": records}, tmp_path / "nc.png")
+    assert drawn["self_duality"]["tiny"].tolist() == [[1, val[0]["self_duality"]], [2, val[1]["self_duality"]]]

@@ -65,6 +65,24 @@ class Method(nn.Module):
     def probabilities(self, outputs: Any) -> torch.Tensor:
         return torch.softmax(self.scores(outputs).float(), dim=1)
 
+    def classifier_weights(self) -> torch.Tensor | None:
+        """W (K × D): the one matrix whose rows score the K classes from the input features h, or None.
+
+        Read by the neural-collapse diagnostics (``haf.eval_loop.collapse_target``), which compare the class means of
+        h with W; a fixed W (a buffer) is the target geometry itself, a learnable one (a parameter) is compared
+        against the simplex ETF. Default: a ``frame`` buffer, else a ``classifier`` ``nn.Linear(D, K)``, else a
+        K × D ``proxies`` parameter (the layouts of this package's methods); None otherwise, e.g. for per-level
+        classifiers (Flamingo, HAFeature), which have no single K-row classifier. Override when a method differs.
+        """
+        k = self.context.num_classes
+        frame = self._buffers.get("frame")
+        linear = self._modules.get("classifier")
+        candidates = (frame, linear.weight if isinstance(linear, nn.Linear) else None, self._parameters.get("proxies"))
+        for weights in candidates:
+            if isinstance(weights, torch.Tensor) and weights.dim() == 2 and weights.shape[0] == k:
+                return weights
+        return None
+
     def fixed_buffers(self) -> dict[str, torch.Tensor]:
         """Buffers that are part of the method's definition (frames, similarity): saved, never trained."""
         return {name: buf for name, buf in self.named_buffers()}
