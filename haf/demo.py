@@ -21,7 +21,8 @@ On a CPU the runs go one per usable core at a time, each with one intra-op threa
 Re-running is cheap: a run whose ``metrics.json`` exists and whose resolved config equals the one it would run
 now is kept (``--force`` retrains); an interrupted run continues from its ``last.pt``. On a machine with a GPU
 the configs' ``train.device: auto`` trains there, the HAFrame loss dispatches to the fused Triton kernel
-(``backend: auto`` on CUDA tensors), and the demo switches the input pipeline to DALI when it is installed.
+(``backend: auto`` on CUDA tensors), and ``data.backend: auto`` switches the input pipeline to DALI when it is
+installed.
 """
 from __future__ import annotations
 
@@ -89,24 +90,24 @@ class PlannedRun:
 
 # ------------------------------------------------------------------------------------------------ planning
 def accelerator_overrides() -> tuple[list[str], str]:
-    """Overrides that put a GPU machine's fast paths to work, and a line saying what was chosen.
+    """Overrides for a GPU machine, and a line saying what the runs will use.
 
-    ``train.device: auto`` already trains on the GPU and the HAFrame loss's ``backend: auto`` already picks the
-    fused Triton kernel for CUDA tensors; ``data.backend`` has no ``auto`` choice, so the demo chooses DALI here
-    when there is a GPU and DALI imports.
+    The configs already choose the fast paths themselves: ``train.device: auto`` trains on the GPU, the HAFrame
+    loss's ``backend: auto`` picks the fused Triton kernel for CUDA tensors, and ``data.backend: auto`` picks DALI
+    when it imports (:func:`haf.run_config.resolve_data_backend`). What is left is DALI's CPU threads.
     """
     import torch
+
+    from haf.run_config import resolve_data_backend
 
     if not torch.cuda.is_available():
         return [], "device: CPU (PyTorch DataLoader, reference HAFrame loss)"
     name = torch.cuda.get_device_name(0)
-    try:
-        import nvidia.dali  # noqa: F401
-    except ImportError:
+    if resolve_data_backend("auto", "cuda") != "dali":
         return [], f"device: {name} (fused Triton HAFrame loss; DALI not installed: PyTorch DataLoader)"
     # DALI's CPU stage threads (decode is on the GPU, "mixed"); a few suffice for 32-px images.
     threads = max(1, min(4, usable_cpus()))
-    return ["data.backend=dali", f"data.workers={threads}"], f"device: {name} (fused Triton HAFrame loss, DALI input)"
+    return [f"data.workers={threads}"], f"device: {name} (fused Triton HAFrame loss, DALI input)"
 
 
 def plan_runs(output_dir: Path, seeds: Sequence[int], overrides: Sequence[str]) -> list[PlannedRun]:

@@ -113,7 +113,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    backend: Literal["torch", "dali"] = "torch"
+    # "auto": DALI when the run's device is a CUDA GPU and nvidia.dali imports, else the PyTorch DataLoader
+    # (resolved by resolve_data_backend, the one place that decides).
+    backend: Literal["auto", "torch", "dali"] = "torch"
     image_size: int = 224
     workers: int = 4  # per rank
     # Random training augmentation (crop/flip). false: the training split gets the deterministic evaluation
@@ -372,6 +374,27 @@ def world_batch_split(global_batch: int, world_size: int, accumulation: int = 1,
         raise ValueError(f"key '{key}': global batch {global_batch} does not split evenly over {world_size} "
                          f"rank(s) × {accumulation} accumulation step(s)")
     return global_batch // (world_size * accumulation)
+
+
+def resolve_data_backend(backend: str, device: Any = None) -> str:
+    """The input pipeline a run uses: ``data.backend`` with ``"auto"`` resolved to "dali" or "torch".
+
+    ``auto`` → "dali" when the run's ``device`` is a CUDA device (``None``: whether CUDA is available at all) and
+    ``nvidia.dali`` imports; otherwise "torch". DALI's GPU decoding and augmentation is what makes it worth having;
+    on a CPU run the PyTorch DataLoader is the simpler equal, and a CPU-only run never imports DALI.
+    """
+    if backend != "auto":
+        return backend
+    import torch
+
+    on_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    if not on_cuda:
+        return "torch"
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "dali"
 
 
 def add_train_arguments(parser: "argparse.ArgumentParser") -> None:

@@ -63,7 +63,14 @@ from haf.checkpoints import (
 )
 from haf.eval_loop import evaluate, format_metric_table, method_supports_crm
 from haf.optimization import learning_rate, set_learning_rate
-from haf.run_config import RunConfig, add_train_arguments, config_from_dict, load_config, world_batch_split
+from haf.run_config import (
+    RunConfig,
+    add_train_arguments,
+    config_from_dict,
+    load_config,
+    resolve_data_backend,
+    world_batch_split,
+)
 from haf.train_engine import DistributedContext, build_engine, setup_distributed, teardown_distributed
 
 METRICS_NAME = "metrics.json"
@@ -143,7 +150,8 @@ def make_split_loader(config: RunConfig, data: PreparedData, split: str, *, trai
     # Without augmentation the training split takes the evaluation transform, still shuffled, full batches only.
     augmented = train and config.data.augment
     return make_loader(
-        data.dataset, split, backend=config.data.backend, train=augmented, batch_size=micro,
+        data.dataset, split, backend=resolve_data_backend(config.data.backend, context.device), train=augmented,
+        batch_size=micro,
         image_size=config.data.image_size, workers=config.data.workers, rank=context.rank,
         world_size=context.world_size, seed=config.seed, device=context.device, dtype=dtype,
         channels_last=channels_last, shuffle=train, drop_last=train,
@@ -375,6 +383,9 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, data: 
     val_loader = make_split_loader(config, data, config.dataset.val_split, train=False, context=context,
                                    dtype=engine.input_dtype, channels_last=channels_last)
 
+    if main and config.data.backend == "auto":
+        print(f"data.backend auto: {resolve_data_backend('auto', context.device)} input pipeline on "
+              f"{context.device}", file=sys.stderr)
     epochs = config.train.epochs
     start_epoch, global_step, best_metric, best_epoch = 0, 0, -math.inf, -1
     last_path = output_dir / LAST_NAME
@@ -665,7 +676,8 @@ def evaluate_checkpoint(
 
     from haf.pipelines import make_loader
 
-    loader = make_loader(data.dataset, split, backend=config.data.backend, train=False,
+    backend = resolve_data_backend(config.data.backend, torch_device)
+    loader = make_loader(data.dataset, split, backend=backend, train=False,
                          batch_size=config.train.eval_batch_size, image_size=config.data.image_size,
                          workers=config.data.workers, rank=0, world_size=1, seed=config.seed, device=torch_device,
                          channels_last=channels_last)

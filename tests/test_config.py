@@ -8,7 +8,14 @@ import pytest
 import yaml
 
 from haf.optimization import deepspeed_config, learning_rate, schedule_factor, set_learning_rate
-from haf.run_config import RunConfig, apply_override, config_from_dict, load_config, world_batch_split
+from haf.run_config import (
+    RunConfig,
+    apply_override,
+    config_from_dict,
+    load_config,
+    resolve_data_backend,
+    world_batch_split,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("_") and p.name != "base.yaml")
@@ -105,7 +112,7 @@ def test_set_overrides_parse_yaml_values():
     ("deepspeed.zero_stage=3", r"key 'deepspeed.zero_stage': invalid value 3; valid choices: 0, 1, 2"),
     ("deepspeed.zero_stage=true", r"key 'deepspeed.zero_stage': invalid value True"),
     ("model.head=type3", r"key 'model.head': invalid value 'type3'; valid choices: type1, type2"),
-    ("data.backend=opencv", r"key 'data.backend'.*valid choices: torch, dali"),
+    ("data.backend=opencv", r"key 'data.backend'.*valid choices: auto, torch, dali"),
     ("train.stop_after_epoch=soon", r"key 'train.stop_after_epoch': expected an integer"),
     ("train=3", r"key 'train' must be a mapping"),
     ("method.name=hafraem", r"key 'method.name': unknown method 'hafraem'; valid choices: .*haframe"),
@@ -191,6 +198,41 @@ def test_set_method_name_drops_the_previous_methods_options():
     # Options set before the name belong to the method named before: they are dropped with it.
     assert apply_override({"method": {"name": "haframe", "options": {"gamma": 2}}}, "method.name=etf-ce") == {
         "method": {"name": "etf-ce"}}
+
+
+def test_data_backend_auto_resolves_to_dali_only_on_cuda_with_dali(monkeypatch):
+    import builtins
+    import sys
+
+    import torch
+
+    assert load_config(CONFIGS / "demo.yaml").data.backend == "auto"
+    # Explicit choices are kept as they are, whatever the machine.
+    assert resolve_data_backend("torch", "cuda") == "torch" and resolve_data_backend("dali", "cpu") == "dali"
+    # A CPU run never uses (nor imports) DALI.
+    real_import = builtins.__import__
+    imported = []
+
+    def tracking_import(name, *args, **kwargs):
+        if name.startswith("nvidia"):
+            imported.append(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", tracking_import)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_data_backend("auto") == "torch" and resolve_data_backend("auto", "cpu") == "torch"
+    assert imported == []
+    # CUDA: DALI when it imports ...
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    fake_dali = type(sys)("nvidia.dali")
+    monkeypatch.setitem(sys.modules, "nvidia", type(sys)("nvidia"))
+    monkeypatch.setitem(sys.modules, "nvidia.dali", fake_dali)
+    sys.modules["nvidia"].dali = fake_dali
+    assert resolve_data_backend("auto") == "dali" and resolve_data_backend("auto", torch.device("cuda", 0)) == "dali"
+    assert imported and resolve_data_backend("auto", "cpu") == "torch"  # the run's own device decides
+    # ... and the PyTorch DataLoader when it does not.
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # `import nvidia.dali` raises ImportError
+    assert resolve_data_backend("auto") == "torch"
 
 
 def test_config_round_trips_through_a_plain_dict():

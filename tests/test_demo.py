@@ -102,22 +102,24 @@ def test_bad_seeds_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_gpu_machine_gets_dali_and_valid_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without a GPU here, pretend one: the overrides the demo adds must name DALI and pass config validation."""
+    """Without a GPU here, pretend one: the configs' data.backend auto resolves to DALI (when it imports) and the
+    overrides the demo adds pass config validation."""
     import importlib.util
 
     import torch
 
-    from haf.run_config import load_config
+    from haf.run_config import load_config, resolve_data_backend
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Fake GPU")
     extra, line = demo.accelerator_overrides()
     assert "Fake GPU" in line and "Triton" in line
-    if importlib.util.find_spec("nvidia.dali") is not None:
-        assert "data.backend=dali" in extra and "DALI input" in line
+    has_dali = importlib.util.find_spec("nvidia.dali") is not None
+    if has_dali:
+        assert extra == [f"data.workers={max(1, min(4, demo.usable_cpus()))}"] and "DALI input" in line
     else:
         assert extra == [] and "DALI not installed" in line
     for config in demo.DEMO_CONFIGS.values():
         loaded = load_config(config, [*demo.COMMON_OVERRIDES, *extra])
-        assert loaded.train.device == "auto"
-        assert loaded.data.backend == ("dali" if extra else "torch")
+        assert loaded.train.device == "auto" and loaded.data.backend == "auto"
+        assert resolve_data_backend(loaded.data.backend) == ("dali" if has_dali else "torch")

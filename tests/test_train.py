@@ -270,9 +270,9 @@ def test_bf16_autocast_reaches_the_model_inside_the_engine(demo_root, tmp_path, 
 
 @pytest.fixture(scope="module")
 def haframe_run(demo_root, tmp_path_factory) -> Path:
-    """A 2-epoch HAFrame run whose logs the tests below read."""
+    """A 2-epoch HAFrame run whose logs the tests below read (data.backend auto: the PyTorch loader on CPU)."""
     out = tmp_path_factory.mktemp("haframe") / "run"
-    _run(demo_root, out, train={"epochs": 2})
+    _run(demo_root, out, train={"epochs": 2}, data={"backend": "auto"})
     return out
 
 
