@@ -94,6 +94,10 @@ def test_the_two_demo_configs_differ_only_in_method_and_head() -> None:
     assert baseline["model"].pop("head") == "type1" and haframe["model"].pop("head") == "type2"
     for section in (set(baseline) | set(haframe)) - {"method"}:
         assert baseline[section] == haframe[section], section
+    # The demo's budget is the config's own (python haf/train.py --config configs/demo.yaml trains what make demo
+    # trains), not an override of the demo's.
+    assert haframe["train"]["epochs"] == 30
+    assert not any(o.startswith("train.epochs=") for o in demo.COMMON_OVERRIDES)
 
 
 def test_bad_seeds_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
