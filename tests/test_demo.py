@@ -51,7 +51,7 @@ def test_quick_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
         if method == "cross-entropy":
             assert curve["crm"]["5"] == pytest.approx(record["crm"]["hierdist@5"], abs=1e-4)
 
-    for name in ("frame_vs_hierarchy.png", "hierdist_at_k.png", "training_curves.png"):
+    for name in ("frame_vs_hierarchy.png", "hierdist_at_k.png", "training_curves.png", "neural_collapse.png"):
         path = out / "plots" / name
         assert path.stat().st_size > 1000, name
         assert path.read_bytes()[:8] == PNG_MAGIC, name

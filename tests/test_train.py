@@ -225,6 +225,11 @@ def test_two_processes_match_one_process(demo_root, tmp_path):
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["run"]["test_images"] == 24  # the test split, sharded over 2 ranks, counted once
         assert metrics["top1"] == pytest.approx(json.loads((tmp_path / "one" / "metrics.json").read_text())["top1"])
+        # The validation's class means are summed over both ranks' shards: the same diagnostics as one process.
+        one_val, two_val = train_records(tmp_path / "one", "val")[-1], train_records(out, "val")[-1]
+        assert two_val["epoch"] == one_val["epoch"] == 2
+        for key in ("nc_mean", "nc_std", "self_duality"):
+            assert two_val[key] == pytest.approx(one_val[key], abs=1e-4), (name, key)
 
 
 def _free_port() -> int:
