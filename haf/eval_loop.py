@@ -19,7 +19,9 @@ What S, W and M are comes from the method's one K-row classifier (``Method.class
 classifier (cross-entropy and relatives) the simplex-ETF target S_ij = −1/(K−1) that its collapse converges to
 (Papyan et al., PNAS 2020). Class means are centred on their mean (the global mean) for ETF targets and learnable
 classifiers and left raw for HAFrame, whose S has no centre (DESIGN.md §2). Methods without a single K-row
-classifier (Flamingo, HAFeature: one classifier per level) get no diagnostics (no keys).
+classifier (Flamingo, HAFeature: one classifier per level) get no diagnostics (no keys). The means are always
+those of h, the head's output: for ETF dot-regression, whose frame meets BatchNorm(h), that is the feature before
+the method's own normalisation.
 """
 from __future__ import annotations
 
