@@ -156,3 +156,11 @@ def test_frame_survives_module_wide_half_casts():
     loss = method.loss(outputs, torch.arange(4))
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert method.double().frame.dtype == torch.float64  # lossless casts still apply
+
+
+def test_fixed_buffers_are_the_frame_only():
+    # The training loop restores fixed_buffers() to fp32 after DeepSpeed's casts: BN running statistics must not
+    # be among them, or a bf16 BatchNorm would meet fp32 running stats.
+    method = get_method("etf-dot-regression")(4, _context())
+    assert set(method.fixed_buffers()) == {"frame"}
+    assert torch.equal(method.fixed_buffers()["frame"], method.frame)

@@ -24,6 +24,12 @@ class FullPrecisionBuffersMethod(Method):
 
     full_precision_buffers: ClassVar[tuple[str, ...]] = ()
 
+    def fixed_buffers(self) -> dict[str, torch.Tensor]:
+        """Only the buffers that define the method: not, e.g., the running statistics of a BatchNorm it owns,
+        which the training loop must leave in the model's dtype (it restores these to their fp32 originals)."""
+        buffers = self._buffers
+        return {name: buffers[name] for name in self.full_precision_buffers if buffers.get(name) is not None}
+
     def _apply(self, fn: Any, recurse: bool = True) -> "FullPrecisionBuffersMethod":
         before = {
             name: self._buffers[name] for name in self.full_precision_buffers if self._buffers.get(name) is not None
