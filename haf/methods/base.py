@@ -68,24 +68,21 @@ class Method(nn.Module):
     def classifier_weights(self) -> torch.Tensor | None:
         """W (K × D): the one matrix whose rows score the K classes from the input features h, or None.
 
-        Read by the neural-collapse diagnostics (``haf.eval_loop.collapse_target``), which compare the class means of
-        h with W; a fixed W (a buffer) is the target geometry itself, a learnable one (a parameter) is compared
-        against the simplex ETF. Default: a ``frame`` buffer, else a ``classifier`` ``nn.Linear(D, K)``, else a
-        K × D ``proxies`` parameter (the layouts of this package's methods); None otherwise, e.g. for per-level
-        classifiers (Flamingo, HAFeature), which have no single K-row classifier. Override when a method differs.
+        Read by the neural-collapse diagnostics (``haf.eval_loop.collapse_target``), which compare the class means
+        of h with W: a fixed W (a buffer) is the target geometry itself, a learnable one (a parameter) is compared
+        against the simplex ETF. Methods with one K-row classifier override this; per-level classifiers
+        (Flamingo, HAFeature) have none and keep the default, so no diagnostics are logged for them.
         """
-        k = self.context.num_classes
-        frame = self._buffers.get("frame")
-        linear = self._modules.get("classifier")
-        candidates = (frame, linear.weight if isinstance(linear, nn.Linear) else None, self._parameters.get("proxies"))
-        for weights in candidates:
-            if isinstance(weights, torch.Tensor) and weights.dim() == 2 and weights.shape[0] == k:
-                return weights
         return None
 
     def fixed_buffers(self) -> dict[str, torch.Tensor]:
-        """Buffers that are part of the method's definition (frames, similarity): saved, never trained."""
-        return {name: buf for name, buf in self.named_buffers()}
+        """Buffers that define the method (a frame, soft targets): saved, never trained, never rounded to half.
+
+        None by default; methods that have such buffers derive from
+        ``haf.methods._full_precision.FullPrecisionBuffersMethod`` and name them. Other buffers (BatchNorm
+        statistics) follow the model's dtype like any weight.
+        """
+        return {}
 
 
 _REGISTRY: dict[str, type[Method]] = {}

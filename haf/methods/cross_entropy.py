@@ -38,6 +38,9 @@ class CrossEntropy(Method):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(features)
 
+    def classifier_weights(self) -> torch.Tensor:
+        return self.classifier.weight  # the learnable Linear(D, K)
+
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # Logits may be bf16 under autocast: the log-softmax is accumulated in fp32.
         return F.cross_entropy(outputs.float(), targets, label_smoothing=self.options.label_smoothing)

@@ -80,6 +80,9 @@ class ETFDotRegression(FullPrecisionBuffersMethod):
         h = self.batch_norm(features)
         return F.normalize(h, dim=1) if self.options.normalize_features else h
 
+    def classifier_weights(self) -> torch.Tensor:
+        return self.frame  # the fixed frame W is the classifier
+
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         vectors = self.frame
         if self.options.class_rescaling:

@@ -79,6 +79,9 @@ class FixedFrameMethod(FullPrecisionBuffersMethod):
         """The outputs are the features themselves: the loss needs h (its norm and direction), not only z."""
         return features
 
+    def classifier_weights(self) -> torch.Tensor:
+        return self.frame  # the fixed frame W is the classifier
+
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # Imported here, not at module level: the method registry imports every method module, and a kernel
         # package that fails to import (no Triton on some platform) must not hide the other methods.

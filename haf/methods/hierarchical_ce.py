@@ -77,6 +77,9 @@ class HierarchicalCrossEntropy(FullPrecisionBuffersMethod):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(features)
 
+    def classifier_weights(self) -> torch.Tensor:
+        return self.classifier.weight  # the learnable Linear(D, K)
+
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return hierarchical_cross_entropy(outputs, targets, self.assignments, self.edge_weights)
 

@@ -72,6 +72,9 @@ class HUG(Method):
         """The outputs are the features: both loss terms and the cosine scores work on their direction."""
         return features
 
+    def classifier_weights(self) -> torch.Tensor:
+        return self.proxies  # prediction is by maximum cosine to these class proxies
+
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return hug_loss(outputs, self.proxies, targets, self.options.inter_weight, self.options.intra_weight)
 

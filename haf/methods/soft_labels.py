@@ -66,6 +66,9 @@ class SoftLabels(FullPrecisionBuffersMethod):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(features)
 
+    def classifier_weights(self) -> torch.Tensor:
+        return self.classifier.weight  # the learnable Linear(D, K)
+
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return soft_label_loss(outputs, targets, self.soft_targets)
 
