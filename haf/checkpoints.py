@@ -21,7 +21,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import IO, Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -32,47 +32,36 @@ LAST_NAME = "last.pt"
 BEST_NAME = "best.pt"
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temp file beside ``path``, fsync, ``os.replace``, fsync the directory."""
+def _atomic_write(path: str | Path, mode: str, write: Callable[[IO], None]) -> None:
+    """Write through ``write(handle)`` to a temp file beside ``path``, fsync, ``os.replace``, fsync the directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, _umask_mode())
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
-        # Leave no half-written temp file behind (the old checkpoint, if any, is untouched).
+        # Leave no half-written temp file behind (the old file, if any, is untouched).
         try:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
         raise
     _fsync_directory(path.parent)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` that a kill at any moment cannot tear (see the module docstring)."""
+    _atomic_write(path, "wb", lambda handle: torch.save(obj, handle))
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
     """The same guarantee for small text files (metrics.json, config.yaml)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _umask_mode())
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(path.parent)
+    _atomic_write(path, "w", lambda handle: handle.write(text))
 
 
 def _umask_mode() -> int:
