@@ -128,6 +128,26 @@ def _validate(
     return check_target_range(target, frame.shape[0], ignore_index)
 
 
+def _prepare(
+    features: torch.Tensor,
+    frame: torch.Tensor,
+    target: torch.Tensor,
+    similarity: torch.Tensor,
+    alpha: float,
+    reduction: str,
+    ignore_index: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate, upcast to the compute dtype, and map ignored targets to class 0 (masked out later).
+
+    Returns (h, W, S, safe_target, valid) for both forms of the loss.
+    """
+    valid = _validate(features, frame, target, similarity, alpha, reduction, ignore_index)
+    dtype = _compute_dtype(features, frame, similarity)
+    target = target.long()
+    safe_target = torch.where(valid, target, torch.zeros_like(target))
+    return features.to(dtype), frame.to(dtype), similarity.to(dtype), safe_target, valid
+
+
 def _reduce(per_sample: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
     """Reduce like ``F.cross_entropy`` with ``ignore_index``: ignored rows are 0 and do not count in the mean.
 
@@ -184,13 +204,7 @@ def hierarchy_frame_loss(
     Returns:
         The loss in fp32 (fp64 if any input is fp64).
     """
-    valid = _validate(features, frame, target, similarity, alpha, reduction, ignore_index)
-    dtype = _compute_dtype(features, frame, similarity)
-    h = features.to(dtype)
-    w = frame.to(dtype)
-    s = similarity.to(dtype)
-    target = target.long()
-    safe_target = torch.where(valid, target, torch.zeros_like(target))
+    h, w, s, safe_target, valid = _prepare(features, frame, target, similarity, alpha, reduction, ignore_index)
 
     logits = h @ w.T  # z, B × K
     ce = F.cross_entropy(logits, safe_target, reduction="none")
@@ -220,16 +234,10 @@ def hierarchy_frame_loss_loop(
     K small kernels per call (K launches forward and backward on a GPU): kept only as the benchmarks' baseline
     (a). Same arguments, dtype policy and results as :func:`hierarchy_frame_loss`.
     """
-    valid = _validate(features, frame, target, similarity, alpha, reduction, ignore_index)
-    dtype = _compute_dtype(features, frame, similarity)
-    h = features.to(dtype)
-    w = frame.to(dtype)
-    s = similarity.to(dtype)
-    target = target.long()
-    safe_target = torch.where(valid, target, torch.zeros_like(target))
+    h, w, s, safe_target, valid = _prepare(features, frame, target, similarity, alpha, reduction, ignore_index)
 
     ce = F.cross_entropy(h @ w.T, safe_target, reduction="none")
-    cosine_term = torch.zeros(h.shape[0], dtype=dtype, device=h.device)
+    cosine_term = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device)
     for i in range(w.shape[0]):
         cos_i = F.cosine_similarity(h, w[i].unsqueeze(0), dim=1, eps=COSINE_EPS)
         cosine_term = cosine_term + (cos_i - s[i, safe_target]) ** 2
