@@ -556,6 +556,28 @@ def _group_rates(engine: Any) -> dict[str, float]:
             for index, group in enumerate(engine.optimizer.param_groups)}
 
 
+def result_record(config: RunConfig, result: dict, *, epoch: int, checkpoint: str, split: str,
+                  output_dir: Path) -> dict:
+    """The metrics.json layout `haf report` reads: metric keys, a "crm" section when decoded, and the run record."""
+    record = dict(result["metrics"])
+    if result["crm"] is not None:
+        record["crm"] = dict(result["crm"])
+    record["run"] = {
+        "dataset": config.dataset.kind,
+        "method": config.method.name,
+        "model": f"{config.model.backbone}/{config.model.head}",
+        "seed": config.seed,
+        "epochs": config.train.epochs,
+        "best_epoch": epoch,
+        "checkpoint": checkpoint,
+        "split": split,
+        "test_images": result["images"],
+        "config": config.source,
+        "output_dir": str(output_dir),
+    }
+    return record
+
+
 def _final_test(engine: Any, config: RunConfig, data: PreparedData, context: DistributedContext, output_dir: Path,
                 best_epoch: int, channels_last: bool, logger: RunLogger, global_step: int) -> dict:
     """Evaluate the chosen checkpoint on the test split; write metrics.json (rank 0)."""
@@ -575,22 +597,8 @@ def _final_test(engine: Any, config: RunConfig, data: PreparedData, context: Dis
                       max_steps=config.train.max_eval_steps, progress=bar)
     if bar is not None:
         bar.close()
-    record = dict(result["metrics"])
-    if result["crm"] is not None:
-        record["crm"] = dict(result["crm"])
-    record["run"] = {
-        "dataset": config.dataset.kind,
-        "method": config.method.name,
-        "model": f"{config.model.backbone}/{config.model.head}",
-        "seed": config.seed,
-        "epochs": config.train.epochs,
-        "best_epoch": int(state["epoch"]),
-        "checkpoint": path.name,
-        "split": config.dataset.test_split,
-        "test_images": result["images"],
-        "config": config.source,
-        "output_dir": str(output_dir),
-    }
+    record = result_record(config, result, epoch=int(state["epoch"]), checkpoint=path.name,
+                           split=config.dataset.test_split, output_dir=output_dir)
     if context.is_main:
         atomic_write_text(json.dumps(record, indent=2) + "\n", output_dir / METRICS_NAME)
         logger.log({"split": "test", "epoch": int(state["epoch"]), "step": global_step, **result["metrics"]},
@@ -691,23 +699,9 @@ def evaluate_checkpoint(
     result = evaluate(model, loader, data.distances, crm=use_crm, autocast=autocast, progress=bar)
     if bar is not None:
         bar.close()
-    record = dict(result["metrics"])
-    if result["crm"] is not None:
-        record["crm"] = dict(result["crm"])
+    record = result_record(config, result, epoch=int(state["epoch"]), checkpoint=str(path), split=split,
+                           output_dir=path.parent)
     record["loss"] = result["loss"]
-    record["run"] = {
-        "dataset": config.dataset.kind,
-        "method": config.method.name,
-        "model": f"{config.model.backbone}/{config.model.head}",
-        "seed": config.seed,
-        "epochs": config.train.epochs,
-        "best_epoch": int(state["epoch"]),
-        "checkpoint": str(path),
-        "split": split,
-        "test_images": result["images"],
-        "config": config.source,
-        "output_dir": str(path.parent),
-    }
     json_path = Path(json_out) if json_out is not None else path.parent / f"eval-{split}.json"
     atomic_write_text(json.dumps(record, indent=2) + "\n", json_path)
     table = format_metric_table({"plain": result["metrics"], "crm": result["crm"]},
