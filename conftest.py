@@ -24,3 +24,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One intra-op thread for modules of tiny-tensor tests (``pytestmark = pytest.mark.usefixtures(...)``).
+
+    On tiny tensors extra threads only add synchronisation: the method tests ran 10-20x slower with two threads
+    on a shared 2-core machine.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

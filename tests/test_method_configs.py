@@ -35,13 +35,7 @@ OUR_METHODS = ("etf-dot-regression", "hug", "soft-labels", "hierarchical-ce", "f
 POSTERIOR_METHODS = ("cross-entropy", "soft-labels", "hierarchical-ce", "flamingo", "hafeature")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (10–20× slower on a shared 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
 
 def synthetic_tree(num_classes: int, num_levels: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,23 +3,16 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from haf.method_losses import batch_class_rescaling, dot_regression_loss, normface_scale
 from haf.methods import MethodContext, get_method
+from method_fixtures import DISTANCES  # the 4-leaf test tree
 
-DISTANCES = np.array([[0, 1, 2, 2], [1, 0, 2, 2], [2, 2, 0, 1], [2, 2, 1, 0]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (10–20× slower on a shared 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
 
 def _context(num_classes: int = 4) -> MethodContext:

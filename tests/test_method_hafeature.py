@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -17,19 +16,11 @@ from haf.method_losses import (
     weight_consistency,
 )
 from haf.methods import MethodContext, get_method
-
-LEVEL_LABELS = np.array([[0, 0], [0, 1], [1, 2], [1, 3]])
-THREE_LEVELS = np.array([[0, 0, 0], [0, 1, 1], [1, 2, 2], [1, 2, 3]])  # 2 → 3 → 4 nodes
-DISTANCES = np.array([[0, 1, 2, 2], [1, 0, 2, 2], [2, 2, 0, 1], [2, 2, 1, 0]])
+from method_fixtures import DISTANCES, LEVEL_LABELS, THREE_LEVELS  # the 4-leaf test tree
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (10–20× slower on a shared 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
 
 def _context(level_labels=THREE_LEVELS) -> MethodContext:

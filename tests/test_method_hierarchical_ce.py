@@ -11,23 +11,16 @@ import torch.nn.functional as F
 from haf.method_losses import hierarchical_ce_weights, hierarchical_cross_entropy
 from haf.methods import MethodContext, get_method
 from haf.methods._levels import class_levels
+from method_fixtures import DISTANCES, LEVEL_LABELS  # the 4-leaf test tree
 
 # K = 4, tree root → {A: {0, 1}, B: {2, 3}}; level_labels coarse → fine, last column = the leaf itself.
-LEVEL_LABELS = np.array([[0, 0], [0, 1], [1, 2], [1, 3]])
-DISTANCES = np.array([[0, 1, 2, 2], [1, 0, 2, 2], [2, 2, 0, 1], [2, 2, 1, 0]])
 CONTEXT = MethodContext(classes=("a", "b", "c", "d"), distances=DISTANCES, level_labels=LEVEL_LABELS)
 
 # Unbalanced: root → {X: {a, Y: {b, c}}, d}; depths a 2, b 3, c 3, d 1; shallow leaves repeat down the columns.
 UNBALANCED = np.array([[0, 0, 0], [0, 1, 1], [0, 1, 2], [1, 2, 3]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (10–20× slower on a shared 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
 
 def _assignments(level_labels: np.ndarray) -> torch.Tensor:

@@ -3,26 +3,19 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from haf.method_losses import hug_intra_class_distance, hug_loss, hyperspherical_energy, normface_scale
 from haf.methods import MethodContext, get_method
+from method_fixtures import DISTANCES  # the 4-leaf test tree
 
-DISTANCES = np.array([[0, 1, 2, 2], [1, 0, 2, 2], [2, 2, 0, 1], [2, 2, 1, 0]])
 CONTEXT = MethodContext(classes=("a", "b", "c", "d"), distances=DISTANCES)
 # Four proxies on a square (norms deliberately not 1: only directions count).
 SQUARE = torch.tensor([[2.0, 0.0], [0.0, 1.0], [-3.0, 0.0], [0.0, -0.5]], dtype=torch.float64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (10–20× slower on a shared 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
 
 def test_energy_of_a_square_hand_worked_and_at_a_critical_point():

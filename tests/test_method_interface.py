@@ -1,16 +1,14 @@
 """Contracts every registered method keeps: which matrix is its classifier, which buffers are fixed."""
-import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from haf.methods import MethodContext, available_methods, get_method
 from haf.methods.base import Method
+from method_fixtures import DISTANCES, LEVEL_LABELS  # the 4-leaf test tree
 
 # Two-level tree over 4 leaves: {0, 1} and {2, 3} are siblings.
-DISTANCES = np.array([[0, 1, 2, 2], [1, 0, 2, 2], [2, 2, 0, 1], [2, 2, 1, 0]])
 CONTEXT = MethodContext(classes=("a", "b", "c", "d"), distances=DISTANCES,
-                        level_labels=np.array([[0, 0], [0, 1], [1, 2], [1, 3]]), seed=0)
+                        level_labels=LEVEL_LABELS, seed=0)
 PER_LEVEL = {"flamingo", "hafeature"}  # one classifier per level: no single K-row classifier
 
 

@@ -6,25 +6,17 @@ four well-separated Gaussian classes unfitted. It cannot see a term whose weight
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from haf.methods import MethodContext, get_method
+from method_fixtures import DISTANCES, LEVEL_LABELS  # the 4-leaf test tree
 
-LEVEL_LABELS = np.array([[0, 0], [0, 1], [1, 2], [1, 3]])
-DISTANCES = np.array([[0, 1, 2, 2], [1, 0, 2, 2], [2, 2, 0, 1], [2, 2, 1, 0]])
 CONTEXT = MethodContext(classes=("a", "b", "c", "d"), distances=DISTANCES, level_labels=LEVEL_LABELS, seed=0)
 METHODS = ("etf-dot-regression", "hug", "soft-labels", "hierarchical-ce", "flamingo", "hafeature")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (10–20× slower on a shared 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
 
 def _data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:

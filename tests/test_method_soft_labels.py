@@ -9,19 +9,13 @@ import torch
 
 from haf.method_losses import soft_label_loss, soft_label_targets
 from haf.methods import MethodContext, get_method
+from method_fixtures import DISTANCES  # the 4-leaf test tree
 
 # K = 4, two-level tree {0, 1} / {2, 3}, LCA-height distances: siblings 1, cousins 2, d_max = 2.
-DISTANCES = np.array([[0, 1, 2, 2], [1, 0, 2, 2], [2, 2, 0, 1], [2, 2, 1, 0]])
 CONTEXT = MethodContext(classes=("a", "b", "c", "d"), distances=DISTANCES)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (10–20× slower on a shared 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
 
 def test_soft_targets_hand_worked():
