@@ -15,7 +15,24 @@ import numpy as np
 from haf.methods.base import MethodContext, register_method
 from haf.methods.haframe import FixedFrameMethod, _check_backend
 
-__all__ = ["FixedETFCrossEntropy"]
+__all__ = ["FixedETFCrossEntropy", "simplex_etf_frame"]
+
+
+def simplex_etf_frame(method: str, context: MethodContext, in_features: int) -> np.ndarray:
+    """The seeded simplex ETF (K × D, float64) of a fixed-ETF method, or an error naming the method and widths."""
+    num_classes = context.num_classes
+    if in_features < num_classes - 1:
+        raise ValueError(
+            f"{method}: a simplex ETF of K = {num_classes} classes needs features of width ≥ K − 1 = "
+            f"{num_classes - 1}, but the head gives in_features = {in_features} (the type2 head's width is K)"
+        )
+    from haf.frame import fixed_etf  # numpy only; imported here to keep the registry's import light
+
+    frame = np.asarray(fixed_etf(num_classes, in_features, seed=context.seed), dtype=np.float64)
+    if frame.shape != (num_classes, in_features) or not np.isfinite(frame).all():
+        raise ValueError(f"{method}: fixed_etf gave a {frame.shape} frame, expected K × D = "
+                         f"{num_classes} × {in_features}, finite")
+    return frame
 
 
 @register_method("etf-ce")
@@ -31,15 +48,7 @@ class FixedETFCrossEntropy(FixedFrameMethod):
 
     def __init__(self, in_features: int, context: MethodContext, options: Options | None = None) -> None:
         super().__init__(in_features, context, options)
-        num_classes = context.num_classes
-        if in_features < num_classes - 1:
-            raise ValueError(
-                f"etf-ce: a simplex ETF of K = {num_classes} classes needs features of width ≥ K − 1 = "
-                f"{num_classes - 1}, but the head gives in_features = {in_features}"
-            )
-        from haf.frame import fixed_etf
-
-        frame = np.asarray(fixed_etf(num_classes, in_features, seed=context.seed), dtype=np.float64)
+        frame = simplex_etf_frame(self.name, context, in_features)
         self.install_frame(frame, frame @ frame.T)  # S = M Mᵀ: 1 on the diagonal, −1/(K−1) elsewhere
         self.loss_alpha = 0.0  # plain cross-entropy: the cosine term is off
         self.loss_backend = self.options.backend

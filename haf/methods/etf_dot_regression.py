@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +26,7 @@ from torch import nn
 from haf.method_losses import batch_class_rescaling, dot_regression_loss, normface_scale
 from haf.methods._full_precision import FullPrecisionBuffersMethod
 from haf.methods.base import MethodContext, register_method
+from haf.methods.etf_ce import simplex_etf_frame
 
 __all__ = ["ETFDotRegression"]
 
@@ -59,17 +59,7 @@ class ETFDotRegression(FullPrecisionBuffersMethod):
     def __init__(self, in_features: int, context: MethodContext, options: Options | None = None) -> None:
         super().__init__(in_features, context, options)
         num_classes = context.num_classes
-        if in_features < num_classes - 1:
-            raise ValueError(
-                f"etf-dot-regression: a simplex ETF of K = {num_classes} classes needs features of width ≥ K − 1 = "
-                f"{num_classes - 1}, but the head gives in_features = {in_features} (use the type2 head, whose "
-                f"width defaults to K)"
-            )
-        from haf.frame import fixed_etf  # numpy only; imported here to keep the registry's import light
-
-        frame = np.asarray(fixed_etf(num_classes, in_features, seed=context.seed), dtype=np.float64)
-        if frame.shape != (num_classes, in_features) or not np.isfinite(frame).all():
-            raise ValueError(f"etf-dot-regression: fixed_etf gave a {frame.shape} frame, expected K × D finite")
+        frame = simplex_etf_frame(self.name, context, in_features)
         self.register_buffer("frame", torch.from_numpy(frame).float(), persistent=True)
         self.batch_norm = nn.BatchNorm1d(in_features) if self.options.batch_norm else nn.Identity()
         self.supports_crm = bool(self.options.report_crm)  # read by haf/eval_loop.py
