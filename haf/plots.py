@@ -111,6 +111,17 @@ def _series(records: Iterable[Mapping], split: str, key: str) -> np.ndarray:
     return np.array(sorted(points), dtype=np.float64).reshape(-1, 2)
 
 
+def _finish_epoch_axis(ax, title: str, has_data: bool, missing: str) -> None:
+    """Title, epoch axis and grid; a legend when lines were drawn, else a note saying what was missing."""
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+    if has_data:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes)
+
+
 def plot_training_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path,
                          keys: Sequence[tuple[str, str]] = (("train", "loss"), ("val", "top1"),
                                                             ("val", "mistake_severity"), ("val", "hierdist@5"))
@@ -128,13 +139,7 @@ def plot_training_curves(runs: Mapping[str, Sequence[Mapping]], path: str | Path
             if len(series):
                 ax.plot(series[:, 0], series[:, 1], marker=".", label=label)
                 drawn.setdefault(name, {})[label] = series
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if name in drawn:
-            ax.legend(fontsize=7)
-        else:
-            ax.text(0.5, 0.5, f"no '{key}' logged for {split}", ha="center", va="center", transform=ax.transAxes)
+        _finish_epoch_axis(ax, name, name in drawn, f"no '{key}' logged for {split}")
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
     _save(fig, path)
@@ -159,13 +164,8 @@ def plot_neural_collapse(runs: Mapping[str, Sequence[Mapping]], path: str | Path
             drawn.setdefault("self_duality", {})[label] = duality
     titles = ("mean ± std of |cos(μ_i, μ_j) − S_ij| over class pairs", "self-duality ‖W/‖W‖ − M/‖M‖‖_F")
     for ax, key, title in zip(axes, ("nc_mean", "self_duality"), titles):
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if key in drawn:
-            ax.legend(fontsize=7)
-        else:
-            ax.text(0.5, 0.5, f"no '{key}' logged", ha="center", va="center", transform=ax.transAxes)
+        _finish_epoch_axis(ax, title, key in drawn, f"no '{key}' logged")
+        ax.title.set_fontsize(10)
     if not drawn:
         plt.close(fig)
         raise ValueError("no neural-collapse diagnostics (nc_mean, self_duality) in the logs")
