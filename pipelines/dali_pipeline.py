@@ -13,8 +13,9 @@ Graph (devices differ only by ``device``: "gpu" → ``mixed`` decoder and GPU op
 ``device_id=None``, runs without a GPU)::
 
     external_source ─ encoded bytes ─ decoders.image_slice(region)   (ROI decoding, ImageNet-style)
-                    └ or uint8 HWC arrays / decoders.image ─ slice(region, zero padding)   (CIFAR pad-4 crop)
+                    └ or uint8 HWC arrays / decoders.image ─ slice(region, zero padding)   (pad-4 crops; reflect: padded array fed)
       → resize(size, INTERP_LINEAR, antialias)   (eval: one ROI resize = resize + centre crop, fused_centre_crop)
+      → [slice(crop, zero padding)]               (the padded random crop after a squash, "squash-pad-crop")
       → crop_mirror_normalize(mirror, mean·255, std·255, CHW or HWC, float32/float16)
 
 A decoding failure surfaces as a DALI ``RuntimeError`` for the batch; the loader re-decodes that batch's files one
@@ -47,7 +48,9 @@ def _dali():
     return fn, pipeline_def, types
 
 
-ALL_COLUMNS = ("data", "region_anchor", "region_shape", "size", "roi_start", "roi_end", "mirror")
+ALL_COLUMNS = (
+    "data", "region_anchor", "region_shape", "size", "roi_start", "roi_end", "crop_anchor", "crop_shape", "mirror"
+)
 
 
 def pipeline_columns(spec: TransformSpec, needs_resize: bool) -> tuple[str, ...]:
@@ -57,12 +60,14 @@ def pipeline_columns(spec: TransformSpec, needs_resize: bool) -> tuple[str, ...]
         skip.add("size")
     if not _fused_centre_crop(spec):
         skip.update(("roi_start", "roi_end"))
+    if not spec.kind.crop_may_pad:
+        skip.update(("crop_anchor", "crop_shape"))
     return tuple(c for c in ALL_COLUMNS if c not in skip)
 
 
 def _fused_centre_crop(spec: TransformSpec) -> bool:
     """ImageNet-style eval: resize + centre crop run as one ROI resize of a ROI-decoded window (see below)."""
-    return spec.augment == "imagenet" and not spec.train
+    return spec.op == "resize-center-crop"
 
 
 def fused_centre_crop(ops: SampleOps) -> tuple[Box, tuple[float, float], tuple[float, float], tuple[int, int]]:
@@ -111,7 +116,10 @@ def build_pipeline(
     The graph is static per (spec, from_files); per-sample geometry arrives through ``source``.
     """
     fn, pipeline_def, types = _dali()
-    roi_decode = from_files and spec.augment == "imagenet"  # region always inside the image → decode only it
+    if from_files and spec.kind.reflect:
+        raise ValueError(f"transform {spec.op!r} reflect-pads, which the DALI graph does for in-memory arrays only "
+                         "(CIFAR-100); use data.backend torch for image files")
+    roi_decode = from_files and spec.kind.region_inside  # region always inside the image → decode only it
     fused_crop = _fused_centre_crop(spec)
     columns = pipeline_columns(spec, needs_resize)
     source.columns = columns
@@ -150,6 +158,9 @@ def build_pipeline(
         if needs_resize:
             roi = dict(roi_start=node["roi_start"], roi_end=node["roi_end"], roi_relative=False) if fused_crop else {}
             image = fn.resize(image, size=node["size"], interp_type=types.INTERP_LINEAR, antialias=True, **roi)
+        if spec.kind.crop_may_pad:  # the random crop after a squash: zero padding where it leaves the image
+            image = fn.slice(image, node["crop_anchor"], node["crop_shape"], out_of_bounds_policy="pad",
+                             fill_values=0, **slice_args)
         return fn.crop_mirror_normalize(
             image,
             mirror=node["mirror"],
@@ -223,6 +234,8 @@ class _PlanSource:
                     data = np.ascontiguousarray(split.arrays[index])
                     height, width = data.shape[:2]
                 ops = plan_sample(spec, uniforms[j], height, width)
+                if ops.reflect_pad:  # DALI pads with constants only: feed the reflect-padded array instead
+                    data, ops = reflect_padded(data, ops)
                 for name, value in _ops_arrays(data, ops, fused_crop).items():
                     if name in columns:
                         columns[name].append(value)
@@ -230,6 +243,14 @@ class _PlanSource:
             if kept:
                 self.pending.append((number, np.asarray(kept, dtype=np.int64)))
                 return tuple(columns[name] for name in self.columns)
+
+
+def reflect_padded(data: np.ndarray, ops: SampleOps) -> tuple[np.ndarray, SampleOps]:
+    """An H×W×C array reflect-padded by ``ops.reflect_pad`` and the ops re-expressed on it (region shifted)."""
+    p = ops.reflect_pad
+    padded = np.pad(data, ((p, p), (p, p), (0, 0)), mode="reflect")
+    top, left, h, w = ops.region
+    return padded, SampleOps((top + p, left + p, h, w), ops.resize, ops.crop, ops.flip)
 
 
 def _ops_arrays(data: np.ndarray, ops: SampleOps, fused_crop: bool) -> dict[str, np.ndarray]:
@@ -246,6 +267,8 @@ def _ops_arrays(data: np.ndarray, ops: SampleOps, fused_crop: bool) -> dict[str,
         "size": np.array(size, f32),
         "roi_start": np.array(roi_start, f32),
         "roi_end": np.array(roi_end, f32),
+        "crop_anchor": np.array(ops.crop[:2], f32),
+        "crop_shape": np.array(ops.crop[2:], f32),
         "mirror": np.array(int(ops.flip), np.int32),
     }
 

@@ -18,7 +18,7 @@ import torch
 from .encoded_images import check_on_error
 from .epoch_plan import batch_slices, shard_indices
 from .splits import DatasetSplits, Split
-from .transforms import AUGMENTS, TransformSpec
+from .transforms import AUGMENTS, TransformSpec, check_statistics, check_transform
 
 BACKENDS = ("dali", "torch")
 
@@ -39,10 +39,14 @@ class LoaderOptions:
     dtype: torch.dtype = torch.float32
     channels_last: bool = False
     drop_last: bool = True
-    augment: str = "imagenet"
+    augment: str = "imagenet"  # named (train, eval, mean, std) preset; the four fields below override it
     on_error: str = "raise"
     shuffle: bool = True
     dali_device: str = "cpu"  # where DALI decodes and transforms: "gpu" (mixed decoder + GPU ops) or "cpu"
+    train_transform: str | None = None  # a name of transforms.TRAIN_TRANSFORMS; None: the augment preset's
+    eval_transform: str | None = None  # a name of transforms.EVAL_TRANSFORMS; None: the augment preset's
+    mean: tuple[float, float, float] | None = None  # normalisation; None: the augment preset's
+    std: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -56,7 +60,14 @@ class LoaderOptions:
         if self.seed < 0:
             raise ValueError(f"seed={self.seed}; expected a non-negative integer")
         if self.augment not in AUGMENTS:
-            raise ValueError(f"augment={self.augment!r}; expected one of {AUGMENTS}")
+            raise ValueError(f"augment={self.augment!r}; expected one of {tuple(AUGMENTS)}")
+        if self.train_transform is not None:
+            check_transform(self.train_transform, True, "train_transform")
+        if self.eval_transform is not None:
+            check_transform(self.eval_transform, False, "eval_transform")
+        for name in ("mean", "std"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, check_statistics(getattr(self, name), name))
         if self.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"dtype={self.dtype}; expected torch.float32, torch.float16 or torch.bfloat16")
         if self.dali_device not in ("cpu", "gpu"):
@@ -66,15 +77,22 @@ class LoaderOptions:
         check_on_error(self.on_error)
 
 
+def transform_spec(options: LoaderOptions, crop_bottom: int = 0) -> TransformSpec:
+    """The split's transform: the ``augment`` preset with any explicitly given transform or statistic on top."""
+    train_op, eval_op, mean, std = AUGMENTS[options.augment]
+    return TransformSpec.for_split(
+        options.train_transform or train_op, options.eval_transform or eval_op, train=options.train,
+        image_size=options.image_size, mean=options.mean or mean, std=options.std or std, crop_bottom=crop_bottom,
+    )
+
+
 class Loader(ABC):
     """Epoch bookkeeping shared by both backends; subclasses turn a batch plan into tensors."""
 
     def __init__(self, split: Split, options: LoaderOptions):
         self.split = split
         self.options = options
-        self.spec = TransformSpec.for_augment(
-            options.augment, train=options.train, image_size=options.image_size, crop_bottom=split.crop_bottom
-        )
+        self.spec = transform_spec(options, crop_bottom=split.crop_bottom)
         self.labels = np.asarray(split.labels, dtype=np.int64)
         self.epoch = 0
         self.start_batch = 0  # first batch of the next pass (set_epoch's resume-inside-an-epoch option)
@@ -168,6 +186,8 @@ def make_loader(
     on_error: str = "raise",
     shuffle: bool | None = None,
     dali_device: str | None = None,
+    transforms: tuple[str, str] | None = None,
+    normalize: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None,
 ) -> Loader:
     """A loader over ``dataset[split]`` (see the module docstring).
 
@@ -177,7 +197,8 @@ def make_loader(
     same CPU budget for both. Extensions beyond docs/ARCHITECTURE.md: ``augment``, ``on_error``, ``shuffle``,
     ``dali_device`` and ``set_epoch(epoch, start_batch)``.
     ``on_error``: "raise" → a ``ValueError`` naming the corrupt file; "skip" → the sample is dropped from its
-    batch and listed in ``loader.skipped_files``.
+    batch and listed in ``loader.skipped_files``. ``transforms`` = (train, eval) transform names and
+    ``normalize`` = (mean, std) override the ``augment`` preset (a run's ``data.transforms`` / ``data.normalize``).
     """
     the_split = dataset[split]
     device = torch.device(device)
@@ -198,6 +219,10 @@ def make_loader(
         on_error=on_error,
         shuffle=train if shuffle is None else shuffle,
         dali_device=dali_device or ("gpu" if device.type == "cuda" else "cpu"),
+        train_transform=transforms[0] if transforms else None,
+        eval_transform=transforms[1] if transforms else None,
+        mean=tuple(normalize[0]) if normalize else None,
+        std=tuple(normalize[1]) if normalize else None,
     )
     if backend == "dali":
         from .dali_pipeline import DaliLoader

@@ -1,8 +1,9 @@
 """The reference input path: a plain ``torch.utils.data.DataLoader`` with torchvision transforms.
 
 It executes the same :class:`~haf.pipelines.transforms.SampleOps` as the DALI pipeline, with torchvision's
-operators: ``decode_image`` (libjpeg-turbo / libpng, RGB, no EXIF rotation) → ``crop`` (zero-pads outside the
-image) → ``resize`` (bilinear, antialias=True, uint8 in and out as DALI) → ``crop`` → ``hflip`` → normalise.
+operators: ``decode_image`` (libjpeg-turbo / libpng, RGB, no EXIF rotation) → [``pad`` (reflect)] → ``crop``
+(zero-pads outside the image) → ``resize`` (bilinear, antialias=True, uint8 in and out as DALI) → ``crop`` →
+``hflip`` → normalise.
 The batch plan (which indices, which uniforms) is made in the main process and shipped to the workers, so the
 result does not depend on the number of workers or on which worker ran what.
 """
@@ -26,8 +27,12 @@ from .transforms import SampleOps, TransformSpec, batch_uniforms, plan_sample
 def apply_ops(image: torch.Tensor, ops: SampleOps, spec: TransformSpec) -> torch.Tensor:
     """uint8 3×H×W → normalised float32 3×S×S, the reference definition of every step."""
     top, left, h, w = ops.region
+    if ops.reflect_pad:
+        p = ops.reflect_pad
+        image = F.pad(image, [p, p, p, p], padding_mode="reflect")
+        top, left = top + p, left + p
     if (top, left, h, w) != (0, 0, image.shape[-2], image.shape[-1]):
-        image = F.crop(image, top, left, h, w)  # zero-pads where the box leaves the image (CIFAR pad-4 crop)
+        image = F.crop(image, top, left, h, w)  # zero-pads where the box leaves the image (pad-4 crops)
     if tuple(ops.resize) != (h, w):
         image = F.resize(image, list(ops.resize), interpolation=InterpolationMode.BILINEAR, antialias=True)
     top, left, h, w = ops.crop
