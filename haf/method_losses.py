@@ -422,14 +422,15 @@ def hafeature_loss_terms(
     margin: float = 3.0,
     pairs: Sequence[torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
+    hinge_levels: Sequence[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The four HAFeature terms for levels coarse → fine (last = leaves); ``parents[l]`` maps level l to l − 1.
 
     * ``ce``: CE at the finest level only;
     * ``jsd``: Σ over adjacent levels of JSD(p̂_{l−1}, p_{l−1}), p̂ the level-l probabilities summed to parents;
     * ``weight_consistency``: Σ over adjacent levels of :func:`weight_consistency` (to be *maximised*);
-    * ``dissimilarity``: Σ over the intermediate levels 1 … L−2 (not the coarsest, not the leaves, as the
-      re-implementation the HAFrame paper compares with) of :func:`dissimilarity_hinge` on that level's
+    * ``dissimilarity``: Σ over the levels ``hinge_levels`` (0-based, coarse → fine; default the intermediate
+      levels 1 … L−2: not the coarsest, not the leaves) of :func:`dissimilarity_hinge` on that level's
       probabilities, pairs from :func:`adjacent_dissimilar_pairs` of that level's labels unless given.
     """
     num_levels = len(level_logits)
@@ -452,7 +453,10 @@ def hafeature_loss_terms(
         terms["weight_consistency"] = terms["weight_consistency"] + weight_consistency(
             level_weights[level - 1].to(dtype), level_weights[level].to(dtype), parents[level]
         )
-    for level in range(1, num_levels - 1):
+    levels = range(1, num_levels - 1) if hinge_levels is None else hinge_levels
+    for level in levels:
+        if not 0 <= level < num_levels:
+            raise ValueError(f"hinge level {level} outside the {num_levels} levels 0..{num_levels - 1}")
         level_pairs = pairs[level] if pairs is not None else adjacent_dissimilar_pairs(level_targets[level], generator)
         terms["dissimilarity"] = terms["dissimilarity"] + dissimilarity_hinge(probs[level], level_pairs, margin)
     return terms
@@ -469,9 +473,11 @@ def hafeature_loss(
     margin: float = 3.0,
     pairs: Sequence[torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
+    hinge_levels: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """L = CE_fine + w_jsd·Σ JSD − w_wc·Σ cos-consistency + w_dis·Σ hinge (all weights 1 in the reference)."""
-    terms = hafeature_loss_terms(level_logits, level_weights, level_targets, parents, margin, pairs, generator)
+    terms = hafeature_loss_terms(level_logits, level_weights, level_targets, parents, margin, pairs, generator,
+                                 hinge_levels)
     return (
         terms["ce"]
         + jsd_weight * terms["jsd"]

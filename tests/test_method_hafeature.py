@@ -144,3 +144,25 @@ def test_two_level_tree_has_no_dissimilarity_term_and_options_validate():
         Options(jsd_weight=-1.0)
     method = get_method("hafeature")(4, _context(LEVEL_LABELS))
     assert method.num_levels == 2
+
+
+def test_hinge_levels_choose_the_levels_of_the_dissimilarity_term():
+    """hinge_levels (1-based, as the reference's l1…lL) pick the hinge's levels; default the intermediate ones."""
+    torch.manual_seed(0)
+    logits = [torch.randn(6, n, dtype=torch.float64) for n in (2, 3, 4)]
+    targets = [torch.tensor(THREE_LEVELS[[0, 1, 2, 3, 0, 2], level]) for level in range(3)]
+    pairs = [torch.tensor([[0, 2], [1, 3]])] * 3
+    args = (logits, [torch.randn(n, 5) for n in (2, 3, 4)], targets, [torch.zeros(2, dtype=torch.long),
+            torch.tensor([0, 0, 1]), torch.tensor([0, 1, 2, 2])])
+    probs = [torch.softmax(z, dim=1) for z in logits]
+    per_level = [dissimilarity_hinge(p, pairs[0], 3.0) for p in probs]
+    default = hafeature_loss_terms(*args, pairs=pairs)["dissimilarity"]
+    chosen = hafeature_loss_terms(*args, pairs=pairs, hinge_levels=[0, 1])["dissimilarity"]
+    torch.testing.assert_close(default, per_level[1])
+    torch.testing.assert_close(chosen, per_level[0] + per_level[1])
+    method = get_method("hafeature")(5, _context(), get_method("hafeature").Options(hinge_levels=[1, 2]))
+    assert method.hinge_indices == (0, 1)
+    with pytest.raises(ValueError, match="hinge_levels"):
+        get_method("hafeature")(5, _context(), get_method("hafeature").Options(hinge_levels=[2, 4]))
+    with pytest.raises(ValueError, match="hinge_levels"):
+        get_method("hafeature").Options(hinge_levels=[0])
