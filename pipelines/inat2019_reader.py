@@ -10,8 +10,17 @@ Each annotation file is COCO-like::
 The 7-level taxonomy (1010 species) is built by ``haf.hierarchy``'s ``inat2019_hierarchy`` from the training
 file's categories; classes are ordered by category id (the annotations' label). ``file_name`` is relative to the
 folder holding the extracted ``train_val2019/`` tree (``images_root``, default ``root``). The official test set
-has no labels, so the splits are the official train and val; the field's re-split (Bertinetto et al.) ships as
-image folders and reads with the ``image-folder`` kind.
+has no labels, so without ``splits_dir`` the splits are the official train and val.
+
+With ``splits_dir`` the splits are the field's re-split of the train + val images into train / val / test
+(Making Better Mistakes' ``splits_inat19``), in the per-class list layout of its tieredImageNet-H lists::
+
+    <splits_dir>/{train,val,test}/<class>.txt      one image per line, e.g. 716a69...d5.jpg or
+                                                    train_val2019/Plants/644/716a69...d5.jpg
+
+``<class>`` is the category id (``644``), the same as a hierarchy leaf (``nat0644``) or the species name. A line
+is matched against the annotation files' ``file_name`` entries, whole or by file name; a list or line that matches
+nothing is an error naming it (file and line). The hierarchy still comes from ``train2019.json``.
 """
 from __future__ import annotations
 
@@ -35,6 +44,8 @@ from .reader_common import (
 from .splits import DatasetSplits
 
 INAT_SPLITS = ("train", "val")
+LIST_SPLITS = ("train", "val", "test")
+LEAF_PREFIX = "nat"  # hierarchy leaves of the field's inaturalist19 files: nat0000 … nat1009 = category id
 
 
 def load_annotations(path: Path) -> Mapping:
@@ -96,6 +107,7 @@ def read_inat2019(
     convention: str = "lca-height",
     check_files: bool = True,
     name: str = "inat2019",
+    splits_dir: str | os.PathLike | None = None,
 ) -> DatasetSplits:
     """Read ``<root>/train2019.json`` (+ ``val2019.json``) and the images they list.
 
@@ -103,12 +115,17 @@ def read_inat2019(
         images_root: folder the ``file_name`` entries are relative to (default ``root``).
         leaf_name: class names, ``"id"`` (the category id as text) or ``"name"`` (the species name).
         check_files: stat every listed image (an absent one is an error naming it); off for a quick look.
+        splits_dir: folder of the re-split's per-class lists ``{train,val,test}/<class>.txt`` (module docstring);
+            relative to ``root`` unless absolute. None: the official train / val JSON splits.
     """
     root = require_dir(Path(root).expanduser().absolute(), "iNat2019 folder")
     images_root = require_dir(Path(images_root).expanduser().absolute() if images_root else root, "iNat2019 images")
     check_convention(convention)
     if isinstance(splits, str):
         splits = [splits]
+    if splits_dir is not None:
+        lists_root = require_dir(root / Path(splits_dir).expanduser(), "iNat2019 split-list folder")
+        return _read_split_lists(root, images_root, lists_root, splits, leaf_name, convention, check_files, name)
     for split in splits:
         if split not in INAT_SPLITS:
             raise ValueError(
@@ -136,5 +153,68 @@ def read_inat2019(
         if check_files:
             check_listed_files_exist(files, str(path), origins)
         check_split_covers_classes(split, labels, classes, str(path))
+        out[split] = make_file_split(split, files, labels)
+    return dataset_splits(name, classes, hierarchy, distances_of(hierarchy, convention, str(train_path)), out)
+
+
+def list_names(categories: list, leaf_name: str, index: Mapping[str, int]) -> dict[str, int]:
+    """Class index of each accepted per-class list name: category id, ``nat<id>`` leaf name, species name."""
+    names: dict[str, int] = {}
+    for category in categories:
+        leaf = str(category["id"]) if leaf_name == "id" else str(category["name"]).strip()
+        for alias in (str(category["id"]), f"{LEAF_PREFIX}{int(category['id']):04d}", str(category["name"]).strip()):
+            names[alias] = index[leaf]
+    return names
+
+
+def _read_split_lists(
+    root: Path, images_root: Path, lists_root: Path, splits: Sequence[str], leaf_name: str, convention: str,
+    check_files: bool, name: str,
+) -> DatasetSplits:
+    """The re-split of the train + val images given by per-class lists (see the module docstring)."""
+    if tuple(splits) == INAT_SPLITS:  # the default of the JSON layout: here every list folder present
+        splits = [s for s in LIST_SPLITS if (lists_root / s).is_dir()]
+    for split in splits:
+        if split not in LIST_SPLITS:
+            raise ValueError(f"{lists_root}: unknown split {split!r}; choose from {', '.join(LIST_SPLITS)}")
+    train_path = root / "train2019.json"
+    train_doc = load_annotations(train_path)
+    hierarchy = inat2019_hierarchy(train_doc, leaf_name=leaf_name)
+    classes = hierarchy.classes
+    class_of_list = list_names(train_doc["categories"], leaf_name, {c: i for i, c in enumerate(classes)})
+    # Every annotated image of the release, by its file_name and by its bare file name.
+    by_path: dict[str, str] = {}
+    by_name: dict[str, str] = {}
+    for document_name in ("train2019.json", "val2019.json"):
+        document = train_doc if document_name == "train2019.json" else load_annotations(root / document_name)
+        for image in document["images"]:
+            file_name = str(image.get("file_name", ""))
+            by_path[file_name] = by_name[os.path.basename(file_name)] = str(images_root / file_name)
+    out = {}
+    for split in splits:
+        folder = require_dir(lists_root / split, f"split {split!r} list folder")
+        lists = sorted(folder.glob("*.txt"))
+        if not lists:
+            raise ValueError(f"{folder}: split {split!r} has no per-class .txt lists")
+        files, labels, origins = [], [], []
+        for listing in lists:
+            label = class_of_list.get(listing.stem)
+            if label is None:
+                raise ValueError(f"{listing}: list name {listing.stem!r} is no category of {train_path.name} "
+                                 f"(expected a category id, {LEAF_PREFIX}<id> or a species name)")
+            for number, raw in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
+                entry = raw.strip()
+                if not entry:
+                    continue
+                path = by_path.get(entry) or by_name.get(os.path.basename(entry))
+                if path is None:
+                    raise FileNotFoundError(f"{listing}:{number}: listed image {entry!r} is not in train2019.json "
+                                            "or val2019.json (neither as file_name nor by file name)")
+                files.append(path)
+                labels.append(label)
+                origins.append(f"{listing}:{number}")
+        if check_files:
+            check_listed_files_exist(files, str(folder), origins)
+        check_split_covers_classes(split, labels, classes, str(folder))
         out[split] = make_file_split(split, files, labels)
     return dataset_splits(name, classes, hierarchy, distances_of(hierarchy, convention, str(train_path)), out)

@@ -83,3 +83,46 @@ def test_errors_name_the_image_category_and_split(tmp_path):
     (root / "train2019.json").write_text(json.dumps(train))
     with pytest.raises(ValueError, match="class '1' is missing from split 'train'"):
         load_dataset("inat2019", root, splits=["train"])
+
+
+def make_split_lists(root: Path, name_of=lambda c: str(c["id"]), full_path=False) -> Path:
+    """The field's re-split layout over the fake release: train + val images spread over train / val / test."""
+    images = []
+    for split in ("train", "val"):
+        document = json.loads((root / f"{split}2019.json").read_text())
+        category = {a["image_id"]: a["category_id"] for a in document["annotations"]}
+        images += [(image["file_name"], category[image["id"]]) for image in document["images"]]
+    lists = root / "splits_inat19"
+    for c in CATEGORIES:
+        mine = [f for f, cat in images if cat == c["id"]]  # 4 per class: 2 train, 1 val, 1 test
+        for split, chosen in (("train", mine[:2]), ("val", mine[2:3]), ("test", mine[3:])):
+            (lists / split).mkdir(parents=True, exist_ok=True)
+            lines = chosen if full_path else [Path(f).name for f in chosen]
+            (lists / split / f"{name_of(c)}.txt").write_text("\n".join(lines) + "\n")
+    return lists
+
+
+@pytest.mark.parametrize("name_of", [lambda c: str(c["id"]), lambda c: f"nat{c['id']:04d}", lambda c: c["name"]])
+def test_split_lists_give_train_val_test(tmp_path, name_of):
+    root = make_inat(tmp_path / "inat")
+    make_split_lists(root, name_of, full_path=name_of(CATEGORIES[0]) == "2")
+    data = load_dataset("inat2019", root, splits_dir="splits_inat19")
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 6, "val": 3, "test": 3}
+    assert data.classes == ("0", "1", "2")
+    all_files = [f for split in data.splits.values() for f in split.files]
+    assert len(set(all_files)) == 12 and all(Path(f).is_file() for f in all_files)  # disjoint splits
+    test = data["test"]
+    for path, label in zip(test.files, test.labels):
+        assert f"/{data.classes[label]}/" in path  # the fake tree keeps images under their category id
+
+
+def test_split_lists_name_what_they_cannot_match(tmp_path):
+    root = make_inat(tmp_path / "inat")
+    lists = make_split_lists(root)
+    (lists / "val" / "0.txt").write_text("nope.jpg\n")
+    with pytest.raises(FileNotFoundError, match=r"val/0.txt:1: listed image 'nope.jpg'"):
+        load_dataset("inat2019", root, splits_dir=lists)
+    (lists / "val" / "0.txt").unlink()
+    (lists / "val" / "Quercus.txt").write_text("x.jpg\n")
+    with pytest.raises(ValueError, match=r"Quercus.txt: list name 'Quercus' is no category"):
+        load_dataset("inat2019", root, splits_dir=lists)
