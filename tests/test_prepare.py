@@ -184,3 +184,14 @@ def test_pillow_fallback_rescues_a_disguised_file(tmp_path):
     assert rescued.done == 2 and not rescued.failed
     with Image.open(tmp_path / "rescued" / "n02105855" / "n02105855_2933.JPEG") as image:
         assert image.format == "JPEG" and image.size == (21, 16)
+
+
+def test_stretch_makes_square_copies_of_every_image(tmp_path, capsys):
+    """--stretch N: the field's stretched N×N copies (aspect not kept), the same tree, via the Pillow path too."""
+    src = make_tree(tmp_path / "src")
+    for backend in ("ffmpeg", "pillow"):
+        argv = ["prepare", str(src), str(tmp_path / backend), "--stretch", "12", "--workers", "1", "--backend",
+                backend, "--no-progress"]
+        assert haf_main(argv) == 0
+        assert "12x12" in capsys.readouterr().out
+        assert set(sizes(tmp_path / backend).values()) == {(12, 12)}

@@ -25,6 +25,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     geometry = parser.add_mutually_exclusive_group(required=True)
     geometry.add_argument("--shorter-side", type=int, metavar="N", help="resize so the shorter side is N px")
     geometry.add_argument("--size", type=_size, metavar="WxH", help="resize to exactly W×H px (aspect not kept)")
+    geometry.add_argument("--stretch", type=int, metavar="N",
+                          help="stretch every image to N×N px (= --size NxN): the field's iNat2019 / "
+                          "tieredImageNet-H copies are stretched to 224×224")
     parser.add_argument("--crop-bottom", type=int, default=0, metavar="PX",
                         help="crop PX rows at the bottom before resizing (FGVC-Aircraft's banner: 20)")
     parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: usable CPUs)")
@@ -46,8 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from haf.pipelines.prepare import ResizeSpec, prepare_images
 
+    size = (args.stretch, args.stretch) if args.stretch is not None else args.size
     spec = ResizeSpec(
-        shorter_side=args.shorter_side, size=args.size, crop_bottom=args.crop_bottom,
+        shorter_side=args.shorter_side, size=size, crop_bottom=args.crop_bottom,
         qscale=args.qscale, quality=args.quality,
     )
     report = prepare_images(
