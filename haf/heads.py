@@ -43,6 +43,7 @@ _HEADS: dict[str, HeadFactory] = {}
 TYPE1_HIDDEN_DIM = 600
 
 POOLS = ("max", "avg")
+CONV_INITS = ("default", "he-normal")  # PyTorch's default, or kaiming_normal_(fan_out) as the WRN reference
 
 
 def register_head(name: str) -> Callable[[HeadFactory], HeadFactory]:
@@ -142,8 +143,11 @@ class ResidualBlock(nn.Module):
 class Type2Head(Head):
     """1×1 conv C → D (no bias) → global avg pool → BN1d(D) → ``num_blocks`` residual blocks; D = K by default."""
 
-    def __init__(self, in_channels: int, out_features: int, num_blocks: int = 2, block_depth: int = 2) -> None:
+    def __init__(self, in_channels: int, out_features: int, num_blocks: int = 2, block_depth: int = 2,
+                 bn_momentum: float = 0.1, conv_init: str = "default") -> None:
         super().__init__()
+        if conv_init not in CONV_INITS:
+            raise ValueError(f"type2 head conv_init must be one of {CONV_INITS}, got {conv_init!r}")
         if out_features < 1 or num_blocks < 0 or block_depth < 1:
             raise ValueError(
                 f"type2 head needs out_features ≥ 1, num_blocks ≥ 0, block_depth ≥ 1; got out_features={out_features}, "
@@ -152,7 +156,9 @@ class Type2Head(Head):
         self.in_channels = in_channels
         self.conv = nn.Conv2d(in_channels, out_features, kernel_size=1, bias=False)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.norm = nn.BatchNorm1d(out_features)
+        self.norm = nn.BatchNorm1d(out_features, momentum=bn_momentum)
+        if conv_init == "he-normal":  # the CIFAR reference initialises every conv of its WRN model so
+            nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="leaky_relu")
         self.blocks = nn.Sequential(*(ResidualBlock(out_features, block_depth) for _ in range(num_blocks)))
         self.out_features: int = out_features
 
@@ -179,7 +185,10 @@ def type1(
 
 @register_head("type2")
 def type2(
-    *, in_channels: int, num_classes: int, out_features: int | None = None, num_blocks: int = 2, block_depth: int = 2
+    *, in_channels: int, num_classes: int, out_features: int | None = None, num_blocks: int = 2, block_depth: int = 2,
+    bn_momentum: float = 0.1, conv_init: str = "default",
 ) -> Type2Head:
-    """HAFrame head; ``out_features`` defaults to K (the frame is K × K)."""
-    return Type2Head(in_channels, num_classes if out_features is None else out_features, num_blocks, block_depth)
+    """HAFrame head; ``out_features`` defaults to K (the frame is K × K). ``bn_momentum`` of the BN1d after
+    pooling and ``conv_init`` of the 1×1 conv: Wide-ResNets default them to the reference's 0.001 / he-normal."""
+    return Type2Head(in_channels, num_classes if out_features is None else out_features, num_blocks, block_depth,
+                     bn_momentum, conv_init)

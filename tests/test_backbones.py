@@ -212,3 +212,32 @@ def test_failed_download_says_what_to_do(monkeypatch):
     monkeypatch.setattr(type(member), "get_state_dict", offline)
     with pytest.raises(OSError, match=r"IMAGENET1K_V1 from https://.*network unreachable.*local path"):
         backbones._fetch_torchvision_state_dict(member)
+
+
+def test_wide_resnet_follows_the_reference_blocks():
+    """LeakyReLU(0.1), BN momentum 0.001, stage 2/3 first blocks convolve the raw input; the type-II head on a
+    WRN takes the reference's BN1d momentum and He-normal 1×1 conv."""
+    from haf.classifier import build_classifier
+    from haf.methods import MethodContext
+    from method_fixtures import DISTANCES, LEVEL_LABELS
+
+    torch.manual_seed(0)
+    model = build_backbone("wrn16_4").eval()
+    assert all(m.momentum == 0.001 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert model.act.negative_slope == 0.1
+    x = torch.randn(2, 64, 8, 8)
+    first = model.block2[0]  # 64 → 128 channels, stride 2
+    expected = first.conv2(first.act(first.bn2(first.conv1(x)))) + first.shortcut(x)
+    torch.testing.assert_close(first(x), expected)
+    stem_block = model.block1[0]  # the first stage's first block activates before both branches
+    y = torch.randn(2, 16, 8, 8)
+    activated = stem_block.act(stem_block.bn1(y))
+    expected = stem_block.conv2(stem_block.act(stem_block.bn2(stem_block.conv1(activated)))) + stem_block.shortcut(activated)
+    torch.testing.assert_close(stem_block(y), expected)
+    context = MethodContext(classes=tuple("abcd"), distances=DISTANCES, level_labels=LEVEL_LABELS)
+    classifier = build_classifier(backbone="wrn16_4", head="type2", method="cross-entropy", context=context)
+    assert classifier.head.norm.momentum == 0.001
+    wide = build_classifier(backbone="wide_resnet", head="type2", method="cross-entropy", context=context,
+                            backbone_options={"depth": 10, "widen_factor": 8}, head_options={"out_features": 400})
+    std = wide.head.conv.weight.std().item()  # he-normal fan_out: √2 / √400 ≈ 0.0707; PyTorch's default ≈ 0.020
+    assert 0.06 < std < 0.08
