@@ -237,7 +237,7 @@ def test_scores(run_dir: Path, data: Any) -> dict[str, Any]:
     from haf.metrics import crm_scores
     from haf.pipelines import make_loader
     from haf.run_config import config_from_dict
-    from haf.training_loop import build_model
+    from haf.training_loop import build_model, transform_options
 
     record = json.loads((run_dir / METRICS_NAME).read_text())
     checkpoint = run_dir / record["run"]["checkpoint"]
@@ -250,7 +250,8 @@ def test_scores(run_dir: Path, data: Any) -> dict[str, Any]:
     model.eval()
     loader = make_loader(data.dataset, config.dataset.test_split, backend="torch", train=False,
                          batch_size=config.train.eval_batch_size, image_size=config.data.image_size, workers=0,
-                         rank=0, world_size=1, seed=config.seed, device=torch.device("cpu"))
+                         rank=0, world_size=1, seed=config.seed, device=torch.device("cpu"),
+                         **transform_options(config))
     loader.set_epoch(0)
     distances = torch.as_tensor(data.distances, dtype=torch.float32)
     scores, crm, targets = [], [], []

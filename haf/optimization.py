@@ -1,4 +1,4 @@
-"""The optimisation recipe: parameter groups → SGD, the per-epoch learning-rate schedule, the DeepSpeed config.
+"""The optimisation recipe: parameter groups → SGD (or Adam), the per-epoch learning-rate schedule, DeepSpeed config.
 
 Reference recipe (DESIGN.md §2): SGD, momentum 0.9, weight decay 5e-4 on every *trained* parameter (the frame is a
 buffer, so it is neither trained nor decayed), learning rate per epoch t of T
@@ -48,11 +48,26 @@ def set_learning_rate(optimizer: Any, lr: float) -> None:
         group["lr"] = lr * float(group.get("lr_scale", 1.0))
 
 
+def _sgd(groups: list[dict], optim: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
+                           nesterov=optim.nesterov)
+
+
+def _adam(groups: list[dict], optim: OptimConfig) -> torch.optim.Optimizer:
+    # torch's Adam weight decay is the L2 kind (added to the gradient), as in Making Better Mistakes (which uses 0).
+    return torch.optim.Adam(groups, lr=optim.lr, weight_decay=optim.weight_decay, amsgrad=optim.amsgrad)
+
+
+#: ``optim.name`` → factory(parameter groups, OptimConfig).
+OPTIMIZERS = {"sgd": _sgd, "adam": _adam}
+
+
 def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
-    """torch SGD over the classifier's parameter groups (``HierarchyClassifier.param_groups``: backbone,
-    transformation, method, each with its ``lr_scale``); the frame, a buffer, is never among them."""
-    if optim.name != "sgd":
-        raise ValueError(f"key 'optim.name': unknown optimizer {optim.name!r}; valid choices: sgd")
+    """The ``optim.name`` optimizer over the classifier's parameter groups (``HierarchyClassifier.param_groups``:
+    backbone, transformation, method, each with its ``lr_scale``); the frame, a buffer, is never among them."""
+    if optim.name not in OPTIMIZERS:
+        raise ValueError(f"key 'optim.name': unknown optimizer {optim.name!r}; valid choices: "
+                         f"{', '.join(OPTIMIZERS)}")
     if not hasattr(model, "param_groups"):
         raise ValueError(f"{type(model).__name__} has no param_groups(); expected a haf.classifier.HierarchyClassifier")
     groups = model.param_groups(optim.lr, optim.weight_decay, backbone_lr_scale=optim.backbone_lr_scale,
@@ -60,8 +75,7 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimiz
                                 no_decay_norm_and_bias=optim.no_decay_norm_and_bias)
     if not groups:
         raise ValueError("the model has no trainable parameters")
-    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
-                           nesterov=optim.nesterov)
+    return OPTIMIZERS[optim.name](groups, optim)
 
 
 def deepspeed_config(config: RunConfig, world_size: int) -> dict:

@@ -9,8 +9,9 @@ A config composes seven sections and two scalars::
     method:    {name, options}    # options validated against the method's ``Options`` dataclass
     optim:     {lr, momentum, weight_decay, nesterov, schedule, backbone_lr_scale, transformation_lr_scale, ...}
     train:     {epochs, batch_size, eval_batch_size, stop_after_epoch, max_steps_per_epoch, device, ...}
-    data:      {backend, image_size, workers, augment, channels_last}
-    deepspeed: {enabled, zero_stage, precision, gradient_accumulation_steps, extra}
+    data:      {backend, image_size, workers, augment, channels_last, transforms: {train, eval},
+                normalize: {mean, std}}   # transforms/normalize: null → resolved from the dataset at load time
+    deepspeed: {enabled, zero_stage, precision, tf32, gradient_accumulation_steps, extra}
     logging:   {tensorboard, jsonl, progress, log_every}
 
 Loading is strict, as a typo in a 100-epoch run should cost a second, not a day: an unknown key, a value of the
@@ -81,9 +82,10 @@ class OptimConfig:
     trained parameter (the frame is a buffer, so it is never decayed), backbone at lr/10.
     """
 
-    name: Literal["sgd"] = "sgd"
+    name: Literal["sgd", "adam"] = "sgd"  # adam: torch Adam (momentum/nesterov unused; betas 0.9, 0.999)
     lr: float = 0.1
     momentum: float = 0.9
+    amsgrad: bool = False  # Adam's AMSGrad variant (Making Better Mistakes' optimiser: adam + amsgrad)
     weight_decay: float = 5e-4
     nesterov: bool = False
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -109,6 +111,9 @@ class TrainConfig:
     validate_every: int = 1  # epochs between validations (the last epoch is always validated)
     test_checkpoint: Literal["best", "last"] = "best"  # the paper tests the best-validation-top-1 checkpoint
     device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: this rank's GPU when there is one
+    # A step budget instead: epochs = max(1, round(steps / optimizer steps per epoch)), resolved when the
+    # dataset is read (Making Better Mistakes trains 200,000 steps). null: train.epochs as given.
+    steps: Union[int, None] = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,38 @@ class DataConfig:
     augment: bool = True
     # Channels-last activations ("auto": on GPU only, where cuDNN's NHWC convolutions are faster).
     channels_last: Literal["auto", "on", "off"] = "auto"
+    # The named transforms of the train and eval splits (haf.pipelines.transforms.TRANSFORMS) and the per-channel
+    # normalisation; null: resolved from the dataset at load time (see resolve_data_defaults), so the resolved
+    # config always states them.
+    transforms: "TransformsConfig" = field(default_factory=lambda: TransformsConfig())
+    normalize: "NormalizeConfig" = field(default_factory=lambda: NormalizeConfig())
+
+
+# Names of haf.pipelines.transforms' TRAIN_TRANSFORMS / EVAL_TRANSFORMS (a test keeps the two lists equal; this
+# module stays importable without torch).
+TrainTransform = Literal["random-resized-crop", "pad-crop", "reflect-pad-crop", "squash-pad-crop"]
+EvalTransform = Literal["resize-center-crop", "squash"]
+
+
+@dataclass(frozen=True)
+class TransformsConfig:
+    train: Union[TrainTransform, None] = None
+    eval: Union[EvalTransform, None] = None
+
+
+@dataclass(frozen=True)
+class NormalizeConfig:
+    mean: Union[list[float], None] = None  # R, G, B of x / 255
+    std: Union[list[float], None] = None
+
+
+# Defaults of a dataset that names no transforms: small images (≤ 64 px, or CIFAR-100's arrays) the pad-4 crop,
+# larger ones the ImageNet convention; the statistics of haf.pipelines.transforms' presets.
+SMALL_IMAGE_SIZE = 64
+_TRANSFORM_DEFAULTS = {
+    "small": ("pad-crop", "squash", [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
+    "large": ("random-resized-crop", "resize-center-crop", [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+}
 
 
 @dataclass(frozen=True)
@@ -132,6 +169,8 @@ class DeepSpeedConfig:
     # "bf16-autocast": fp32 weights, torch.autocast(bfloat16) around forward + loss (timm's "amp");
     # "bf16" / "fp16": DeepSpeed's low-precision weights with fp32 master copies (fp16 with dynamic loss scaling).
     precision: Literal["fp32", "bf16-autocast", "bf16", "fp16"] = "fp32"
+    # TF32 tensor-core matmuls/convolutions for fp32 work on Ampere+ GPUs (torch.backends.*.allow_tf32).
+    tf32: bool = True
     gradient_accumulation_steps: int = 1
     # Raw DeepSpeed config keys merged last (e.g. {"communication_data_type": "bf16"}); the keys we set from the
     # other fields may not be overridden here, so the config file has one place for each setting.
@@ -209,6 +248,7 @@ def load_config(
     raw.pop(BASE_KEY, None)
     config = _build(RunConfig, raw, "", source)
     config = dataclasses.replace(config, source=source if path is not None else None)
+    config = resolve_data_defaults(config)
     check_semantics(config)
     if validate_method:
         # Store the method's options as validated and defaulted (gamma 2 → 2.0, omitted keys filled in), so the
@@ -221,8 +261,19 @@ def load_config(
 def config_from_dict(data: Mapping[str, Any], source: str = "<checkpoint>") -> RunConfig:
     """Rebuild a config stored as a plain dict (checkpoints), with the same validation."""
     config = dataclasses.replace(_build(RunConfig, _plain(data), "", source), source=source)
+    config = resolve_data_defaults(config)
     check_semantics(config)
     return config
+
+
+def resolve_data_defaults(config: RunConfig) -> RunConfig:
+    """Fill ``data.transforms`` / ``data.normalize`` keys left null from the dataset (the paper configs set all)."""
+    d = config.data
+    small = config.dataset.kind == "cifar100" or d.image_size <= SMALL_IMAGE_SIZE
+    train, eval_, mean, std = _TRANSFORM_DEFAULTS["small" if small else "large"]
+    transforms = TransformsConfig(d.transforms.train or train, d.transforms.eval or eval_)
+    normalize = NormalizeConfig(list(d.normalize.mean or mean), list(d.normalize.std or std))
+    return dataclasses.replace(config, data=dataclasses.replace(d, transforms=transforms, normalize=normalize))
 
 
 def load_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
@@ -332,6 +383,8 @@ def check_semantics(config: RunConfig) -> None:
             fail(key, f"must be a finite number >= 0, got {value}")
     if not 0.0 <= o.momentum < 1.0:
         fail("optim.momentum", f"must be in [0, 1), got {o.momentum}")
+    if o.amsgrad and o.name != "adam":
+        fail("optim.amsgrad", f"AMSGrad is an Adam variant; optim.name is {o.name!r}")
     if o.nesterov and o.momentum == 0:
         fail("optim.nesterov", "Nesterov momentum needs optim.momentum > 0")
     if o.warmup_epochs < 0 or o.warmup_epochs >= max(t.epochs, 1):
@@ -366,6 +419,16 @@ def check_semantics(config: RunConfig) -> None:
                                 "optim.*); set them there")
     if not config.method.name:
         fail("method.name", "must name a method")
+    if t.steps is not None and t.steps < 1:
+        fail("train.steps", f"must be >= 1 or null, got {t.steps}")
+    if config.dataset.test_split == config.dataset.val_split:
+        fail("dataset.test_split", f"{config.dataset.test_split!r} is also dataset.val_split: the split that picks "
+                                   "the checkpoint cannot be the one that reports it")
+    for key, values in (("data.normalize.mean", d.normalize.mean), ("data.normalize.std", d.normalize.std)):
+        if values is not None and (len(values) != 3 or not all(math.isfinite(v) for v in values)):
+            fail(key, f"expected three finite numbers (R, G, B), got {values}")
+    if d.normalize.std is not None and min(d.normalize.std) <= 0:
+        fail("data.normalize.std", f"every standard deviation must be > 0, got {d.normalize.std}")
 
 
 def world_batch_split(global_batch: int, world_size: int, accumulation: int = 1, key: str = "train.batch_size") -> int:

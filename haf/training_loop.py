@@ -34,6 +34,7 @@ diagnostics ``nc_mean``, ``nc_std``, ``self_duality`` where the method has a sin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -154,8 +155,47 @@ def make_split_loader(config: RunConfig, data: PreparedData, split: str, *, trai
         batch_size=micro,
         image_size=config.data.image_size, workers=config.data.workers, rank=context.rank,
         world_size=context.world_size, seed=config.seed, device=context.device, dtype=dtype,
-        channels_last=channels_last, shuffle=train, drop_last=train,
+        channels_last=channels_last, shuffle=train, drop_last=train, **transform_options(config),
     )
+
+
+def apply_tf32(enabled: bool) -> None:
+    """``deepspeed.tf32``: let fp32 matmuls and convolutions use TF32 tensor cores (Ampere and later GPUs)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def transform_options(config: RunConfig) -> dict:
+    """The loader keywords of ``data.transforms`` / ``data.normalize`` (resolved at config load)."""
+    d = config.data
+    return {"transforms": (d.transforms.train, d.transforms.eval), "normalize": (d.normalize.mean, d.normalize.std)}
+
+
+def check_splits(config: RunConfig, dataset: Any) -> None:
+    """Before any epoch: the train, validation and test splits exist (a missing test split must not surface
+    after the last epoch)."""
+    available = sorted(dataset.splits)
+    for key, name in (("train", "train"), ("dataset.val_split", config.dataset.val_split),
+                      ("dataset.test_split", config.dataset.test_split)):
+        if name not in dataset.splits:
+            raise ValueError(f"{config.source or '<config>'}: key '{key}': dataset {dataset.name!r} at "
+                             f"{config.dataset.root!r} has no split {name!r} (it has: {', '.join(available)})")
+
+
+def resolve_epochs(config: RunConfig, train_size: int, world_size: int) -> RunConfig:
+    """``train.steps`` → ``train.epochs = max(1, round(steps / optimizer steps per epoch))``; else as is."""
+    t = config.train
+    if t.steps is None:
+        return config
+    accumulation = config.deepspeed.gradient_accumulation_steps
+    micro = world_batch_split(t.batch_size, world_size, accumulation)
+    per_rank = math.ceil(train_size / world_size)  # training shards are padded to equal length
+    steps_per_epoch = (per_rank // micro) // accumulation
+    if steps_per_epoch < 1:
+        raise ValueError(f"{config.source or '<config>'}: key 'train.batch_size': {t.batch_size} exceeds the "
+                         f"{train_size} training images")
+    epochs = max(1, round(t.steps / steps_per_epoch))
+    return config.replace(train=dataclasses.replace(t, epochs=epochs))
 
 
 def use_channels_last(config: RunConfig, device: torch.device) -> bool:
@@ -355,6 +395,7 @@ def run_training(config: RunConfig, *, resume: bool = False, data: PreparedData 
 
 
 def _run(config: RunConfig, context: DistributedContext, *, resume: bool, data: PreparedData | None) -> dict | None:
+    apply_tf32(config.deepspeed.tf32)
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(config)
     main = context.is_main
     if main:
@@ -367,6 +408,8 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, data: 
             dist.barrier()
         if data is None:
             data = prepare_dataset(config)
+    check_splits(config, data.dataset)
+    config = resolve_epochs(config, len(data.dataset["train"]), context.world_size)
     if main:
         atomic_write_text(config.to_yaml(), output_dir / CONFIG_NAME)
 
@@ -688,7 +731,7 @@ def evaluate_checkpoint(
     loader = make_loader(data.dataset, split, backend=backend, train=False,
                          batch_size=config.train.eval_batch_size, image_size=config.data.image_size,
                          workers=config.data.workers, rank=0, world_size=1, seed=config.seed, device=torch_device,
-                         channels_last=channels_last)
+                         channels_last=channels_last, **transform_options(config))
     loader.set_epoch(0)
     use_crm = method_supports_crm(model.method) if crm == "auto" else crm == "on"
     autocast = None
