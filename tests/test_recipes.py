@@ -1,0 +1,204 @@
+"""Every paper config against docs/RECIPES.md (parsed), and every config trained two steps on a tiny fake of its
+dataset in the real on-disk layout, ending with the final test on the real test split."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from haf.pipelines import transforms as T
+from haf.run_config import EvalTransform, TrainTransform, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+DATASETS = ("cifar100", "fgvc-aircraft", "inat2019", "tiered-imagenet")
+DATASET_CONFIGS = sorted(p for d in DATASETS for p in (CONFIGS / d).glob("*.yaml") if not p.name.startswith("_"))
+ALL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("_") and p.name != "base.yaml")
+
+# Per dataset (the prose of each RECIPES.md section): batch, px, train/eval transform, mean, std.
+DATA = {
+    "cifar100": (64, 32, "reflect-pad-crop", "squash", (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "fgvc-aircraft": (64, 224, "squash-pad-crop", "squash", (0.4880712, 0.5191783, 0.54383063),
+                      (0.21482512, 0.20683703, 0.23937796)),
+    "inat2019": (256, 224, "random-resized-crop", "squash", (0.454, 0.474, 0.367), (0.237, 0.230, 0.249)),
+    "tiered-imagenet": (256, 224, "random-resized-crop", "squash", T.IMAGENET_MEAN, T.IMAGENET_STD),
+}
+
+
+def recipe_rows() -> dict[tuple[str, str], dict[str, str]]:
+    """(dataset, config stem) → the row of its table in docs/RECIPES.md, by column name."""
+    rows, dataset, header = {}, None, None
+    for line in (ROOT / "docs" / "RECIPES.md").read_text().splitlines():
+        if line.startswith("## "):
+            dataset, header = line[3:].strip(), None
+        elif dataset in DATASETS and line.startswith("|") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if header is None:
+                header = cells
+            else:
+                rows[dataset, cells[0]] = dict(zip(header, cells))
+    return rows
+
+
+ROWS = recipe_rows()
+
+
+def test_the_table_covers_every_dataset_config():
+    assert {(p.parent.name, p.stem) for p in DATASET_CONFIGS} == set(ROWS)
+    assert len(DATASET_CONFIGS) == 36
+
+
+def test_transform_names_agree_between_config_and_pipeline():
+    import typing
+
+    assert typing.get_args(TrainTransform) == T.TRAIN_TRANSFORMS
+    assert typing.get_args(EvalTransform) == T.EVAL_TRANSFORMS
+
+
+def parse_optimiser(text: str) -> dict:
+    if text.startswith("SGD"):
+        momentum, lr, wd, schedule = re.fullmatch(r"SGD ([\d.]+), ([\d.e-]+), ([\d.e-]+), (\w+)", text).groups()
+        return {"name": "sgd", "momentum": float(momentum), "lr": float(lr), "weight_decay": float(wd),
+                "schedule": schedule, "amsgrad": False, "steps": None, "validate_every": 1}
+    match = re.fullmatch(r"Adam-AMSGrad, ([\d.e-]+), ([\d.e-]+), (\w+); ([\d,]+) steps, validate every (\d+) epochs",
+                         text)
+    lr, wd, schedule, steps, every = match.groups()
+    return {"name": "adam", "lr": float(lr), "weight_decay": float(wd), "schedule": schedule, "amsgrad": True,
+            "steps": int(steps.replace(",", "")), "validate_every": int(every)}
+
+
+def parse_groups(text: str) -> tuple[float, float | None, float]:
+    backbone, transformation, last = (part.strip() for part in text.split("/"))
+    return float(backbone), None if transformation == "–" else float(transformation), float(last)
+
+
+@pytest.mark.parametrize("path", DATASET_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_config_matches_the_recipe_table(path):
+    config = load_config(path)
+    dataset, row = path.parent.name, ROWS[path.parent.name, path.stem]
+    batch, size, train_op, eval_op, mean, std = DATA[dataset]
+    assert (config.train.batch_size, config.data.image_size) == (batch, size)
+    assert (config.data.transforms.train, config.data.transforms.eval) == (train_op, eval_op)
+    assert config.data.normalize.mean == pytest.approx(mean) and config.data.normalize.std == pytest.approx(std)
+    assert config.deepspeed.precision == "fp32" and config.deepspeed.tf32
+    assert config.dataset.test_split == "test" and config.dataset.val_split == "val"
+    assert config.train.test_checkpoint == "best"
+    assert config.model.head == row["head"]
+    o, opt = config.optim, parse_optimiser(row["optimiser, lr, wd, schedule"])
+    assert (o.name, o.lr, o.weight_decay, o.schedule, o.amsgrad) == (
+        opt["name"], opt["lr"], opt["weight_decay"], opt["schedule"], opt["amsgrad"])
+    if o.name == "sgd":
+        assert o.momentum == opt["momentum"] and not o.nesterov
+    assert (config.train.steps, config.train.validate_every) == (opt["steps"], opt["validate_every"])
+    assert config.train.epochs == 100  # with train.steps, replaced by round(steps / steps per epoch) at run start
+    backbone, transformation, last = parse_groups(row["lr groups"])
+    assert o.backbone_lr_scale == backbone and last == 1.0
+    if transformation is not None:
+        assert o.transformation_lr_scale == transformation
+    else:  # the WRN's type-I feature has no transformation layers: the scale must not matter
+        assert config.model.backbone.startswith("wrn") and config.model.head == "type1"
+    options, text = config.method.options, row["method options"]
+    for symbol, key in (("γ", "gamma"), ("α", "alpha"), ("β", "beta")):
+        found = re.search(rf"{symbol} ([\d.]+)", text)
+        if found:
+            assert options[key] == float(found.group(1))
+    if config.method.name == "hafeature":
+        levels = re.search(r"hinge l(\d+)–l(\d+)", text)
+        expected = list(range(int(levels.group(1)), int(levels.group(2)) + 1)) if levels else None
+        assert options["hinge_levels"] == expected
+        assert (options["dissimilarity_margin"], options["jsd_weight"]) == (3.0, 1.0)
+    if dataset == "tiered-imagenet":
+        assert config.model.pretrained == "pretrained/pass_moco_v2_800ep_resnet50.pth"
+    if dataset == "inat2019":
+        assert config.dataset.options["splits_dir"] == "splits_inat19"
+
+
+def test_bf16_autocast_is_one_set_away():
+    config = load_config(CONFIGS / "cifar100" / "haframe.yaml", ["deepspeed.precision=bf16-autocast"])
+    assert config.deepspeed.precision == "bf16-autocast"
+    with pytest.raises(ValueError, match="dataset.test_split"):
+        load_config(CONFIGS / "cifar100" / "haframe.yaml", ["dataset.test_split=val"])
+    with pytest.raises(ValueError, match="data.transforms.eval"):
+        load_config(CONFIGS / "cifar100" / "haframe.yaml", ["data.transforms.eval=random-resized-crop"])
+    with pytest.raises(ValueError, match="data.normalize.std"):
+        load_config(CONFIGS / "cifar100" / "haframe.yaml", ["data.normalize.std=[0.2, 0.0, 0.2]"])
+
+
+# ------------------------------------------------------------------------------------------------- smoke runs
+TIERED_LEAVES = ("n01592084", "n02102040", "n02102177")  # real wnids at depths 7, 12, 12: the tree keeps height 12
+
+
+def fake_cifar(root: Path) -> dict:
+    from test_readers_cifar100 import make_cifar
+
+    make_cifar(root, per_class_train=52, per_class_test=2)
+    return {"dataset.root": str(root)}
+
+
+def fake_fgvc(root: Path) -> dict:
+    from test_readers_fgvc_aircraft import make_fgvc
+
+    return {"dataset.root": str(make_fgvc(root, per_split=1))}
+
+
+def fake_inat(root: Path) -> dict:
+    from test_readers_inat2019 import make_inat, make_split_lists
+
+    make_split_lists(make_inat(root))
+    return {"dataset.root": str(root), "dataset.options.images_root": str(root)}
+
+
+def fake_tiered(root: Path) -> dict:
+    from test_readers_tiered_imagenet import jpeg
+
+    for wnid in TIERED_LEAVES:
+        for split, count in (("train", 2), ("val", 1), ("test", 1)):
+            names = [f"{wnid}_{split}{i}.JPEG" for i in range(count)]
+            for name in names:
+                jpeg(root / "train" / wnid / name)
+            (root / "splits_tieredImageNet-H" / split).mkdir(parents=True, exist_ok=True)
+            (root / "splits_tieredImageNet-H" / split / f"{wnid}.txt").write_text("\n".join(names) + "\n")
+    return {"dataset.root": str(root)}
+
+
+FAKES = {"cifar100": fake_cifar, "fgvc-aircraft": fake_fgvc, "inat2019": fake_inat, "tiered-imagenet": fake_tiered}
+
+
+@pytest.fixture(scope="module")
+def fake_roots(tmp_path_factory) -> dict:
+    return {name: make(tmp_path_factory.mktemp(name)) for name, make in FAKES.items()}
+
+
+@pytest.mark.usefixtures("single_torch_thread")
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_config_trains_two_steps_and_tests_on_the_test_split(path, fake_roots, tmp_path):
+    from haf.training_loop import prepare_dataset, run_training
+
+    base = load_config(path)
+    overrides = [f"output_dir={tmp_path / 'run'}", "train.epochs=1", "train.max_steps_per_epoch=2",
+                 "train.batch_size=2", "train.eval_batch_size=4", "train.device=cpu", "data.backend=torch",
+                 "data.workers=0", "data.image_size=16", "deepspeed.enabled=false", "logging.tensorboard=false",
+                 "logging.progress=false", "model.pretrained=null"]
+    if base.dataset.kind in FAKES:
+        overrides += [f"{k}={v}" for k, v in fake_roots[base.dataset.kind].items()]
+    if base.dataset.kind == "demo":
+        overrides += ["dataset.root=" + str(tmp_path / "demo")] + [
+            f"dataset.options.{k}={v}" for k, v in {"colours": 2, "patterns": 2, "shapes": 2, "image_size": 16,
+                                                    "train_per_class": 2, "val_per_class": 1,
+                                                    "test_per_class": 1}.items()]
+    if base.model.backbone not in ("tiny_cnn",):
+        overrides += ["model.backbone=tiny_cnn", "model.backbone_options={width: 8, depth: 2}"]
+    if base.train.steps is not None:
+        overrides += ["train.steps=2"]  # the step budget path: epochs = round(2 / steps per epoch) ≥ 1
+    config = load_config(path, overrides)
+    data = prepare_dataset(config)
+    assert "test" in data.dataset.splits and config.dataset.test_split != config.dataset.val_split
+    metrics = run_training(config, data=data)
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["run"]["split"] == "test" == config.dataset.test_split
+    assert record["run"]["test_images"] == len(data.dataset["test"])  # every test image, the real test split
+    assert metrics is not None and 0.0 <= record["top1"] <= 100.0
+    steps = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in steps) == 2
