@@ -202,3 +202,13 @@ def test_config_trains_two_steps_and_tests_on_the_test_split(path, fake_roots, t
     assert metrics is not None and 0.0 <= record["top1"] <= 100.0
     steps = [json.loads(line) for line in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in steps) == 2
+
+
+def test_missing_pretrained_checkpoint_is_named(tmp_path, monkeypatch):
+    """tieredImageNet-H expects the PASS MoCo-v2 file at model.pretrained; nothing is downloaded."""
+    from haf.backbones import build_backbone
+
+    config = load_config(CONFIGS / "tiered-imagenet" / "haframe.yaml")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="pass_moco_v2_800ep_resnet50.pth"):
+        build_backbone("resnet18", weights=config.model.pretrained)  # same loader as resnet50, smaller
