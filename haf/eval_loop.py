@@ -118,15 +118,18 @@ def evaluate(
     max_steps: int | None = None,
     progress: Any = None,
     collapse: bool = False,
+    class_groups: np.ndarray | None = None,
 ) -> dict:
     """Evaluate ``model`` (a HierarchyClassifier) on ``loader``.
 
     Returns ``{"metrics": {top1, mistake_severity, hierdist@k...}, "crm": {...} or None, "collapse": {nc_mean,
     nc_std, self_duality} or None, "loss": mean loss, "images": count, "seconds": wall time}``; all merged over
     ranks. ``collapse``: also compute the neural-collapse diagnostics (None when the method has no single K-row
-    classifier; see the module docstring).
+    classifier; see the module docstring). ``class_groups``: each class's shot group (0 many, 1 medium, 2 few;
+    :func:`haf.metrics.shot_groups` of the training counts) adds ``"shots"``: ``{group: metrics}`` of the plain
+    decoding, for the groups with samples (None without ``class_groups``).
     """
-    from haf.metrics import ClassMeans, HierarchicalMetrics, crm_scores
+    from haf.metrics import ClassMeans, GroupedHierarchicalMetrics, HierarchicalMetrics, crm_scores
 
     was_training = model.training
     model.eval()
@@ -134,6 +137,7 @@ def evaluate(
     ks = tuple(k for k in ks if k <= distance_tensor.shape[0])
     plain = HierarchicalMetrics(distance_tensor, ks)
     decoded = HierarchicalMetrics(distance_tensor, ks) if crm else None
+    grouped = GroupedHierarchicalMetrics(distance_tensor, class_groups, ks=ks) if class_groups is not None else None
     crm_distances = None
     loss_sum = torch.zeros((), dtype=torch.float64)
     count = 0
@@ -156,6 +160,8 @@ def evaluate(
             loss = model.loss(outputs, targets)
         scores = model.scores(outputs).float()
         plain.update(scores, targets)
+        if grouped is not None:
+            grouped.update(scores, targets)
         if decoded is not None:
             if crm_distances is None:
                 crm_distances = distance_tensor.to(device=scores.device, dtype=torch.float32)
@@ -176,6 +182,8 @@ def evaluate(
     plain.all_reduce_()
     if decoded is not None:
         decoded.all_reduce_()
+    if grouped is not None:
+        grouped.all_reduce_()
     diagnostics = None
     if means is not None:
         means.sums, means.counts = _all_reduce_(means.sums), _all_reduce_(means.counts)
@@ -186,6 +194,7 @@ def evaluate(
         "metrics": plain.compute(),
         "crm": decoded.compute() if decoded is not None else None,
         "collapse": diagnostics,
+        "shots": grouped.compute() if grouped is not None else None,
         "loss": float(totals[0] / max(images_seen, 1)),
         "images": images_seen,
         "seconds": time.perf_counter() - start,

@@ -86,8 +86,10 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "constant", "step"] = "cosine"  # haf.optimization.SCHEDULES
     warmup_epochs: int = 0  # linear warm-up to the schedule's value over the first epochs (0: the paper's recipe)
+    lr_milestones: list[int] = field(default_factory=list)  # "step": 0-based epochs where the lr is multiplied
+    lr_gamma: float = 0.1  # "step": the factor applied at each milestone
     backbone_lr_scale: float = 0.1  # backbone incl. the type-II head's 1×1 conv
     transformation_lr_scale: float = 1.0  # type-II transformation layers; 0.1 for iNat2019 / tieredImageNet-H
     # No weight decay on BatchNorm/PReLU parameters and biases? The reference decays everything trained: False.
@@ -108,6 +110,11 @@ class TrainConfig:
     grad_clip_norm: Union[float, None] = None  # DeepSpeed's gradient_clipping; null: off (the reference)
     validate_every: int = 1  # epochs between validations (the last epoch is always validated)
     test_checkpoint: Literal["best", "last"] = "best"  # the paper tests the best-validation-top-1 checkpoint
+    # Mixup (Zhang et al., ICLR 2018) for every method: λ ~ Beta(α, α), x ← λx + (1−λ)x[perm], loss λL(y) +
+    # (1−λ)L(y[perm]) on one forward pass (haf.mixup). 0: off.
+    mixup_alpha: float = 0.0
+    # Drop the partial last training batch (true) or train on it too (false: the CIFAR-LT code's loader).
+    drop_last: bool = True
     device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: this rank's GPU when there is one
 
 
@@ -185,6 +192,20 @@ class RunConfig:
 
 
 # ------------------------------------------------------------------------------------------- public loaders
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` as given if it exists, else the shorthand ``<dataset>/<name>`` found as ``configs/<dataset>/<name>.yaml``
+    under the working directory or the repository (``--config cifar100-lt/etf-dot-regression``)."""
+    path = Path(path)
+    if path.exists():
+        return path
+    named = path if path.suffix in (".yaml", ".yml") else path.with_name(path.name + ".yaml")
+    for root in (Path("configs"), Path(__file__).resolve().parent.parent / "configs"):
+        for candidate in (path.with_name(named.name), root / named):
+            if candidate.is_file():
+                return candidate
+    return path  # not found: load_yaml_tree names it
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: Sequence[str] = (),
@@ -198,6 +219,8 @@ def load_config(
     ``overrides``: strings ``dotted.key=value``; the value is parsed as YAML (``2`` → int, ``true`` → bool,
     ``null`` → None, ``[1, 2]`` → list), so ``--set train.epochs=2`` and ``--set dataset.options.size=16`` work.
     """
+    if path is not None:
+        path = resolve_config_path(path)
     source = str(path) if path is not None else "<dict>"
     raw: dict = load_yaml_tree(Path(path)) if path is not None else {}
     if data is not None:
@@ -334,6 +357,12 @@ def check_semantics(config: RunConfig) -> None:
         fail("optim.momentum", f"must be in [0, 1), got {o.momentum}")
     if o.nesterov and o.momentum == 0:
         fail("optim.nesterov", "Nesterov momentum needs optim.momentum > 0")
+    if any(m < 0 for m in o.lr_milestones) or list(o.lr_milestones) != sorted(o.lr_milestones):
+        fail("optim.lr_milestones", f"must be ascending epochs >= 0, got {o.lr_milestones}")
+    if not (math.isfinite(o.lr_gamma) and o.lr_gamma > 0):
+        fail("optim.lr_gamma", f"must be a finite number > 0, got {o.lr_gamma}")
+    if not (math.isfinite(t.mixup_alpha) and t.mixup_alpha >= 0):
+        fail("train.mixup_alpha", f"must be a finite number >= 0 (0: no mixup), got {t.mixup_alpha}")
     if o.warmup_epochs < 0 or o.warmup_epochs >= max(t.epochs, 1):
         fail("optim.warmup_epochs", f"must be in [0, train.epochs={t.epochs}), got {o.warmup_epochs}")
     for key, value in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size),

@@ -27,7 +27,9 @@ Output directory::
 schedule's peak-relative rate lr_t), ``lr/<group>`` (the rates the optimizer holds) and ``images_per_s`` (all
 ranks); val records the keys of :func:`haf.metrics.hierarchical_metrics`, ``loss``, and the neural-collapse
 diagnostics ``nc_mean``, ``nc_std``, ``self_duality`` where the method has a single K-row classifier
-(:func:`haf.eval_loop.collapse_target`); the test record the test metrics of the tested checkpoint.
+(:func:`haf.eval_loop.collapse_target`); the test record the test metrics of the tested checkpoint. On
+long-tailed data (classes in more than one shot group of the training counts) val and test records also carry
+``<group>/<metric>`` keys (``many/top1``, ``few/mistake_severity``, ...) and metrics.json a ``shots`` section.
 ``steps.jsonl`` holds the finer training curve: ``{"epoch", "split": "train", "step", "loss" (last micro-batch),
 "loss_mean" (mean since the previous record), "lr", "lr/<group>", "images_per_s"}``.
 """
@@ -62,6 +64,7 @@ from haf.checkpoints import (
     seed_everything,
 )
 from haf.eval_loop import evaluate, format_metric_table, method_supports_crm
+from haf.mixup import mix_batch, mixed_loss, mixup_generator
 from haf.optimization import learning_rate, set_learning_rate
 from haf.run_config import (
     RunConfig,
@@ -86,6 +89,18 @@ SPLITS = ("train", "val", "test")  # the values of a metrics.jsonl record's "spl
 class PreparedData:
     dataset: Any  # haf.pipelines.DatasetSplits
     distances: np.ndarray  # K × K int64 in the dataset's class order
+
+    @property
+    def class_groups(self) -> np.ndarray | None:
+        """Each class's shot group (many / medium / few) from the training split's counts; None without a
+        training split or when every class is in one group (balanced data: the split would repeat the totals)."""
+        from haf.metrics import shot_groups
+
+        if "train" not in self.dataset.splits:
+            return None
+        labels = np.asarray(self.dataset.splits["train"].labels)
+        groups = shot_groups(np.bincount(labels, minlength=len(self.dataset.classes)))
+        return groups if np.unique(groups).size > 1 else None
 
 
 def prepare_dataset(config: RunConfig) -> PreparedData:
@@ -154,7 +169,7 @@ def make_split_loader(config: RunConfig, data: PreparedData, split: str, *, trai
         batch_size=micro,
         image_size=config.data.image_size, workers=config.data.workers, rank=context.rank,
         world_size=context.world_size, seed=config.seed, device=context.device, dtype=dtype,
-        channels_last=channels_last, shuffle=train, drop_last=train,
+        channels_last=channels_last, shuffle=train, drop_last=train and config.train.drop_last,
     )
 
 
@@ -414,6 +429,7 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, data: 
     if micro_steps == 0:
         raise ValueError(f"{config.source or '<config>'}: key 'train.batch_size': the train split has "
                          f"{len(train_loader)} batch(es) per rank, fewer than one optimizer step")
+    class_groups = data.class_groups
     try:
         for epoch in range(start_epoch, epochs):
             # Everything random in this epoch is a function of (seed, epoch, rank): exact resume.
@@ -430,10 +446,12 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, data: 
                                 show_progress)
                 val_loader.set_epoch(epoch)
                 result = evaluate(engine.module, val_loader, data.distances, autocast=engine.autocast,
-                                  max_steps=config.train.max_eval_steps, progress=bar, collapse=True)
+                                  max_steps=config.train.max_eval_steps, progress=bar, collapse=True,
+                                  class_groups=class_groups)
                 if bar is not None:
                     bar.close()
-                metrics = {**result["metrics"], "loss": result["loss"], **(result["collapse"] or {})}
+                metrics = {**result["metrics"], "loss": result["loss"], **(result["collapse"] or {}),
+                           **shot_keys(result["shots"])}
                 logger.log({"split": "val", "epoch": epoch + 1, "step": global_step, **metrics}, global_step)
                 if main:
                     print(f"epoch {epoch + 1}/{epochs}: val " + ", ".join(
@@ -485,7 +503,7 @@ def _check_resume_compatible(config: RunConfig, state: dict, path: Path) -> None
         if getattr(stored, key) != getattr(config, key):
             raise ValueError(f"{path}: cannot resume: key '{key}' is {getattr(config, key)}, the checkpoint's is "
                              f"{getattr(stored, key)}")
-    for key in ("batch_size", "epochs"):
+    for key in ("batch_size", "epochs", "mixup_alpha", "drop_last"):
         if getattr(stored.train, key) != getattr(config.train, key):
             raise ValueError(f"{path}: cannot resume: key 'train.{key}' is {getattr(config.train, key)}, the "
                              f"checkpoint's is {getattr(stored.train, key)}")
@@ -505,12 +523,17 @@ def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: Distr
     epoch_loss = torch.zeros((), dtype=torch.float64)
     window_micro, window_images, window_start = 0, 0, time.perf_counter()
     epoch_micro, epoch_images, epoch_start = 0, 0, time.perf_counter()
+    alpha = config.train.mixup_alpha
     for micro_step, (images, targets) in enumerate(loader):
         if micro_step >= steps:
             break
+        mixed = None
+        if alpha > 0:
+            mixed = mix_batch(images, targets, alpha, mixup_generator(config.seed, epoch, micro_step, context.rank))
+            images = mixed.images
         with engine.autocast():
             outputs = engine.forward(images)
-            loss = model.loss(outputs, targets)
+            loss = model.loss(outputs, targets) if mixed is None else mixed_loss(model.loss, outputs, mixed)
         engine.backward(loss)
         engine.step()
         detached = loss.detach().double()
@@ -562,6 +585,8 @@ def result_record(config: RunConfig, result: dict, *, epoch: int, checkpoint: st
     record = dict(result["metrics"])
     if result["crm"] is not None:
         record["crm"] = dict(result["crm"])
+    if result.get("shots"):
+        record["shots"] = {group: dict(values) for group, values in result["shots"].items()}
     record["run"] = {
         "dataset": config.dataset.kind,
         "method": config.method.name,
@@ -576,6 +601,11 @@ def result_record(config: RunConfig, result: dict, *, epoch: int, checkpoint: st
         "output_dir": str(output_dir),
     }
     return record
+
+
+def shot_keys(shots: dict | None) -> dict[str, float]:
+    """``{group: metrics}`` flattened to ``"<group>/<metric>"`` keys for the metrics.jsonl records."""
+    return {f"{group}/{key}": value for group, values in (shots or {}).items() for key, value in values.items()}
 
 
 def _final_test(engine: Any, config: RunConfig, data: PreparedData, context: DistributedContext, output_dir: Path,
@@ -594,15 +624,15 @@ def _final_test(engine: Any, config: RunConfig, data: PreparedData, context: Dis
     bar = _progress(_steps(test_loader, config.train.max_eval_steps), "test", show)
     crm = method_supports_crm(engine.module.method)
     result = evaluate(engine.module, test_loader, data.distances, crm=crm, autocast=engine.autocast,
-                      max_steps=config.train.max_eval_steps, progress=bar)
+                      max_steps=config.train.max_eval_steps, progress=bar, class_groups=data.class_groups)
     if bar is not None:
         bar.close()
     record = result_record(config, result, epoch=int(state["epoch"]), checkpoint=path.name,
                            split=config.dataset.test_split, output_dir=output_dir)
     if context.is_main:
         atomic_write_text(json.dumps(record, indent=2) + "\n", output_dir / METRICS_NAME)
-        logger.log({"split": "test", "epoch": int(state["epoch"]), "step": global_step, **result["metrics"]},
-                   global_step)
+        logger.log({"split": "test", "epoch": int(state["epoch"]), "step": global_step, **result["metrics"],
+                    **shot_keys(result["shots"])}, global_step)
         print(format_metric_table({"plain": result["metrics"], "crm": result["crm"]},
                                   title=f"test ({path.name}, epoch {state['epoch']}):"), file=sys.stderr)
     return record
@@ -696,7 +726,8 @@ def evaluate_checkpoint(
         def autocast() -> Any:
             return torch.autocast(device_type=torch_device.type, dtype=torch.bfloat16)
     bar = _progress(len(loader), f"eval {split}", progress)
-    result = evaluate(model, loader, data.distances, crm=use_crm, autocast=autocast, progress=bar)
+    result = evaluate(model, loader, data.distances, crm=use_crm, autocast=autocast, progress=bar,
+                      class_groups=data.class_groups)
     if bar is not None:
         bar.close()
     record = result_record(config, result, epoch=int(state["epoch"]), checkpoint=str(path), split=split,
