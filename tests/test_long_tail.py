@@ -111,6 +111,20 @@ def test_cifar_resnet32():
         build_backbone("cifar_resnet", depth=30)
 
 
+@pytest.mark.parametrize("config_path", LT_CONFIGS, ids=[p.stem for p in LT_CONFIGS])
+def test_lt_configs_carry_the_authors_recipe(config_path):
+    from haf.run_config import load_config
+
+    c = load_config(config_path)
+    o, t = c.optim, c.train
+    assert (c.model.backbone, c.data.image_size, t.batch_size, t.epochs, t.mixup_alpha) == ("resnet32", 32, 128, 200, 1.0)
+    assert (o.lr, o.momentum, o.weight_decay, o.nesterov, o.backbone_lr_scale) == (0.1, 0.9, 2e-4, False, 1.0)
+    assert (o.schedule, o.lr_milestones, o.lr_gamma, o.warmup_epochs) == ("step", [160, 180], 0.1, 4)
+    assert (t.test_checkpoint, t.drop_last, c.dataset.kind) == ("last", False, "cifar100")
+    assert c.dataset.options["long_tail"] == "exp" and c.dataset.options["imbalance_ratio"] == 0.01
+    assert c.dataset.options["hierarchy"] == "hierarchies/cifar100_l5.json"
+
+
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory) -> Path:
     from haf.pipelines import load_dataset
@@ -186,3 +200,40 @@ def test_lt_configs_train_two_steps(config_path, fake_cifar100, tmp_path):
     assert record["run"]["best_epoch"] == 1
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["shots"] == record["shots"]
+
+
+def _metrics_json(path: Path, method: str, seed: int, few_top1: float) -> None:
+    base = {"top1": 40.0, "mistake_severity": 2.0, "hierdist@1": 1.2, "hierdist@5": 2.5, "hierdist@20": 3.0}
+    shots = {"many": {**base, "top1": 60.0}, "medium": {**base, "top1": 40.0},
+             "few": {**base, "top1": few_top1, "mistake_severity": 2.5}}
+    path.mkdir(parents=True)
+    (path / "metrics.json").write_text(json.dumps({**base, "shots": shots, "run": {
+        "dataset": "cifar100", "method": method, "model": "resnet32/type1", "seed": seed}}))
+
+
+def test_report_and_plot_shot_groups(tmp_path):
+    from haf import plots
+    from haf.report import make_report
+
+    _metrics_json(tmp_path / "a", "etf-dot-regression", 0, 10.0)
+    _metrics_json(tmp_path / "b", "etf-dot-regression", 1, 20.0)
+    markdown, csv_text = make_report([tmp_path])
+    assert "### cifar100 by shot group" in markdown and "few: top-1 (%)" in markdown
+    row = next(line for line in markdown.splitlines()[::-1] if line.startswith("| etf-dot-regression"))
+    assert "15.00 ±" in row and "60.00" in row and "2.50" in row  # few-shot mean of 10 and 20; many; few severity
+    header, values = csv_text.splitlines()[:2]
+    columns = dict(zip(header.split(","), values.split(",")))
+    assert float(columns["few/top1_mean"]) == 15.0 and float(columns["many/top1_mean"]) == 60.0
+    drawn = plots.plot_shot_groups({"etf": {"many/top1": 60.0, "few/top1": (15.0, 3.0), "few/mistake_severity": 2.5}},
+                                   tmp_path / "shots.png")
+    assert (tmp_path / "shots.png").stat().st_size > 0
+    assert drawn["etf"][0, 0] == 60.0 and np.isnan(drawn["etf"][0, 1]) and drawn["etf"][1, 2] == 2.5
+
+
+def test_cross_entropy_frozen_classifier_option():
+    from haf.methods import MethodContext, get_method
+
+    context = MethodContext(classes=("a", "b", "c", "d"), distances=D4)
+    method = get_method("cross-entropy")(8, context, get_method("cross-entropy").Options(frozen_classifier=True))
+    assert not any(p.requires_grad for p in method.parameters())
+    assert all(p.requires_grad for p in get_method("cross-entropy")(8, context).parameters())
