@@ -61,10 +61,10 @@ def synthetic_distances(num_classes: int, levels: int = 7, seed: int = 0) -> np.
 
 @pytest.fixture(scope="module")
 def model_and_optimizer():
-    from haf.classifier import build_classifier
+    from haf.models.classifier import build_classifier
     from haf.methods import MethodContext
-    from haf.optimization import build_optimizer
-    from haf.run_config import OptimConfig
+    from haf.training.optimization import build_optimizer
+    from haf.training.run_config import OptimConfig
 
     torch.manual_seed(0)
     distances = synthetic_distances(NUM_CLASSES)

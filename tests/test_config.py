@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from haf.optimization import deepspeed_config, learning_rate, schedule_factor, set_learning_rate
-from haf.run_config import (
+from haf.training.optimization import deepspeed_config, learning_rate, schedule_factor, set_learning_rate
+from haf.training.run_config import (
     RunConfig,
     apply_override,
     config_from_dict,

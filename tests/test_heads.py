@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from haf.heads import ResidualBlock, Type1Head, Type2Head, available_heads, build_head
+from haf.models.heads import ResidualBlock, Type1Head, Type2Head, available_heads, build_head
 
 
 def test_registry_and_errors():

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from haf.hierarchy import load_hierarchy
-from haf.method_losses import flamingo_chunk_bounds, hierarchical_ce_weights, hierarchical_cross_entropy
+from haf.methods.flamingo import flamingo_chunk_bounds
+from haf.methods.hierarchical_ce import hierarchical_ce_weights, hierarchical_cross_entropy
 from haf.methods import MethodContext, get_method
 from haf.methods._levels import class_levels
 

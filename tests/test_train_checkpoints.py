@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from haf.checkpoints import (
+from haf.training.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_KIND,
     atomic_torch_save,

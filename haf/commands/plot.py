@@ -30,7 +30,7 @@ def _run_label(metrics_path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from haf import plots
+    from haf.reporting import plots
 
     if args.what == "frame":
         from haf.frame import build_frame
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     import json
 
-    from haf.report import find_metric_files, load_run, summarize
+    from haf.reporting.report import find_metric_files, load_run, summarize
 
     out = Path(args.out_dir)
     logs: dict[str, list[dict]] = {}

@@ -8,14 +8,14 @@ HELP = "train a model from a YAML config (same as `python haf/train.py`; for sev
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from haf.run_config import add_train_arguments  # argparse + PyYAML only: cheap to import
+    from haf.training.run_config import add_train_arguments  # argparse + PyYAML only: cheap to import
 
     add_train_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from haf.run_config import load_config
-    from haf.training_loop import run_training
+    from haf.training.run_config import load_config
+    from haf.training.loop import run_training
 
     config = load_config(args.config, args.overrides, output_dir=args.output_dir)
     run_training(config, resume=args.resume)

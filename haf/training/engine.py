@@ -33,8 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from haf.optimization import build_optimizer, deepspeed_config
-from haf.run_config import RunConfig
+from haf.training.optimization import build_optimizer, deepspeed_config
+from haf.training.run_config import RunConfig
 
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

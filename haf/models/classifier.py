@@ -18,8 +18,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from haf.backbones import build_backbone
-from haf.heads import Head, build_head
+from haf.models.backbones import build_backbone
+from haf.models.heads import Head, build_head
 from haf.methods.base import Method, MethodContext, get_method
 
 __all__ = ["HierarchyClassifier", "build_classifier", "build_method_options"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from haf.paper_results import METRIC_KEYS, paper_row
+from haf.reporting.paper_results import METRIC_KEYS, paper_row
 
 CRM_SUFFIX = "+crm"
 # Lower is better for every metric but top-1; used to state the sign of "better" in differences.

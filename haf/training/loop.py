@@ -1,11 +1,11 @@
 """The training run behind ``haf/train.py``: epochs of train → validate → checkpoint, then the test metrics.
 
 One loop for every launcher (deepspeed, torchrun, plain python) and both engines (DeepSpeed, plain PyTorch);
-see :mod:`haf.train_engine`. Per epoch t (0-based) of T:
+see :mod:`haf.training.engine`. Per epoch t (0-based) of T:
 
 1. re-seed python/numpy/torch from (seed, t, rank) and ``loader.set_epoch(t)``: everything random in the epoch
    (data order, augmentation, dropout) is a function of (seed, t, rank), so a resumed run replays it exactly;
-2. set every group's lr to lr_t · lr_scale (:mod:`haf.optimization`), train one pass;
+2. set every group's lr to lr_t · lr_scale (:mod:`haf.training.optimization`), train one pass;
 3. validate (streaming hierarchical metrics, merged over ranks);
 4. write ``last.pt`` atomically (model incl. the frame, optimizer momentum, epoch, best metric, RNG states,
    config) and hard-link it as ``best.pt`` when validation top-1 improved.
@@ -21,13 +21,13 @@ Output directory::
     metrics.json       test metrics                 tensorboard/    both, for TensorBoard
                                                     deepspeed/      ZeRO ≥ 1 / bf16 / fp16 optimizer shards
 
-``metrics.jsonl`` (what :mod:`haf.plots` and ``make demo`` read) holds one JSON object per epoch and split:
+``metrics.jsonl`` (what :mod:`haf.reporting.plots` and ``make demo`` read) holds one JSON object per epoch and split:
 ``{"epoch": int (1-based, epochs completed), "split": "train" | "val" | "test", "step": optimizer steps so far,
 ...metrics}``. Train records carry ``loss`` (mean over the epoch's micro-batches on rank 0), ``lr`` (the
 schedule's peak-relative rate lr_t), ``lr/<group>`` (the rates the optimizer holds) and ``images_per_s`` (all
 ranks); val records the keys of :func:`haf.metrics.hierarchical_metrics`, ``loss``, and the neural-collapse
 diagnostics ``nc_mean``, ``nc_std``, ``self_duality`` where the method has a single K-row classifier
-(:func:`haf.eval_loop.collapse_target`); the test record the test metrics of the tested checkpoint.
+(:func:`haf.training.evaluation.collapse_target`); the test record the test metrics of the tested checkpoint.
 ``steps.jsonl`` holds the finer training curve: ``{"epoch", "split": "train", "step", "loss" (last micro-batch),
 "loss_mean" (mean since the previous record), "lr", "lr/<group>", "images_per_s"}``.
 """
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from haf.checkpoints import (
+from haf.training.checkpoints import (
     BEST_NAME,
     CHECKPOINT_FORMAT,
     CHECKPOINT_KIND,
@@ -61,9 +61,9 @@ from haf.checkpoints import (
     restore_rng_state,
     seed_everything,
 )
-from haf.eval_loop import evaluate, format_metric_table, method_supports_crm
-from haf.optimization import learning_rate, set_learning_rate
-from haf.run_config import (
+from haf.training.evaluation import evaluate, format_metric_table, method_supports_crm
+from haf.training.optimization import learning_rate, set_learning_rate
+from haf.training.run_config import (
     RunConfig,
     add_train_arguments,
     config_from_dict,
@@ -71,10 +71,10 @@ from haf.run_config import (
     resolve_data_backend,
     world_batch_split,
 )
-from haf.train_engine import DistributedContext, build_engine, setup_distributed, teardown_distributed
+from haf.training.engine import DistributedContext, build_engine, setup_distributed, teardown_distributed
 
 METRICS_NAME = "metrics.json"
-LOG_NAME = "metrics.jsonl"  # per-epoch records (the haf.plots contract)
+LOG_NAME = "metrics.jsonl"  # per-epoch records (the haf.reporting.plots contract)
 STEP_LOG_NAME = "steps.jsonl"  # every logging.log_every optimizer steps
 CONFIG_NAME = "config.yaml"
 DEEPSPEED_DIR = "deepspeed"
@@ -111,7 +111,7 @@ def distances_for(dataset: Any, convention: str | None, source: str | None = Non
 
 def build_model(config: RunConfig, dataset: Any, distances: np.ndarray) -> torch.nn.Module:
     """backbone → head → method from the registries; the frame rotation is seeded by ``config.seed``."""
-    from haf.classifier import build_classifier
+    from haf.models.classifier import build_classifier
     from haf.methods import MethodContext
 
     hierarchy = dataset.hierarchy

@@ -8,7 +8,7 @@ The head is everything between the backbone and the method's last layer (DESIGN.
   each ``x + f(x)`` with f = [Linear(K, K, no bias) → BN1d(K) → PReLU(K)] × 2 (D = K).
 
 Every head exposes ``out_features`` (D) and splits its parameters for the optimizer (see
-:meth:`haf.classifier.HierarchyClassifier.param_groups`):
+:meth:`haf.models.classifier.HierarchyClassifier.param_groups`):
 
 * :meth:`Head.backbone_modules` — trained like the backbone (the type-II 1×1 conv: the reference puts it in the
   backbone's lr/10 group);
@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from haf.backbones import check_factory_options
+from haf.models.backbones import check_factory_options
 
 __all__ = [
     "Head",
