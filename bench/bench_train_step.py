@@ -64,7 +64,7 @@ def model_and_optimizer():
     from haf.models.classifier import build_classifier
     from haf.methods import MethodContext
     from haf.training.optimization import build_optimizer
-    from haf.training.run_config import OptimConfig
+    from haf.training.schema import OptimConfig
 
     torch.manual_seed(0)
     distances = synthetic_distances(NUM_CLASSES)

@@ -46,12 +46,6 @@ def dataset_reader(kind: str) -> Callable[..., DatasetSplits]:
     return getattr(module, function_name)
 
 
-def reader_options(kind: str) -> tuple[str, ...]:
-    """Names of the options ``kind`` accepts (its reader's keyword arguments after ``root``)."""
-    parameters = list(inspect.signature(dataset_reader(kind)).parameters.values())[1:]
-    return tuple(p.name for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD)
-
-
 def load_dataset(kind: str, root: str | os.PathLike, **options) -> DatasetSplits:
     """Read the dataset of format ``kind`` at ``root``; see the module table for the kinds and their options."""
     reader = dataset_reader(kind)

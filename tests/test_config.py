@@ -8,14 +8,10 @@ import pytest
 import yaml
 
 from haf.training.optimization import deepspeed_config, learning_rate, schedule_factor, set_learning_rate
-from haf.training.run_config import (
-    RunConfig,
-    apply_override,
-    config_from_dict,
-    load_config,
-    resolve_data_backend,
-    world_batch_split,
-)
+from haf.pipelines.backends import resolve_data_backend
+from haf.training.assemble import world_batch_split
+from haf.training.run_config import apply_override, config_from_dict, load_config
+from haf.training.schema import RunConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUN_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("_") and p.name != "base.yaml")

@@ -43,7 +43,7 @@ def test_eval_reproduces_the_runs_test_metrics(trained_run, tmp_path, capsys):
 
 
 def test_eval_other_split_and_default_json_path(trained_run):
-    from haf.training.loop import evaluate_checkpoint
+    from haf.training.evaluation import evaluate_checkpoint
 
     _, out = trained_run
     result = evaluate_checkpoint(out / "last.pt", split="val", device="cpu", crm="off", progress=False)
@@ -54,7 +54,7 @@ def test_eval_other_split_and_default_json_path(trained_run):
 
 
 def test_eval_refuses_a_dataset_with_other_classes(trained_run, tmp_path):
-    from haf.training.loop import evaluate_checkpoint
+    from haf.training.evaluation import evaluate_checkpoint
 
     _, out = trained_run
     other = {**TINY_DEMO_OPTIONS, "colours": 3}

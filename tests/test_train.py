@@ -105,7 +105,7 @@ def test_plain_and_deepspeed_engines_agree(demo_root, tmp_path):
 def test_frame_is_not_optimized_and_unchanged_by_training(demo_root, tmp_path):
     from haf.training.optimization import build_optimizer
     from haf.training.run_config import load_config
-    from haf.training.loop import build_model, prepare_dataset
+    from haf.training.assemble import build_model, prepare_dataset
 
     config = load_config(None, data=tiny_run_dict(demo_root, tmp_path / "run"))
     data = prepare_dataset(config)
@@ -247,7 +247,7 @@ def test_bf16_autocast_reaches_the_model_inside_the_engine(demo_root, tmp_path, 
     autocast off unless its own torch_autocast is configured) while weights and gradients stay fp32."""
     from haf.training.run_config import load_config
     from haf.training.engine import build_engine, setup_distributed, teardown_distributed
-    from haf.training.loop import build_model, prepare_dataset
+    from haf.training.assemble import build_model, prepare_dataset
 
     config = load_config(None, data=tiny_run_dict(
         demo_root, tmp_path, train={"device": device},

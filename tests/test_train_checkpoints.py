@@ -13,11 +13,9 @@ from haf.training.checkpoints import (
     CHECKPOINT_KIND,
     atomic_torch_save,
     atomic_write_text,
-    capture_rng_state,
-    epoch_seed,
     load_checkpoint,
-    restore_rng_state,
 )
+from haf.training.seeding import capture_rng_state, epoch_seed, restore_rng_state
 
 
 def _minimal(**extra):

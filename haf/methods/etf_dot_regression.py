@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from haf.methods._loss_common import check_batch, compute_dtype, normface_scale
+from haf.losses import REDUCTIONS
 from haf.methods._full_precision import FullPrecisionBuffersMethod
 from haf.methods.base import MethodContext, register_method
 from haf.methods.etf_ce import simplex_etf_frame
@@ -118,7 +119,7 @@ def dot_regression_loss(
     features: torch.Tensor,
     class_vectors: torch.Tensor,
     target: torch.Tensor,
-    reduction: Literal["mean", "sum", "none"] = "mean",
+    reduction: Literal[REDUCTIONS] = "mean",
 ) -> torch.Tensor:
     """Dot-regression loss: ½ · mean_b (h_bᵀ w_{y_b} − ‖w_{y_b}‖·‖h_b‖)² / ‖h_b‖, with ‖h‖ and ‖w‖ detached.
 
@@ -132,7 +133,7 @@ def dot_regression_loss(
         raise ValueError(
             f"class_vectors must be K × D with D = {features.shape[1]}, got shape {tuple(class_vectors.shape)}"
         )
-    if reduction not in ("mean", "sum", "none"):
+    if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of mean, sum, none, got {reduction!r}")
     dtype = compute_dtype(features, class_vectors)
     h = features.to(dtype)

@@ -18,18 +18,23 @@ Layout of a training checkpoint (``CHECKPOINT_FORMAT`` = 1)::
 from __future__ import annotations
 
 import os
-import random
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping
 
 import numpy as np
 import torch
+import torch.distributed as dist
+
+from haf.training.run_config import config_from_dict
+from haf.training.run_folder import BEST_NAME, DEEPSPEED_DIR, LAST_NAME
+from haf.training.schema import RunConfig
+from haf.training.seeding import capture_rng_state, restore_rng_state
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KIND = "haf-train"
-LAST_NAME = "last.pt"
-BEST_NAME = "best.pt"
 
 
 def _atomic_write(path: str | Path, mode: str, write: Callable[[IO], None]) -> None:
@@ -103,49 +108,127 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-# ------------------------------------------------------------------------------------------------ RNG states
-def capture_rng_state() -> dict:
-    """Every global RNG a training step may touch, as weights_only-safe values."""
-    np_kind, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
-    py_version, py_internal, py_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(np_kind), "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
-                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_cached)},
-        # Mersenne-Twister words are < 2**32: exact in int64.
-        "python": {"version": int(py_version), "internal": torch.tensor(py_internal, dtype=torch.int64),
-                   "gauss_next": py_gauss},
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+# ------------------------------------------------------------------------------------- training state
+def _checkpoint_payload(engine: Any, config: RunConfig, data: Any, *, epoch: int, global_step: int,
+                        best_metric: float, best_epoch: int, metrics: dict | None, deepspeed_tag: str | None) -> dict:
+    model_state = {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "kind": CHECKPOINT_KIND,
+        "epoch": epoch,  # epochs completed
+        "global_step": global_step,
+        "best_metric": best_metric,
+        "best_epoch": best_epoch,
+        "model": model_state,
+        "optimizer": _to_cpu(engine.optimizer_state_dict()) if engine.owns_optimizer_state else None,
+        "deepspeed_tag": deepspeed_tag,
+        "rng": capture_rng_state(),
+        "config": config.to_dict(),
+        "config_source": config.source,
+        "classes": list(data.dataset.classes),
+        "distances": torch.from_numpy(np.ascontiguousarray(data.distances)),
+        "metrics": metrics or {},
+        "torch_version": str(torch.__version__),
     }
-    return state
 
 
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
-    py_state = state["python"]
-    random.setstate((py_state["version"], tuple(int(v) for v in py_state["internal"].tolist()),
-                     py_state["gauss_next"]))
-    cuda_states = state.get("cuda") or []
-    if cuda_states and torch.cuda.is_available():
-        # A resume on a different GPU count restores the devices both runs have.
-        count = min(len(cuda_states), torch.cuda.device_count())
-        for device in range(count):
-            torch.cuda.set_rng_state(cuda_states[device], device)
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy, torch (CPU and every CUDA device) from one integer."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
+def parameter_fingerprint(model: torch.nn.Module) -> torch.Tensor:
+    """Three float64 numbers that differ when any parameter differs: Σp, Σp², Σ(i mod 97 + 1)·p_i.
+
+    Data-parallel ranks must hold bit-identical weights after every step; comparing fingerprints at each checkpoint
+    catches a rank that silently diverged (a missed all-reduce, a non-deterministic kernel on one device).
+    """
+    parts = []
+    for param in model.parameters():
+        flat = param.detach().reshape(-1).double()  # on the parameter's device: no copy of the model to the host
+        weights = torch.arange(flat.numel(), dtype=torch.float64, device=flat.device).remainder_(97).add_(1)
+        parts.append(torch.stack([flat.sum(), flat.square().sum(), (flat * weights).sum()]).cpu())
+    return torch.stack(parts).sum(0) if parts else torch.zeros(3, dtype=torch.float64)
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """A well-mixed 63-bit seed for (run seed, epoch, rank): numpy's SeedSequence, so nearby triples do not
-    give correlated streams. Re-seeding at each epoch start makes a resumed run draw exactly what the
-    uninterrupted run drew, whatever happened before the kill."""
-    words = np.random.SeedSequence([seed, epoch, rank, 0x4A4652]).generate_state(2, dtype=np.uint32)
-    return int(words[0]) << 31 ^ int(words[1])
+def gather_fingerprints(model: torch.nn.Module, device: torch.device) -> list[list[float]]:
+    local = parameter_fingerprint(model)
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [local.tolist()]
+    local = local.to(device)
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    return [g.cpu().tolist() for g in gathered]
+
+
+def save_epoch_checkpoint(engine: Any, config: RunConfig, data: Any, context: Any,
+                          output_dir: Path, *, epoch: int, global_step: int, best_metric: float, best_epoch: int,
+                          metrics: dict | None, is_best: bool) -> None:
+    """Write last.pt atomically (and best.pt as a hard link of it); DeepSpeed shards first, on every rank."""
+    fingerprints = gather_fingerprints(engine.module, context.device)  # collective: every rank
+    if context.is_main and any(f != fingerprints[0] for f in fingerprints[1:]):
+        print(f"warning: epoch {epoch}: the ranks' parameters differ (fingerprints {fingerprints})", file=sys.stderr)
+    tag = None
+    if not engine.owns_optimizer_state:
+        tag = f"epoch{epoch:04d}"
+        engine.save_sharded(str(output_dir / DEEPSPEED_DIR), tag)  # collective: every rank writes its shard
+    if context.is_main:
+        payload = _checkpoint_payload(engine, config, data, epoch=epoch, global_step=global_step,
+                                      best_metric=best_metric, best_epoch=best_epoch, metrics=metrics,
+                                      deepspeed_tag=tag)
+        payload["rank_fingerprints"] = torch.tensor(fingerprints, dtype=torch.float64)
+        last = output_dir / LAST_NAME
+        atomic_torch_save(payload, last)
+        if is_best:
+            # A hard link of the file just written: no second copy of the weights, and still an atomic rename.
+            tmp = output_dir / f".{BEST_NAME}.link"
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(last, tmp)
+            except OSError:  # file systems without hard links
+                shutil.copyfile(last, tmp)
+            os.replace(tmp, output_dir / BEST_NAME)
+        if tag is not None:
+            # Shards of older epochs are no longer referenced by last.pt: remove them.
+            for old in (output_dir / DEEPSPEED_DIR).glob("epoch*"):
+                if old.name != tag:
+                    shutil.rmtree(old, ignore_errors=True)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def restore_training_state(engine: Any, state: dict, output_dir: Path) -> None:
+    engine.module.load_state_dict(state["model"])
+    if engine.owns_optimizer_state:
+        if state.get("optimizer") is None:
+            raise ValueError(f"{output_dir / LAST_NAME}: no optimizer state in the checkpoint (written by a ZeRO/"
+                             "low-precision run?); resume with the same deepspeed settings")
+        engine.load_optimizer_state_dict(state["optimizer"])
+    else:
+        tag = state.get("deepspeed_tag")
+        if not tag:
+            raise ValueError(f"{output_dir / LAST_NAME}: no DeepSpeed shard tag; resume with the same deepspeed "
+                             "settings the run was started with")
+        engine.load_sharded(str(output_dir / DEEPSPEED_DIR), tag)
+    restore_rng_state(state["rng"])
+
+
+
+
+def check_resume_compatible(config: RunConfig, state: dict, path: Path) -> None:
+    stored = config_from_dict(state["config"], source=str(path))
+    for section in ("dataset", "model", "method", "optim", "deepspeed"):
+        if getattr(stored, section) != getattr(config, section):
+            raise ValueError(f"{path}: cannot resume: the config's '{section}' section differs from the "
+                             f"checkpoint's ({getattr(stored, section)} vs {getattr(config, section)})")
+    if stored.seed != config.seed:
+        raise ValueError(f"{path}: cannot resume: key 'seed' is {config.seed}, the checkpoint's is {stored.seed}")
+    for key in ("batch_size", "epochs"):
+        if getattr(stored.train, key) != getattr(config.train, key):
+            raise ValueError(f"{path}: cannot resume: key 'train.{key}' is {getattr(config.train, key)}, the "
+                             f"checkpoint's is {getattr(stored.train, key)}")

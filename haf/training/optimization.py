@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from haf.training.run_config import OptimConfig, RunConfig, world_batch_split
+from haf.training.assemble import world_batch_split
+from haf.training.schema import OptimConfig, RunConfig
 
 def schedule_factor(epoch: int, epochs: int, schedule: str = "cosine", warmup_epochs: int = 0) -> float:
     """Multiplier of the peak lr at epoch ``epoch`` (0-based) of ``epochs``: ½(1 + cos(π t/T)) or 1.
