@@ -53,8 +53,8 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
         candidate = None
     if candidate is not None and candidate.is_file() and not Path(name).is_absolute():
         return candidate
-    raise FileNotFoundError(f"config file not found: {name_or_path} (nor a shipped config of that name; "
-                            f"(`haf config --list` shows the names)")
+    raise FileNotFoundError(f"config file not found: {name_or_path} (nor a shipped config of that name: "
+                            "`haf config --list` shows the names)")
 
 
 # ------------------------------------------------------------------------------------------- public loaders
