@@ -1,5 +1,5 @@
 """Training step of ResNet-50 + type-II head + HAFrame: images/s with the fused loss vs the reference loss, and the
-loss's share of the step (issue 4 item 6, DESIGN.md §6).
+loss's share of the step (speed targets: docs/METHOD.md).
 
 One step is what ``haf/train.py`` does per batch: forward (backbone → head → h), the HAFrame loss, backward, SGD
 step over the reference's parameter groups (backbone at lr/10), with the frame a fixed buffer. Paths:

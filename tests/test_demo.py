@@ -1,4 +1,4 @@
-"""`make demo` end to end in miniature, and the pieces of haf/demo.py that the miniature cannot judge.
+"""`make demo` end to end in miniature, and the pieces of haf/reporting/demo.py that the miniature cannot judge.
 
 The end-to-end test runs ``python -m haf.reporting.demo --quick`` (36 classes × 8 images generated into tmp_path, one epoch of
 three steps per method, both methods through the real ``haf/train.py`` subprocess), then runs it again to check that

@@ -1,4 +1,4 @@
-"""Type-I and type-II heads: shapes, the layer recipe of DESIGN.md §2, pooling, and the optimizer split."""
+"""Type-I and type-II heads: shapes, the layer recipe of docs/METHOD.md, pooling, and the optimizer split."""
 from __future__ import annotations
 
 import pytest

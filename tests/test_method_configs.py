@@ -26,7 +26,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # Files whose name starts with "_" are fragments composed by others (``_dataset.yaml``); base.yaml likewise.
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("_") and p.name != "base.yaml")
 DATASETS = ("cifar100", "fgvc-aircraft", "inat2019", "tiered-imagenet")
-# (classes, levels below the root) of each dataset's hierarchy (DESIGN.md; demo: colour → shape → stripe
+# (classes, levels below the root) of each dataset's hierarchy (docs/METHOD.md; demo: colour → shape → stripe
 # orientation over 36 classes). iNat2019 (K = 1010) and tieredImageNet-H (K = 608) are built with 128 classes:
 # K only sizes the last layers, while building a 1010-class frame alone takes ~8 s of the shared test CPU.
 TREE_SHAPE = {"cifar100": (100, 5), "fgvc-aircraft": (100, 3), "inat2019": (128, 7), "tiered-imagenet": (128, 12),

@@ -20,7 +20,7 @@ from haf.methods import MethodContext, get_method
 from haf.methods._levels import class_levels
 
 HIERARCHIES = Path(__file__).resolve().parents[1] / "hierarchies"
-# file, K, levels below the root (DESIGN.md: FGVC h = 3, CIFAR-100 h = 5, iNat2019 h = 7, tieredImageNet-H h = 12)
+# file, K, levels below the root (docs/METHOD.md: FGVC h = 3, CIFAR-100 h = 5, iNat2019 h = 7, tieredImageNet-H h = 12)
 TREES = [
     ("fgvc_aircraft.json", 100, 3),
     ("cifar100_l5.json", 100, 5),

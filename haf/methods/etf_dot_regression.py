@@ -64,7 +64,7 @@ class ETFDotRegression(FullPrecisionBuffersMethod):
         frame = simplex_etf_frame(self.name, context, in_features)
         self.register_buffer("frame", torch.from_numpy(frame).float(), persistent=True)
         self.batch_norm = nn.BatchNorm1d(in_features) if self.options.batch_norm else nn.Identity()
-        self.supports_crm = bool(self.options.report_crm)  # read by haf/eval_loop.py
+        self.supports_crm = bool(self.options.report_crm)  # read by haf/training/evaluation.py
         self.probability_scale = normface_scale(num_classes, self.options.target_probability)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

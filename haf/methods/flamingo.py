@@ -33,7 +33,7 @@ class Flamingo(Method):
     """One classifier per level on nested feature chunks with stop-gradients; sum of per-level CE."""
 
     # Trained with a log-likelihood of the (finest-level) softmax: a class posterior, so the evaluation also
-    # reports CRM decoding (haf/eval_loop.py reads this flag).
+    # reports CRM decoding (haf/training/evaluation.py reads this flag).
     supports_crm = True
 
     @dataclass(frozen=True)

@@ -38,7 +38,7 @@ class HAFeature(Method):
     """Per-level normalised classifiers on a shared feature; CE + JSD consistency − weight consistency + hinge."""
 
     # Trained with a log-likelihood of the (finest-level) softmax: a class posterior, so the evaluation also
-    # reports CRM decoding (haf/eval_loop.py reads this flag).
+    # reports CRM decoding (haf/training/evaluation.py reads this flag).
     supports_crm = True
 
     @dataclass(frozen=True)

@@ -17,8 +17,8 @@ Which exponent λ uses — checked against both sources, the choice is the ``wei
 The code also divides all weights by their sum over the whole tree (``normalize_weights``): a constant that the
 authors' Adam optimiser ignores, off by default here because under SGD it would only shrink the step.
 
-α: the authors ran α ∈ {0.1, …, 0.7, 0.9} (iNaturalist19) and {0.1, …, 0.6} (tieredImageNet-H); the issue asks
-for their 0.1 and 0.5. 0.1 (closest to cross-entropy in top-1) is the default. Scores are the leaf logits,
+α: the authors ran α ∈ {0.1, …, 0.7, 0.9} (iNaturalist19) and {0.1, …, 0.6} (tieredImageNet-H); the configs
+offer their 0.1 and 0.5. 0.1 (closest to cross-entropy in top-1) is the default. Scores are the leaf logits,
 probabilities the leaf softmax, which CRM decodes.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ class HierarchicalCrossEntropy(FullPrecisionBuffersMethod):
     """Learnable Linear(D, K) + hierarchical cross-entropy with exponentially decaying edge weights."""
 
     # Trained with a log-likelihood of the (finest-level) softmax: a class posterior, so the evaluation also
-    # reports CRM decoding (haf/eval_loop.py reads this flag).
+    # reports CRM decoding (haf/training/evaluation.py reads this flag).
     supports_crm = True
 
     @dataclass(frozen=True)

@@ -65,7 +65,7 @@ class HUG(Method):
         # U(−1/√D, 1/√D): nn.Linear's default weight range, as the authors' proxies.
         bound = 1.0 / math.sqrt(in_features)
         nn.init.uniform_(self.proxies, -bound, bound)
-        self.supports_crm = bool(self.options.report_crm)  # read by haf/eval_loop.py
+        self.supports_crm = bool(self.options.report_crm)  # read by haf/training/evaluation.py
         self.probability_scale = normface_scale(context.num_classes, self.options.target_probability)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ class SoftLabels(FullPrecisionBuffersMethod):
     """Learnable Linear(D, K) + KL divergence to hierarchy-derived soft targets."""
 
     # Trained with a log-likelihood of the (finest-level) softmax: a class posterior, so the evaluation also
-    # reports CRM decoding (haf/eval_loop.py reads this flag).
+    # reports CRM decoding (haf/training/evaluation.py reads this flag).
     supports_crm = True
 
     @dataclass(frozen=True)

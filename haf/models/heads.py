@@ -1,6 +1,6 @@
 """Heads: backbone feature map (B × C × h × w) → feature vector h (B × D), found through a registry.
 
-The head is everything between the backbone and the method's last layer (DESIGN.md §2):
+The head is everything between the backbone and the method's last layer (docs/METHOD.md):
 
 * ``type1`` — the baseline head. ResNet-50: global **max** pool → BN1d(C) → Linear(C, 600) → BN1d(600) → ELU
   (D = 600). Wide-ResNet-28-8: the 512-d global **average**-pooled feature (``pool="avg", hidden_dim=None``).
@@ -39,7 +39,7 @@ __all__ = [
 HeadFactory = Callable[..., "Head"]
 _HEADS: dict[str, HeadFactory] = {}
 
-#: Width of the type-I ResNet-50 feature (DESIGN.md §2: Linear(2048, 600)).
+#: Width of the type-I ResNet-50 feature (docs/METHOD.md: Linear(2048, 600)).
 TYPE1_HIDDEN_DIM = 600
 
 POOLS = ("max", "avg")

@@ -18,7 +18,7 @@ What S, W and M are comes from the method's one K-row classifier (``Method.class
 :func:`collapse_target`): a fixed frame W gives S_ij = cos(w_i, w_j) (HAFrame's S by construction), a learnable
 classifier (cross-entropy and relatives) the simplex-ETF target S_ij = −1/(K−1) that its collapse converges to
 (Papyan et al., PNAS 2020). Class means are centred on their mean (the global mean) for ETF targets and learnable
-classifiers and left raw for HAFrame, whose S has no centre (DESIGN.md §2). Methods without a single K-row
+classifiers and left raw for HAFrame, whose S has no centre (docs/METHOD.md). Methods without a single K-row
 classifier (Flamingo, HAFeature: one classifier per level) get no diagnostics (no keys). The means are always
 those of h, the head's output: for ETF dot-regression, whose frame meets BatchNorm(h), that is the feature before
 the method's own normalisation.

@@ -1,6 +1,6 @@
 """The optimisation recipe: parameter groups → SGD, the per-epoch learning-rate schedule, the DeepSpeed config.
 
-Reference recipe (DESIGN.md §2): SGD, momentum 0.9, weight decay 5e-4 on every *trained* parameter (the frame is a
+Reference recipe (docs/METHOD.md): SGD, momentum 0.9, weight decay 5e-4 on every *trained* parameter (the frame is a
 buffer, so it is neither trained nor decayed), learning rate per epoch t of T
 
     lr_t = lr · ½ · (1 + cos(π t / T)),    lr = 0.1  ⇒  lr_t = 0.05 · (cos(π t / T) + 1),

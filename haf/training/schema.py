@@ -25,7 +25,7 @@ class DatasetConfig:
     root: str = ".cache/demo-data"
     # Reader-specific keyword arguments, passed through verbatim (the reader validates them).
     options: dict = field(default_factory=dict)
-    # How the reader's hierarchy becomes a distance matrix (DESIGN.md §2): "lca-height" (siblings at 1) or
+    # How the reader's hierarchy becomes a distance matrix (docs/METHOD.md): "lca-height" (siblings at 1) or
     # "fixed-depth" (tieredImageNet-H's H − depth(LCA)); null keeps the reader's/file's own convention.
     distance_convention: Union[Literal["lca-height", "fixed-depth"], None] = None
     val_split: str = "val"
@@ -37,7 +37,7 @@ class ModelConfig:
     """Backbone + head; the method on top is the ``method`` section."""
 
     backbone: str = "resnet50"  # checked against the backbone registry when the model is built
-    head: Literal["type1", "type2"] = "type2"  # DESIGN.md §2 "Heads": type-I baseline, type-II HAFrame head
+    head: Literal["type1", "type2"] = "type2"  # docs/METHOD.md "Heads": type-I baseline, type-II HAFrame head
     # Backbone initialisation: null (from scratch), a torchvision weights name ("IMAGENET1K_V1", "DEFAULT"), or a
     # path to a (self-supervised) checkpoint file. Passed as the backbone's ``weights`` option.
     pretrained: Union[str, None] = None
