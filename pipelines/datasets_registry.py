@@ -11,7 +11,7 @@ kind                layout                                                     d
 ``image-folder``    ``<root>/{train,val,test}/<class>/<image>`` + hierarchy file  lca-height
 ``fgvc-aircraft``   the original release (``images_variant_*.txt`` ...)         lca-height
 ``inat2019``        ``train2019.json`` / ``val2019.json`` + images              lca-height
-``tiered-imagenet`` per-class split lists over an ImageNet tree + hierarchy     fixed-depth (DESIGN.md §2)
+``tiered-imagenet`` per-class split lists over an ImageNet tree + hierarchy     fixed-depth (docs/METHOD.md)
 ``cifar100``        the python pickle batches (``train``, ``test``, ``meta``)   lca-height
 ``demo``            the generated demo dataset (generated on first use)         lca-height
 ==================  =========================================================  ==========================
