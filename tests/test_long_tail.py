@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from haf.metrics import GroupedHierarchicalMetrics, HierarchicalMetrics, shot_groups
-from haf.mixup import mix_batch, mixed_loss, mixup_generator
+from haf.training.mixup import mix_batch, mixed_loss, mixup_generator
 from test_readers_cifar100 import py2_dumps
 from train_fixtures import TINY_DEMO_OPTIONS, checkpoint_params, step_records, tiny_run_dict
 
@@ -62,8 +62,8 @@ def test_group_metrics_hand_worked():
 
 
 def test_step_schedule_is_the_authors():
-    from haf.optimization import learning_rate
-    from haf.run_config import load_config
+    from haf.training.optimization import learning_rate
+    from haf.training.run_config import load_config
 
     config = load_config(REPO / "configs" / "cifar100-lt" / "etf-dot-regression.yaml")
 
@@ -96,7 +96,7 @@ def test_mixup_loss_value_and_stream():
 
 
 def test_cifar_resnet32():
-    from haf.backbones import build_backbone
+    from haf.models.backbones import build_backbone
 
     net = build_backbone("resnet32")
     assert net.out_channels == 128 and len(net.layer1) == 5
@@ -113,7 +113,7 @@ def test_cifar_resnet32():
 
 @pytest.mark.parametrize("config_path", LT_CONFIGS, ids=[p.stem for p in LT_CONFIGS])
 def test_lt_configs_carry_the_authors_recipe(config_path):
-    from haf.run_config import load_config
+    from haf.training.run_config import load_config
 
     c = load_config(config_path)
     o, t = c.optim, c.train
@@ -135,8 +135,8 @@ def demo_root(tmp_path_factory) -> Path:
 
 
 def test_mixup_resume_is_exact(demo_root, tmp_path):
-    from haf.run_config import load_config
-    from haf.training_loop import run_training
+    from haf.training.run_config import load_config
+    from haf.training.loop import run_training
 
     def run(out, resume=False, **train):
         sections = {"train": {"epochs": 2, "mixup_alpha": 1.0, **train}, "deepspeed": {"enabled": False}}
@@ -177,8 +177,8 @@ def fake_cifar100(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("config_path", LT_CONFIGS, ids=[p.stem for p in LT_CONFIGS])
 def test_lt_configs_train_two_steps(config_path, fake_cifar100, tmp_path):
-    from haf.run_config import load_config
-    from haf.training_loop import run_training
+    from haf.training.run_config import load_config
+    from haf.training.loop import run_training
 
     shorthand = f"cifar100-lt/{config_path.stem}"
     assert Path(load_config(shorthand).source).resolve() == config_path.resolve()  # the --config shorthand
@@ -212,8 +212,8 @@ def _metrics_json(path: Path, method: str, seed: int, few_top1: float) -> None:
 
 
 def test_report_and_plot_shot_groups(tmp_path):
-    from haf import plots
-    from haf.report import make_report
+    from haf.reporting import plots
+    from haf.reporting.report import make_report
 
     _metrics_json(tmp_path / "a", "etf-dot-regression", 0, 10.0)
     _metrics_json(tmp_path / "b", "etf-dot-regression", 1, 20.0)

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 
 from haf.hierarchy import load_hierarchy
-from haf.paper_results import PAPER_DATASETS
-from haf.run_config import load_config
+from haf.reporting.paper_results import PAPER_DATASETS
+from haf.training.run_config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").glob("*/*.yaml") if not p.name.startswith("_"))

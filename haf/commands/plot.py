@@ -30,7 +30,7 @@ def _run_label(metrics_path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from haf import plots
+    from haf.reporting import plots
 
     if args.what == "frame":
         from haf.frame import build_frame
@@ -48,15 +48,16 @@ def run(args: argparse.Namespace) -> int:
 
     import json
 
-    from haf.report import find_metric_files, load_run, summarize
+    from haf.reporting.report import find_metric_files, load_run, summarize
+    from haf.training.run_folder import LOG_NAME
 
     out = Path(args.out_dir)
     logs: dict[str, list[dict]] = {}
     hierdist: dict[str, dict[int, list[float]]] = {}  # method -> k -> values over seeds
     shots: dict[str, dict[str, list[float]]] = {}  # method -> "<group>/<metric>" -> values over seeds
     for metrics_path in find_metric_files(args.runs):
-        if (metrics_path.parent / "metrics.jsonl").exists():
-            logs[_run_label(metrics_path)] = plots.read_jsonl(metrics_path.parent / "metrics.jsonl")
+        if (metrics_path.parent / LOG_NAME).exists():
+            logs[_run_label(metrics_path)] = plots.read_jsonl(metrics_path.parent / LOG_NAME)
         for result in load_run(metrics_path):
             for key, value in result.metrics.items():
                 if "/" in key:

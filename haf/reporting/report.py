@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from haf.metrics import SHOT_GROUPS
-from haf.paper_results import METRIC_KEYS, paper_row
+from haf.reporting.paper_results import METRIC_KEYS, paper_row
+from haf.training.run_folder import METRICS_NAME
 
 CRM_SUFFIX = "+crm"
 # Lower is better for every metric but top-1; used to state the sign of "better" in differences.
@@ -151,7 +152,7 @@ def find_metric_files(inputs: Iterable[str | Path]) -> list[Path]:
             raise FileNotFoundError(f"no files match {item!r}")
         for path in paths:
             if path.is_dir():
-                found.update(path.rglob("metrics.json"))
+                found.update(path.rglob(METRICS_NAME))
             elif path.is_file():
                 found.add(path)
             else:

@@ -2,7 +2,7 @@
 
 Every backbone is an ``nn.Module`` that returns the last *spatial* feature map (no global pooling, no classifier):
 pooling belongs to the head (type-I max-pools, type-II convolves to K channels and then average-pools), see
-:mod:`haf.heads`. Each exposes ``out_channels`` (C) so heads can be built without a dry run.
+:mod:`haf.models.heads`. Each exposes ``out_channels`` (C) so heads can be built without a dry run.
 
 Registered backbones (``available_backbones()``):
 
@@ -323,7 +323,7 @@ for _arch in _TORCHVISION_ARCHS:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-#: Per-head option defaults a backbone sets (``backbone.head_defaults``, read by ``haf.classifier.build_classifier``):
+#: Per-head option defaults a backbone sets (``backbone.head_defaults``, read by ``haf.models.classifier.build_classifier``):
 #: on small 32-px networks the reference type-I feature is the plain average-pooled map (WRN-28-8: 512-d), not
 #: ResNet-50's max-pool → BN → Linear(·, 600) → BN → ELU.
 _POOLED_FEATURE_HEAD_DEFAULTS: dict[str, dict[str, Any]] = {"type1": {"pool": "avg", "hidden_dim": None}}

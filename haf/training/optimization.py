@@ -1,6 +1,6 @@
 """The optimisation recipe: parameter groups → SGD, the per-epoch learning-rate schedule, the DeepSpeed config.
 
-Reference recipe (DESIGN.md §2): SGD, momentum 0.9, weight decay 5e-4 on every *trained* parameter (the frame is a
+Reference recipe (docs/METHOD.md): SGD, momentum 0.9, weight decay 5e-4 on every *trained* parameter (the frame is a
 buffer, so it is neither trained nor decayed), learning rate per epoch t of T
 
     lr_t = lr · ½ · (1 + cos(π t / T)),    lr = 0.1  ⇒  lr_t = 0.05 · (cos(π t / T) + 1),
@@ -18,7 +18,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from haf.run_config import OptimConfig, RunConfig, world_batch_split
+from haf.training.assemble import world_batch_split
+from haf.training.schema import OptimConfig, RunConfig
 
 def _cosine(epoch: int, epochs: int, milestones: Sequence[int], gamma: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
@@ -77,7 +78,7 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimiz
     if optim.name != "sgd":
         raise ValueError(f"key 'optim.name': unknown optimizer {optim.name!r}; valid choices: sgd")
     if not hasattr(model, "param_groups"):
-        raise ValueError(f"{type(model).__name__} has no param_groups(); expected a haf.classifier.HierarchyClassifier")
+        raise ValueError(f"{type(model).__name__} has no param_groups(); expected a haf.models.classifier.HierarchyClassifier")
     groups = model.param_groups(optim.lr, optim.weight_decay, backbone_lr_scale=optim.backbone_lr_scale,
                                 transform_lr_scale=optim.transformation_lr_scale,
                                 no_decay_norm_and_bias=optim.no_decay_norm_and_bias)
@@ -104,7 +105,7 @@ def deepspeed_config(config: RunConfig, world_size: int) -> dict:
         "gradient_clipping": config.train.grad_clip_norm or 0.0,
         # DeepSpeed casts parameters to bf16/fp16 but by default keeps buffers as loaded: BatchNorm would then see
         # low-precision weights next to fp32 running statistics, which its kernels reject. Cast buffers too (the
-        # fixed frame and S are restored to fp32 after initialisation, see haf.training_loop).
+        # fixed frame and S are restored to fp32 after initialisation, see haf.training.loop).
         "data_types": {"buffer_dtype": {"bf16": "bf16", "fp16": "fp16"}.get(ds.precision)},
         # DeepSpeed's own step log would interleave with our progress bars: effectively off.
         "steps_per_print": 2**31 - 1,
