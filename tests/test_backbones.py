@@ -7,8 +7,8 @@ import pytest
 import torch
 import torchvision
 
-import haf.backbones as backbones
-from haf.backbones import (
+import haf.models.backbones as backbones
+from haf.models.backbones import (
     available_backbones,
     build_backbone,
     load_backbone_checkpoint,
@@ -217,7 +217,7 @@ def test_failed_download_says_what_to_do(monkeypatch):
 def test_wide_resnet_follows_the_reference_blocks():
     """LeakyReLU(0.1), BN momentum 0.001, stage 2/3 first blocks convolve the raw input; the type-II head on a
     WRN takes the reference's BN1d momentum and He-normal 1×1 conv."""
-    from haf.classifier import build_classifier
+    from haf.models.classifier import build_classifier
     from haf.methods import MethodContext
     from method_fixtures import DISTANCES, LEVEL_LABELS
 

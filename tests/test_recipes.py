@@ -9,13 +9,17 @@ from pathlib import Path
 import pytest
 
 from haf.pipelines import transforms as T
-from haf.run_config import EvalTransform, TrainTransform, load_config
+from haf.training.run_config import load_config
+from haf.training.schema import EvalTransform, TrainTransform
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 DATASETS = ("cifar100", "fgvc-aircraft", "inat2019", "tiered-imagenet")
 DATASET_CONFIGS = sorted(p for d in DATASETS for p in (CONFIGS / d).glob("*.yaml") if not p.name.startswith("_"))
-ALL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("_") and p.name != "base.yaml")
+# configs/cifar100-lt train two steps in tests/test_long_tail.py, on a fake CIFAR-100 large enough for the
+# long-tailed subset and with the warm-up their 1-epoch run needs cut.
+ALL_CONFIGS = sorted(p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("_") and p.name != "base.yaml"
+                     and p.parent.name != "cifar100-lt")
 
 # Per dataset (the prose of each RECIPES.md section): batch, px, train/eval transform, mean, std.
 DATA = {
@@ -50,11 +54,39 @@ def test_the_table_covers_every_dataset_config():
     assert len(DATASET_CONFIGS) == 36
 
 
+def test_only_the_dataset_sections_are_parsed():
+    """The CIFAR-100-LT section (own table, tests/test_long_tail.py) and the deviations are not dataset tables."""
+    text = (ROOT / "docs" / "RECIPES.md").read_text()
+    assert "## CIFAR-100-LT" in text and {dataset for dataset, _ in ROWS} == set(DATASETS)
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "cifar100-lt").glob("[!_]*.yaml")), ids=lambda p: p.stem)
+def test_long_tail_configs_keep_the_authors_crop(path):
+    """RECIPES.md "CIFAR-100-LT": RandomCrop(32, padding 4) + flip with CIFAR-100 statistics, not the balanced
+    CIFAR-100 recipe's reflect padding that the LT configs' base would otherwise give them."""
+    config = load_config(path)
+    assert (config.data.transforms.train, config.data.transforms.eval) == ("pad-crop", "squash")
+    assert config.data.normalize.mean == pytest.approx(T.CIFAR100_MEAN)
+    assert config.data.normalize.std == pytest.approx(T.CIFAR100_STD)
+    assert config.deepspeed.precision == "fp32" and config.dataset.test_split != config.dataset.val_split
+
+
 def test_transform_names_agree_between_config_and_pipeline():
     import typing
 
     assert typing.get_args(TrainTransform) == T.TRAIN_TRANSFORMS
     assert typing.get_args(EvalTransform) == T.EVAL_TRANSFORMS
+
+
+def test_optimiser_and_schedule_names_agree_with_their_registries():
+    import typing
+
+    from haf.training.optimization import OPTIMIZERS, SCHEDULES
+    from haf.training.schema import OptimConfig
+
+    hints = typing.get_type_hints(OptimConfig)
+    assert typing.get_args(hints["name"]) == tuple(OPTIMIZERS)
+    assert typing.get_args(hints["schedule"]) == tuple(SCHEDULES)
 
 
 def parse_optimiser(text: str) -> dict:
@@ -174,7 +206,8 @@ def fake_roots(tmp_path_factory) -> dict:
 @pytest.mark.usefixtures("single_torch_thread")
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_config_trains_two_steps_and_tests_on_the_test_split(path, fake_roots, tmp_path):
-    from haf.training_loop import prepare_dataset, run_training
+    from haf.training.assemble import prepare_dataset
+    from haf.training.loop import run_training
 
     base = load_config(path)
     overrides = [f"output_dir={tmp_path / 'run'}", "train.epochs=1", "train.max_steps_per_epoch=2",
@@ -206,7 +239,7 @@ def test_config_trains_two_steps_and_tests_on_the_test_split(path, fake_roots, t
 
 def test_missing_pretrained_checkpoint_is_named(tmp_path, monkeypatch):
     """tieredImageNet-H expects the PASS MoCo-v2 file at model.pretrained; nothing is downloaded."""
-    from haf.backbones import build_backbone
+    from haf.models.backbones import build_backbone
 
     config = load_config(CONFIGS / "tiered-imagenet" / "haframe.yaml")
     monkeypatch.chdir(tmp_path)
