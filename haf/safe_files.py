@@ -73,7 +73,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda handle: handle.write(text), mode="w")
+    """UTF-8, whatever the locale."""
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
