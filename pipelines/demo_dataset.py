@@ -45,6 +45,8 @@ from typing import Iterator
 
 import numpy as np
 
+from haf.safe_files import naming
+
 # Bump when the rendering changes: a cached dataset of another version is regenerated, never silently reused.
 GENERATOR_VERSION = 2
 MANIFEST_NAME = "demo_manifest.json"
@@ -390,7 +392,8 @@ def ensure_demo_dataset(
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        write_demo_dataset(tmp, spec, seed, progress=progress)
+        with naming(root):  # a full disk while writing images: the error names the dataset folder
+            write_demo_dataset(tmp, spec, seed, progress=progress)
         if root.exists() and not is_complete(root, spec, seed):
             # A stale or partial demo folder (checked above): move it aside first, rename is not allowed onto it.
             stale = root.parent / f".{root.name}.stale-{os.getpid()}-{uuid.uuid4().hex[:8]}"
