@@ -25,10 +25,15 @@ def _pyplot():
 
 
 def _save(fig, path: str | Path) -> Path:
+    """Write the figure to a temporary name and rename it (format from the suffix, PNG without one)."""
+    from haf.safe_files import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    _pyplot().close(fig)
+    try:
+        atomic_write(path, lambda handle: fig.savefig(handle, format=path.suffix.lstrip(".").lower() or "png",
+                                                      dpi=DPI, bbox_inches="tight"))
+    finally:
+        _pyplot().close(fig)
     return path
 
 
