@@ -85,6 +85,9 @@ class TrainConfig:
     validate_every: int = 1  # epochs between validations (the last epoch is always validated)
     test_checkpoint: Literal["best", "last"] = "best"  # the paper tests the best-validation-top-1 checkpoint
     device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: this rank's GPU when there is one
+    # A non-finite training loss: "stop" the run (one line naming epoch, step and loss; the last checkpoint is
+    # kept), or "skip" that batch's update (one host sync per step; needs gradient_accumulation_steps 1).
+    nonfinite_loss: Literal["stop", "skip"] = "stop"
 
 
 @dataclass(frozen=True)
