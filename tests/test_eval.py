@@ -79,6 +79,19 @@ def test_eval_never_generates_a_dataset(trained_run, tmp_path, capsys):
     assert not (tmp_path / "mistyped").exists()
 
 
+def test_eval_never_generates_a_dataset_even_at_the_cache_location(trained_run, tmp_path, monkeypatch, capsys):
+    """Training may generate the demo dataset at its cache location; evaluation reads with generate=False."""
+    from haf.cli import main
+
+    _, out = trained_run
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(out / "best.pt"), "--data-root", ".cache/demo-data", "--no-progress",
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ".cache/demo-data does not exist" in err and "haf demo-data" in err
+    assert not (tmp_path / ".cache").exists()
+
+
 def test_eval_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     from haf.cli import main
 

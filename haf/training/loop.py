@@ -229,10 +229,10 @@ def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: Distr
         with engine.autocast():
             outputs = engine.forward(images)
             loss = model.loss(outputs, targets)
-        if skip_nonfinite and not math.isfinite(float(loss)):
+        if skip_nonfinite and not math.isfinite(float(loss.detach())):
             skipped += 1
             if context.is_main:
-                print(f"epoch {epoch + 1}, step {global_step + 1}: training loss is {float(loss)}; update skipped "
+                print(f"epoch {epoch + 1}, step {global_step + 1}: training loss is {float(loss.detach())}; update skipped "
                       "(train.nonfinite_loss=skip)", file=sys.stderr)
             continue
         engine.backward(loss)
@@ -255,10 +255,9 @@ def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: Distr
             elapsed = time.perf_counter() - window_start
             throughput = window_images / max(elapsed, 1e-9)
             if not _same_on_all_ranks(math.isfinite(mean_loss), context) or not math.isfinite(mean_loss):
-                raise TrainingDiverged(f"epoch {epoch + 1}, step {global_step}: training loss is {mean_loss} (mean "
-                                       f"of the last {window_micro} batches on rank {context.rank}); stopped, "
-                                       f"the last checkpoint (if any) is the last good one "
-                                       "(train.nonfinite_loss=skip skips such batches instead)")
+                raise TrainingDiverged(f"epoch {epoch + 1}, step {global_step}: training loss is {mean_loss}; "
+                                       "stopped, the last checkpoint is kept (train.nonfinite_loss=skip skips "
+                                       "such batches instead)")
             # "loss": this rank's last micro-batch (rank 0); "loss_mean": the mean since the previous record.
             record = {"split": "train", "epoch": epoch + 1, "step": global_step, "loss": float(loss.detach()),
                       "loss_mean": mean_loss, "lr": lr, "images_per_s": throughput, **_group_rates(engine)}
