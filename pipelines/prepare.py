@@ -217,8 +217,8 @@ def read_done(dst: Path) -> dict[str, dict]:
             break
         try:
             record = json.loads(line)
-            if isinstance(record, dict) and isinstance(record.get("path"), str) and isinstance(record.get("size"), int) \
-                    and isinstance(record.get("source"), list):
+            fields = (record.get("path"), record.get("size"), record.get("source")) if isinstance(record, dict) else ()
+            if [type(value) for value in fields] == [str, int, list]:
                 records[record["path"]] = record
         except json.JSONDecodeError:
             continue

@@ -4,8 +4,8 @@ An ``nltk.Tree`` is a list of children with a label ``_label``; a child is eithe
 string. A ``Tree`` without children is read as a leaf named by its label. nltk 2 stored the label in ``node``
 instead of ``_label``; both are read. The pickle is untrusted: it is read by
 :mod:`haf.hierarchy.safe_unpickle`, which admits only the tree classes and never imports nltk. Labels must be
-strings (ints are accepted and converted with ``str``). Files over 64 MiB are refused unread. A label used twice is an error: a leaf label twice is a
-duplicate leaf, an inner label twice would give that node two parents.
+strings (ints are accepted and converted with ``str``). A label used twice is an error: a leaf label twice is a
+duplicate leaf, an inner label twice would give that node two parents. Files over 64 MiB are refused unread.
 """
 
 from __future__ import annotations
