@@ -197,6 +197,11 @@ def _same_on_all_ranks(flag: bool, context: DistributedContext) -> bool:
     return bool(votes.min().item() == 0)
 
 
+def _all_finite(value: float, context: DistributedContext) -> bool:
+    finite = math.isfinite(value)
+    return _same_on_all_ranks(finite, context) and finite
+
+
 def _restore_fixed_buffers(method: torch.nn.Module, fixed: dict[str, torch.Tensor], device: torch.device) -> None:
     """DeepSpeed's bf16/fp16 modes cast every buffer; the frame and S stay fp32 (the loss accumulates in fp32)."""
     for name, original in fixed.items():
@@ -229,10 +234,11 @@ def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: Distr
         with engine.autocast():
             outputs = engine.forward(images)
             loss = model.loss(outputs, targets)
-        if skip_nonfinite and not math.isfinite(float(loss.detach())):
+        # Every rank skips the same batch (a backward on some ranks only would hang the gradient all-reduce).
+        if skip_nonfinite and not _all_finite(value := float(loss.detach()), context):
             skipped += 1
             if context.is_main:
-                print(f"epoch {epoch + 1}, step {global_step + 1}: training loss is {float(loss.detach())}; update skipped "
+                print(f"epoch {epoch + 1}, step {global_step + 1}: training loss is {value}; update skipped "
                       "(train.nonfinite_loss=skip)", file=sys.stderr)
             continue
         engine.backward(loss)
@@ -254,7 +260,7 @@ def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: Distr
             mean_loss = float(window_loss) / window_micro
             elapsed = time.perf_counter() - window_start
             throughput = window_images / max(elapsed, 1e-9)
-            if not _same_on_all_ranks(math.isfinite(mean_loss), context) or not math.isfinite(mean_loss):
+            if not _all_finite(mean_loss, context):
                 raise TrainingDiverged(f"epoch {epoch + 1}, step {global_step}: training loss is {mean_loss}; "
                                        "stopped, the last checkpoint is kept (train.nonfinite_loss=skip skips "
                                        "such batches instead)")
