@@ -41,10 +41,12 @@ HAF="$WORK/venv/bin/haf"
 test -x "$HAF" || HAF="$V -m haf.cli"
 HIER=$("$V" -c "from haf.training.run_config import shipped_dir; print(shipped_dir('hierarchies') / 'fgvc_aircraft.json')")
 $HAF frame "$HIER" --gamma 1 --json > frame.json
-"$V" -c "import json; r = json.load(open('frame.json')); assert r, 'empty haf frame output'"
+# FGVC-Aircraft at gamma 1: K = 100 leaves, the reference's s_min -0.6100 (docs/METHOD.md section 2).
+"$V" -c "import json; r = json.load(open('frame.json')); assert r['K'] == 100 and abs(r['s_min'] + 0.6100) < 5e-5 and r['max_gram_error'] < 1e-9, r"
 $HAF config --list > configs.txt && grep -qx "cifar100/haframe" configs.txt
 $HAF train --config demo --output-dir run --set train.epochs=1 --set train.max_steps_per_epoch=2 \
   --set train.max_eval_steps=1 --set logging.progress=false --set logging.tensorboard=false \
   --set deepspeed.enabled=false --set train.device=cpu 2>train.log || { cat train.log; exit 1; }
-test -s run/metrics.json && test -s run/best.pt
+test -s run/best.pt
+"$V" -c "import json; m = json.load(open('run/metrics.json')); assert m['run']['split'] == 'test' and 0 <= m['top1'] <= 100, m"
 echo "wheel: haf frame, haf config and a one-epoch haf train --config demo ran from $WORK"

@@ -127,11 +127,10 @@ def test_lt_configs_carry_the_authors_recipe(config_path):
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory) -> Path:
-    from haf.pipelines import load_dataset
+    from haf.pipelines import ensure_demo_dataset
 
     root = tmp_path_factory.mktemp("demo") / "data"
-    load_dataset("demo", root, **TINY_DEMO_OPTIONS)
-    return root
+    return ensure_demo_dataset(root, **TINY_DEMO_OPTIONS)  # the reader generates only at its cache location
 
 
 def test_mixup_resume_is_exact(demo_root, tmp_path):
