@@ -217,10 +217,13 @@ def test_config_trains_two_steps_and_tests_on_the_test_split(path, fake_roots, t
     if base.dataset.kind in FAKES:
         overrides += [f"{k}={v}" for k, v in fake_roots[base.dataset.kind].items()]
     if base.dataset.kind == "demo":
-        overrides += ["dataset.root=" + str(tmp_path / "demo")] + [
-            f"dataset.options.{k}={v}" for k, v in {"colours": 2, "patterns": 2, "shapes": 2, "image_size": 16,
-                                                    "train_per_class": 2, "val_per_class": 1,
-                                                    "test_per_class": 1}.items()]
+        from haf.pipelines import ensure_demo_dataset
+
+        tiny = {"colours": 2, "patterns": 2, "shapes": 2, "image_size": 16, "train_per_class": 2, "val_per_class": 1,
+                "test_per_class": 1}
+        # The reader generates only at its cache location: make the tiny dataset explicitly, as `haf demo-data` does.
+        root = ensure_demo_dataset(tmp_path / "demo", seed=base.dataset.options.get("seed", 0), **tiny)
+        overrides += [f"dataset.root={root}"] + [f"dataset.options.{k}={v}" for k, v in tiny.items()]
     if base.model.backbone not in ("tiny_cnn",):
         overrides += ["model.backbone=tiny_cnn", "model.backbone_options={width: 8, depth: 2}"]
     if base.train.steps is not None:

@@ -25,6 +25,11 @@ SECTIONS = {"train": {"epochs": 3, "max_steps_per_epoch": 2}, "deepspeed": {"ena
 TIMING = ("images_per_s",)  # wall-clock fields: the only ones two identical runs may differ in
 
 
+# In-process runs use one thread like the killed subprocesses (OMP_NUM_THREADS=1): fp32 sums taken in another
+# order differ in the last bits, and resumed logs must equal the uninterrupted run's exactly.
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory) -> Path:
     from haf.pipelines import ensure_demo_dataset
@@ -56,7 +61,7 @@ def _logs(out: Path) -> tuple[list, list]:
 
 
 @pytest.fixture(scope="module")
-def full_run(demo_root, tmp_path_factory) -> Path:
+def full_run(single_torch_thread, demo_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("full") / "run"
     _train(demo_root, out)
     return out
