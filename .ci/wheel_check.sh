@@ -44,7 +44,7 @@ $HAF frame "$HIER" --gamma 1 --json > frame.json
 "$V" -c "import json; r = json.load(open('frame.json')); assert r, 'empty haf frame output'"
 $HAF config --list > configs.txt && grep -qx "cifar100/haframe" configs.txt
 $HAF train --config demo --output-dir run --set train.epochs=1 --set train.max_steps_per_epoch=2 \
-  --set train.max_eval_steps=1 --set dataset.root=data --set logging.progress=false --set logging.tensorboard=false \
+  --set train.max_eval_steps=1 --set logging.progress=false --set logging.tensorboard=false \
   --set deepspeed.enabled=false --set train.device=cpu 2>train.log || { cat train.log; exit 1; }
 test -s run/metrics.json && test -s run/best.pt
 echo "wheel: haf frame, haf config and a one-epoch haf train --config demo ran from $WORK"

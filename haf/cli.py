@@ -7,6 +7,7 @@ imported inside ``run()``, only for the subcommand chosen.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import pkgutil
 import sys
@@ -45,11 +46,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(modules[args.command])
     try:
         return int(module.run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        # Bad input: one clear line naming the file/key/class at fault, no traceback.
+    except (ValueError, OSError, KeyError) as error:
+        # Bad input or a user-caused OS error (missing folder, not a folder, disk full, permission): one clear
+        # line naming the file/key/class at fault, no traceback.
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        if isinstance(error, OSError):
+            message = os_error_message(error)
         print(f"haf {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+# Hints for errors whose system text leaves the cause unclear.
+_OS_HINTS = {
+    errno.EEXIST: "exists and is not a folder",
+    errno.ENOTDIR: "a part of this path is a file, not a folder",
+    errno.ENOSPC: "the disk is full",
+}
+
+
+def os_error_message(error: OSError) -> str:
+    """``PATH: reason`` for an OSError that names its file; its own text otherwise (ours name the path)."""
+    if error.filename is None:
+        return str(error)
+    paths = str(error.filename) + (f" -> {error.filename2}" if error.filename2 is not None else "")
+    reason = error.strerror or str(error)
+    hint = _OS_HINTS.get(error.errno)
+    return f"{paths}: {reason}" + (f" ({hint})" if hint else "")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     deepspeed [--num_gpus N | --hostfile FILE] haf/train.py --config cifar100/haframe
     torchrun --nproc_per_node N haf/train.py --config ...
-    python haf/train.py --config demo [--set train.epochs=2] [--output-dir DIR] [--resume]
+    python haf/train.py --config demo [--set train.epochs=2] [--output-dir DIR] [--resume | --overwrite]
 
 ``--config`` takes a YAML file or a shipped config's name. The loop lives in :mod:`haf.training.loop`. Run as a
 file, this script's folder (``haf/``) is first on ``sys.path``, which is why no module in ``haf/`` shares a name
@@ -16,6 +16,7 @@ from typing import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from haf.cli import os_error_message
     from haf.commands.train import add_train_arguments, run
 
     parser = argparse.ArgumentParser(prog="haf/train.py", description="Train a hierarchy-aware classifier: "
@@ -24,8 +25,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"haf/train.py: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:
+        # Bad input, a refused run folder, a diverging run, a full disk: one line, no traceback.
+        message = os_error_message(error) if isinstance(error, OSError) else error
+        print(f"haf/train.py: error: {message}", file=sys.stderr)
         return 2
 
 

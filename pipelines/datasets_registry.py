@@ -13,8 +13,11 @@ kind                layout                                                     d
 ``inat2019``        ``train2019.json`` / ``val2019.json`` + images              lca-height
 ``tiered-imagenet`` per-class split lists over an ImageNet tree + hierarchy     fixed-depth (docs/METHOD.md)
 ``cifar100``        the python pickle batches (``train``, ``test``, ``meta``)   lca-height
-``demo``            the generated demo dataset (generated on first use)         lca-height
+``demo``            the generated demo dataset (``haf demo-data``; see below)    lca-height
 ==================  =========================================================  ==========================
+
+The ``demo`` reader generates its dataset on first use only at the cache location ``.cache/demo-data``; any
+other missing root is an error naming it and the ``haf demo-data`` command that makes it.
 """
 from __future__ import annotations
 

@@ -25,6 +25,9 @@ Layout written (an image folder plus our hierarchy file, readable by the ``image
     <root>/hierarchy.json          haf.hierarchy JSON (root ``demo`` → colour → pattern → shape)
     <root>/demo_manifest.json      generator version, seed, spec and image counts; written last
 
+Where: ``haf demo-data ROOT`` (or :func:`ensure_demo_dataset`) writes it anywhere; the ``demo`` reader generates
+it by itself only at its cache location ``.cache/demo-data`` and refuses any other missing folder.
+
 Determinism: image ``i`` of class ``k`` in split ``s`` is drawn from ``numpy.random.default_rng([seed, s, k, i])``,
 so a seed gives the same pixels on every machine and the same bytes for the same Pillow/libjpeg build.
 """
@@ -42,12 +45,20 @@ from typing import Iterator
 
 import numpy as np
 
+from haf.safe_files import naming
+
 # Bump when the rendering changes: a cached dataset of another version is regenerated, never silently reused.
 GENERATOR_VERSION = 2
 MANIFEST_NAME = "demo_manifest.json"
 HIERARCHY_NAME = "hierarchy.json"
 ROOT_NAME = "demo"
 SPLITS = ("train", "val", "test")
+# The cache location (relative to the working directory; the configs' default dataset.root): the one place the
+# demo reader generates the dataset by itself. Anywhere else it is made by `haf demo-data ROOT` only.
+DEFAULT_ROOT = ".cache/demo-data"
+# DemoSpec fields that `haf demo-data` takes as options (--image-size, ...).
+_CLI_SPEC_FIELDS = ("colours", "patterns", "shapes", "image_size", "train_per_class", "val_per_class",
+                    "test_per_class", "jpeg_quality")
 
 # Named hues (degrees) used to name colour families; the family hues themselves are evenly spaced around the wheel.
 _HUE_NAMES = (
@@ -381,7 +392,8 @@ def ensure_demo_dataset(
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        write_demo_dataset(tmp, spec, seed, progress=progress)
+        with naming(root):  # a full disk while writing images: the error names the dataset folder
+            write_demo_dataset(tmp, spec, seed, progress=progress)
         if root.exists() and not is_complete(root, spec, seed):
             # A stale or partial demo folder (checked above): move it aside first, rename is not allowed onto it.
             stale = root.parent / f".{root.name}.stale-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -402,6 +414,19 @@ def ensure_demo_dataset(
     return root
 
 
+def is_default_root(root: str | os.PathLike) -> bool:
+    """Is ``root`` the demo dataset's cache location (``DEFAULT_ROOT`` below the working directory)?"""
+    return os.path.realpath(root) == os.path.realpath(DEFAULT_ROOT)
+
+
+def demo_data_command(root: str | os.PathLike, seed: int, spec: DemoSpec) -> str:
+    """The ``haf demo-data`` command line that generates exactly this dataset at ``root``."""
+    default = DemoSpec()
+    flags = [f"--{name.replace('_', '-')} {getattr(spec, name)}" for name in _CLI_SPEC_FIELDS
+             if getattr(spec, name) != getattr(default, name)]
+    return " ".join(["haf demo-data", str(root), f"--seed {seed}", *flags])
+
+
 def read_demo(
     root: str | os.PathLike,
     seed: int = 0,
@@ -410,20 +435,25 @@ def read_demo(
     splits: tuple[str, ...] | None = None,
     **spec_options,
 ):
-    """Reader kind ``demo``: the demo dataset at ``root`` (generated first when ``generate`` and missing).
+    """Reader kind ``demo``: the demo dataset at ``root``.
 
+    A missing or incomplete dataset is generated only at the default cache location ``DEFAULT_ROOT`` (and only
+    with ``generate``); anywhere else it is an error naming the folder and the ``haf demo-data`` command that
+    makes it, so a mistyped ``dataset.root`` (or a checkpoint's stale one) never creates a dataset.
     ``spec_options`` are :class:`DemoSpec` fields (colours, patterns, shapes, image_size, train_per_class, ...).
     Returns a :class:`~haf.pipelines.splits.DatasetSplits` read like any image folder with its hierarchy.json.
     """
     from .image_folder_reader import read_image_folder
 
     spec = DemoSpec(**spec_options)
-    if generate:
-        root = ensure_demo_dataset(root, seed=seed, spec=spec)
-    elif not is_complete(root, spec, seed):
-        raise FileNotFoundError(
-            f"{root}: no complete demo dataset for seed {seed} and this spec; generate it with "
-            f"`haf demo-data {root} --seed {seed}` or read it with generate=True"
-        )
+    if not is_complete(root, spec, seed):
+        if generate and is_default_root(root):
+            root = ensure_demo_dataset(root, seed=seed, spec=spec)
+        else:
+            state = "does not exist" if not os.path.lexists(root) else "holds no complete demo dataset of this spec"
+            where = "" if is_default_root(root) else f" (it is generated on first use only at {DEFAULT_ROOT})"
+            raise FileNotFoundError(
+                f"demo dataset: {root} {state}{where}; generate it with `{demo_data_command(root, seed, spec)}`"
+            )
     root = Path(root)
     return read_image_folder(root, hierarchy=root / HIERARCHY_NAME, convention=convention, splits=splits, name="demo")

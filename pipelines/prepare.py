@@ -7,9 +7,14 @@ output per image — and ``workers`` processes run at once. Guarantees:
 
 * mirror: ``SRC/a/b/x.jpg`` → ``DST/a/b/x.jpg`` (same relative path and format); other files (lists, hierarchy
   files) are copied unless ``copy_other=False``, so DST replaces SRC for the readers;
-* idempotent and resumable: an output that exists, is newer than its input and whose header has the expected size
-  is skipped; every output is written to a temporary name, verified, then renamed, so an interrupted run leaves
-  no half-written image under a final name;
+* nothing of the user's touched: DST may not resolve into SRC nor SRC into DST (symlinks, ``..``, bind mounts),
+  and no output folder may resolve into SRC either;
+* idempotent and resumable: every output (images, copied files, the records below) is written to a temporary name
+  in its folder, verified, then renamed, so a kill leaves no half-written file under a final name. A rerun skips
+  only what it verifies: an image whose entry in ``DST/.haf-prepare-done.jsonl`` (output size, source size and
+  mtime; appended as outputs finish, rewritten atomically at the end) still matches, or without an entry one that
+  decodes fully at the expected size and is newer than its source; a copied file whose size and mtime equal its
+  source's. Stale temporary files of a killed run are removed;
 * failure-tolerant: when a batch fails, its images are retried one per process; images that still fail (not an
   image, truncated beyond repair, ...) are reported in the summary, never stop the run;
 * verified: each output's header must give the expected size (exact for ``size``; shorter side for
@@ -21,6 +26,7 @@ aspect ratio kept, as torchvision's ``Resize(int)``).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -32,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from haf.safe_files import atomic_copy, atomic_write_text, lies_within, naming
+
 from .reader_common import IMAGE_EXTENSIONS
 
 BACKENDS = ("ffmpeg", "pillow")
@@ -39,6 +47,12 @@ PART_TAG = ".haf-part"  # temporary outputs are "<stem>.haf-part<suffix>"; never
 # Records the geometry a destination was prepared with: a later run with another geometry must not "skip" outputs
 # that merely have the right size (e.g. same size, different bottom crop).
 MANIFEST_NAME = ".haf-prepare.json"
+# One JSON line per finished image: {"path": rel, "size": output bytes, "source": [bytes, mtime_ns]}.
+DONE_NAME = ".haf-prepare-done.jsonl"
+# Temporary files of haf.safe_files.atomic_write (".<name>.<random>.tmp"), left behind only by a kill.
+_STALE_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+# Errors that writing any further output would hit again: the run stops instead of failing image after image.
+FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 # ffmpeg's MJPEG quantiser scale: 2 is the finest it allows for -q:v, 31 the coarsest.
 QSCALE_RANGE = (2, 31)
 # Seconds one ffmpeg process may take per image before it is considered hung (decode + scale + encode of a
@@ -162,22 +176,98 @@ def walk_tree(src: Path) -> tuple[list[str], list[str]]:
 
 
 def output_is_done(job: Job, spec: ResizeSpec) -> bool:
-    """An existing output newer than its input whose header has the expected size: nothing to redo."""
+    """Without a record: an output newer than its input that decodes fully at the expected size."""
     try:
         if os.path.getmtime(job.target) < os.path.getmtime(job.source) or os.path.getsize(job.target) == 0:
             return False
     except OSError:
         return False
-    size = image_size(job.target)
+    size = image_size(job.target, decode=True)
     return size is not None and spec.accepts(*size)
 
 
-def image_size(path: str) -> tuple[int, int] | None:
-    """(W, H) from the file header (Pillow reads only the header), or None when unreadable."""
+def source_signature(path: str) -> list[int]:
+    stat = os.stat(path)
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def done_record(job: Job, rel: str) -> dict:
+    return {"path": rel, "size": os.path.getsize(job.target), "source": source_signature(job.source)}
+
+
+def record_matches(record: dict | None, job: Job) -> bool:
+    """The output is the one recorded (same size) for an unchanged source (same size and mtime)."""
+    if record is None:
+        return False
+    try:
+        return os.path.getsize(job.target) == record["size"] and source_signature(job.source) == record["source"]
+    except OSError:
+        return False
+
+
+def read_done(dst: Path) -> dict[str, dict]:
+    """Records of finished images; a torn last line (a kill while appending) or a foreign line is ignored."""
+    records: dict[str, dict] = {}
+    try:
+        text = (dst / DONE_NAME).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return records
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break
+        try:
+            record = json.loads(line)
+            fields = (record.get("path"), record.get("size"), record.get("source")) if isinstance(record, dict) else ()
+            if [type(value) for value in fields] == [str, int, list]:
+                records[record["path"]] = record
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def other_is_done(source: Path, target: Path) -> bool:
+    """A copied file is finished when its size and mtime equal the source's (copies carry the source's times)."""
+    try:
+        s, t = source.stat(), target.lstat()
+    except OSError:
+        return False
+    return t.st_size == s.st_size and t.st_mtime_ns == s.st_mtime_ns and not target.is_symlink()
+
+
+def remove_stale_temporaries(dst: Path) -> int:
+    """Delete the temporary files a killed run left in ``dst``; returns how many."""
+    removed = 0
+    for folder, dirs, files in os.walk(dst):
+        for name in files:
+            if PART_TAG in name or _STALE_TMP.match(name):
+                with naming(os.path.join(folder, name)):
+                    _remove(os.path.join(folder, name))
+                removed += 1
+    return removed
+
+
+def check_apart(src: Path, dst: Path, folders: Iterable[str] = ()) -> None:
+    """Refuse when an output could overwrite an input: DST in SRC, SRC in DST, or an output folder in SRC."""
+    if lies_within(dst, src):
+        raise ValueError(f"destination {dst} (resolves to {os.path.realpath(dst)}) lies inside the source folder "
+                         f"{src}: its outputs would overwrite the source images; choose a folder outside it")
+    if lies_within(src, dst):
+        raise ValueError(f"source {src} lies inside the destination folder {dst} (resolves to "
+                         f"{os.path.realpath(dst)}): outputs could overwrite it; choose a folder outside it")
+    for rel in folders:
+        if rel != "." and lies_within(dst / rel, src):
+            raise ValueError(f"output folder {dst / rel} resolves to {os.path.realpath(dst / rel)}, inside the "
+                             f"source folder {src}: remove that link from the destination")
+
+
+def image_size(path: str, decode: bool = False) -> tuple[int, int] | None:
+    """(W, H) from the file header (``decode``: after decoding every pixel), or None when unreadable."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
+            if decode:
+                image.load()
             return image.size
     except Exception:  # noqa: BLE001 - any decoder error means "not a readable image"
         return None
@@ -274,6 +364,8 @@ def resize_batch_ffmpeg(
     for job in jobs:
         _remove(job.part)
     if len(jobs) == 1:
+        if "No space left on device" in errors:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), jobs[0].part)
         reason = f"ffmpeg failed: {ffmpeg_error_text(errors, code)}"
         if pillow_fallback:
             [(job, pillow_error)] = resize_batch_pillow(jobs, spec)
@@ -308,6 +400,10 @@ def resize_batch_pillow(jobs: Sequence[Job], spec: ResizeSpec) -> list[tuple[Job
                     resized.save(job.part)  # format from the suffix
         except Exception as error:  # noqa: BLE001 - an unreadable input is reported, not fatal
             _remove(job.part)
+            if isinstance(error, OSError) and (error.errno in FATAL_WRITE_ERRNOS or (
+                    error.errno == errno.EACCES and error.filename == job.part)):
+                with naming(job.part):
+                    raise
             results.append((job, f"Pillow failed: {type(error).__name__}: {error}"))
             continue
         results.append((job, _finish(job, spec)))
@@ -334,8 +430,7 @@ def check_manifest(dst: Path, spec: ResizeSpec) -> None:
                 "or delete that one"
             )
         return
-    dst.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(wanted, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(wanted, sort_keys=True) + "\n")
 
 
 def find_ffmpeg(ffmpeg: str = "ffmpeg") -> str:
@@ -377,9 +472,10 @@ def prepare_images(
     src_path = Path(src).expanduser().absolute()
     dst_path = Path(dst).expanduser().absolute()
     if not src_path.is_dir():
+        if src_path.exists():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(src_path))
         raise FileNotFoundError(f"source folder not found: {src_path}")
-    if dst_path == src_path or src_path in dst_path.parents:
-        raise ValueError(f"destination {dst_path} must lie outside the source folder {src_path}")
+    check_apart(src_path, dst_path)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if batch_size < 1:
@@ -390,13 +486,28 @@ def prepare_images(
     ffmpeg_path = find_ffmpeg(ffmpeg) if backend == "ffmpeg" else ffmpeg
 
     start = time.perf_counter()
-    check_manifest(dst_path, spec)
-    report = PrepareReport(backend=backend)
     images, others = walk_tree(src_path)
+    check_apart(src_path, dst_path, sorted({os.path.dirname(rel) or "." for rel in (*images, *others)}))
+    check_manifest(dst_path, spec)
+    remove_stale_temporaries(dst_path)
+    report = PrepareReport(backend=backend)
     jobs = [Job(str(src_path / rel), str(dst_path / rel)) for rel in images]
-    todo = [job for job in jobs if not output_is_done(job, spec)]
+    rel_of = dict(zip(jobs, images))
+    records = read_done(dst_path)
+    done: dict[str, dict] = {}
+    todo = []
+    for job, rel in rel_of.items():
+        if record_matches(records.get(rel), job):
+            done[rel] = records[rel]
+        elif rel not in records and output_is_done(job, spec):
+            done[rel] = done_record(job, rel)
+        else:
+            todo.append(job)
     report.skipped = len(jobs) - len(todo)
 
+    journal_path = dst_path / DONE_NAME
+    with naming(journal_path):
+        journal = open(journal_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -419,26 +530,33 @@ def prepare_images(
             for job, error in future.result():
                 if error is None:
                     report.done += 1
+                    record = done[rel_of[job]] = done_record(job, rel_of[job])
+                    with naming(journal_path):
+                        journal.write(json.dumps(record) + "\n")
                 else:
                     report.failed.append((job.source, error))
                 if bar is not None:
                     bar.update(1)
+            with naming(journal_path):
+                journal.flush()
     except BaseException:
         # Ctrl-C or an unexpected error (disk full): drop the queued batches instead of finishing them first.
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     finally:
         pool.shutdown(wait=True)
+        journal.close()
         if bar is not None:
             bar.close()
+    # Compact the journal: one line per finished image, written whole.
+    atomic_write_text(journal_path, "".join(json.dumps(done[rel]) + "\n" for rel in images if rel in done))
 
     if copy_other:
         for rel in others:
             source, target = src_path / rel, dst_path / rel
-            if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+            if other_is_done(source, target):
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+            atomic_copy(source, target)
             report.copied += 1
     report.failed.sort()
     report.seconds = time.perf_counter() - start

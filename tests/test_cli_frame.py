@@ -129,9 +129,10 @@ def test_classes_file_selects_leaves_from_a_distance_file_with_inner_nodes(capsy
     assert report["K"] == 12 and report["convention"] == "file" and report["height"] is None
     assert report["s_min"] == find_s_min_full_scan(d, 2.0)  # a reordering does not change the spectrum
 
-    # Without --classes the inner nodes count as classes and their pairs are incomplete: a clear error.
+    # Without --classes the inner nodes are never taken as classes: a clear refusal asking for the class list.
     assert main(["frame", str(path), "--gamma", "2"]) == 2
-    assert "no distance for the pair" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "inner nodes" in err and "--classes" in err and str(path) in err and err.count("\n") == 1
 
 
 def test_distance_note_on_stderr(capsys, files):

@@ -11,6 +11,7 @@ from haf.cli import main as haf_main
 from haf.hierarchy import load_hierarchy
 from haf.pipelines.datasets_registry import load_dataset
 from haf.pipelines.demo_dataset import (
+    DEFAULT_ROOT,
     DemoSpec,
     demo_classes,
     ensure_demo_dataset,
@@ -53,7 +54,7 @@ def test_default_spec_tree_and_distances():
 
 
 def test_reader_splits_labels_and_hierarchy(tmp_path):
-    data = load_dataset("demo", tmp_path / "demo", seed=0, **TINY)
+    data = load_dataset("demo", ensure_demo_dataset(tmp_path / "demo", seed=0, **TINY), seed=0, **TINY)
     assert data.name == "demo" and len(data.classes) == 8
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 24, "val": 8, "test": 8}
     train = data["train"]
@@ -134,9 +135,38 @@ def test_ensure_reuses_repairs_and_refuses(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
 
 
-def test_read_without_generate_names_the_folder(tmp_path):
+def test_read_without_generate_names_the_folder(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="haf demo-data"):
         load_dataset("demo", tmp_path / "absent", generate=False, **TINY)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="haf demo-data"):  # not even at the default location
+        load_dataset("demo", DEFAULT_ROOT, generate=False, **TINY)
+    assert not (tmp_path / DEFAULT_ROOT).exists()
+
+
+def test_generated_by_the_reader_only_at_the_default_location(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert len(load_dataset("demo", DEFAULT_ROOT, seed=1, **TINY).classes) == 8  # the cache: made on first use
+    assert is_complete(tmp_path / DEFAULT_ROOT, DemoSpec(**TINY), 1)
+    assert len(load_dataset("demo", tmp_path / DEFAULT_ROOT, seed=1, **TINY).classes) == 8  # same place, absolute
+
+    mistyped = tmp_path / ".cache" / "demo-dta"
+    with pytest.raises(FileNotFoundError) as info:
+        load_dataset("demo", mistyped, seed=1, **TINY)
+    message = str(info.value)
+    assert "\n" not in message and str(mistyped) in message and "does not exist" in message
+    assert not mistyped.exists()
+    # The message's command makes exactly the dataset the reader wanted.
+    command = message[message.index("`") + 1:message.rindex("`")].split()
+    assert command[:2] == ["haf", "demo-data"] and "--image-size" not in command
+    assert haf_main(command[1:] + ["--quiet"]) == 0
+    assert load_dataset("demo", mistyped, seed=1, **TINY).classes == load_dataset("demo", DEFAULT_ROOT, seed=1,
+                                                                                  **TINY).classes
+
+    (tmp_path / "other").mkdir()  # an existing folder that is not this dataset: refused, left alone
+    with pytest.raises(FileNotFoundError, match="no complete demo dataset"):
+        load_dataset("demo", tmp_path / "other", seed=1, **TINY)
+    assert list((tmp_path / "other").iterdir()) == []
 
 
 def test_bad_spec_and_option_are_named(tmp_path):

@@ -13,11 +13,12 @@ from train_fixtures import TINY_DEMO_OPTIONS, tiny_run_dict
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> tuple[Path, Path]:
     """A 1-epoch cross-entropy run (so the CRM section is exercised too)."""
+    from haf.pipelines import ensure_demo_dataset
     from haf.training.run_config import load_config
     from haf.training.loop import run_training
 
     base = tmp_path_factory.mktemp("eval")
-    demo_root, out = base / "data", base / "run"
+    demo_root, out = ensure_demo_dataset(base / "data", **TINY_DEMO_OPTIONS), base / "run"
     config = load_config(None, data=tiny_run_dict(
         demo_root, out, train={"epochs": 1}, model={"head": "type1", "head_options": {"hidden_dim": 16}},
         method={"name": "cross-entropy", "options": {}}))
@@ -54,14 +55,41 @@ def test_eval_other_split_and_default_json_path(trained_run):
 
 
 def test_eval_refuses_a_dataset_with_other_classes(trained_run, tmp_path):
+    from haf.pipelines import ensure_demo_dataset
     from haf.training.evaluation import evaluate_checkpoint
 
     _, out = trained_run
     other = {**TINY_DEMO_OPTIONS, "colours": 3}
+    ensure_demo_dataset(tmp_path / "other", **other)
     overrides = [f"dataset.options.{k}={v}" for k, v in other.items()]
     with pytest.raises(ValueError, match="classes differ"):
         evaluate_checkpoint(out / "best.pt", data_root=str(tmp_path / "other"), overrides=overrides,
                             device="cpu", progress=False)
+
+
+def test_eval_never_generates_a_dataset(trained_run, tmp_path, capsys):
+    """A checkpoint (or --data-root) naming a demo root that does not exist: a clear error, nothing created."""
+    from haf.cli import main
+
+    _, out = trained_run
+    missing = tmp_path / "mistyped" / "data"
+    assert main(["eval", str(out / "best.pt"), "--data-root", str(missing), "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(missing) in err and "does not exist" in err and "haf demo-data" in err
+    assert not (tmp_path / "mistyped").exists()
+
+
+def test_eval_never_generates_a_dataset_even_at_the_cache_location(trained_run, tmp_path, monkeypatch, capsys):
+    """Training may generate the demo dataset at its cache location; evaluation reads with generate=False."""
+    from haf.cli import main
+
+    _, out = trained_run
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(out / "best.pt"), "--data-root", ".cache/demo-data", "--no-progress",
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ".cache/demo-data does not exist" in err and "haf demo-data" in err
+    assert not (tmp_path / ".cache").exists()
 
 
 def test_eval_cli_reports_bad_input_without_traceback(tmp_path, capsys):

@@ -534,8 +534,9 @@ def test_distances_pickle_with_inner_nodes_and_class_file(tmp_path):
     cd = load_class_distances(path, classes=tmp_path / "classes.txt")
     assert cd.classes == ("c", "a", "b")
     np.testing.assert_array_equal(cd.matrix, [[0, 2, 2], [2, 0, 1], [2, 1, 0]])
-    # Without a class list every name is a class, so the inner node's missing pair is reported.
-    with pytest.raises(ValueError, match=r"no distance for the pair \('X', 'c'\)"):
+    # Without a class list the inner node cannot be taken as a class: its pairs are incomplete, so reading is
+    # refused and the message asks for the class list.
+    with pytest.raises(ValueError, match=r"5 of the 6 pairs of its 4 names.*inner nodes.*--classes"):
         load_class_distances(path)
 
 
@@ -543,7 +544,7 @@ def test_distances_pickle_errors_name_the_class(tmp_path):
     path = tmp_path / "e_distances.pkl.xz"
     _write_pairs(path, {("a", "b"): 1, ("a", "c"): 2})
     with pytest.raises(ValueError, match=r"no distance for the pair \('b', 'c'\)"):
-        load_class_distances(path)
+        load_class_distances(path, classes=["a", "b", "c"])
     with pytest.raises(ValueError, match="class 'zz' is absent from the distance file"):
         load_class_distances(path, classes=["a", "zz"])
     _write_pairs(path, {("a", "b"): 1, ("b", "a"): 3})

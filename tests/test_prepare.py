@@ -146,7 +146,7 @@ def test_errors_are_named(tmp_path):
     src = make_tree(tmp_path / "src", corrupt=False)
     with pytest.raises(FileNotFoundError, match="source folder not found"):
         prepare_images(tmp_path / "nope", tmp_path / "d", ResizeSpec(shorter_side=8), progress=False)
-    with pytest.raises(ValueError, match="outside the source"):
+    with pytest.raises(ValueError, match="lies inside the source folder"):
         prepare_images(src, src / "resized", ResizeSpec(shorter_side=8), progress=False)
     with pytest.raises(ValueError, match="exactly one of shorter_side"):
         ResizeSpec(shorter_side=8, size=(8, 8))

@@ -24,11 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory) -> Path:
-    from haf.pipelines import load_dataset
+    from haf.pipelines import ensure_demo_dataset
 
     root = tmp_path_factory.mktemp("demo") / "data"
-    load_dataset("demo", root, **TINY_DEMO_OPTIONS)  # generate once for the module
-    return root
+    return ensure_demo_dataset(root, **TINY_DEMO_OPTIONS)  # once for the module (the reader never generates here)
 
 
 def _run(demo_root: Path, output_dir: Path, resume: bool = False, **sections):

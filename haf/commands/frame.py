@@ -44,7 +44,8 @@ def _save(path: Path, report: dict[str, Any], result, distances) -> None:
     """Only tensors/arrays, strings and numbers: loadable without unpickling arbitrary objects."""
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from haf.safe_files import atomic_write
+
     settings = {key: report[key] for key in ("gamma", "s_min", "seed", "d_max", "convention", "source",
                                               "min_eigenvalue", "max_gram_error", "s_min_searched")}
     if path.suffix == ".npz":
@@ -57,8 +58,8 @@ def _save(path: Path, report: dict[str, Any], result, distances) -> None:
         }
         if distances.height is not None:  # npz has no None: the key is absent when the height is unknown
             arrays["height"] = np.array(distances.height)
-        with path.open("wb") as handle:  # np.savez(path) would append ".npz" to other names
-            np.savez(handle, **arrays)
+        # Through a handle: np.savez(path) would append ".npz" to other names.
+        atomic_write(path, lambda handle: np.savez(handle, **arrays))
         return
     import torch
 
@@ -70,7 +71,7 @@ def _save(path: Path, report: dict[str, Any], result, distances) -> None:
         "height": distances.height,
         **settings,
     }
-    torch.save(payload, path)
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def _format_text(report: dict[str, Any]) -> str:

@@ -21,9 +21,10 @@ def run(args: argparse.Namespace) -> int:
     markdown, csv_text = make_report(args.inputs, paper=args.paper, include_crm=args.crm, by_model=not args.merge_models)
     print(markdown)
     if args.out:
+        from haf.safe_files import atomic_write_text
+
         prefix = Path(args.out)
-        prefix.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{prefix}.md").write_text(markdown)
-        Path(f"{prefix}.csv").write_text(csv_text)
+        atomic_write_text(f"{prefix}.md", markdown)
+        atomic_write_text(f"{prefix}.csv", csv_text)
         print(f"wrote {prefix}.md and {prefix}.csv")
     return 0

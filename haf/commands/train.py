@@ -15,7 +15,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config value, e.g. --set train.epochs=2 (repeatable; VALUE is YAML)")
     parser.add_argument("--output-dir", default=None, help="checkpoints, logs and metrics.json (default: "
                         "the config's output_dir, else runs/<dataset>/<config name>-seed<seed>)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pt if it exists")
+    # A folder that holds a run is refused unless one of these says what to do with it.
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR from its last.pt "
+                          "(from scratch if it has none)")
+    existing.add_argument("--overwrite", action="store_true", help="replace the run in OUTPUT_DIR (its "
+                          "checkpoints, logs and metrics are deleted first)")
     # The deepspeed launcher passes --local_rank (torch.distributed.launch --local-rank); the LOCAL_RANK
     # environment variable is what is used.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -30,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
     from haf.training.run_config import load_config
 
     config = load_config(args.config, args.overrides, output_dir=args.output_dir)
-    run_training(config, resume=args.resume)
+    run_training(config, resume=args.resume, overwrite=args.overwrite)
     return 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from haf.safe_files import atomic_write_text
+
 from .tree import Hierarchy
 
 
@@ -53,4 +55,4 @@ def write_isa(hierarchy: Hierarchy, path: str | Path) -> None:
             if any(ch.isspace() for ch in name) or "#" in name:
                 raise ValueError(f"node {name!r} contains whitespace or '#', which the isa format cannot hold")
         lines.append(f"{parent} {child}\n")
-    Path(path).write_text("".join(lines), encoding="utf-8")
+    atomic_write_text(path, "".join(lines))

@@ -5,12 +5,16 @@ able to. :class:`RestrictedUnpickler` resolves only the globals listed in its ``
 object and raises ``ValueError`` naming the file and the global for anything else (``os.system``,
 ``builtins.eval``, ``subprocess.Popen``, even a harmless-looking ``collections.OrderedDict``). Persistent ids
 are refused too. The distance dicts need no global at all (:data:`DISTANCES_GLOBALS`); nltk trees need the few
-in :data:`TREE_GLOBALS`, mapped to :class:`TreeNode`, a stand-in that needs no nltk.
+in :data:`TREE_GLOBALS`, mapped to :class:`TreeNode`, a stand-in that needs no nltk. Size is bounded too:
+:func:`read_capped` refuses a file (decompressed as a stream) as soon as it holds more than ``max_bytes``, so a
+small "bomb" that expands to gigabytes never allocates more than the cap.
 """
 
 from __future__ import annotations
 
 import io
+import lzma
+import os
 import pickle
 from collections.abc import Mapping
 from typing import Any, BinaryIO
@@ -100,3 +104,54 @@ def restricted_loads(data: bytes, allowed: Mapping[tuple[str, str], Any], *, sou
         raise
     except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, IndexError, KeyError) as error:
         raise ValueError(f"{source}: not a readable pickle of the expected kind: {error}") from None
+
+
+_CHUNK = 1 << 20
+COMPRESSED_SUFFIXES = (".xz", ".lzma")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n} bytes"
+
+
+def read_capped(path: str | os.PathLike, max_bytes: int, *, why: str) -> bytes:
+    """The bytes of ``path`` (lzma/xz-decompressed when its name ends in .xz/.lzma), at most ``max_bytes``.
+
+    Compressed files are decompressed one chunk at a time with ``LZMADecompressor.decompress(max_length=...)``.
+
+    Beyond the cap: ``ValueError`` naming the file, the cap and ``why`` (what the cap stands for), after holding
+    at most ``max_bytes`` + one chunk. Concatenated xz streams are read like ``lzma.decompress`` reads them.
+    """
+    source = str(path)
+    too_big = f"{source}: holds more than {_mib(max_bytes)} ({why}); refusing to read it (a damaged or hostile file?)"
+    with open(path, "rb") as handle:
+        if not source.endswith(COMPRESSED_SUFFIXES):
+            data = handle.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise ValueError(too_big)
+            return data
+        out = bytearray()
+        decompressor = lzma.LZMADecompressor()
+        streams = 0
+        while True:
+            if decompressor.eof:
+                streams += 1
+                data = decompressor.unused_data or handle.read(_CHUNK)
+                if not data.strip(b"\0"):  # end of file (xz allows null padding between streams)
+                    break
+                decompressor = lzma.LZMADecompressor()
+            elif decompressor.needs_input:
+                data = handle.read(_CHUNK)
+                if not data:
+                    raise ValueError(f"{source}: not an lzma/xz file (truncated: the stream ends early)")
+            else:
+                data = b""
+            try:
+                out += decompressor.decompress(data, max_length=min(_CHUNK, max_bytes + 1 - len(out)))
+            except lzma.LZMAError as error:
+                if streams:  # trailing bytes after a complete stream: ignored, as lzma.decompress does
+                    break
+                raise ValueError(f"{source}: not an lzma/xz file ({error})") from None
+            if len(out) > max_bytes:
+                raise ValueError(too_big)
+    return bytes(out)

@@ -48,6 +48,8 @@ from types import MappingProxyType
 
 import numpy as np
 
+from haf.safe_files import atomic_write_text
+
 CONVENTIONS = ("lca-height", "fixed-depth")
 
 JSON_FORMAT_NAME = "haf-hierarchy"
@@ -433,7 +435,7 @@ class Hierarchy:
         """Serialise as our JSON format; also write it to ``path`` when given. Returns the text."""
         text = json.dumps(self.to_dict(), indent=indent, ensure_ascii=False) + "\n"
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            atomic_write_text(path, text)
         return text
 
     @classmethod

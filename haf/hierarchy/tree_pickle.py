@@ -5,7 +5,7 @@ string. A ``Tree`` without children is read as a leaf named by its label. nltk 2
 instead of ``_label``; both are read. The pickle is untrusted: it is read by
 :mod:`haf.hierarchy.safe_unpickle`, which admits only the tree classes and never imports nltk. Labels must be
 strings (ints are accepted and converted with ``str``). A label used twice is an error: a leaf label twice is a
-duplicate leaf, an inner label twice would give that node two parents.
+duplicate leaf, an inner label twice would give that node two parents. Files over 64 MiB are refused unread.
 """
 
 from __future__ import annotations
@@ -16,8 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .safe_unpickle import TREE_GLOBALS, TreeNode, restricted_loads
+from haf.safe_files import atomic_write_bytes
+
+from .safe_unpickle import TREE_GLOBALS, TreeNode, read_capped, restricted_loads
 from .tree import Hierarchy
+
+# A pickled tree of all of WordNet (~82k synsets) takes a few MB; anything beyond this is refused unread.
+MAX_TREE_PICKLE_BYTES = 64 * 2**20
 
 
 def _name(label: Any, where: str, source: str) -> str:
@@ -76,7 +81,8 @@ def read_tree_pickle(path: str | Path, classes: Sequence[str] | None = None) -> 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"hierarchy file not found: {path}")
-    tree = restricted_loads(path.read_bytes(), TREE_GLOBALS, source=str(path))
+    raw = read_capped(path, MAX_TREE_PICKLE_BYTES, why="the limit for tree pickles")
+    tree = restricted_loads(raw, TREE_GLOBALS, source=str(path))
     edges, origins, _ = tree_to_edges(tree, source=str(path))
     return Hierarchy.from_edges(edges, classes, source=str(path), origins=origins)
 
@@ -96,4 +102,4 @@ def write_tree_pickle(hierarchy: Hierarchy, path: str | Path, protocol: int = pi
             built[node] = Tree(node, [built[c] for c in kids])
         else:
             built[node] = node
-    Path(path).write_bytes(pickle.dumps(built[hierarchy.root], protocol=protocol))
+    atomic_write_bytes(path, pickle.dumps(built[hierarchy.root], protocol=protocol))

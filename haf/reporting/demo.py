@@ -138,12 +138,22 @@ def run_state(run: PlannedRun) -> str:
 
 
 def ensure_dataset(config_path: Path, overrides: Sequence[str]) -> tuple[Any, str, float]:
-    """Generate (first time only) and read the demo dataset once, before any run needs it: (data, root, seconds)."""
+    """Generate (first time only) and read the demo dataset once, before any run needs it: (data, root, seconds).
+
+    The dataset is generated here explicitly (where ``--data-root``/``--quick`` put it): the reader itself
+    generates only at the default cache location."""
+    from dataclasses import fields
+
+    from haf.pipelines import ensure_demo_dataset
+    from haf.pipelines.demo_dataset import DemoSpec
     from haf.training.run_config import load_config
     from haf.training.assemble import prepare_dataset
 
     start = time.perf_counter()
     config = load_config(config_path, overrides)
+    options = config.dataset.options
+    spec = {f.name: options[f.name] for f in fields(DemoSpec) if f.name in options}
+    ensure_demo_dataset(config.dataset.root, seed=options.get("seed", 0), **spec)
     data = prepare_dataset(config)
     return data, config.dataset.root, time.perf_counter() - start
 

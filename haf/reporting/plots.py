@@ -25,10 +25,15 @@ def _pyplot():
 
 
 def _save(fig, path: str | Path) -> Path:
+    """Write the figure to a temporary name and rename it (format from the suffix, PNG without one)."""
+    from haf.safe_files import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    _pyplot().close(fig)
+    try:
+        atomic_write(path, lambda handle: fig.savefig(handle, format=path.suffix.lstrip(".").lower() or "png",
+                                                      dpi=DPI, bbox_inches="tight"))
+    finally:
+        _pyplot().close(fig)
     return path
 
 
@@ -128,15 +133,23 @@ def plot_shot_groups(results: Mapping[str, Mapping[str, float | tuple[float, flo
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Records of a metrics.jsonl log; a malformed line is an error naming the file and line."""
-    records = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    """Records of a metrics.jsonl log, each (epoch, split) once: a later record replaces an earlier one (a run
+    resumed over a log it had not cut back), keeping the first one's place. A torn last line (no newline: a
+    killed run) is skipped; any other malformed line is an error naming the file and line."""
+    records: dict[object, dict] = {}
+    text = Path(path).read_text()
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as error:
+                if number == len(lines) and not text.endswith("\n"):
+                    break
                 raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-    return records
+            key = (record.get("epoch"), record.get("split")) if isinstance(record, dict) else None
+            records[key if key is not None and None not in key else number] = record
+    return list(records.values())
 
 
 def _series(records: Iterable[Mapping], split: str, key: str) -> np.ndarray:

@@ -39,12 +39,16 @@ class PreparedData:
         return groups if np.unique(groups).size > 1 else None
 
 
-def prepare_dataset(config: RunConfig) -> PreparedData:
-    """Read (for ``demo``: generate on first use) the dataset and pick its distance convention."""
+def prepare_dataset(config: RunConfig, *, generate: bool = True) -> PreparedData:
+    """Read the dataset and pick its distance convention. ``generate=False`` (evaluation): the demo reader never
+    creates its dataset, not even at its cache location."""
     from haf.pipelines import load_dataset
 
     ds = config.dataset
-    dataset = load_dataset(ds.kind, ds.root, **_with_shipped_hierarchy(ds.options))
+    options = _with_shipped_hierarchy(ds.options)
+    if ds.kind == "demo" and not generate:
+        options["generate"] = False
+    dataset = load_dataset(ds.kind, ds.root, **options)
     return PreparedData(dataset, distances_for(dataset, ds.distance_convention, config.source))
 
 

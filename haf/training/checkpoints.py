@@ -6,7 +6,9 @@ RNG states as tensors.
 
 Safe to kill: a checkpoint is written to a temporary file in the same directory, fsync'ed, then ``os.replace``d
 over the old one (atomic on POSIX within one file system), and the directory is fsync'ed so the rename itself
-survives a crash. A kill at any moment leaves either the old or the new checkpoint, never a torn one.
+survives a crash. A kill at any moment leaves either the old or the new checkpoint, never a torn one. ``best.pt``
+is then a hard link of ``last.pt`` renamed into place; a kill between the two leaves a ``last.pt`` whose
+``best_epoch`` is its own epoch, which the resume links (:func:`reconcile_best`).
 
 Layout of a training checkpoint (``CHECKPOINT_FORMAT`` = 1)::
 
@@ -17,19 +19,22 @@ Layout of a training checkpoint (``CHECKPOINT_FORMAT`` = 1)::
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any, Mapping
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from haf import safe_files
+from haf.safe_files import atomic_write, naming
+from haf.training.crash_points import crash_point
 from haf.training.run_config import config_from_dict
-from haf.training.run_folder import BEST_NAME, DEEPSPEED_DIR, LAST_NAME
+from haf.training.run_folder import BEST_LINK_NAME, BEST_NAME, DEEPSPEED_DIR, LAST_NAME
 from haf.training.schema import RunConfig
 from haf.training.seeding import capture_rng_state, restore_rng_state
 
@@ -37,56 +42,19 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINT_KIND = "haf-train"
 
 
-def _atomic_write(path: str | Path, mode: str, write: Callable[[IO], None]) -> None:
-    """Write through ``write(handle)`` to a temp file beside ``path``, fsync, ``os.replace``, fsync the directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _umask_mode())
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        # Leave no half-written temp file behind (the old file, if any, is untouched).
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(path.parent)
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` that a kill at any moment cannot tear (see the module docstring)."""
-    _atomic_write(path, "wb", lambda handle: torch.save(obj, handle))
+    """``torch.save`` that a kill at any moment cannot tear (see the module docstring); an OS error (a full disk,
+    no permission) names ``path`` and leaves the old file and no temporary one."""
+    def write(handle: IO) -> None:
+        torch.save(obj, handle)
+        crash_point("checkpoint-temp-written")
+
+    atomic_write(path, write)
 
 
 def atomic_write_text(text: str, path: str | Path) -> None:
     """The same guarantee for small text files (metrics.json, config.yaml)."""
-    _atomic_write(path, "w", lambda handle: handle.write(text))
-
-
-def _umask_mode() -> int:
-    """The mode a plain ``open()`` would give a new file (mkstemp's 0600 would hide checkpoints from a team)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory file descriptors
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    safe_files.atomic_write_text(path, text)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -171,12 +139,17 @@ def save_epoch_checkpoint(engine: Any, config: RunConfig, data: Any, context: An
                           metrics: dict | None, is_best: bool) -> None:
     """Write last.pt atomically (and best.pt as a hard link of it); DeepSpeed shards first, on every rank."""
     fingerprints = gather_fingerprints(engine.module, context.device)  # collective: every rank
+    if not all(math.isfinite(value) for f in fingerprints for value in f):
+        # Weights went non-finite in the epoch's last steps: keep the last good checkpoint, on every rank.
+        raise TrainingDiverged(f"epoch {epoch}, step {global_step}: the model's weights are not finite; stopped "
+                               f"without saving, {output_dir / LAST_NAME} is the last good checkpoint")
     if context.is_main and any(f != fingerprints[0] for f in fingerprints[1:]):
         print(f"warning: epoch {epoch}: the ranks' parameters differ (fingerprints {fingerprints})", file=sys.stderr)
     tag = None
     if not engine.owns_optimizer_state:
         tag = f"epoch{epoch:04d}"
-        engine.save_sharded(str(output_dir / DEEPSPEED_DIR), tag)  # collective: every rank writes its shard
+        with naming(output_dir / DEEPSPEED_DIR / tag):
+            engine.save_sharded(str(output_dir / DEEPSPEED_DIR), tag)  # collective: every rank writes its shard
     if context.is_main:
         payload = _checkpoint_payload(engine, config, data, epoch=epoch, global_step=global_step,
                                       best_metric=best_metric, best_epoch=best_epoch, metrics=metrics,
@@ -184,22 +157,48 @@ def save_epoch_checkpoint(engine: Any, config: RunConfig, data: Any, context: An
         payload["rank_fingerprints"] = torch.tensor(fingerprints, dtype=torch.float64)
         last = output_dir / LAST_NAME
         atomic_torch_save(payload, last)
+        crash_point("last-replaced")
         if is_best:
-            # A hard link of the file just written: no second copy of the weights, and still an atomic rename.
-            tmp = output_dir / f".{BEST_NAME}.link"
-            tmp.unlink(missing_ok=True)
-            try:
-                os.link(last, tmp)
-            except OSError:  # file systems without hard links
-                shutil.copyfile(last, tmp)
-            os.replace(tmp, output_dir / BEST_NAME)
+            link_best(output_dir)
         if tag is not None:
-            # Shards of older epochs are no longer referenced by last.pt: remove them.
-            for old in (output_dir / DEEPSPEED_DIR).glob("epoch*"):
-                if old.name != tag:
-                    shutil.rmtree(old, ignore_errors=True)
+            remove_unreferenced_shards(output_dir, tag)
     if dist.is_initialized():
         dist.barrier()
+
+
+class TrainingDiverged(ValueError):
+    """A non-finite loss or non-finite weights: the run stops, its last checkpoint is the last good one."""
+
+
+def link_best(output_dir: Path) -> None:
+    """best.pt := last.pt, as a hard link (no second copy of the weights) renamed into place (atomic)."""
+    last, tmp = output_dir / LAST_NAME, output_dir / BEST_LINK_NAME
+    with naming(output_dir / BEST_NAME):
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(last, tmp)
+        except OSError:  # file systems without hard links
+            shutil.copyfile(last, tmp)
+        crash_point("best-link-made")
+        os.replace(tmp, output_dir / BEST_NAME)
+    crash_point("best-replaced")
+
+
+def reconcile_best(output_dir: Path, state: dict) -> None:
+    """On resume: a kill between replacing last.pt and linking best.pt leaves a last.pt that says it is the best
+    (best_epoch = epoch) beside an older best.pt; link it now, as the save would have."""
+    if int(state.get("best_epoch", -1)) == int(state["epoch"]) > 0:
+        link_best(output_dir)
+
+
+def remove_unreferenced_shards(output_dir: Path, tag: str | None) -> None:
+    """DeepSpeed shards of other epochs than last.pt's (older ones, or a newer one a kill left) are unused."""
+    shards = output_dir / DEEPSPEED_DIR
+    if tag is None or not shards.is_dir():
+        return
+    for old in shards.glob("epoch*"):
+        if old.name != tag:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def restore_training_state(engine: Any, state: dict, output_dir: Path) -> None:

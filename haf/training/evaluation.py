@@ -300,7 +300,7 @@ def evaluate_checkpoint(
     split = split or config.dataset.test_split
     torch_device = choose_device(device)
     if data is None:
-        data = prepare_dataset(config)
+        data = prepare_dataset(config, generate=False)  # evaluation never creates a dataset
     model = build_model(config, data.dataset, data.distances)
     channels_last = use_channels_last(config.data.channels_last, torch_device)
     model = model.to(torch_device)

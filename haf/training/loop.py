@@ -28,9 +28,12 @@ from haf.training.assemble import (
     resolve_epochs,
 )
 from haf.training.checkpoints import (
+    TrainingDiverged,
     atomic_write_text,
     check_resume_compatible,
     load_checkpoint,
+    reconcile_best,
+    remove_unreferenced_shards,
     restore_training_state,
     save_epoch_checkpoint,
 )
@@ -51,20 +54,27 @@ from haf.training.run_folder import (
     LAST_NAME,
     METRICS_NAME,
     RunLogger,
+    claim_run_folder,
     default_output_dir,
     progress_bar,
+    remove_stale_files,
     shot_keys,
+    truncate_logs,
 )
 from haf.training.schema import RunConfig
 from haf.training.seeding import epoch_seed, seed_everything
 
 
-def run_training(config: RunConfig, *, resume: bool = False, data: PreparedData | None = None) -> dict | None:
-    """Train, validate, checkpoint; return the test metrics dict (None if stopped early by stop_after_epoch)."""
+def run_training(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
+                 data: PreparedData | None = None) -> dict | None:
+    """Train, validate, checkpoint; return the test metrics dict (None if stopped early by stop_after_epoch).
+
+    An output folder that holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (replace it).
+    """
     use_deepspeed = config.deepspeed.enabled
     context = setup_distributed(config.train.device, use_deepspeed=use_deepspeed)
     try:
-        result = _run(config, context, resume=resume, data=data)
+        result = _run(config, context, resume=resume, overwrite=overwrite, data=data)
     except BaseException:
         # No closing barrier: the other ranks may never reach it, and a hang would hide this rank's error.
         teardown_distributed(context, barrier=False)
@@ -73,12 +83,25 @@ def run_training(config: RunConfig, *, resume: bool = False, data: PreparedData 
     return result
 
 
-def _run(config: RunConfig, context: DistributedContext, *, resume: bool, data: PreparedData | None) -> dict | None:
+def _run(config: RunConfig, context: DistributedContext, *, resume: bool, overwrite: bool,
+         data: PreparedData | None) -> dict | None:
     apply_tf32(config.deepspeed.tf32)
     output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(config)
     main = context.is_main
+    if config.train.nonfinite_loss == "skip" and config.deepspeed.gradient_accumulation_steps != 1:
+        raise ValueError(f"{config.source or '<config>'}: key 'train.nonfinite_loss': 'skip' needs "
+                         "deepspeed.gradient_accumulation_steps 1")
+    refusal = None
     if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            claim_run_folder(output_dir, resume=resume, overwrite=overwrite)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            for name in remove_stale_files(output_dir):
+                print(f"removed {output_dir / name} (left by an interrupted run)", file=sys.stderr)
+        except (ValueError, OSError) as error:
+            refusal = error
+    if not _same_on_all_ranks(refusal is None, context) or refusal is not None:
+        raise refusal or ValueError(f"{output_dir}: refused on rank 0 (see its error)")
     if data is None:
         # Rank 0 first: the demo dataset is generated on first use, and two ranks must not write it at once.
         if main:
@@ -89,9 +112,6 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, data: 
             data = prepare_dataset(config)
     check_splits(config, data.dataset)
     config = resolve_epochs(config, len(data.dataset["train"]), context.world_size)
-    if main:
-        atomic_write_text(config.to_yaml(), output_dir / CONFIG_NAME)
-
     model = build_model(config, data.dataset, data.distances)
     channels_last = use_channels_last(config.data.channels_last, context.device)
     if channels_last:
@@ -121,10 +141,16 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, data: 
             start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
             best_metric, best_epoch = float(state["best_metric"]), int(state["best_epoch"])
             if main:
+                reconcile_best(output_dir, state)
+                remove_unreferenced_shards(output_dir, state.get("deepspeed_tag"))
                 print(f"resumed from {last_path} after epoch {start_epoch} (step {global_step})", file=sys.stderr)
         elif main:
             print(f"--resume: no {last_path} yet, starting from scratch", file=sys.stderr)
 
+    if main:
+        # After the resume checks: a refused resume leaves the run's config.yaml and logs as they were.
+        atomic_write_text(config.to_yaml(), output_dir / CONFIG_NAME)
+        truncate_logs(output_dir, start_epoch)  # the records of the epochs about to be (re)done go
     logger = RunLogger(output_dir, config, enabled=main)
     show_progress = main and config.logging.progress
     # Micro-batches per epoch: whole optimizer steps only (a partial accumulation window would leak into the next).
@@ -186,6 +212,11 @@ def _same_on_all_ranks(flag: bool, context: DistributedContext) -> bool:
     return bool(votes.min().item() == 0)
 
 
+def _all_finite(value: float, context: DistributedContext) -> bool:
+    finite = math.isfinite(value)
+    return _same_on_all_ranks(finite, context) and finite
+
+
 def _restore_fixed_buffers(method: torch.nn.Module, fixed: dict[str, torch.Tensor], device: torch.device) -> None:
     """DeepSpeed's bf16/fp16 modes cast every buffer; the frame and S stay fp32 (the loss accumulates in fp32)."""
     for name, original in fixed.items():
@@ -212,6 +243,7 @@ def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: Distr
     window_micro, window_images, window_start = 0, 0, time.perf_counter()
     epoch_micro, epoch_images, epoch_start = 0, 0, time.perf_counter()
     alpha = config.train.mixup_alpha
+    skip_nonfinite, skipped = config.train.nonfinite_loss == "skip", 0
     for micro_step, (images, targets) in enumerate(loader):
         if micro_step >= steps:
             break
@@ -222,6 +254,13 @@ def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: Distr
         with engine.autocast():
             outputs = engine.forward(images)
             loss = model.loss(outputs, targets) if mixed is None else mixed_loss(model.loss, outputs, mixed)
+        # Every rank skips the same batch (a backward on some ranks only would hang the gradient all-reduce).
+        if skip_nonfinite and not _all_finite(value := float(loss.detach()), context):
+            skipped += 1
+            if context.is_main:
+                print(f"epoch {epoch + 1}, step {global_step + 1}: training loss is {value}; update skipped "
+                      "(train.nonfinite_loss=skip)", file=sys.stderr)
+            continue
         engine.backward(loss)
         engine.step()
         detached = loss.detach().double()
@@ -241,8 +280,10 @@ def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: Distr
             mean_loss = float(window_loss) / window_micro
             elapsed = time.perf_counter() - window_start
             throughput = window_images / max(elapsed, 1e-9)
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(f"epoch {epoch + 1}, step {global_step}: training loss is {mean_loss}")
+            if not _all_finite(mean_loss, context):
+                raise TrainingDiverged(f"epoch {epoch + 1}, step {global_step}: training loss is {mean_loss}; "
+                                       "stopped, the last checkpoint is kept (train.nonfinite_loss=skip skips "
+                                       "such batches instead)")
             # "loss": this rank's last micro-batch (rank 0); "loss_mean": the mean since the previous record.
             record = {"split": "train", "epoch": epoch + 1, "step": global_step, "loss": float(loss.detach()),
                       "loss_mean": mean_loss, "lr": lr, "images_per_s": throughput, **_group_rates(engine)}
@@ -256,8 +297,11 @@ def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: Distr
     # The epoch's record: mean loss over its micro-batches (rank 0's shard), throughput over the whole pass.
     epoch_mean = float(epoch_loss) / max(epoch_micro, 1)
     epoch_throughput = epoch_images / max(time.perf_counter() - epoch_start, 1e-9)
-    logger.log({"split": "train", "epoch": epoch + 1, "step": global_step, "loss": epoch_mean, "lr": lr,
-                "images_per_s": epoch_throughput, **_group_rates(engine)}, global_step)
+    record = {"split": "train", "epoch": epoch + 1, "step": global_step, "loss": epoch_mean, "lr": lr,
+              "images_per_s": epoch_throughput, **_group_rates(engine)}
+    if skip_nonfinite:
+        record["skipped_batches"] = skipped
+    logger.log(record, global_step)
     return global_step
 
 

@@ -1,13 +1,24 @@
 """A run folder: its file names (one home for them), the run's JSONL/TensorBoard log, and the metrics.json record.
 
-The files and the fields of their records are described in docs/ARCHITECTURE.md ("Training outputs").
+The files and the fields of their records are described in docs/ARCHITECTURE.md ("Training outputs"). A folder
+that holds a run is never trained into again unless asked (:func:`claim_run_folder`: ``resume`` continues it,
+``overwrite`` replaces it); a resumed run's logs are cut back to its checkpoint (:func:`truncate_logs`), so each
+(epoch, split) record and each step record appears once.
 """
 from __future__ import annotations
 
+import glob
 import json
+import os
+import re
+import shutil
 import sys
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from haf.safe_files import naming
+from haf.training.crash_points import armed, crash_point
 
 if TYPE_CHECKING:
     from haf.training.schema import RunConfig
@@ -21,11 +32,103 @@ BEST_NAME = "best.pt"
 DEEPSPEED_DIR = "deepspeed"  # DeepSpeed's own shards (ZeRO ≥ 1, bf16/fp16 weights)
 TENSORBOARD_DIR = "tensorboard"
 SPLITS = ("train", "val", "test")  # the values of a metrics.jsonl record's "split"
+# Files whose presence means the folder holds a run; with the folders below, what --overwrite removes.
+RUN_FILES = (CONFIG_NAME, LAST_NAME, BEST_NAME, METRICS_NAME, LOG_NAME, STEP_LOG_NAME)
+RUN_DIRS = (TENSORBOARD_DIR, DEEPSPEED_DIR)
+BEST_LINK_NAME = f".{BEST_NAME}.link"  # best.pt's hard link before it is renamed into place
+REPLACED_PREFIX = ".replaced-"  # an overwritten run's files on their way out
+# Temporary files of our atomic writes (".<name>.<random>.tmp"); only a kill leaves one behind.
+_TEMP = re.compile(r"\.(" + "|".join(map(re.escape, RUN_FILES)) + r"|eval-[^/]*\.json)\..+\.tmp")
 
 
 def default_output_dir(config: RunConfig) -> Path:
     stem = Path(config.source).stem if config.source else config.method.name
     return Path("runs") / config.dataset.kind / f"{stem}-seed{config.seed}"
+
+
+def is_temp_file(name: str) -> bool:
+    """Is ``name`` one of our temporary files (an unfinished write) in a run folder?"""
+    return bool(_TEMP.fullmatch(name)) or name == BEST_LINK_NAME
+
+
+def _is_run_entry(name: str) -> bool:
+    return (name in RUN_FILES or name in RUN_DIRS or is_temp_file(name) or name.startswith(REPLACED_PREFIX)
+            or (name.startswith("eval-") and name.endswith(".json")))
+
+
+def claim_run_folder(output_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a folder that holds a run unless ``resume`` (continue it) or ``overwrite`` (replace it) is given."""
+    if resume and overwrite:
+        raise ValueError(f"{output_dir}: --resume and --overwrite exclude each other")
+    if not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise NotADirectoryError(20, "Not a directory", str(output_dir))
+    found = [name for name in RUN_FILES if (output_dir / name).exists()]
+    if not found or resume:
+        return
+    if not overwrite:
+        raise ValueError(f"{output_dir}: holds a training run ({', '.join(found)}); continue it with --resume or "
+                         "replace it with --overwrite")
+    clear_run(output_dir)
+
+
+def clear_run(output_dir: Path) -> None:
+    """Remove a run's files (and nothing else) from ``output_dir``.
+
+    A folder holding only the run's files is renamed away in one step and recreated empty, so a kill leaves the
+    old run or an empty folder. Beside other files, the run's entries move one by one into a hidden
+    ``.replaced-*`` folder; a kill in between leaves a partial run that is still refused, and the next
+    ``--overwrite`` finishes the job.
+    """
+    entries = list(output_dir.iterdir())
+    if all(_is_run_entry(entry.name) for entry in entries):
+        trash = output_dir.with_name(f".{output_dir.name}{REPLACED_PREFIX}{uuid.uuid4().hex[:8]}")
+        os.rename(output_dir, trash)
+        output_dir.mkdir()
+    else:
+        trash = output_dir / f"{REPLACED_PREFIX}{uuid.uuid4().hex[:8]}"
+        trash.mkdir()
+        for entry in entries:
+            if _is_run_entry(entry.name):
+                os.rename(entry, trash / entry.name)
+    shutil.rmtree(trash)
+
+
+def remove_stale_files(output_dir: Path) -> list[str]:
+    """Remove what only a kill leaves behind: our temporary files and the folders of an interrupted overwrite."""
+    removed = []
+    leftovers = [p for p in output_dir.iterdir() if is_temp_file(p.name) or p.name.startswith(REPLACED_PREFIX)]
+    leftovers += output_dir.parent.glob(f".{glob.escape(output_dir.name)}{REPLACED_PREFIX}*")
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
+def truncate_logs(output_dir: Path, epoch: int) -> None:
+    """Keep the log records of epochs ≤ ``epoch`` (those the checkpoint holds), each once; drop test records
+    (the test is rerun at the end) and a line torn by a kill. Rewritten atomically."""
+    from haf.safe_files import atomic_write_text
+
+    for name, keep in ((LOG_NAME, lambda r: r.get("split") != "test"), (STEP_LOG_NAME, lambda r: True)):
+        path = output_dir / name
+        if not path.exists():
+            continue
+        kept: dict[tuple, str] = {}
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn line: the write was killed
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int) and record["epoch"] <= epoch \
+                    and keep(record):
+                kept[(record["epoch"], record.get("split"), record.get("step") if name == STEP_LOG_NAME else None)] \
+                    = line
+        atomic_write_text(path, "".join(line + "\n" for line in kept.values()))
 
 
 def progress_bar(total: int, description: str, enabled: bool) -> Any:
@@ -52,7 +155,8 @@ class RunLogger:
         if not enabled:
             return
         if config.logging.jsonl:
-            # Appended: a resumed run continues the log of the epochs it does not repeat.
+            # Appended: a resumed run continues the log of the epochs it does not repeat (cut back to its
+            # checkpoint first, truncate_logs).
             self.jsonl = open(output_dir / LOG_NAME, "a", buffering=1)
             self.step_jsonl = open(output_dir / STEP_LOG_NAME, "a", buffering=1)
         if config.logging.tensorboard:
@@ -76,7 +180,14 @@ class RunLogger:
         if not self.enabled:
             return
         if stream is not None:
-            stream.write(json.dumps(record) + "\n")
+            line = json.dumps(record) + "\n"
+            with naming(stream.name):
+                if armed("log-append"):  # test-only: die with half a record written (see crash_points)
+                    stream.write(line[: len(line) // 2])
+                    stream.flush()
+                    crash_point("log-append")
+                    line = line[len(line) // 2:]
+                stream.write(line)
         if self.writer is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in ("step", "epoch"):

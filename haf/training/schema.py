@@ -97,6 +97,9 @@ class TrainConfig:
     # A step budget instead: epochs = max(1, round(steps / optimizer steps per epoch)), resolved when the
     # dataset is read (Making Better Mistakes trains 200,000 steps). null: train.epochs as given.
     steps: Union[int, None] = None
+    # A non-finite training loss: "stop" the run (one line naming epoch, step and loss; the last checkpoint is
+    # kept), or "skip" that batch's update (one host sync per step; needs gradient_accumulation_steps 1).
+    nonfinite_loss: Literal["stop", "skip"] = "stop"
 
 
 @dataclass(frozen=True)
