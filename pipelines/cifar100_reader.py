@@ -1,28 +1,14 @@
-"""Reader for CIFAR-100's python pickle batches (``cifar-100-python/{train,test,meta}``).
+"""Reader for CIFAR-100's python pickle batches (``cifar-100-python/{train,test,meta}``; format: docs/METHOD.md §9).
 
-Each batch is a pickled dict (written by Python 2) with ``data``, an N × 3072 uint8 array whose rows are the
-1024 red, 1024 green and 1024 blue values of a 32 × 32 image (CHW planar, row-major), ``fine_labels`` and
-``coarse_labels``; ``meta`` holds ``fine_label_names`` and ``coarse_label_names``. Images come out as
-(N, 32, 32, 3) uint8 arrays in memory (``Split.arrays``).
+Images come out as (N, 32, 32, 3) uint8 arrays in memory (``Split.arrays``), labels as fine-label indices. Splits
+follow the reference: validation = the last 50 training images of each class, in original order; the rest is
+training data (45,000 / 5,000 / 10,000). With ``long_tail`` the training split is the CIFAR-100-LT subset instead
+(:mod:`haf.pipelines.long_tail`; profiles and sizes in docs/RECIPES.md), validation is drawn from the images it
+leaves out, and the test split stays the balanced official one.
 
-Splits follow the reference: validation = the last 50 training images of each class, in original order; the rest
-is training data (45,000 / 5,000 / 10,000).
-
-Long-tailed CIFAR-100-LT (``long_tail="exp"`` or ``"step"``, ratio ``imbalance_ratio``): the training split is the
-field's subset of all 50,000 training images (:mod:`haf.pipelines.long_tail`; ρ = 0.005 / 0.01 / 0.02 →
-9,502 / 10,847 / 12,608 images), in the authors' order (class by class). Validation = the last
-``validation_per_class`` *unselected* training images of each class in file order, as many as there are (none for
-a class the profile keeps whole: class 0, and the first half under ``step``), so it never overlaps training. The
-test split is the balanced official one in both modes.
-
-Hierarchy: the field's 5-level CIFAR-100 hierarchy (h = 5) is not shipped with the dataset; pass it as a file
-(``hierarchy=``). Without one, the reader falls back to the dataset's own 2-level superclass tree (20 coarse →
-100 fine) and warns, since distances then span 0–2 instead of 0–5.
-
-The batches are untrusted input: they are read with a restricted unpickler that admits exactly the globals the
-real files reference — numpy's array reconstruction (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``,
-``numpy.dtype``; numpy 2 spells the first ``numpy._core.multiarray``) — and nothing else; dicts, lists, strings,
-bytes and ints are pickle opcodes, not globals. Object arrays are refused.
+The field's 5-level hierarchy is not shipped with the dataset: pass it as a file (``hierarchy=``); without one the
+reader falls back to the dataset's own 2-level superclass tree and warns. The batches are untrusted input, read
+with a restricted unpickler that admits only numpy's array reconstruction (:data:`CIFAR_GLOBALS`).
 """
 from __future__ import annotations
 
@@ -65,6 +51,8 @@ def _dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
     return np.dtype(spec, bool(align), bool(copy))
 
 
+#: Exactly the globals the real files reference: numpy's array reconstruction (numpy 2 spells the first
+#: ``numpy._core.multiarray``). Dicts, lists, strings, bytes and ints are pickle opcodes, not globals.
 CIFAR_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
@@ -203,8 +191,11 @@ def read_cifar100(
     Args:
         hierarchy: the field's 5-level hierarchy file; without it the 2-level superclass tree (with a warning).
         validation_per_class: training images held out per class (the last ones); 0 gives no validation split.
-            With ``long_tail``: at most this many of the images the subset leaves out, per class.
-        long_tail: None (the balanced release), ``"exp"`` or ``"step"``: the CIFAR-100-LT training subset.
+            With ``long_tail``: the last this many *unselected* training images of each class in file order, as
+            many as there are (none for a class the profile keeps whole: class 0, and the first half under
+            ``step``), so validation never overlaps training.
+        long_tail: None (the balanced release), ``"exp"`` or ``"step"``: the CIFAR-100-LT training subset, drawn
+            from all 50,000 training images, in the authors' order (class by class).
         imbalance_ratio: ρ = n_min / n_max of the long-tailed profile (0.005, 0.01, 0.02 in the literature).
     """
     root = require_dir(Path(root).expanduser().absolute(), "CIFAR-100 folder")

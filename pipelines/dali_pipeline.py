@@ -1,26 +1,15 @@
 """DALI input pipelines: one definition for every split, on the GPU (mixed decoder) or on CPU only.
 
-Why ``external_source`` and not ``fn.readers.file``: the batch plan — which files, in which order, on which rank
-(``epoch_plan``) and every random crop/flip (``transforms``) — is computed in Python from (seed, epoch, rank,
-batch) and fed to the pipeline, which only decodes and executes it. That gives, at once: exact resume (no hidden
+The batch plan — which files, in which order, on which rank (``epoch_plan``) and every random crop/flip
+(``transforms``) — is computed in Python from (seed, epoch, rank, batch) and fed through ``external_source``; the
+pipeline only decodes and executes it. Why not ``fn.readers.file``: this gives, at once, exact resume (no hidden
 reader or operator RNG state, no per-epoch pipeline reseeding), the same order and the same augmentation as the
-reference DataLoader (so the two paths can be compared sample for sample, train transforms included), the
-evaluation sharding rule "every sample exactly once across ranks" without reader padding, and the ability to
-map a decoder failure to the file that caused it. The cost is reading file bytes in the main process (a few
-tens of µs per file) while DALI's threads decode the previous batches.
+reference DataLoader (the two paths are compared sample for sample, train transforms included), the evaluation
+sharding rule "every sample exactly once across ranks" without reader padding, and a decoder failure mapped to the
+file that caused it. The cost is reading file bytes in the main process (a few tens of µs per file) while DALI's
+threads decode the previous batches.
 
-Graph (devices differ only by ``device``: "gpu" → ``mixed`` decoder and GPU operators; "cpu" → CPU operators,
-``device_id=None``, runs without a GPU)::
-
-    external_source ─ encoded bytes ─ decoders.image_slice(region)   (ROI decoding, ImageNet-style)
-                    └ or uint8 HWC arrays / decoders.image ─ slice(region, zero padding)   (pad-4 crops; reflect: padded array fed)
-      → resize(size, INTERP_LINEAR, antialias)   (eval: one ROI resize = resize + centre crop, fused_centre_crop)
-      → [slice(crop, zero padding)]               (the padded random crop after a squash, "squash-pad-crop")
-      → crop_mirror_normalize(mirror, mean·255, std·255, CHW or HWC, float32/float16)
-
-A decoding failure surfaces as a DALI ``RuntimeError`` for the batch; the loader re-decodes that batch's files one
-by one on a CPU probe pipeline to name the culprit, then raises :class:`CorruptImageError` or (``on_error="skip"``)
-restarts the pipeline at the same batch without that file. Nothing waits on a failed batch, so nothing hangs.
+The graph is drawn on :func:`build_pipeline`; how a decoding failure is traced to its file, on :class:`DaliLoader`.
 """
 from __future__ import annotations
 
@@ -112,8 +101,16 @@ def build_pipeline(
 ):
     """The pipeline for one split. ``source`` is a :class:`_PlanSource` (its ``columns`` are set here).
 
-    ``device`` "gpu": mixed decoding and GPU operators (output on GPU ``device_id``); "cpu": CPU operators only.
-    The graph is static per (spec, from_files); per-sample geometry arrives through ``source``.
+    ``device`` "gpu": mixed decoding and GPU operators (output on GPU ``device_id``); "cpu": CPU operators only,
+    ``device_id=None``, runs without a GPU. The graph is static per (spec, from_files); per-sample geometry arrives
+    through ``source``::
+
+        external_source ─ encoded bytes ─ decoders.image_slice(region)   (ROI decoding, ImageNet-style)
+                        └ or uint8 HWC arrays / decoders.image ─ slice(region, zero padding)
+                                                           (pad-4 crops; reflect: the padded array is fed)
+          → resize(size, INTERP_LINEAR, antialias)   (eval: one ROI resize = resize + centre crop, fused_centre_crop)
+          → [slice(crop, zero padding)]               (the padded random crop after a squash, "squash-pad-crop")
+          → crop_mirror_normalize(mirror, mean·255, std·255, CHW or HWC, float32/float16)
     """
     fn, pipeline_def, types = _dali()
     if from_files and spec.kind.reflect:
@@ -274,7 +271,13 @@ def _ops_arrays(data: np.ndarray, ops: SampleOps, fused_crop: bool) -> dict[str,
 
 
 class DaliLoader(Loader):
-    """DALI backend (see the module docstring). One pipeline per epoch pass; rebuilt only after a skipped file."""
+    """DALI backend (see the module docstring). One pipeline per epoch pass; rebuilt only after a skipped file.
+
+    A decoding failure surfaces as a DALI ``RuntimeError`` for the batch; the loader re-decodes that batch's files
+    one by one on a CPU probe pipeline to name the culprit, then raises :class:`CorruptImageError` or
+    (``on_error="skip"``) restarts the pipeline at the same batch without that file. Nothing waits on a failed
+    batch, so nothing hangs.
+    """
 
     def __init__(self, split: Split, options: LoaderOptions):
         super().__init__(split, options)

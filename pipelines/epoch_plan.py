@@ -2,20 +2,8 @@
 
 Order is a function of (seed, epoch) only, identical on every rank, so the ranks' shards are disjoint; the
 shard and batch split is then a function of (rank, world_size, batch_size). Nothing depends on the backend,
-the number of workers or what ran before, which is what makes resume exact.
-
-Sharding rules (the DeepSpeed/DistributedSampler conventions, written out):
-
-- ``drop_last=True`` (training default): the shuffled order is cut to a multiple of ``world_size``; rank r takes
-  positions r, r + W, r + 2W, ...; then only full batches are kept. Every rank gets the same number of batches
-  (collectives stay in step) and no sample is seen twice; at most W − 1 + W·(B − 1) samples sit out an epoch,
-  a different set each epoch.
-- ``drop_last=False`` with ``pad=True`` (training without dropping): the order is wrapped around to a multiple
-  of W, as DistributedSampler does, so every rank has the same number of samples; the < W duplicated samples are
-  documented padding that training tolerates.
-- ``drop_last=False`` with ``pad=False`` (evaluation default): no padding, no duplicates: rank r takes positions
-  r, r + W, ...; shard sizes differ by at most one and the last batch may be partial. Over all ranks every sample
-  is seen exactly once, so metric sums merged across ranks are exact.
+the number of workers or what ran before, which is what makes resume exact. The sharding rules (the
+DeepSpeed/DistributedSampler conventions) are written out on :func:`shard_indices`.
 """
 from __future__ import annotations
 
@@ -45,7 +33,19 @@ def shard_indices(
     drop_last: bool,
     pad: bool,
 ) -> np.ndarray:
-    """Sample indices rank ``rank`` reads this epoch, in order (before batching; see the module docstring)."""
+    """Sample indices rank ``rank`` reads this epoch, in order (before batching).
+
+    - ``drop_last=True`` (training default): the shuffled order is cut to a multiple of ``world_size``; rank r takes
+      positions r, r + W, r + 2W, ...; then only full batches are kept. Every rank gets the same number of batches
+      (collectives stay in step) and no sample is seen twice; at most W − 1 + W·(B − 1) samples sit out an epoch,
+      a different set each epoch.
+    - ``drop_last=False`` with ``pad=True`` (training without dropping): the order is wrapped around to a multiple
+      of W, as DistributedSampler does, so every rank has the same number of samples; the < W duplicated samples
+      are documented padding that training tolerates.
+    - ``drop_last=False`` with ``pad=False`` (evaluation default): no padding, no duplicates: rank r takes positions
+      r, r + W, ...; shard sizes differ by at most one and the last batch may be partial. Over all ranks every
+      sample is seen exactly once, so metric sums merged across ranks are exact.
+    """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank={rank}, world_size={world_size}; expected 0 <= rank < world_size")
     order = epoch_order(num_samples, shuffle=shuffle, seed=seed, epoch=epoch)

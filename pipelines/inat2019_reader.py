@@ -1,26 +1,11 @@
-"""Reader for iNaturalist 2019's JSON annotations (``train2019.json``, ``val2019.json``).
-
-Each annotation file is COCO-like::
-
-    {"images": [{"id": 7, "file_name": "train_val2019/Plants/644/716a69...d5.jpg", ...}, ...],
-     "annotations": [{"image_id": 7, "category_id": 644, ...}, ...],
-     "categories": [{"id": 644, "name": ..., "kingdom": ..., "phylum": ..., "class": ..., "order": ...,
-                     "family": ..., "genus": ...}, ...]}
+"""Reader for iNaturalist 2019's JSON annotations (``train2019.json``, ``val2019.json``; docs/METHOD.md §9).
 
 The 7-level taxonomy (1010 species) is built by ``haf.hierarchy``'s ``inat2019_hierarchy`` from the training
 file's categories; classes are ordered by category id (the annotations' label). ``file_name`` is relative to the
 folder holding the extracted ``train_val2019/`` tree (``images_root``, default ``root``). The official test set
-has no labels, so without ``splits_dir`` the splits are the official train and val.
-
-With ``splits_dir`` the splits are the field's re-split of the train + val images into train / val / test
-(Making Better Mistakes' ``splits_inat19``), in the per-class list layout of its tieredImageNet-H lists::
-
-    <splits_dir>/{train,val,test}/<class>.txt      one image per line, e.g. 716a69...d5.jpg or
-                                                    train_val2019/Plants/644/716a69...d5.jpg
-
-``<class>`` is the category id (``644``), the same as a hierarchy leaf (``nat0644``) or the species name. A line
-is matched against the annotation files' ``file_name`` entries, whole or by file name; a list or line that matches
-nothing is an error naming it (file and line). The hierarchy still comes from ``train2019.json``.
+has no labels, so without ``splits_dir`` the splits are the official train and val; with it, the field's re-split
+of the train + val images into train / val / test, given as per-class lists (:func:`_read_split_lists`). The
+hierarchy comes from ``train2019.json`` either way.
 """
 from __future__ import annotations
 
@@ -49,6 +34,13 @@ LEAF_PREFIX = "nat"  # hierarchy leaves of the field's inaturalist19 files: nat0
 
 
 def load_annotations(path: Path) -> Mapping:
+    """One annotation file, checked for its lists::
+
+        {"images": [{"id": 7, "file_name": "train_val2019/Plants/644/716a69...d5.jpg", ...}, ...],
+         "annotations": [{"image_id": 7, "category_id": 644, ...}, ...],
+         "categories": [{"id": 644, "name": ..., "kingdom": ..., "phylum": ..., "class": ..., "order": ...,
+                         "family": ..., "genus": ...}, ...]}
+    """
     require_file(path, "iNat2019 annotation file")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -115,8 +107,9 @@ def read_inat2019(
         images_root: folder the ``file_name`` entries are relative to (default ``root``).
         leaf_name: class names, ``"id"`` (the category id as text) or ``"name"`` (the species name).
         check_files: stat every listed image (an absent one is an error naming it); off for a quick look.
-        splits_dir: folder of the re-split's per-class lists ``{train,val,test}/<class>.txt`` (module docstring);
-            relative to ``root`` unless absolute. None: the official train / val JSON splits.
+        splits_dir: folder of the re-split's per-class lists ``{train,val,test}/<class>.txt``
+            (:func:`_read_split_lists`); relative to ``root`` unless absolute. None: the official train / val JSON
+            splits.
     """
     root = require_dir(Path(root).expanduser().absolute(), "iNat2019 folder")
     images_root = require_dir(Path(images_root).expanduser().absolute() if images_root else root, "iNat2019 images")
@@ -171,7 +164,18 @@ def _read_split_lists(
     root: Path, images_root: Path, lists_root: Path, splits: Sequence[str], leaf_name: str, convention: str,
     check_files: bool, name: str,
 ) -> DatasetSplits:
-    """The re-split of the train + val images given by per-class lists (see the module docstring)."""
+    """The re-split of the train + val images given by per-class lists.
+
+    The field's re-split (Making Better Mistakes' ``splits_inat19``) uses the per-class list layout of its
+    tieredImageNet-H lists::
+
+        <splits_dir>/{train,val,test}/<class>.txt      one image per line, e.g. 716a69...d5.jpg or
+                                                        train_val2019/Plants/644/716a69...d5.jpg
+
+    ``<class>`` is the category id (``644``), the same as a hierarchy leaf (``nat0644``) or the species name. A
+    line is matched against the annotation files' ``file_name`` entries, whole or by file name; a list or line that
+    matches nothing is an error naming it (file and line).
+    """
     if tuple(splits) == INAT_SPLITS:  # the default of the JSON layout: here every list folder present
         splits = [s for s in LIST_SPLITS if (lists_root / s).is_dir()]
     for split in splits:

@@ -1,22 +1,11 @@
 """The one definition of the input transforms, shared by the DALI pipelines and the reference DataLoader.
 
-Both backends apply the same four geometric steps to every sample, in this order, and then normalise:
+Both backends apply the same geometric steps to every sample — region → resize → crop → flip, written out on
+:class:`SampleOps` — and then normalise, x ↦ (x / 255 − mean) / std per channel.
 
-1. ``region``  — cut the box ``(top, left, height, width)`` out of the decoded image (source pixels). A box that
-   reaches outside the image is zero-padded there (the pad-4 random crop is a region starting at −4..+4), or
-   filled with the image's reflection when the transform reflect-pads.
-2. ``resize``  — resample the region to ``(height, width)`` with bilinear interpolation and an antialiasing
-   (triangle) filter when shrinking: DALI ``INTERP_LINEAR, antialias=True``, torchvision ``BILINEAR,
-   antialias=True``. They agree to one uint8 level except in the outermost output row/column, where DALI
-   clamps the filter to the edge pixel and torchvision renormalises the cut filter (measured in the tests).
-3. ``crop``    — cut ``(top, left, height, width)`` out of the resized image (the eval centre crop; the padded
-   random crop after a squash, zero-padded where it leaves the image).
-4. ``flip``    — mirror left–right.
-5. normalise:  x ↦ (x / 255 − mean) / std per channel.
-
-The *random* numbers behind steps 1 and 4 are not drawn by either backend. :func:`batch_uniforms` draws them
-from a generator seeded by ``(seed, epoch, rank, batch)``, and :func:`plan_sample` turns one row of them plus the
-image's size into a :class:`SampleOps`, through the planner of the spec's named transform (:data:`TRANSFORMS`).
+The *random* numbers behind the region and the flip are not drawn by either backend. :func:`batch_uniforms` draws
+them from a generator seeded by ``(seed, epoch, rank, batch)``, and :func:`plan_sample` turns one row of them plus
+the image's size into a :class:`SampleOps`, through the planner of the spec's named transform (:data:`TRANSFORMS`).
 So for the same files, seed and epoch the two backends crop and flip the same pixels, a resumed run replays the
 same augmentation, and DALI's own (per-pipeline-instance) random state is never used.
 """
@@ -166,7 +155,19 @@ Box = tuple[int, int, int, int]  # (top, left, height, width) in pixels
 
 @dataclass(frozen=True)
 class SampleOps:
-    """The geometric steps for one sample (see the module docstring); both backends execute exactly these."""
+    """The geometric steps for one sample; both backends execute exactly these, in this order:
+
+    1. ``region`` — cut the box ``(top, left, height, width)`` out of the decoded image (source pixels). A box that
+       reaches outside the image is zero-padded there (the pad-4 random crop is a region starting at −4..+4), or
+       filled with the image's reflection when the transform reflect-pads.
+    2. ``resize`` — resample the region to ``(height, width)`` with bilinear interpolation and an antialiasing
+       (triangle) filter when shrinking: DALI ``INTERP_LINEAR, antialias=True``, torchvision ``BILINEAR,
+       antialias=True``. They agree to one uint8 level except in the outermost output row/column, where DALI
+       clamps the filter to the edge pixel and torchvision renormalises the cut filter (measured in the tests).
+    3. ``crop`` — cut ``(top, left, height, width)`` out of the resized image (the eval centre crop; the padded
+       random crop after a squash, zero-padded where it leaves the image).
+    4. ``flip`` — mirror left–right.
+    """
 
     region: Box  # in the decoded image; may reach outside it (zero padding, or reflection: reflect_pad)
     resize: tuple[int, int]  # (height, width) after resampling the region; == region size means no resampling

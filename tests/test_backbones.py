@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-import haf.models.backbones as backbones
+import haf.models.backbone_weights as backbone_weights
 from haf.models.backbones import (
     available_backbones,
     build_backbone,
@@ -191,7 +191,7 @@ def test_torchvision_weights_load_through_the_api(monkeypatch):
         requested.append(member)
         return reference.state_dict()
 
-    monkeypatch.setattr(backbones, "_fetch_torchvision_state_dict", fake_fetch)
+    monkeypatch.setattr(backbone_weights, "_fetch_torchvision_state_dict", fake_fetch)
     model = build_backbone("resnet50", weights="IMAGENET1K_V2")
     assert requested == [torchvision.models.ResNet50_Weights.IMAGENET1K_V2]
     expected = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
@@ -211,7 +211,7 @@ def test_failed_download_says_what_to_do(monkeypatch):
 
     monkeypatch.setattr(type(member), "get_state_dict", offline)
     with pytest.raises(OSError, match=r"IMAGENET1K_V1 from https://.*network unreachable.*local path"):
-        backbones._fetch_torchvision_state_dict(member)
+        backbone_weights._fetch_torchvision_state_dict(member)
 
 
 def test_wide_resnet_follows_the_reference_blocks():

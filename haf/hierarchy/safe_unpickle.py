@@ -1,24 +1,13 @@
-"""A restricted unpickler for the field's hierarchy pickles, which are untrusted input.
+"""A restricted unpickler for the field's hierarchy pickles, which are untrusted input (docs/METHOD.md §9).
 
 ``pickle.load`` executes whatever callable a file names; a hierarchy downloaded from the internet must not be
 able to. :class:`RestrictedUnpickler` resolves only the globals listed in its ``allowed`` map (module, name) →
 object and raises ``ValueError`` naming the file and the global for anything else (``os.system``,
 ``builtins.eval``, ``subprocess.Popen``, even a harmless-looking ``collections.OrderedDict``). Persistent ids
-are refused too.
-
-The two file kinds need very little:
-
-* ``*_distances.pkl.xz`` holds a dict of ``(str, str) → int``: dicts, tuples, strings and ints are pickle
-  opcodes, not globals, so :data:`DISTANCES_GLOBALS` is empty.
-* ``*_tree.pkl`` holds an ``nltk.Tree`` (a ``list`` subclass with a ``_label`` attribute). Depending on the
-  protocol the pickle names ``nltk.tree.Tree`` or ``nltk.tree.tree.Tree`` (nltk ≥ 3.6 moved it), and at
-  protocols 0-1 ``copy_reg._reconstructor`` with ``__builtin__.list``/``object``. :data:`TREE_GLOBALS` maps
-  those to :class:`TreeNode`, a stand-in that needs no nltk, and to a reconstructor that builds only a
-  ``TreeNode``.
-
-Size is bounded too: :func:`read_capped` reads a file (decompressing ``.xz``/``.lzma`` as a stream, one chunk
-at a time with ``LZMADecompressor.decompress(max_length=...)``) and refuses it as soon as it holds more than
-``max_bytes``, so a small "bomb" that expands to gigabytes never allocates more than the cap.
+are refused too. The distance dicts need no global at all (:data:`DISTANCES_GLOBALS`); nltk trees need the few
+in :data:`TREE_GLOBALS`, mapped to :class:`TreeNode`, a stand-in that needs no nltk. Size is bounded too:
+:func:`read_capped` refuses a file (decompressed as a stream) as soon as it holds more than ``max_bytes``, so a
+small "bomb" that expands to gigabytes never allocates more than the cap.
 """
 
 from __future__ import annotations
@@ -64,8 +53,14 @@ def _reconstruct_tree_node(cls: Any, base: Any, state: Any) -> TreeNode:
     return node
 
 
+#: ``*_distances.pkl.xz`` holds a dict of ``(str, str) → int``: dicts, tuples, strings and ints are pickle opcodes,
+#: not globals.
 DISTANCES_GLOBALS: Mapping[tuple[str, str], Any] = {}
 
+#: ``*_tree.pkl`` holds an ``nltk.Tree`` (a ``list`` subclass with a ``_label`` attribute). Depending on the protocol
+#: the pickle names ``nltk.tree.Tree`` or ``nltk.tree.tree.Tree`` (nltk ≥ 3.6 moved it), and at protocols 0-1
+#: ``copy_reg._reconstructor`` with ``__builtin__.list``/``object``: all mapped to :class:`TreeNode` and a
+#: reconstructor that builds only a ``TreeNode``.
 TREE_GLOBALS: Mapping[tuple[str, str], Any] = {
     ("nltk.tree", "Tree"): TreeNode,
     ("nltk.tree.tree", "Tree"): TreeNode,
@@ -121,6 +116,8 @@ def _mib(n: int) -> str:
 
 def read_capped(path: str | os.PathLike, max_bytes: int, *, why: str) -> bytes:
     """The bytes of ``path`` (lzma/xz-decompressed when its name ends in .xz/.lzma), at most ``max_bytes``.
+
+    Compressed files are decompressed one chunk at a time with ``LZMADecompressor.decompress(max_length=...)``.
 
     Beyond the cap: ``ValueError`` naming the file, the cap and ``why`` (what the cap stands for), after holding
     at most ``max_bytes`` + one chunk. Concatenated xz streams are read like ``lzma.decompress`` reads them.

@@ -1,19 +1,15 @@
-"""Fixed simplex ETF + dot-regression loss (Yang et al., NeurIPS 2022, "Inducing neural collapse in imbalanced
-learning: do we really need a learnable classifier at the end of deep neural network?").
+"""Fixed simplex ETF + dot-regression loss (Yang et al., NeurIPS 2022; docs/METHOD.md §3 and §8).
 
-Last layer: the fixed ETF M = sqrt(K/(K−1)) · P (I − 11ᵀ/K) (rows m_c: unit norm, pairwise cosine −1/(K−1)),
-built by :func:`haf.frame.fixed_etf` with P seeded by ``context.seed`` and kept as a persistent buffer (saved in
-checkpoints, never trained). The features go through the method's own BatchNorm1d (the authors' ``BN_H``) and, in
-their CIFAR variant, are L2-normalised (``normalize_features``); then
+Last layer: the fixed ETF M (rows m_c of unit norm, pairwise cosine −1/(K−1); :func:`haf.frame.fixed_etf` seeded
+by ``context.seed``), a persistent buffer: saved in checkpoints, never trained. The features pass the method's own
+BatchNorm1d (the authors' ``BN_H``) and, in their CIFAR variant, L2 normalisation (``normalize_features``); then
 
-    ℓ_b = ½ (h_bᵀ w_{y_b} − ‖w_{y_b}‖·‖h_b‖)² / ‖h_b‖        (‖h‖, ‖w‖ detached; mean over the batch)
+    ℓ_b = ½ (h_bᵀ w_{y_b} − ‖w_{y_b}‖·‖h_b‖)² / ‖h_b‖,     ‖h‖, ‖w‖ detached,   w_c = m_c  or  E_w[c]·m_c
 
-with w_c = m_c, or E_w[c]·m_c with the per-batch class rescaling for imbalanced data (``class_rescaling``;
-:func:`haf.methods.etf_dot_regression.batch_class_rescaling`). Prediction: argmax_c h·m_c (= max cosine, the rows having one
-norm). The loss trains only the direction of h, so probabilities for CRM are softmax(s · cos(h, m_c)) with the
-NormFace scale s at which a perfectly collapsed sample gets ``target_probability`` (not part of the paper, which
-reports no probabilities; see :func:`haf.methods._loss_common.normface_scale`). The evaluation reports CRM
-decoding of them only with ``report_crm: true``: the loss fits no likelihood.
+(:func:`dot_regression_loss`; E_w with ``class_rescaling``: :func:`batch_class_rescaling`). Prediction:
+argmax_c h·m_c (= max cosine, the rows sharing one norm). The loss trains only the direction of h and fits no
+likelihood, so CRM decodes softmax(s · cos(h, m_c)), s the NormFace scale of ``target_probability`` (our choice,
+the paper gives no probabilities; :func:`haf.methods._loss_common.normface_scale`), and only with ``report_crm``.
 """
 from __future__ import annotations
 

@@ -1,21 +1,16 @@
-"""HAFeature (Garg et al., ECCV 2022, "Learning hierarchy aware features for reducing mistake severity").
+"""HAFeature (Garg et al., ECCV 2022; docs/METHOD.md §8): per-level classifiers on one shared feature.
 
-One learnable classifier per level, coarse → fine, all on the same feature h, with row-normalised weights:
-z_l = h ŵ_lᵀ + b_l. The loss (:func:`haf.methods.hafeature.hafeature_loss`):
+One learnable classifier per level, coarse → fine (levels from ``context.level_labels``, ``haf/methods/_levels.py``),
+all on the same feature h, with row-normalised weights: z_l = h ŵ_lᵀ + b_l. The loss (:func:`hafeature_loss`):
 
     L = CE(z_fine, y)                                              finest level only
       + w_jsd · Σ_l JSD(p̂_{l−1}, p_{l−1})                          p̂: level-l probabilities summed to parents
       − w_wc  · Σ_l mean_c cos(ŵ_c, normalize(Σ_{j child of c} ŵ_j))  classifier-weight consistency
       + w_dis · Σ_{intermediate l} hinge_m(dissimilar pairs of level l)
 
-The weights (all 1) and margin m = 3 are those of the implementation the HAFrame paper compares with, as are the
-levels each term covers: JSD and weight consistency on every adjacent pair of levels, the dissimilarity hinge on
-``hinge_levels`` (1-based, l1 = the coarsest level below the root, lL = the leaves; default l2 … l(L−1); the
-reference uses l1–l4 on CIFAR-100 and l5–l11 on tieredImageNet-H, set in those configs). Dissimilar pairs are
-neighbours in a random permutation of the batch with different labels at that level (drawn from torch's global
-RNG, which the training loop seeds).
-Levels come from ``context.level_labels`` (``haf/methods/_levels.py``). Prediction, scores and the probabilities
-CRM decodes are those of the finest level.
+The weights (all 1), the margin m = 3 and the levels each term covers (:func:`hafeature_loss_terms`) are those of
+the implementation the HAFrame paper compares with. Prediction, scores and the probabilities CRM decodes are those
+of the finest level.
 """
 from __future__ import annotations
 
@@ -49,7 +44,9 @@ class HAFeature(Method):
         weight_consistency_weight: float = 1.0  # weight of the parent/children cosine (subtracted)
         dissimilarity_weight: float = 1.0  # weight of the dissimilar-pair hinge
         dissimilarity_margin: float = 3.0  # hinge margin m on KL(p ‖ mixture) (≤ log 2, so always active)
-        # Levels of the hinge, 1-based coarse → fine (l1 … lL, lL = leaves); null: the intermediate l2 … l(L−1).
+        # Levels of the hinge, 1-based coarse → fine (l1 = the coarsest below the root … lL = the leaves); null:
+        # the intermediate l2 … l(L−1). The reference uses l1–l4 on CIFAR-100 and l5–l11 on tieredImageNet-H, set in
+        # those configs.
         hinge_levels: list[int] | None = None
 
         def __post_init__(self) -> None:
@@ -157,7 +154,8 @@ def adjacent_dissimilar_pairs(labels: torch.Tensor, generator: torch.Generator |
 
     The reference shuffles the batch and takes consecutive samples with different labels, repeating that list
     until it holds 256 pairs (which weights the pairs almost uniformly); here each such pair counts once. Every
-    unordered pair of the batch is equally likely to be adjacent, so no pair of classes is favoured.
+    unordered pair of the batch is equally likely to be adjacent, so no pair of classes is favoured. Without a
+    ``generator`` the permutation comes from torch's global RNG, which the training loop seeds.
     """
     perm = torch.randperm(labels.shape[0], generator=generator, device="cpu").to(labels.device)
     first, second = perm[:-1], perm[1:]
@@ -186,7 +184,8 @@ def hafeature_loss_terms(
     """The four HAFeature terms for levels coarse → fine (last = leaves); ``parents[l]`` maps level l to l − 1.
 
     * ``ce``: CE at the finest level only;
-    * ``jsd``: Σ over adjacent levels of JSD(p̂_{l−1}, p_{l−1}), p̂ the level-l probabilities summed to parents;
+    * ``jsd``: Σ over every pair of adjacent levels of JSD(p̂_{l−1}, p_{l−1}), p̂ the level-l probabilities summed
+      to parents;
     * ``weight_consistency``: Σ over adjacent levels of :func:`weight_consistency` (to be *maximised*);
     * ``dissimilarity``: Σ over the levels ``hinge_levels`` (0-based, coarse → fine; default the intermediate
       levels 1 … L−2: not the coarsest, not the leaves) of :func:`dissimilarity_hinge` on that level's

@@ -1,24 +1,14 @@
-"""Hierarchical cross-entropy, HXE (Bertinetto et al., CVPR 2020, "Making better mistakes").
+"""Hierarchical cross-entropy, HXE (Bertinetto et al., CVPR 2020, "Making better mistakes"; docs/METHOD.md §8).
 
 A learnable linear classifier over the K leaves; the probability of an inner node C is the sum of its leaves'
 softmax probabilities, and the loss factorises the label's probability along its path leaf → root:
 
     L = −Σ_{edges C → parent(C) on the path of y} λ(C) · log p(C | parent(C)),   p(C | parent) = p(C) / p(parent)
 
-(:func:`haf.methods.hierarchical_ce.hierarchical_cross_entropy`, computed as masked logsumexps over the leaves: exact for
-any probability). Levels come from ``context.level_labels`` (``haf/methods/_levels.py``).
-
-Which exponent λ uses — checked against both sources, the choice is the ``weighting`` option:
-* the paper prints λ(C) = exp(−α·h(C)) with h(C) the *height* of node C;
-* the authors' code (``get_exponential_weighting``) uses exp(−α·len(position)), the node's *depth* below the
-  root, so weights shrink towards the leaves and a larger α emphasises coarse decisions — the behaviour the
-  paper describes and the code its numbers came from. ``"depth"`` is therefore the default; ``"height"`` gives
-  the printed formula (fixed-scale height L − depth, equal to the subtree height on balanced trees).
-The code also divides all weights by their sum over the whole tree (``normalize_weights``): a constant that the
-authors' Adam optimiser ignores, off by default here because under SGD it would only shrink the step.
-
-α: the authors ran α ∈ {0.1, …, 0.7, 0.9} (iNaturalist19) and {0.1, …, 0.6} (tieredImageNet-H); the configs
-offer their 0.1 and 0.5. 0.1 (closest to cross-entropy in top-1) is the default. Scores are the leaf logits,
+(:func:`hierarchical_cross_entropy`, masked logsumexps over the leaves: exact for any probability). Levels come
+from ``context.level_labels`` (``haf/methods/_levels.py``). λ(C) = exp(−α·depth(C)) as in the authors' code, or
+the paper's printed exp(−α·height(C)): the ``weighting`` option, checked against both sources in
+:func:`hierarchical_ce_weights`. α's published range and default: METHOD.md §8. Scores are the leaf logits,
 probabilities the leaf softmax, which CRM decodes.
 """
 from __future__ import annotations
@@ -50,9 +40,9 @@ class HierarchicalCrossEntropy(FullPrecisionBuffersMethod):
 
     @dataclass(frozen=True)
     class Options:
-        alpha: float = 0.1  # decay α of λ = exp(−α·depth); the paper's values include 0.1 and 0.5
+        alpha: float = 0.1  # decay α of λ = exp(−α·depth); published range: docs/METHOD.md §8
         weighting: Literal["depth", "height"] = "depth"  # "depth": the authors' code; "height": paper's formula
-        normalize_weights: bool = False  # the authors' code divides by the sum over all nodes (module doc)
+        normalize_weights: bool = False  # the authors' code divides by the sum over all nodes
 
         def __post_init__(self) -> None:
             if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha >= 0):
@@ -102,15 +92,17 @@ def hierarchical_ce_weights(
     """K × L float64 edge weights λ for each leaf's path, levels coarse → fine (last level = the leaves).
 
     The edge into the level-l node (depth l + 1, root depth 0) gets
-    * ``"depth"``: λ = exp(−α·(l + 1)) — what the authors' code does (``exp(-value * len(position))`` over nltk
-      tree positions): weights shrink going *down* the tree, so larger α favours the coarse decisions;
+    * ``"depth"`` (default): λ = exp(−α·(l + 1)) — what the authors' code does (``get_exponential_weighting``:
+      ``exp(-value * len(position))`` over nltk tree positions): weights shrink going *down* the tree, so larger
+      α favours the coarse decisions — the behaviour the paper describes, and the code its numbers came from;
     * ``"height"``: λ = exp(−α·h(C)) with h(C) = L − (l + 1) — the formula as printed in the paper
       (λ(C) = exp(−α h(C)), h the height of C), using the fixed-scale height of the "fixed-depth" distance
       convention, which equals the subtree height on balanced trees.
     Edges whose child has the same leaves as its parent (single-child chains, or a shallow leaf repeated down
     the levels) have p(C | parent) = 1 and get weight 0, so they add exactly nothing.
     ``normalize``: divide by the sum of the weights of all nodes of the tree, root included, as the reference's
-    default does (a constant factor: harmless with the reference's Adam, a 1/Z learning-rate cut under SGD). Nodes
+    default does (a constant factor: harmless with the reference's Adam, a 1/Z learning-rate cut under SGD, hence
+    off by default here). Nodes
     are counted per level, so on an unbalanced tree a shallow leaf repeated down the levels counts once per level
     (the level table cannot tell a repeat from a single-child chain): the constant differs, nothing else does.
     """

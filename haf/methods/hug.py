@@ -1,22 +1,16 @@
-"""HUG: hyperspherical uniformity gap (Liu et al., ICLR 2023, "Generalizing and decoupling neural collapse via
-hyperspherical uniformity gap"), the MHE variant, with learnable class proxies.
+"""HUG, hyperspherical uniformity gap (Liu et al., ICLR 2023; docs/METHOD.md §8): MHE variant, learnable proxies.
 
-HUG replaces cross-entropy by two decoupled terms on the unit sphere:
+HUG replaces cross-entropy by two decoupled terms on the unit sphere (:func:`hug_loss`):
 
     L = α · (1 / #pairs) Σ_{i<j} 1 / ‖ŵ_i − ŵ_j‖²                    inter-class: MHE of the proxies
       + β · mean_{c in batch} mean_{b: y_b = c} ‖x̂_b − sg(ŵ_c)‖      intra-class: features to their proxy
 
 with ŵ, x̂ the L2-normalised proxies and features and sg the stop-gradient (the inter term moves only the
 proxies, the intra term only the features). α = 0.15, β = 0.015: the paper's setting for MHE-HUG (and MHS-HUG).
-Prediction is the nearest proxy: scores are cos(h, w_c). For CRM the probabilities are softmax(s · cos) with the
-NormFace scale s at which a perfectly collapsed sample gets ``target_probability`` — the paper defines no
-probabilities; this scale is our choice, explained in :func:`haf.methods._loss_common.normface_scale`. The evaluation
-reports CRM decoding of them only with ``report_crm: true``: the loss fits no likelihood, so they are not a learnt
-posterior.
-
-Implemented: MHE-HUG (Riesz s = 2 energy between the proxies, Euclidean distance to the proxy inside a class),
-one of the three variants whose α, β the paper states, with the authors' class-balanced intra-class mean.
-Not implemented: the MHS (maximum hyperspherical separation) and MGD (maximum Gram determinant) variants.
+Not implemented: the MHS (max. hyperspherical separation) and MGD (max. Gram determinant) variants. Prediction
+is the nearest proxy: scores are cos(h, w_c). The loss fits no likelihood, so CRM decodes softmax(s · cos), s the
+NormFace scale of ``target_probability`` (our choice, the paper gives no probabilities;
+:func:`haf.methods._loss_common.normface_scale`), and only with ``report_crm``.
 """
 from __future__ import annotations
 
@@ -101,7 +95,8 @@ PROXY_DISTANCE_EPS = 1e-6
 def hyperspherical_energy(proxies: torch.Tensor) -> torch.Tensor:
     """Inter-class term: Riesz-2 energy of the normalised proxies, mean over pairs i < j of 1/‖ŵ_i − ŵ_j‖².
 
-    Minimising it spreads the K proxies uniformly over the sphere (minimum hyperspherical energy, MHE).
+    Minimising it spreads the K proxies uniformly over the sphere (minimum hyperspherical energy, MHE; MHE-HUG is
+    one of the three variants whose α, β the paper states).
     ‖ŵ_i − ŵ_j‖² = 2 − 2·ŵ_iᵀŵ_j (one K × K Gram matrix instead of K² difference vectors), floored at
     ``PROXY_DISTANCE_EPS``.
     """

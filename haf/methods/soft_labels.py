@@ -1,19 +1,13 @@
-"""Soft labels (Bertinetto et al., CVPR 2020, "Making better mistakes: leveraging class hierarchies with deep
-networks").
+"""Soft labels (Bertinetto et al., CVPR 2020, "Making better mistakes"; docs/METHOD.md §8).
 
 A learnable linear classifier (``nn.Linear(D, K)``, as the cross-entropy baseline) trained towards soft targets
 that spread the label's mass over its hierarchical neighbours:
 
     q_i(y) = exp(−β · d(i, y)/d_max) / Σ_j exp(−β · d(j, y)/d_max),     L = mean_b KL(q(y_b) ‖ softmax(z_b))
 
-(:func:`haf.methods.soft_labels.soft_label_targets`, :func:`haf.methods.soft_labels.soft_label_loss`). The K × K target
-matrix is a buffer built from ``context.distances`` (whatever distance convention the dataset config chose).
-Scores are the logits; probabilities their softmax (the default), which CRM decodes.
-
-β: the authors swept β ∈ {4, 5, 10, 15, 20, 30} on iNaturalist19 and tieredImageNet-H (their experiment
-scripts); small β trades top-1 for milder mistakes, β = 30 is the end of that sweep closest to cross-entropy
-in top-1 and is the default here. The reference reduces the KL with ``nn.KLDivLoss()``'s element-wise mean
-(÷ K) under Adam, which ignores constant loss scales; under this project's SGD recipe the loss is the KL itself.
+(:func:`soft_label_targets`, :func:`soft_label_loss`). The K × K target matrix is a buffer built from
+``context.distances`` (whatever distance convention the dataset config chose). Scores are the logits;
+probabilities their softmax (the default), which CRM decodes. β's published sweep and default: METHOD.md §8.
 """
 from __future__ import annotations
 
@@ -41,7 +35,7 @@ class SoftLabels(FullPrecisionBuffersMethod):
 
     @dataclass(frozen=True)
     class Options:
-        beta: float = 30.0  # hardness β of the soft targets; see the module docstring for the published sweep
+        beta: float = 30.0  # hardness β of the soft targets; published sweep: docs/METHOD.md §8
 
         def __post_init__(self) -> None:
             if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):

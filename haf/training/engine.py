@@ -4,21 +4,10 @@ Launchers: ``deepspeed haf/train.py`` and ``torchrun`` export RANK / WORLD_SIZE 
 MASTER_PORT; a plain ``python haf/train.py`` exports nothing, and :func:`setup_distributed` fills them in for a
 world of one (a free localhost port), so the same code path runs everywhere. Backend: NCCL on CUDA, gloo on CPU.
 
-Engines (:class:`DeepSpeedTrainEngine`, :class:`PlainTrainEngine`) share one interface, which the loop uses::
-
-    engine.module                 the unwrapped model (backbone → head → method)
-    engine.optimizer              has .param_groups (the lr schedule writes group["lr"])
-    engine.autocast()             context for forward + loss (torch.autocast for "bf16-autocast", else no-op)
-    engine.forward(images)        the model's outputs
-    engine.backward(loss)         scales by 1/accumulation, all-reduces at the accumulation boundary
-    engine.step()                 optimizer step at the accumulation boundary, otherwise nothing
-    engine.input_dtype            dtype the loader should deliver (bf16 under DeepSpeed's bf16 weights)
-    engine.owns_optimizer_state   True: the optimizer state is a plain torch state dict (ZeRO 0, fp32 / autocast)
-    engine.optimizer_state_dict() / load_optimizer_state_dict(state)
-    engine.save_sharded(dir, tag) / load_sharded(dir, tag)   DeepSpeed's own files when it owns the state
-
-DeepSpeed averages gradients over ranks and accumulation steps, so a rank's loss is the mean over its micro-batch
-and the update equals a one-process update on the global batch (up to per-rank BatchNorm statistics).
+:class:`DeepSpeedTrainEngine` and :class:`PlainTrainEngine` share one interface, the one the loop uses (written
+out on their base class). DeepSpeed averages gradients over ranks and accumulation steps, so a rank's loss is the
+mean over its micro-batch and the update equals a one-process update on the global batch (up to per-rank
+BatchNorm statistics).
 """
 from __future__ import annotations
 
@@ -126,6 +115,20 @@ def _forget_deepspeed_groups() -> None:
 
 # ------------------------------------------------------------------------------------------------- engines
 class _EngineBase:
+    """The interface both engines give the loop::
+
+        engine.module                 the unwrapped model (backbone → head → method)
+        engine.optimizer              has .param_groups (the lr schedule writes group["lr"])
+        engine.autocast()             context for forward + loss (torch.autocast for "bf16-autocast", else no-op)
+        engine.forward(images)        the model's outputs
+        engine.backward(loss)         scales by 1/accumulation, all-reduces at the accumulation boundary
+        engine.step()                 optimizer step at the accumulation boundary, otherwise nothing
+        engine.input_dtype            dtype the loader should deliver (bf16 under DeepSpeed's bf16 weights)
+        engine.owns_optimizer_state   True: the optimizer state is a plain torch state dict (ZeRO 0, fp32 / autocast)
+        engine.optimizer_state_dict() / load_optimizer_state_dict(state)
+        engine.save_sharded(dir, tag) / load_sharded(dir, tag)   DeepSpeed's own files when it owns the state
+    """
+
     module: nn.Module
     optimizer: Any
     device: torch.device
