@@ -17,7 +17,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = [
     "REDUCTIONS", "SIMILARITY_TOLERANCE", "UNIT_ROW_TOLERANCE", "TARGET_DTYPES", "check_constants",
-    "check_frame_loss_inputs", "check_target", "check_target_range", "parse_alpha",
+    "check_frame_loss_inputs", "check_frame_values", "check_similarity_values", "check_target", "check_target_range", "parse_alpha",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -115,7 +115,7 @@ def _check_finite(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{name} has non-finite values (NaN or inf)")
 
 
-def _check_similarity(similarity: torch.Tensor) -> None:
+def check_similarity_values(similarity: torch.Tensor) -> None:
     s = similarity.detach()
     _check_finite("similarity", s)
     if s.numel() and float((s - s.T).abs().max()) > SIMILARITY_TOLERANCE:
@@ -124,7 +124,7 @@ def _check_similarity(similarity: torch.Tensor) -> None:
         raise ValueError(f"similarity has values outside [-1, 1] (max |S| = {float(s.abs().max()):.6g})")
 
 
-def _check_frame(frame: torch.Tensor, unit_frame: bool) -> None:
+def check_frame_values(frame: torch.Tensor, unit_frame: bool) -> None:
     w = frame.detach()
     _check_finite("frame", w)
     if unit_frame and w.numel():
@@ -145,7 +145,8 @@ def _version(tensor: torch.Tensor) -> int | None:
 
 def check_constants(frame: torch.Tensor, similarity: torch.Tensor, unit_frame: bool = False) -> None:
     """The value checks of the fixed tensors, once per tensor and version (synchronises on that first call)."""
-    for key, check in (((frame, bool(unit_frame)), _check_frame), ((similarity, None), _check_similarity)):
+    for key, check in (((frame, bool(unit_frame)), check_frame_values),
+                       ((similarity, None), check_similarity_values)):
         tensor, option = key
         version = _version(tensor)
         seen = _checked.get(tensor) if version is not None else None
