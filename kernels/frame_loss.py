@@ -149,14 +149,11 @@ def _frame_loss_op(
         grad = out.grad_features if out.grad_features is not None else features.new_empty(0)
         scale = out.scale.clone() if out.scale is not None else torch.ones(1, device=features.device)
         return out.loss.clone(), grad, scale
-    from .frame_loss_reference import hierarchy_frame_loss
+    from .frame_loss_reference import hierarchy_frame_loss_with_grad
 
-    with torch.enable_grad():
-        h = features.detach().requires_grad_(compute_grad)
-        loss = hierarchy_frame_loss(h, frame.detach(), target, similarity.detach(), alpha, reduction, ignore_index,
-                                    unit_frame=unit_frame)
-        grad = torch.autograd.grad(loss.sum(), h)[0] if compute_grad else features.new_empty(0)
-    return loss.detach(), grad, torch.ones(1, device=features.device)
+    loss, grad, scale = hierarchy_frame_loss_with_grad(features, frame, target, similarity, alpha, reduction,
+                                                       ignore_index, unit_frame=unit_frame)
+    return loss, (grad if compute_grad else features.new_empty(0)), scale
 
 
 @_frame_loss_op.register_fake

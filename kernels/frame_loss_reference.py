@@ -38,6 +38,7 @@ __all__ = [
     "cross_entropy",
     "hierarchy_frame_loss",
     "hierarchy_frame_loss_loop",
+    "hierarchy_frame_loss_with_grad",
 ]
 
 #: Floor for ‖w_i‖ in the cosine (the per-norm clamp of ``F.cosine_similarity``).
@@ -191,3 +192,39 @@ def hierarchy_frame_loss_loop(
 
     per_sample = (1.0 - alpha) * ce + alpha * cosine_term
     return _reduce(per_sample, valid, reduction)
+
+
+def hierarchy_frame_loss_with_grad(
+    features: torch.Tensor,
+    frame: torch.Tensor,
+    target: torch.Tensor,
+    similarity: torch.Tensor,
+    alpha: float = 0.5,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    *,
+    unit_frame: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss, the per-row gradient dℓ_b/dh_b written out (no autograd), and the batch weight (1,).
+
+    dL/dh = grad_output · weight · dℓ/dh, with g = (1 − α)(p − δ_y) + 2α (cos − S[·, y]) r / ‖h‖,
+    a = −(2α/‖h‖²) Σ_i (cos_i − S[i, y]) cos_i and dℓ/dh = g W + a h (rows below FEATURE_EPS: a = 0, no cosine
+    part). Used where autograd cannot run (inside the registered operator); tested against autograd.
+    """
+    h, w, s, safe_target, valid, alpha = _prepare(
+        features, frame, target, similarity, alpha, reduction, ignore_index, unit_frame
+    )
+    logits = h @ w.T
+    h_norm, directed = _directed(h)
+    inv_w = 1.0 / torch.linalg.vector_norm(w, dim=1).clamp_min(COSINE_EPS)
+    cosine = torch.where(directed[:, None], logits * inv_w / h_norm[:, None], 0.0)
+    diff = cosine - s.T[safe_target]
+    ce = F.cross_entropy(logits, safe_target, reduction="none")
+    loss = _reduce((1.0 - alpha) * ce + alpha * diff.square().sum(dim=1), valid, reduction)
+    p = torch.softmax(logits, dim=1) - F.one_hot(safe_target, w.shape[0]).to(h.dtype)
+    g = (1.0 - alpha) * p + torch.where(directed[:, None], 2.0 * alpha * diff * inv_w / h_norm[:, None], 0.0)
+    a = torch.where(directed, -2.0 * alpha * (diff * cosine).sum(dim=1) / h_norm.square(), 0.0)
+    grad = torch.where(valid[:, None], g @ w + a[:, None] * h, 0.0).to(features.dtype)
+    count = valid.sum().clamp_min(1).to(torch.float32)
+    scale = (1.0 / count if reduction == "mean" else torch.ones((), device=h.device)).reshape(1).float()
+    return loss, grad, scale
