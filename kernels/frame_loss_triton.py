@@ -97,7 +97,7 @@ class KernelConfig:
     row_block_b: int = 16  # launch-bound regime: rows per program ...
     row_block_k: int = 64  # ... classes per step ...
     row_block_d: int = 64  # ... features per step
-    row_warps: int = 4
+    row_warps: int = 8
     row_block_max_classes: int = ROW_BLOCK_MAX_CLASSES  # 0 forces the tiled regime
 
     def __post_init__(self) -> None:
