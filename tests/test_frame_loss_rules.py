@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
+import weakref
 
 import pytest
 import torch
@@ -223,10 +224,12 @@ def test_prepared_frame_cache_holds_nothing_after_the_frame_dies():
     similarity = similarity.clone().to(DEVICE)
     fused.triton_frame_loss(*on(DEVICE, features.float()), frame, target.to(DEVICE), similarity, 0.4)
     assert frame in fused._frames and similarity in fused._tables
-    before = len(fused._frames), len(fused._tables)
+    kept = [weakref.ref(t) for entry in (fused._frames[frame], fused._tables[similarity])
+            for value in entry[1].values() for t in (value if isinstance(value, tuple) else (value,))]
+    assert kept and all(ref() is not None for ref in kept)
     del frame, similarity
     gc.collect()
-    assert (len(fused._frames), len(fused._tables)) == (before[0] - 1, before[1] - 1)
+    assert all(ref() is None for ref in kept)  # the prepared copies died with their tensors
 
 
 # ------------------------------------------------------------------------------------------ torch.compile
