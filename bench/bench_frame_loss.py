@@ -1,9 +1,9 @@
-"""HAFrame loss, forward + backward: the fused Triton path against the reference paths (issue 3, DESIGN.md §6).
+"""HAFrame loss, forward + backward: the fused Triton path against the reference paths.
 
 Paths (one benchmark each, same inputs, same loss, gradient wrt the features):
 
-* ``loop``     — (a) ``haf.losses.hierarchy_frame_loss_loop``, the paper's per-class Python loop;
-* ``eager``    — (b) ``haf.losses.hierarchy_frame_loss``, vectorised eager PyTorch (the ratios' denominator);
+* ``loop``     — (a) ``haf.kernels.frame_loss_reference.hierarchy_frame_loss_loop``, the paper's per-class Python loop;
+* ``eager``    — (b) ``haf.kernels.frame_loss_reference.hierarchy_frame_loss``, vectorised eager PyTorch (the ratios' denominator);
 * ``compiled`` — (c) (b) under ``torch.compile`` (default mode);
 * ``fused``    — ``haf.kernels.frame_loss(..., backend="triton")``.
 
@@ -12,7 +12,7 @@ bf16 features to fp32 (its dtype policy), the fused path multiplies bf16 on tens
 The fp32 matmul precision is fixed for the whole run (``HAF_BENCH_MATMUL_PRECISION``, default "high" = TF32 on
 GPUs, which both the eager reference and the fused kernels then use) and printed.
 
-On a GPU: the five shapes of DESIGN.md §6 — paper (64, 100, 100), (256, 1010, 1010), (1024, 608, 608); large
+On a GPU: five shapes — paper (64, 100, 100), (256, 1010, 1010), (1024, 608, 608); large
 (4096, 10000, 10000), (8192, 2048, 32000) — and a summary with time ratios, TFLOP/s counted as 4·B·D·K, and peak
 extra memory (``max_memory_allocated`` above the inputs) against (b).
 On CPU: the fused path would only run in Triton's interpreter (not a timing), so only the reference paths run, at
@@ -248,3 +248,91 @@ def print_summary(request):
     if manager.get_plugin("haf-frame-loss-summary") is None:
         manager.register(_SummaryPlugin(), "haf-frame-loss-summary")
     yield
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Host cost (any machine): what one forward + backward costs the CPU, device work removed
+# ---------------------------------------------------------------------------------------------------------------
+HOST_SHAPES = [(256, 1010, 1010), (1024, 608, 608), (64, 100, 100)]
+HOST_JSON = os.path.join(os.path.dirname(__file__), "results", "frame_loss_host.json")
+#: aten ops that allocate or re-view memory without a kernel launch (and autograd's seed gradient).
+_NO_LAUNCH = {"empty", "empty_strided", "slice", "select", "view", "detach", "unsqueeze", "alias", "t",
+              "as_strided", "ones_like", "_unsafe_view", "expand", "lift_fresh", "transpose", "reshape"}
+
+
+def _count_torch_launches(fn) -> int:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        launches = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.split(".")[0] not in _NO_LAUNCH:
+                Count.launches += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.launches
+
+
+def _median_us(fn, rounds: int = 200) -> float:
+    for _ in range(10):
+        fn()
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    samples.sort()
+    return samples[len(samples) // 2] * 1e6
+
+
+def test_host_cost_fused_vs_eager(monkeypatch):
+    """Fused: the real launcher at the real shape with each kernel launch replaced by a counted no-op (the host
+    target check, CPU-only, is removed too: a GPU run has none). Eager: the reference on tiny tensors (4, 4, 4)."""
+    import json
+
+    from haf.kernels import frame_loss_triton as fused
+
+    if HAS_CUDA == fused.INTERPRETED:
+        pytest.skip("the fused launcher needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1")
+    launched = []
+    monkeypatch.setattr(fused, "_launch", lambda kernel, grid, *args, **meta: launched.append(kernel))
+    monkeypatch.setattr(fused, "check_target_range", lambda *args: None)
+    rows = []
+    for batch, dim, classes in HOST_SHAPES:
+        gen = torch.Generator().manual_seed(batch)
+        frame = F.normalize(torch.randn(classes, dim, generator=gen), dim=1).to(DEVICE)
+        similarity = (frame @ frame.T).clamp(-1, 1)
+        similarity = 0.5 * (similarity + similarity.T)
+        target = torch.randint(0, classes, (batch,), generator=gen).to(DEVICE)
+        h = torch.randn(batch, dim, generator=gen).to(DEVICE).bfloat16().requires_grad_()
+
+        def fused_step():
+            h.grad = None
+            fused.triton_frame_loss(h, frame, target, similarity, ALPHA).backward()
+
+        tiny = [t[:4, :4] if t.dim() == 2 else t[:4] % 4 for t in (h.detach().float(), frame, target)]
+        tiny_s = similarity[:4, :4]
+        x = tiny[0].clone().requires_grad_()
+
+        def eager_step():
+            x.grad = None
+            reference.hierarchy_frame_loss(x, tiny[1], tiny[2], tiny_s, ALPHA).backward()
+
+        fused_step()
+        launched.clear()
+        fused_torch = _count_torch_launches(fused_step)
+        fused_launches = len(launched) + fused_torch
+        rows.append({"shape": [batch, dim, classes], "fused_us": round(_median_us(fused_step), 1),
+                     "eager_us": round(_median_us(eager_step), 1), "fused_launches": fused_launches,
+                     "eager_launches": _count_torch_launches(eager_step)})
+    os.makedirs(os.path.dirname(HOST_JSON), exist_ok=True)
+    temporary = HOST_JSON + ".tmp"
+    with open(temporary, "w") as handle:
+        json.dump({"device": "cpu" if not HAS_CUDA else torch.cuda.get_device_name(), "rows": rows}, handle, indent=1)
+    os.replace(temporary, HOST_JSON)
+    for row in rows:
+        print(row)
+        assert row["fused_launches"] <= 3 and row["eager_launches"] > row["fused_launches"]
