@@ -29,12 +29,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from haf.kernels import BACKENDS
 from haf.methods._full_precision import FullPrecisionBuffersMethod
 from haf.methods.base import MethodContext, register_method
 
-__all__ = ["BACKENDS", "FixedFrameMethod", "HAFrame"]
+__all__ = ["FixedFrameMethod", "HAFrame"]
 
-BACKENDS = ("auto", "triton", "reference")
 
 
 def _check_backend(backend: str) -> None:
@@ -110,7 +110,7 @@ class HAFrame(FixedFrameMethod):
         alpha: float = 0.5
         # Floor of the similarity; None: the reference's grid search for the most negative PSD value.
         s_min: float | None = None
-        backend: Literal["auto", "triton", "reference"] = "auto"
+        backend: Literal[BACKENDS] = "auto"
 
         def __post_init__(self) -> None:
             if not (math.isfinite(self.gamma) and self.gamma > 0):
