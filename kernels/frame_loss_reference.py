@@ -35,6 +35,7 @@ __all__ = [
     "check_frame_loss_inputs",
     "check_target",
     "check_target_range",
+    "compute_dtype",
     "cross_entropy",
     "hierarchy_frame_loss",
     "hierarchy_frame_loss_loop",
@@ -49,8 +50,8 @@ COSINE_EPS = 1e-8
 FEATURE_EPS = 1e-6
 
 
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """fp64 if any input is fp64, else fp32: half-precision inputs are accumulated in fp32."""
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """fp64 if any input is fp64, else fp32: half-precision inputs are accumulated in fp32 (every reference loss)."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
@@ -74,7 +75,7 @@ def _prepare(features, frame, target, similarity, alpha, reduction, ignore_index
     Returns (h, W, S, safe_target, valid, α) for both forms of the loss.
     """
     valid, alpha = _validate(features, frame, target, similarity, alpha, reduction, ignore_index, unit_frame)
-    dtype = _compute_dtype(features, frame, similarity)
+    dtype = compute_dtype(features, frame, similarity)
     target = target.long()
     safe_target = torch.where(valid, target, torch.zeros_like(target))
     return features.to(dtype), frame.to(dtype), similarity.to(dtype), safe_target, valid, alpha
@@ -113,7 +114,7 @@ def cross_entropy(
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     valid = _validate_target(target, logits.shape[0], logits.shape[1], ignore_index)
-    logits = logits.to(_compute_dtype(logits))
+    logits = logits.to(compute_dtype(logits))
     per_sample = F.cross_entropy(logits, target.long(), reduction="none", ignore_index=ignore_index)
     return _reduce(per_sample, valid, reduction)
 
