@@ -110,9 +110,7 @@ def frame_loss(
         return _compiled_frame_loss(features, frame, target, similarity, alpha, reduction, ignore_index, chosen,
                                     return_logits, unit_frame)
     if chosen == "triton":
-        from .frame_loss_triton import triton_frame_loss  # lazy: importing Triton costs seconds
-
-        return triton_frame_loss(
+        return _triton_entry()(
             features, frame, target, similarity, alpha=alpha, reduction=reduction, ignore_index=ignore_index,
             return_logits=return_logits, unit_frame=unit_frame,
         )
@@ -123,6 +121,18 @@ def frame_loss(
     if not return_logits:
         return loss
     return loss, _logits(features, frame)
+
+
+_TRITON_ENTRY = []
+
+
+def _triton_entry():
+    """``triton_frame_loss``, imported on first use (importing Triton costs seconds) and kept."""
+    if not _TRITON_ENTRY:
+        from .frame_loss_triton import triton_frame_loss
+
+        _TRITON_ENTRY.append(triton_frame_loss)
+    return _TRITON_ENTRY[0]
 
 
 def _logits(features: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
@@ -147,7 +157,8 @@ def _frame_loss_op(
         out = fused_frame_loss_forward(features, frame, target, similarity, alpha, reduction, ignore_index,
                                        compute_grad=compute_grad, unit_frame=unit_frame)
         grad = out.grad_features if out.grad_features is not None else features.new_empty(0)
-        scale = out.scale.clone() if out.scale is not None else torch.ones(1, device=features.device)
+        scale = out.scale_tensor()
+        scale = scale.clone() if scale is not None else torch.ones(1, device=features.device)
         return out.loss.clone(), grad, scale
     from .frame_loss_reference import hierarchy_frame_loss_with_grad
 

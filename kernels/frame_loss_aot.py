@@ -73,7 +73,21 @@ def compile_kernels(
     precision: str | None = None, reduction: str = "mean",
 ) -> list[CompiledKernel]:
     """Compile the kernels the launcher would run for this problem (row-block kernel in the launch-bound regime,
-    the four tiled kernels otherwise) with the tiles ``choose_config`` picks."""
+    the four tiled kernels otherwise, then the backward's elementwise kernel) with the tiles ``choose_config``
+    picks."""
+    return _forward_kernels(dtype, batch, dim, num_classes, capability, precision, reduction) + [
+        _backward_kernel(dtype, capability, reduction)]
+
+
+def _backward_kernel(dtype: torch.dtype, capability: int, reduction: str) -> CompiledKernel:
+    return _compile(
+        kernels._scale_grad_kernel,
+        {"grad_ptr": f"*{_TRITON_DTYPE[dtype]}", "grad_loss_ptr": "*fp32", "scale_ptr": "*fp32"}, set(),
+        {"PER_ROW": reduction == "none", "HAS_SCALE": reduction == "mean", "BLOCK": fused._SCALE_BLOCK}, 4, 1, capability,
+    )
+
+
+def _forward_kernels(dtype, batch, dim, num_classes, capability, precision, reduction) -> list[CompiledKernel]:
     name = _TRITON_DTYPE[dtype]
     if dtype == torch.float32 and precision is None:
         precision = "tf32"

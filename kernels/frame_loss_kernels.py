@@ -17,6 +17,7 @@ mean) is a device scalar applied in the backward together with grad_output.
   ticket) reduces the per-program loss partials: one launch per forward.
 * ``_row_norm_kernel`` → ``_logits_stats_kernel`` → ``_softmax_grad_kernel`` → ``_grad_features_kernel`` — the
   compute-bound regime, tiled over the whole (rows × classes) plane; see the host module for the flop/byte budget.
+* ``_scale_grad_kernel`` — the backward of both: one elementwise launch applying grad_output and the batch weight.
 
 Targets are loaded in their own integer dtype and widened to int64 before any comparison with ``ignore_index``;
 masked lanes are never filled with ``ignore_index`` (−100 would become 156 in a uint8 load).
@@ -387,3 +388,21 @@ def _grad_features_kernel(
     coef = tl.load(coef_ptr + rows, mask=row_ok, other=0.0)
     acc = acc + coef[:, None] * h
     tl.store(dh_ptr + rows[:, None] * stride_db + ds[None, :] * stride_dd, acc.to(dh_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _scale_grad_kernel(grad_ptr, grad_loss_ptr, scale_ptr, scale_offset, numel, D, stride_gl,
+                       PER_ROW: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr):
+    """The backward, in place: dL/dh = grad_output · weight · dℓ/dh, the factor formed in fp32 and the product
+    rounded once to the gradient's dtype. grad_output is one value per row for reduction="none" (any stride, 0
+    included: ``loss.sum().backward()`` hands an expanded one), else a scalar times the batch weight."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if PER_ROW:
+        factor = tl.load(grad_loss_ptr + (offs // D) * stride_gl, mask=mask, other=0.0).to(tl.float32)
+    else:
+        factor = tl.load(grad_loss_ptr).to(tl.float32)
+        if HAS_SCALE:
+            factor = factor * tl.load(scale_ptr + scale_offset)
+    tl.store(grad_ptr + offs, (g * factor).to(grad_ptr.dtype.element_ty), mask=mask)

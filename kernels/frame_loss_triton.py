@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -205,8 +206,41 @@ class _PreparedFrame(NamedTuple):
     inv_norm: torch.Tensor  # K fp32: 1 / max(‖w_i‖, ε) of exactly that copy
 
 
-_frames: WeakIdKeyDictionary = WeakIdKeyDictionary()
-_tables: WeakIdKeyDictionary = WeakIdKeyDictionary()
+class _PreparedCache:
+    """Prepared copies weak-keyed by their source tensor (an entry dies with it) and rebuilt on a new version, with
+    a one-entry front memo for the steady state (same tensor every step: one weak dereference instead of a weak
+    dictionary lookup). The memo's weak reference clears it when the tensor dies, so nothing outlives its tensor."""
+
+    def __init__(self) -> None:
+        self.entries: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.last: tuple | None = None  # (weak ref, version, key, value)
+
+    def get(self, tensor: torch.Tensor, key, build):
+        last = self.last
+        if last is not None and last[0]() is tensor and last[2] == key and last[1] == tensor._version:
+            return last[3]
+        version = _version(tensor)
+        if version is None:
+            return build()
+        entries = self.entries.get(tensor)
+        if entries is None or entries[0] != version:
+            entries = (version, {})
+            self.entries[tensor] = entries
+        value = entries[1].get(key)
+        if value is None:
+            value = entries[1][key] = build()
+        self.last = (weakref.ref(tensor, self._forget), version, key, value)
+        return value
+
+    def _forget(self, ref) -> None:
+        last = self.last
+        if last is not None and last[0] is ref:
+            self.last = None
+
+
+_FRAMES = _PreparedCache()
+_TABLES = _PreparedCache()
+_frames, _tables = _FRAMES.entries, _TABLES.entries
 
 
 def _version(tensor: torch.Tensor) -> int | None:
@@ -216,20 +250,6 @@ def _version(tensor: torch.Tensor) -> int | None:
         return None
 
 
-def _cached(cache: WeakIdKeyDictionary, tensor: torch.Tensor, key, build):
-    version = _version(tensor)
-    if version is None:
-        return build()
-    entries = cache.get(tensor)
-    if entries is None or entries[0] != version:
-        entries = (version, {})
-        cache[tensor] = entries
-    value = entries[1].get(key)
-    if value is None:
-        value = entries[1][key] = build()
-    return value
-
-
 def _prepare_frame(frame: torch.Tensor, dtype: torch.dtype, unit_frame: bool = False) -> _PreparedFrame:
     def build() -> _PreparedFrame:
         check_frame_values(frame, unit_frame)
@@ -237,7 +257,7 @@ def _prepare_frame(frame: torch.Tensor, dtype: torch.dtype, unit_frame: bool = F
         norms = torch.linalg.vector_norm(weight.to(torch.float32), dim=1)
         return _PreparedFrame(weight, 1.0 / norms.clamp_min(COSINE_EPS))
 
-    return _cached(_frames, frame, (dtype, unit_frame), build)
+    return _FRAMES.get(frame, (dtype, unit_frame), build)
 
 
 def _prepare_similarity(similarity: torch.Tensor) -> torch.Tensor:
@@ -246,7 +266,7 @@ def _prepare_similarity(similarity: torch.Tensor) -> torch.Tensor:
         check_similarity_values(similarity)
         return similarity.detach().to(torch.float32).contiguous()
 
-    return _cached(_tables, similarity, "table", build)
+    return _TABLES.get(similarity, "table", build)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -359,7 +379,12 @@ class FusedOutput(NamedTuple):
     loss: torch.Tensor  # fp32: scalar, or B values for reduction="none"
     logits: torch.Tensor | None  # B × K fp32 when asked for
     grad_features: torch.Tensor | None  # per-row dℓ_b/dh_b, unweighted (B × D, input dtype), when asked for
-    scale: torch.Tensor | None  # (1,) fp32 batch weight of every row (1/#counted for a mean); None means 1
+    scale: torch.Tensor | None  # fp32 holding the batch weight of every row (1/#counted for a mean); None means 1
+    scale_offset: int = 0  # ... at this element (the row-block regime keeps it in its workspace: no view to make)
+
+    def scale_tensor(self) -> torch.Tensor | None:
+        """The batch weight as a (1,) tensor (a view), or None for 1."""
+        return None if self.scale is None else self.scale[self.scale_offset:self.scale_offset + 1]
 
 
 def _row_block_forward(plan: _RowPlan, features, prepared, table, target, alpha, ignore_index, reduction,
@@ -379,8 +404,8 @@ def _row_block_forward(plan: _RowPlan, features, prepared, table, target, alpha,
     if reduction == "none":
         loss, scale = work[off_rows:off_parts], None
     else:
-        loss, scale = work[0], (work[1:2] if reduction == "mean" else None)
-    return FusedOutput(loss, None, grad if compute_grad else None, scale)
+        loss, scale = work[0], (work if reduction == "mean" else None)
+    return FusedOutput(loss, None, grad if compute_grad else None, scale, 1)
 
 
 def _tiled_forward(plan: _TiledPlan, features, prepared, table, target, alpha, ignore_index, reduction,
@@ -501,45 +526,66 @@ _DEFAULT = KernelConfig()
 # ----------------------------------------------------------------------------------------------------------------
 # Autograd, torch.library registration and the checked entry point
 # ----------------------------------------------------------------------------------------------------------------
-def _scaled(grad: torch.Tensor, grad_loss: torch.Tensor, scale, reduction: str, in_place: bool) -> torch.Tensor:
-    """dL/dh = grad_output × batch weight × per-row gradient (one or two elementwise launches)."""
-    if reduction == "none":
-        factor = grad_loss[:, None]
-    else:
-        factor = grad_loss if scale is None else grad_loss * scale
-    return grad.mul_(factor) if in_place else (grad * factor).to(grad.dtype)
+#: Elements per program of the backward's elementwise kernel (the interpreter runs few, large programs).
+_SCALE_BLOCK = 1 << 16 if INTERPRETED else 2048
+
+
+def _scale_grad(grad: torch.Tensor, grad_loss: torch.Tensor, scale, scale_offset: int,
+                reduction: str) -> torch.Tensor:
+    """dL/dh = grad_output × batch weight (``scale[scale_offset]``, or 1 for None) × per-row gradient, in place, in
+    one launch (``_scale_grad_kernel``)."""
+    numel = grad.numel()
+    if numel:
+        per_row = reduction == "none"
+        _launch(K._scale_grad_kernel, (_cdiv(numel, _SCALE_BLOCK),), grad, grad_loss,
+                grad_loss if scale is None else scale, scale_offset, numel, grad.shape[1],
+                grad_loss.stride(0) if per_row else 0,
+                PER_ROW=per_row, HAS_SCALE=scale is not None, BLOCK=_SCALE_BLOCK, num_warps=4)
+    return grad
 
 
 class FusedFrameLossFunction(torch.autograd.Function):
     """Forward runs the kernels and keeps the per-row dℓ/dh; backward scales it by grad_output (in place: the
-    buffer is private to this node and handed over once, so a second backward through it is refused)."""
+    buffer is private to this node and handed over once, so a second backward through it is refused).
+    ``options`` = (alpha, reduction, ignore_index, return_logits, config, unit_frame), one argument so that
+    ``apply`` has little to bind."""
 
     @staticmethod
-    def forward(ctx, features, frame, target, similarity, alpha, reduction, ignore_index, return_logits, config,
-                unit_frame):
+    def forward(ctx, features, frame, target, similarity, options):
+        alpha, reduction, ignore_index, return_logits, config, unit_frame = options
         out = fused_frame_loss_forward(
             features, frame, target, similarity, alpha, reduction, ignore_index,
             compute_grad=True, return_logits=return_logits, config=config, unit_frame=unit_frame,
         )
-        ctx.grad_features, ctx.scale, ctx.reduction = out.grad_features, out.scale, reduction
+        ctx.grad_features, ctx.scale, ctx.scale_offset, ctx.reduction = (out.grad_features, out.scale,
+                                                                          out.scale_offset, reduction)
         if out.logits is not None:
             ctx.mark_non_differentiable(out.logits)
             return out.loss, out.logits
         return out.loss
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, *unused_grad_logits):
-        grad = ctx.grad_features
-        if grad is None:
-            raise RuntimeError(
-                "haf.kernels.frame_loss (triton backend) computes dL/dh in the forward and hands it over on the "
-                "first backward; backpropagating through it twice (retain_graph=True) is not supported. "
-                "Use backend='reference' for that."
-            )
-        ctx.grad_features = None
-        return (_scaled(grad, grad_loss, ctx.scale, ctx.reduction, in_place=True),
-                None, None, None, None, None, None, None, None, None)
+        if torch.is_grad_enabled():  # create_graph=True: the result has no derivative (once_differentiable's rule)
+            return _backward_once_differentiable(ctx, grad_loss)
+        return _backward(ctx, grad_loss)
+
+
+def _backward(ctx, grad_loss):
+    grad = ctx.grad_features
+    if grad is None:
+        raise RuntimeError(
+            "haf.kernels.frame_loss (triton backend) computes dL/dh in the forward and hands it over on the "
+            "first backward; backpropagating through it twice (retain_graph=True) is not supported. "
+            "Use backend='reference' for that."
+        )
+    ctx.grad_features = None
+    return _scale_grad(grad, grad_loss, ctx.scale, ctx.scale_offset, ctx.reduction), None, None, None, None
+
+
+#: The backward under ``create_graph=True``; the plain backward runs with grad mode already off and skips the
+#: wrapper's context switch (a few microseconds of a ~60 µs host step).
+_backward_once_differentiable = torch.autograd.function.once_differentiable(_backward)
 
 
 def _check_inputs(features, frame, target, similarity, alpha, reduction, ignore_index) -> float:
@@ -634,7 +680,7 @@ def triton_frame_loss(
 
     if features.requires_grad and torch.is_grad_enabled():
         return FusedFrameLossFunction.apply(
-            features, frame, target, similarity, alpha, reduction, ignore_index, return_logits, config, unit_frame
+            features, frame, target, similarity, (alpha, reduction, ignore_index, return_logits, config, unit_frame)
         )
     out = fused_frame_loss_forward(
         features, frame, target, similarity, alpha, reduction, ignore_index,

@@ -214,7 +214,7 @@ def test_one_kernel_forward_and_at_most_three_launches_per_step(reduction, monke
         loss = fused.triton_frame_loss(h, *args, 0.4, reduction)
         (loss.sum() if reduction == "none" else loss).backward()
     torch_launches = [op for op in ops.ops if op != "sum.default" or reduction != "none"]
-    assert counter.launches == [fused.K._row_block_kernel]
+    assert counter.launches == [fused.K._row_block_kernel, fused.K._scale_grad_kernel]  # forward, backward
     assert len(counter.launches) + len(torch_launches) <= 3, torch_launches
 
 
@@ -264,6 +264,33 @@ def test_registered_operator_matches_the_fused_path():
     exact_loss, exact_grad = truth(features.float(), frame, target, similarity, 0.4)
     torch.testing.assert_close(loss.cpu().double(), exact_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close((grad * scale).cpu().double(), exact_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_backward_kernel_applies_grad_output_of_any_stride(dtype):
+    """reduction="none": ``loss.sum()`` hands the backward an expanded grad_output (stride 0), a weighted sum a
+    strided one; "mean" a scalar times the batch weight. Each against float64 on the same inputs."""
+    features, frame, target, similarity = problem(20, 21, 100, seed=15)
+    features = features.to(dtype)
+    weights = torch.linspace(-2.0, 3.0, 40, dtype=torch.float64)[::2]  # a strided view
+    for reduction, reduce in (("none", lambda loss: loss.sum()), ("none", lambda loss: (loss * weights.to(loss)).sum()),
+                              ("mean", lambda loss: 3.0 * loss)):
+        h = features.detach().to(DEVICE).requires_grad_()
+        reduce(fused.triton_frame_loss(h, *on(DEVICE, frame, target, similarity), 0.4, reduction).cpu()).backward()
+        x = features.detach().double().requires_grad_()
+        reduce(hierarchy_frame_loss(x, frame.double(), target, similarity.double(), 0.4, reduction)).backward()
+        scale = x.grad.abs().max()
+        assert float((h.grad.cpu().double() - x.grad).abs().max() / scale) < (1e-2 if dtype != torch.float32 else 1e-5)
+
+
+def test_second_derivative_through_the_fused_gradient_is_refused():
+    features, frame, target, similarity = problem(8, 21, 100, seed=16)
+    h = features.float().to(DEVICE).requires_grad_()
+    loss = fused.triton_frame_loss(h, *on(DEVICE, frame, target, similarity), 0.4)
+    seed = torch.ones((), device=DEVICE, requires_grad=True)  # a differentiable grad_output: d²L/dh d(seed) asked
+    (grad,) = torch.autograd.grad(loss, h, seed, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
 
 
 # ------------------------------------------------------------------------------------------ GPU only

