@@ -23,6 +23,7 @@ the next call (no synchronisation), and either raises ``ValueError``.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import warnings
 import weakref
@@ -279,7 +280,7 @@ class _Status:
     def __init__(self, device: torch.device) -> None:
         pinned = device.type == "cuda"
         self.word = torch.zeros(1, dtype=torch.int32, pin_memory=pinned)
-        self.view = self.word.numpy()
+        self.view = ctypes.c_int32.from_address(self.word.data_ptr())  # host view of the word (no numpy needed)
 
     def use_device_memory(self, device: torch.device) -> None:
         warnings.warn("this Triton build cannot write to pinned host memory: NaN/inf features are no longer "
@@ -288,8 +289,8 @@ class _Status:
         self.view = None
 
     def raise_if_set(self) -> None:
-        if self.view is not None and self.view[0]:
-            self.view[0] = 0
+        if self.view is not None and self.view.value:
+            self.view.value = 0
             raise ValueError("features has non-finite values (NaN or inf, or a norm beyond fp32) in this or an "
                              "earlier haf.kernels.frame_loss call on this device")
 
