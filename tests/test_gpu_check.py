@@ -4,6 +4,7 @@ writes, with sane values."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,20 @@ def test_gpu_check_records_a_failing_part_and_runs_the_rest(tmp_path, monkeypatc
     written = gpu_check.run(tmp_path, dry_run=True, parts=["tests", "loss"])
     loss = json.loads(written["loss"].read_text())
     assert loss["device"] == "x" and "budget" in loss["gpu_tests"]["error"]
+
+
+def test_tuning_script_dry_run_prints_a_table_entry():
+    """bench/tune_frame_loss.py on CPU (interpreter, tiny shape, two candidates): prints a TUNED entry that builds
+    a valid KernelConfig."""
+    import ast
+
+    from haf.kernels.frame_loss_triton import KernelConfig
+
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "tune_frame_loss.py"), "--dry-run", "--keys",
+                           "row-block"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    entry = done.stdout.split("TUNED entries", 1)[1].splitlines()[1].split("#")[0].strip().rstrip(",")
+    key, fields = entry.split(": ", 1)
+    assert ast.literal_eval(key) == ("small-tiled", "any", None)
+    KernelConfig(**ast.literal_eval(fields))
