@@ -4,8 +4,8 @@
 Two regimes, chosen once per launch plan (cached per shape, dtype, device, reduction):
 
 * **launch-bound** (B·K ≤ 2²¹, K ≤ 2048: the paper shapes) — ``_row_block_kernel``, one program per 16 rows, the
-  frame kept in fp32 and every product in fp32 (``tf32x3``, or IEEE under ``highest``): one launch forward, one or
-  two (``grad_output`` × batch weight) backward; the last program reduces the loss on the device.
+  frame kept in fp32 and every product in fp32 (``tf32x3``, or IEEE under ``highest``): one launch forward (the
+  last program reduces the loss on the device), one backward (``_scale_grad_kernel``: grad_output × batch weight).
 * **compute-bound** — ‖h‖ pass, z tiles + row partials, softmax/G pass, dH = G W + a h: 4 launches + the batch
   reduction. W is cast to the input dtype for the tensor cores and r_i = 1/‖w_i‖ is taken from that cast copy,
   so the cosines are those of the operands the GEMM used. Transients (z fp32, G) are bounded by
@@ -15,8 +15,9 @@ Budgets (bf16, forward + backward, H100 SXM: 3.35 TB/s, ~650 TFLOP/s Triton GEMM
 (256, 1010, 1010) 1.0 GFLOP, (1024, 608, 608) 1.5 GFLOP — microseconds of work, decided by host cost;
 (4096, 10000, 10000) 1.6 TFLOP, (8192, 2048, 32000) 2.1 TFLOP — compute-bound (≈ 2.5 and 3.3 ms of math).
 
-Host cost per call is a dictionary lookup of the plan, two weak-keyed lookups for the prepared frame and
-similarity (their value checks ran once, when prepared), one or two allocations and the launch; no host
+Host cost per call is a dictionary lookup of the checked arguments and one of the plan, the prepared frame and
+similarity from a one-entry weak memo (their value checks ran once, when prepared), three allocations and the
+launch (~57 µs forward + backward with autograd, launches stubbed; ``bench/RESULTS.md``); no host
 synchronisation, so the forward + backward is CUDA-graph capturable once warmed up. NaN/inf features set a status
 word the kernel writes; on CPU (interpreter) it is read right after the launch, on a GPU from pinned host memory at
 the next call (no synchronisation), and either raises ``ValueError``.
