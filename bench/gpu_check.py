@@ -261,20 +261,26 @@ def _train_part(result_path: Path, dry_run: bool, budget: float) -> None:
 # Part "tests"
 # ----------------------------------------------------------------------------------------------------------------
 def _tests_part(result_path: Path, dry_run: bool, budget: float) -> None:
+    """Outcome counts and failed test ids, written after every test (a part stopped at its budget keeps them)."""
     import pytest
 
-    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    start = time.monotonic()
+    out = {"returncode": None, "passed": 0, "failed": 0, "skipped": 0, "failed_tests": [], "seconds": 0.0,
+           "files": LOSS_TEST_FILES}
 
-    class Count:
+    class Record:
         def pytest_runtest_logreport(self, report):
             if report.when == "call" or report.outcome != "passed":
-                counts[report.outcome] = counts.get(report.outcome, 0) + 1
+                out[report.outcome] = out.get(report.outcome, 0) + 1
+                if report.outcome == "failed":
+                    out["failed_tests"].append(f"{report.nodeid} ({report.when})")
+                out["seconds"] = round(time.monotonic() - start, 1)
+                _write_json(result_path, out)
 
-    start = time.monotonic()
     args = ["-q", "-m", "gpu", "-p", "no:cacheprovider", "-o", "addopts=-ra", *LOSS_TEST_FILES]
-    code = int(pytest.main(args, plugins=[Count()]))
-    _write_json(result_path, {"returncode": code, **counts, "seconds": round(time.monotonic() - start, 1),
-                              "files": LOSS_TEST_FILES})
+    out["returncode"] = int(pytest.main(args, plugins=[Record()]))
+    out["seconds"] = round(time.monotonic() - start, 1)
+    _write_json(result_path, out)
 
 
 PARTS = {"tests": _tests_part, "loss": _loss_part, "train": _train_part}
