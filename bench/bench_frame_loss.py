@@ -398,7 +398,8 @@ def test_host_cost_fused_vs_eager(monkeypatch):
                            "unchecked_us": round(times["unchecked"], 1)})
     finally:
         torch.set_num_threads(previous_threads)
-    result = {"device": torch.cuda.get_device_name() if HAS_CUDA else f"CPU ({_cpu_name()})", "torch": torch.__version__, "rows": rows, "input_checks": checks}
+    result = {"device": torch.cuda.get_device_name() if HAS_CUDA else f"CPU ({_cpu_name()})",
+              "torch": torch.__version__, "rows": rows, "input_checks": checks}
     os.makedirs(os.path.dirname(HOST_JSON), exist_ok=True)
     temporary = HOST_JSON + ".tmp"
     with open(temporary, "w") as handle:
