@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo bench setup system-deps clean
+.PHONY: test demo bench gpu-check setup system-deps clean
 
 setup: $(STAMP) system-deps
 
@@ -28,6 +28,11 @@ test: setup
 
 bench: setup
 	$(PY) -m pytest bench/ -q
+
+# On a bare GPU machine (torch, Triton, pytest only; no venv, no install): loss tests, loss benchmark, train step.
+# Deliberately not depending on setup: it runs with whatever python3 has torch. Writes bench/results/*_gpu.json.
+gpu-check:
+	$(PYTHON) bench/gpu_check.py
 
 demo: setup
 	$(PY) -m haf.reporting.demo

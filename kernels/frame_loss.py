@@ -5,14 +5,19 @@
 reduced over the batch like ``F.cross_entropy`` (see :mod:`haf.losses`, the reference this module dispatches to
 and is tested against). Backends:
 
-* ``"reference"`` — :func:`haf.losses.hierarchy_frame_loss` (plain PyTorch, autograd; any device, any dtype);
-* ``"triton"`` — :mod:`haf.kernels.frame_loss_triton`: three fused kernels, dL/dh computed during the forward,
-  no B × K tensor kept for the backward (on CPU only through Triton's interpreter, ``TRITON_INTERPRET=1``);
+* ``"reference"`` — :func:`haf.kernels.frame_loss_reference.hierarchy_frame_loss` (plain PyTorch, autograd; any
+  device, any dtype);
+* ``"triton"`` — :mod:`haf.kernels.frame_loss_triton`: fused kernels, dL/dh computed during the forward, no B × K
+  tensor kept for the backward (on CPU only through Triton's interpreter, ``TRITON_INTERPRET=1``);
 * ``"auto"`` — the environment variable ``HAF_BACKEND`` if it is set, otherwise Triton for CUDA tensors (fp32,
   bf16, fp16) and the reference for everything else.
 
 An explicit ``backend="triton"`` or ``"reference"`` always wins over ``HAF_BACKEND``; the variable only replaces
 ``"auto"``, so tests and benchmarks can force a path for a whole run without touching call sites.
+
+Under ``torch.compile`` both backends run as one registered operator, ``torch.ops.haf.frame_loss`` (a
+``torch.library`` custom op with a fake implementation and a registered backward), so a model compiled with
+``fullgraph=True`` traces through the loss without a graph break.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ from typing import Literal, overload
 
 import torch
 from torch import nn
+
+from .frame_loss_inputs import parse_alpha
 
 __all__ = ["BACKENDS", "BACKEND_ENV", "FrameLoss", "frame_loss", "resolve_backend"]
 
@@ -78,6 +85,7 @@ def frame_loss(
     backend: str = "auto",
     *,
     return_logits: bool = False,
+    unit_frame: bool = False,
 ):
     """HAFrame loss, shaped like ``F.cross_entropy``.
 
@@ -92,27 +100,103 @@ def frame_loss(
         backend: "auto", "triton" or "reference" (see the module docstring; ``HAF_BACKEND`` replaces "auto").
         return_logits: also return z = h Wᵀ (B × K, fp32, detached) for metrics, so evaluation does not
             compute the product twice. On the Triton path this keeps a B × K tensor alive: leave it off in training.
+        unit_frame: claim that the frame's rows are unit norm; checked once per frame tensor (ValueError if not).
 
     Returns:
         The loss in fp32 (fp64 for fp64 inputs on the reference path), or ``(loss, logits)``.
     """
     chosen = resolve_backend(backend, features)
+    if torch.compiler.is_compiling():
+        return _compiled_frame_loss(features, frame, target, similarity, alpha, reduction, ignore_index, chosen,
+                                    return_logits, unit_frame)
     if chosen == "triton":
-        from .frame_loss_triton import triton_frame_loss  # lazy: importing Triton costs seconds
-
-        return triton_frame_loss(
+        return _triton_entry()(
             features, frame, target, similarity, alpha=alpha, reduction=reduction, ignore_index=ignore_index,
-            return_logits=return_logits,
+            return_logits=return_logits, unit_frame=unit_frame,
         )
-    from haf.losses import hierarchy_frame_loss
+    from .frame_loss_reference import hierarchy_frame_loss
 
-    loss = hierarchy_frame_loss(features, frame, target, similarity, alpha, reduction, ignore_index)
+    loss = hierarchy_frame_loss(features, frame, target, similarity, alpha, reduction, ignore_index,
+                                unit_frame=unit_frame)
     if not return_logits:
         return loss
+    return loss, _logits(features, frame)
+
+
+_TRITON_ENTRY = []
+
+
+def _triton_entry():
+    """``triton_frame_loss``, imported on first use (importing Triton costs seconds) and kept."""
+    if not _TRITON_ENTRY:
+        from .frame_loss_triton import triton_frame_loss
+
+        _TRITON_ENTRY.append(triton_frame_loss)
+    return _TRITON_ENTRY[0]
+
+
+def _logits(features: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         compute = torch.float64 if torch.float64 in (features.dtype, frame.dtype) else torch.float32
-        logits = features.to(compute) @ frame.to(compute).T
-    return loss, logits
+        return features.to(compute) @ frame.to(compute).T
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# torch.library registration: the whole loss as one operator with its own backward (what torch.compile traces)
+# ----------------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("haf::frame_loss", mutates_args=())
+def _frame_loss_op(
+    features: torch.Tensor, frame: torch.Tensor, target: torch.Tensor, similarity: torch.Tensor, alpha: float,
+    reduction: str, ignore_index: int, backend: str, unit_frame: bool, compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, per-row dℓ/dh or an empty tensor, batch weight (1,)): dL/dh = grad_output · weight · dℓ/dh."""
+    if backend == "triton":
+        from .frame_loss_triton import fused_frame_loss_forward, triton_frame_loss_checks
+
+        alpha = triton_frame_loss_checks(features, frame, target, similarity, alpha, reduction, ignore_index)
+        out = fused_frame_loss_forward(features, frame, target, similarity, alpha, reduction, ignore_index,
+                                       compute_grad=compute_grad, unit_frame=unit_frame)
+        grad = out.grad_features if out.grad_features is not None else features.new_empty(0)
+        scale = out.scale_tensor()
+        scale = scale.clone() if scale is not None else torch.ones(1, device=features.device)
+        return out.loss.clone(), grad, scale
+    from .frame_loss_reference import hierarchy_frame_loss_with_grad
+
+    loss, grad, scale = hierarchy_frame_loss_with_grad(features, frame, target, similarity, alpha, reduction,
+                                                       ignore_index, unit_frame=unit_frame)
+    return loss, (grad if compute_grad else features.new_empty(0)), scale
+
+
+@_frame_loss_op.register_fake
+def _frame_loss_fake(features, frame, target, similarity, alpha, reduction, ignore_index, backend, unit_frame,
+                     compute_grad):
+    wide = backend == "reference" and torch.float64 in (features.dtype, frame.dtype, similarity.dtype)
+    shape = (features.shape[0],) if reduction == "none" else ()
+    loss = features.new_empty(shape, dtype=torch.float64 if wide else torch.float32)
+    grad = features.new_empty(features.shape if compute_grad else (0,))
+    return loss, grad, features.new_empty((1,), dtype=torch.float32)
+
+
+def _frame_loss_setup(ctx, inputs, output) -> None:
+    ctx.reduction = inputs[5]
+    ctx.save_for_backward(output[1], output[2])
+
+
+def _frame_loss_backward(ctx, grad_loss, unused_grad, unused_scale):
+    grad, scale = ctx.saved_tensors
+    factor = grad_loss[:, None] if ctx.reduction == "none" else grad_loss * scale
+    return (grad * factor).to(grad.dtype), None, None, None, None, None, None, None, None, None
+
+
+_frame_loss_op.register_autograd(_frame_loss_backward, setup_context=_frame_loss_setup)
+
+
+def _compiled_frame_loss(features, frame, target, similarity, alpha, reduction, ignore_index, backend,
+                         return_logits, unit_frame):
+    compute_grad = features.requires_grad and torch.is_grad_enabled()
+    loss = _frame_loss_op(features, frame, target, similarity, float(alpha), reduction, int(ignore_index), backend,
+                          bool(unit_frame), compute_grad)[0]
+    return (loss, _logits(features, frame)) if return_logits else loss
 
 
 class FrameLoss(nn.Module):
@@ -131,6 +215,7 @@ class FrameLoss(nn.Module):
         ignore_index: int = -100,
         backend: str = "auto",
         persistent: bool = True,
+        unit_frame: bool = False,
     ) -> None:
         super().__init__()
         frame = torch.as_tensor(frame)
@@ -141,8 +226,7 @@ class FrameLoss(nn.Module):
             raise ValueError(
                 f"similarity must be K × K with K = {frame.shape[0]} (frame rows), got shape {tuple(similarity.shape)}"
             )
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"alpha is the weight of the cosine term and must lie in [0, 1], got {alpha}")
+        alpha = parse_alpha(alpha)
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be one of ('mean', 'sum', 'none'), got {reduction!r}")
         if backend not in BACKENDS:
@@ -153,11 +237,13 @@ class FrameLoss(nn.Module):
         self.reduction = reduction
         self.ignore_index = int(ignore_index)
         self.backend = backend
+        self.unit_frame = bool(unit_frame)
 
     def forward(self, features: torch.Tensor, target: torch.Tensor, return_logits: bool = False):
         return frame_loss(
             features, self.frame, target, self.similarity, alpha=self.alpha, reduction=self.reduction,
             ignore_index=self.ignore_index, backend=self.backend, return_logits=return_logits,
+            unit_frame=self.unit_frame,
         )
 
     def extra_repr(self) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from . import frame_loss_kernels as kernels
 from . import frame_loss_triton as fused
 
 _TRITON_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -69,48 +70,77 @@ def _compile(kernel, pointer_types, float_args, constants, num_warps, num_stages
 
 def compile_kernels(
     dtype: torch.dtype, batch: int, dim: int, num_classes: int, capability: int = 90,
-    precision: str | None = None,
+    precision: str | None = None, reduction: str = "mean",
 ) -> list[CompiledKernel]:
-    """Compile the three kernels with the tiles ``choose_config`` picks for this problem and dtype."""
+    """Compile the kernels the launcher would run for this problem (row-block kernel in the launch-bound regime,
+    the four tiled kernels otherwise, then the backward's elementwise kernel) with the tiles ``choose_config``
+    picks."""
+    return _forward_kernels(dtype, batch, dim, num_classes, capability, precision, reduction) + [
+        _backward_kernel(dtype, capability, reduction)]
+
+
+def _backward_kernel(dtype: torch.dtype, capability: int, reduction: str) -> CompiledKernel:
+    return _compile(
+        kernels._scale_grad_kernel,
+        {"grad_ptr": f"*{_TRITON_DTYPE[dtype]}", "grad_loss_ptr": "*fp32", "scale_ptr": "*fp32"}, set(),
+        {"PER_ROW": reduction == "none", "HAS_SCALE": reduction == "mean", "BLOCK": fused._SCALE_BLOCK}, 4, 1, capability,
+    )
+
+
+def _forward_kernels(dtype, batch, dim, num_classes, capability, precision, reduction) -> list[CompiledKernel]:
     name = _TRITON_DTYPE[dtype]
-    precision = precision if dtype == torch.float32 else None
     if dtype == torch.float32 and precision is None:
         precision = "tf32"
-    config = fused.choose_config(batch, dim, num_classes, dtype, precision)
     unit = {stride: 1 for stride in _UNIT_STRIDES}
+    small = num_classes <= fused.ROW_BLOCK_MAX_CLASSES and batch * num_classes <= fused.SMALL_PROBLEM_ELEMENTS
+    config = fused.choose_config(batch, dim, num_classes, dtype, precision if dtype == torch.float32 else None)
+    if small:
+        programs = -(-batch // config.row_block_b)
+        return [_compile(
+            kernels._row_block_kernel,
+            {"h_ptr": f"*{name}", "w_ptr": "*fp32", "inv_wnorm_ptr": "*fp32", "s_ptr": "*fp32", "y_ptr": "*i64",
+             "work_ptr": "*fp32", "scratch_ptr": "*fp32", "dh_ptr": f"*{name}", "ticket_ptr": "*i32",
+             "status_ptr": "*i32"},
+            {"alpha"},
+            {"stride_hd": 1, "H_EPS": fused.FEATURE_EPS, "BLOCK_B": config.row_block_b,
+             "BLOCK_K": config.row_block_k, "BLOCK_D": config.row_block_d,
+             "BLOCK_P": min(1024, fused._next_power_of_2(programs)), "REDUCE": fused._REDUCE[reduction],
+             "WRITE_GRAD": True, "INPUT_PRECISION": "ieee" if precision == "ieee" else "tf32x3"},
+            config.row_warps, 1, capability,
+        )]
+    tiled_precision = precision if dtype == torch.float32 else None
+    norms = _compile(kernels._row_norm_kernel, {"h_ptr": f"*{name}", "hnorm_ptr": "*fp32", "status_ptr": "*i32"},
+                     set(), {"stride_hd": 1, "BLOCK_B": 32, "BLOCK_D": 64}, 4, 1, capability)
     logits = _compile(
-        fused._logits_stats_kernel,
+        kernels._logits_stats_kernel,
         {"h_ptr": f"*{name}", "w_ptr": f"*{name}", "inv_wnorm_ptr": "*fp32", "table_ptr": "*fp32", "y_ptr": "*i64",
-         "z_ptr": "*fp32", "part_ptr": "*fp32", "hnorm_ptr": "*fp32"},
+         "hnorm_ptr": "*fp32", "z_ptr": "*fp32", "part_ptr": "*fp32"},
         set(),
-        {**{k: v for k, v in unit.items() if k in fused._logits_stats_kernel.arg_names},
-         "EPS": fused.COSINE_EPS, "BLOCK_B": config.logits_block_b, "BLOCK_K": config.logits_block_k,
-         "BLOCK_D": config.logits_block_d, "GROUP": config.group, "INPUT_PRECISION": precision,
+        {**{k: v for k, v in unit.items() if k in kernels._logits_stats_kernel.arg_names},
+         "H_EPS": fused.FEATURE_EPS, "BLOCK_B": config.logits_block_b, "BLOCK_K": config.logits_block_k,
+         "BLOCK_D": config.logits_block_d, "GROUP": config.group, "INPUT_PRECISION": tiled_precision,
          "UPCAST_DOT": False, "STORE_Z": True},
         config.logits_warps, config.logits_stages, capability,
     )
     softmax = _compile(
-        fused._softmax_grad_kernel,
+        kernels._softmax_grad_kernel,
         {"z_ptr": "*fp32", "g_ptr": f"*{name}", "part_ptr": "*fp32", "hnorm_ptr": "*fp32", "inv_wnorm_ptr": "*fp32",
-         "table_ptr": "*fp32", "y_ptr": "*i64", "y_all_ptr": "*i64", "loss_ptr": "*fp32", "coef_ptr": "*fp32",
-         "weight_ptr": "*fp32"},
+         "table_ptr": "*fp32", "y_ptr": "*i64", "loss_ptr": "*fp32", "coef_ptr": "*fp32"},
         {"alpha"},
-        {"EPS": fused.COSINE_EPS, "MEAN": True, "WRITE_G": True, "BLOCK_R": config.rows_block,
-         "BLOCK_C": config.cols_block, "BLOCK_T": config.partials_block, "BLOCK_Y": 1024},
+        {"H_EPS": fused.FEATURE_EPS, "WRITE_G": True, "BLOCK_R": config.rows_block, "BLOCK_C": config.cols_block,
+         "BLOCK_T": config.partials_block},
         config.rows_warps, 1, capability,
     )
-    grad_dtype = "fp32" if dtype == torch.float16 else name
     grad = _compile(
-        fused._grad_features_kernel,
-        {"g_ptr": f"*{name}", "w_ptr": f"*{name}", "h_ptr": f"*{name}", "coef_ptr": "*fp32", "weight_ptr": "*fp32",
-         "dh_ptr": f"*{grad_dtype}"},
+        kernels._grad_features_kernel,
+        {"g_ptr": f"*{name}", "w_ptr": f"*{name}", "h_ptr": f"*{name}", "coef_ptr": "*fp32", "dh_ptr": f"*{name}"},
         set(),
-        {**{k: v for k, v in unit.items() if k in fused._grad_features_kernel.arg_names},
+        {**{k: v for k, v in unit.items() if k in kernels._grad_features_kernel.arg_names},
          "BLOCK_B": config.grad_block_b, "BLOCK_D": config.grad_block_d, "BLOCK_K": config.grad_block_k,
-         "GROUP": config.group, "INPUT_PRECISION": precision, "UPCAST_DOT": False},
+         "GROUP": config.group, "INPUT_PRECISION": tiled_precision, "UPCAST_DOT": False},
         config.grad_warps, config.grad_stages, capability,
     )
-    return [logits, softmax, grad]
+    return [norms, logits, softmax, grad]
 
 
 def ptxas_report(kernel: CompiledKernel, capability: int = 90) -> str:
@@ -131,10 +161,13 @@ def ptxas_report(kernel: CompiledKernel, capability: int = 90) -> str:
         out = subprocess.run([ptxas, f"-arch={arch}", "-v", str(source), "-o", str(Path(folder) / "out.cubin")],
                              capture_output=True, text=True, check=True)
     lines = (out.stdout + out.stderr).splitlines()
-    return " | ".join(line.split(":", 1)[-1].strip() for line in lines if "spill" in line or "registers" in line)
+    return " | ".join(line.split(":", 1)[-1].strip() for line in lines if "spill" in line or "registers" in line or "warning" in line)
 
 
 SHAPES = {"paper (256, 1010, 1010)": (256, 1010, 1010), "large (8192, 2048, 32000)": (8192, 2048, 32000)}
+#: (dtype, fp32 precision, reduction) variants built for every shape.
+VARIANTS = [(torch.bfloat16, None, "mean"), (torch.float16, None, "mean"), (torch.float32, "tf32", "mean"),
+            (torch.float32, "ieee", "mean"), (torch.bfloat16, None, "sum"), (torch.bfloat16, None, "none")]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capability", type=int, default=90, help="CUDA compute capability × 10 (default 90)")
     args = parser.parse_args(argv)
     for label, (batch, dim, classes) in SHAPES.items():
-        for dtype in (torch.bfloat16, torch.float16, torch.float32):
-            for kernel in compile_kernels(dtype, batch, dim, classes, args.capability):
-                print(f"{label:<26} {_TRITON_DTYPE[dtype]:<5} {kernel.name:<24} smem {kernel.shared_bytes:>6} B  "
+        for dtype, precision, reduction in VARIANTS:
+            variant = f"{_TRITON_DTYPE[dtype]}{'/' + precision if precision else ''} {reduction}"
+            for kernel in compile_kernels(dtype, batch, dim, classes, args.capability, precision, reduction):
+                print(f"{label:<26} {variant:<16} {kernel.name:<22} smem {kernel.shared_bytes:>6} B  "
                       f"{ptxas_report(kernel, args.capability)}", flush=True)
     return 0
 

@@ -9,9 +9,7 @@ import math
 
 import torch
 
-
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+from haf.kernels.frame_loss_reference import compute_dtype  # noqa: F401  (one owner of the dtype policy)
 
 
 def check_batch(name: str, tensor: torch.Tensor, target: torch.Tensor) -> None:

@@ -1,0 +1,68 @@
+"""``make gpu-check``'s plumbing, dry (CPU, tiny shapes, fused kernels in Triton's interpreter): every part runs in
+its own process, imports ``haf`` from the checkout, never DeepSpeed or DALI, and writes the JSON the GPU run
+writes, with sane values."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW_KEYS = {"shape", "dtype", "eager_ms", "compiled_ms", "fused_ms", "eager_peak_mib", "fused_peak_mib"}
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_both_files(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loss = json.loads((tmp_path / "frame_loss_gpu.json").read_text())
+    assert {"device", "torch", "triton", "rows"} <= set(loss)
+    assert loss["errors"] == [] and loss["imported_forbidden"] == []
+    assert len(loss["rows"]) == 2 * 2  # two dry-run shapes × fp32, bf16
+    for row in loss["rows"]:
+        assert ROW_KEYS <= set(row), row
+        assert row["dtype"] in ("fp32", "bf16") and len(row["shape"]) == 3
+        for path in ("eager", "compiled", "fused"):
+            assert row[f"{path}_ms"] > 0, row
+        assert row["eager_peak_mib"] is None and row["fused_peak_mib"] is None  # no CUDA allocator on CPU
+    tests = loss["gpu_tests"]
+    assert tests["returncode"] == 0 and tests["failed"] == 0 and tests["skipped"] > 0  # -m gpu: skipped on CPU
+    train = json.loads((tmp_path / "train_step_gpu.json").read_text())
+    assert train["errors"] == [] and train["imported_forbidden"] == [] and train["engine"] == "plain"
+    for path in ("fused", "reference"):
+        figures = train["paths"][path]
+        assert figures["images_per_s"] > 0 and figures["step_ms"] > 0 and 0 < figures["loss_share_percent"] < 100
+
+
+def test_gpu_check_records_a_failing_part_and_runs_the_rest(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check, "_run_part", lambda name, folder, dry, budget: (
+        (None, f"part {name!r} ran past its budget of {budget:.0f} s") if name == "tests" else
+        ({"device": "x", "torch": "t", "triton": "y", "rows": [], "errors": []}, None)))
+    written = gpu_check.run(tmp_path, dry_run=True, parts=["tests", "loss"])
+    loss = json.loads(written["loss"].read_text())
+    assert loss["device"] == "x" and "budget" in loss["gpu_tests"]["error"]
+
+
+def test_tuning_script_dry_run_prints_a_table_entry():
+    """bench/tune_frame_loss.py on CPU (interpreter, tiny shape, two candidates): prints a TUNED entry that builds
+    a valid KernelConfig."""
+    import ast
+
+    from haf.kernels.frame_loss_triton import KernelConfig
+
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "tune_frame_loss.py"), "--dry-run", "--keys",
+                           "row-block"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    entry = done.stdout.split("TUNED entries", 1)[1].splitlines()[1].split("#")[0].strip().rstrip(",")
+    key, fields = entry.split(": ", 1)
+    assert ast.literal_eval(key) == ("small-tiled", "any", None)
+    KernelConfig(**ast.literal_eval(fields))
