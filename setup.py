@@ -22,7 +22,7 @@ setup(
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["haf", "haf.commands", "haf.methods", "haf.kernels", "haf.pipelines"],
+    packages=["haf", "haf.commands", "haf.frame", "haf.methods", "haf.kernels", "haf.pipelines"],
     package_dir={"haf": "haf", "haf.kernels": "kernels", "haf.pipelines": "pipelines"},
     install_requires=requirements(),
     entry_points={"console_scripts": ["haf = haf.cli:main"]},

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import haf.frame as frame_module
+import haf.frame.dense as frame_module
 from haf.frame import (
     PSD_TOLERANCE,
     build_frame,
