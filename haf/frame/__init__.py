@@ -22,6 +22,7 @@ from .dense import (
 )
 from .grid import GRID_POINTS, PSD_TOLERANCE, reference_grid
 from .tree import TreeArrays, TreeFrame, build_tree_frame, find_s_min_tree, find_s_min_tree_full_scan
+from .tree_io import load_tree_frame, save_tree_frame
 
 __all__ = [
     "AUTO_TREE_MIN_CLASSES",
@@ -40,7 +41,9 @@ __all__ = [
     "find_s_min_tree_full_scan",
     "fixed_etf",
     "hierarchy_frame",
+    "load_tree_frame",
     "reference_grid",
+    "save_tree_frame",
     "similarity_matrix",
 ]
 
