@@ -83,7 +83,8 @@ def frame_loss(
 
     Args:
         features: h, B × D (fp32, bf16 or fp16 on the Triton path; any float dtype on the reference path).
-        frame: W, K × D, fixed (the Triton path computes no dW and refuses a frame that requires grad).
+        frame: W, K × D, fixed (the Triton path computes no dW and refuses a frame that requires grad); or a
+            tree frame (``haf.frame.TreeFrame``), then ``similarity`` is None and S comes from the tree.
             Rows need not be unit-norm: the cosine divides by max(‖w_i‖, ε) as the reference does.
         target: B class indices; rows equal to ``ignore_index`` contribute 0 and do not count in the mean.
         similarity: S, K × K; the cosine target of class i for a sample of class y is S[i, y].
@@ -96,6 +97,12 @@ def frame_loss(
     Returns:
         The loss in fp32 (fp64 for fp64 inputs on the reference path), or ``(loss, logits)``.
     """
+    if not isinstance(frame, torch.Tensor):  # a tree-factorised frame (haf.frame.TreeFrame): its own kernels
+        from .tree_frame_loss import is_tree_frame, tree_frame_loss
+
+        if is_tree_frame(frame):
+            return tree_frame_loss(features, frame, target, alpha, reduction, ignore_index, backend,
+                                   return_logits=return_logits)
     chosen = resolve_backend(backend, features)
     if chosen == "triton":
         from .frame_loss_triton import triton_frame_loss  # lazy: importing Triton costs seconds
@@ -124,8 +131,8 @@ class FrameLoss(nn.Module):
 
     def __init__(
         self,
-        frame: torch.Tensor,
-        similarity: torch.Tensor,
+        frame,
+        similarity: torch.Tensor | None = None,
         alpha: float = 0.5,
         reduction: str = "mean",
         ignore_index: int = -100,
@@ -133,6 +140,15 @@ class FrameLoss(nn.Module):
         persistent: bool = True,
     ) -> None:
         super().__init__()
+        from .tree_frame_loss import TreeFrameTensors, is_tree_frame
+
+        if is_tree_frame(frame):
+            if similarity is not None:
+                raise ValueError("a tree frame carries its similarity (S = g(LCA)); pass similarity=None")
+            self.tree = frame if isinstance(frame, TreeFrameTensors) else TreeFrameTensors(frame)
+            self._set_options(alpha, reduction, ignore_index, backend)
+            return
+        self.tree = None
         frame = torch.as_tensor(frame)
         similarity = torch.as_tensor(similarity)
         if frame.dim() != 2:
@@ -141,14 +157,17 @@ class FrameLoss(nn.Module):
             raise ValueError(
                 f"similarity must be K × K with K = {frame.shape[0]} (frame rows), got shape {tuple(similarity.shape)}"
             )
+        self.register_buffer("frame", frame.detach().clone(), persistent=persistent)
+        self.register_buffer("similarity", similarity.detach().clone(), persistent=persistent)
+        self._set_options(alpha, reduction, ignore_index, backend)
+
+    def _set_options(self, alpha: float, reduction: str, ignore_index: int, backend: str) -> None:
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha is the weight of the cosine term and must lie in [0, 1], got {alpha}")
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be one of ('mean', 'sum', 'none'), got {reduction!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.register_buffer("frame", frame.detach().clone(), persistent=persistent)
-        self.register_buffer("similarity", similarity.detach().clone(), persistent=persistent)
         self.alpha = float(alpha)
         self.reduction = reduction
         self.ignore_index = int(ignore_index)
@@ -156,12 +175,13 @@ class FrameLoss(nn.Module):
 
     def forward(self, features: torch.Tensor, target: torch.Tensor, return_logits: bool = False):
         return frame_loss(
-            features, self.frame, target, self.similarity, alpha=self.alpha, reduction=self.reduction,
+            features, self.tree if self.tree is not None else self.frame, target,
+            None if self.tree is not None else self.similarity, alpha=self.alpha, reduction=self.reduction,
             ignore_index=self.ignore_index, backend=self.backend, return_logits=return_logits,
         )
 
     def extra_repr(self) -> str:
-        num_classes, dim = self.frame.shape
+        num_classes, dim = self.frame.shape if self.tree is None else (self.tree.num_classes, self.tree.width)
         return (
             f"num_classes={num_classes}, dim={dim}, alpha={self.alpha}, reduction={self.reduction!r}, "
             f"ignore_index={self.ignore_index}, backend={self.backend!r}"

@@ -1,0 +1,244 @@
+"""The HAFrame loss on a tree-factorised frame (``haf.frame.TreeFrame``): O(B·N) instead of O(B·K·D).
+
+Features h live in R^{N−1}, one coordinate per non-root node v (column v − 1). With W = F − β·1uᵀ:
+
+    z_i  = Σ_{v on root→leaf i} √a_v·h_v − β·(u·h)        (path sums, one pass per depth level)
+    S_iy = g(LCA(i, y)) = e(leaf i),  e(root) = g(root), e(v) = g(v) if v is on y's path else e(parent v)
+    ℓ    = (1 − α)·(lse(z) − z_y) + α·Σ_i (z_i/n − S_iy)²,   n = max(‖h‖, ε)   (rows of W are unit vectors)
+
+Gradient (computed in the forward, like the fused dense kernels): with p = softmax(z),
+    dz_i = (1 − α)(p_i − [i = y]) + (2α/n)(z_i/n − S_iy),   dℓ/dn = −(2α/n²)·Σ_i z_i (z_i/n − S_iy)
+    dℓ/dh_v = √a_v·D_v − β·u_v·Σ_i dz_i + dℓ/dn · h_v/n,    D_v = Σ_{leaves i under v} dz_i (subtree sums)
+(the last term only where ‖h‖ > ε, as the clamp's derivative). S is never formed as a K × K matrix.
+
+Backends: "reference" here (plain PyTorch, rows in chunks so temporaries stay chunk × N), "triton"
+(:mod:`haf.kernels.tree_frame_loss_triton`: class chunks, online logsumexp). :func:`tree_frame_loss_autograd` is
+the literal formula through autograd (B × K × depth temporaries), the oracle of the tests.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["TreeFrameTensors", "as_tree_frame", "is_tree_frame", "tree_frame_loss", "tree_frame_loss_autograd",
+           "tree_logits"]
+
+#: Same floor for ‖h‖ as the dense reference (haf.losses.COSINE_EPS).
+COSINE_EPS = 1e-8
+#: Rows per chunk of the reference path: its temporaries are a few chunk × N buffers.
+ROW_CHUNK = 16
+
+
+class TreeFrameTensors(nn.Module):
+    """A :class:`haf.frame.TreeFrame` as buffers (float64 values, int64 structure) that follow ``.to(device)``.
+
+    ``anc``: K × (H + 1) path of each class, root first, −1 below a shallow leaf. ``levels``: per depth ≥ 1 the
+    node range [lo, hi) and its parents' range [plo, phi) (nodes are breadth first).
+    """
+
+    def __init__(self, frame) -> None:
+        super().__init__()
+        tree = frame.tree
+        self.levels = tree.levels()
+        self.num_classes = tree.num_classes
+        self.num_nodes = tree.num_nodes
+        self.beta = float(frame.beta)
+        self.c = float(frame.c)
+        as_long = lambda a: torch.from_numpy(np.array(a, dtype=np.int64))  # noqa: E731
+        as_float = lambda a: torch.from_numpy(np.array(a, dtype=np.float64))  # noqa: E731
+        self.register_buffer("parent", as_long(np.maximum(tree.parent, 0)), persistent=False)
+        self.register_buffer("depth", as_long(tree.depth), persistent=False)
+        self.register_buffer("leaf_node", as_long(tree.leaf_node), persistent=False)
+        self.register_buffer("anc", as_long(tree.ancestor_table()), persistent=False)
+        self.register_buffer("sqrt_a", as_float(frame.sqrt_a), persistent=False)
+        self.register_buffer("g", as_float(frame.node_similarity), persistent=False)
+        self.register_buffer("u", as_float(frame.u), persistent=False)
+
+    @property
+    def width(self) -> int:
+        return self.num_nodes - 1
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, width={self.width}, depth={self.anc.shape[1] - 1}"
+
+
+def is_tree_frame(frame) -> bool:
+    from haf.frame import TreeFrame
+
+    return isinstance(frame, (TreeFrame, TreeFrameTensors))
+
+
+def as_tree_frame(frame, device: torch.device) -> TreeFrameTensors:
+    tensors = frame if isinstance(frame, TreeFrameTensors) else TreeFrameTensors(frame)
+    return tensors.to(device) if tensors.parent.device != device else tensors
+
+
+def _check(features: torch.Tensor, frame: TreeFrameTensors, target: torch.Tensor, alpha: float, reduction: str,
+           ignore_index: int) -> torch.Tensor:
+    from haf.losses import REDUCTIONS, check_target, check_target_range
+
+    if features.dim() != 2 or features.shape[1] != frame.width:
+        raise ValueError(f"features must be B × {frame.width} (the tree frame's width N − 1), got "
+                         f"{tuple(features.shape)}")
+    if not features.is_floating_point():
+        raise ValueError(f"features must be a floating-point tensor, got dtype {features.dtype}")
+    check_target(target, features.shape[0])
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha is the weight of the cosine term and must lie in [0, 1], got {alpha}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return check_target_range(target, frame.num_classes, ignore_index)
+
+
+def _compute_dtype(features: torch.Tensor) -> torch.dtype:
+    return torch.float64 if features.dtype == torch.float64 else torch.float32
+
+
+# ------------------------------------------------------------------------------------- per-level tree passes
+
+
+def _path_sums(frame: TreeFrameTensors, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[:, v] = Σ_{w on root→v} √a_w h_w (out[:, 0] = 0): top-down, one step per depth level."""
+    sqrt_a = frame.sqrt_a.to(h.dtype)
+    out[:, 0] = 0
+    for lo, hi, _, _ in frame.levels:
+        torch.addcmul(out[:, frame.parent[lo:hi]], h[:, lo - 1:hi - 1], sqrt_a[lo:hi], out=out[:, lo:hi])
+    return out
+
+
+def _similarity_rows(frame: TreeFrameTensors, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[b, v] = g(LCA(v, y_b)) for every node (so S[i, y_b] = out[b, leaf i]): top-down, per depth level."""
+    g = frame.g.to(out.dtype)
+    rows = torch.arange(y.shape[0], device=y.device)
+    out[:, 0] = g[0]
+    for depth, (lo, hi, _, _) in enumerate(frame.levels, start=1):
+        out[:, lo:hi] = out[:, frame.parent[lo:hi]]
+        if depth < frame.anc.shape[1]:
+            on_path = frame.anc[y, depth]  # y's ancestor at this depth (−1 below a shallow leaf)
+            has = on_path >= 0
+            out[rows[has], on_path[has]] = g[on_path[has]]
+    return out
+
+
+def _subtree_sums(frame: TreeFrameTensors, values: torch.Tensor) -> torch.Tensor:
+    """values[:, v] += Σ of values over v's children, deepest level first: leaf values become subtree sums."""
+    for lo, hi, plo, phi in reversed(frame.levels):
+        values[:, plo:phi].index_add_(1, frame.parent[lo:hi] - plo, values[:, lo:hi])
+    return values
+
+
+def tree_logits(features: torch.Tensor, frame) -> torch.Tensor:
+    """z = W h for a tree frame (B × K, fp32 or fp64, no grad), rows in chunks."""
+    frame = as_tree_frame(frame, features.device)
+    dtype = _compute_dtype(features)
+    out = torch.empty(features.shape[0], frame.num_classes, dtype=dtype, device=features.device)
+    with torch.no_grad():
+        for start in range(0, features.shape[0], ROW_CHUNK):
+            h = features[start:start + ROW_CHUNK].to(dtype)
+            buffer = _path_sums(frame, h, h.new_empty(h.shape[0], frame.num_nodes))
+            out[start:start + h.shape[0]] = buffer[:, frame.leaf_node] - frame.beta * (h @ frame.u[1:].to(dtype))[:, None]
+    return out
+
+
+# --------------------------------------------------------------------------------------------- reference path
+
+
+def _rows_forward_backward(frame: TreeFrameTensors, h: torch.Tensor, y: torch.Tensor, alpha: float):
+    """Per-row loss and dℓ/dh for a chunk of rows (module docstring), temporaries chunk × N."""
+    u = frame.u[1:].to(h.dtype)
+    norm = h.norm(dim=1)
+    n = norm.clamp_min(COSINE_EPS)
+    buffer = _path_sums(frame, h, h.new_empty(h.shape[0], frame.num_nodes))
+    z = buffer[:, frame.leaf_node] - frame.beta * (h @ u)[:, None]
+    s = _similarity_rows(frame, y, buffer)[:, frame.leaf_node]
+    lse = torch.logsumexp(z, dim=1)
+    z_y = z.gather(1, y[:, None])[:, 0]
+    residual = z / n[:, None] - s
+    loss = (1 - alpha) * (lse - z_y) + alpha * (residual * residual).sum(dim=1)
+    dz = torch.softmax(z, dim=1).mul_(1 - alpha)
+    dz.scatter_add_(1, y[:, None], torch.full_like(z_y[:, None], -(1 - alpha)))
+    dz.add_(residual * (2 * alpha / n[:, None]))
+    d_norm = -(2 * alpha / n**2) * (z * residual).sum(dim=1)
+    d_norm = torch.where(norm > COSINE_EPS, d_norm, torch.zeros_like(d_norm))
+    buffer.zero_()
+    buffer[:, frame.leaf_node] = dz
+    d = _subtree_sums(frame, buffer)
+    grad = d[:, 1:] * frame.sqrt_a[1:].to(h.dtype) - frame.beta * dz.sum(dim=1)[:, None] * u
+    grad += (d_norm / n)[:, None] * h
+    return loss, grad
+
+
+class _TreeFrameLoss(torch.autograd.Function):
+    """Loss per row and dℓ/dh in the forward (rows in chunks); backward scales the stored gradient."""
+
+    @staticmethod
+    def forward(ctx, features, frame, target, valid, alpha):
+        dtype = _compute_dtype(features)
+        losses = torch.zeros(features.shape[0], dtype=dtype, device=features.device)
+        grad = torch.zeros(features.shape, dtype=features.dtype, device=features.device)
+        safe = torch.where(valid, target.long(), torch.zeros_like(target, dtype=torch.long))
+        for start in range(0, features.shape[0], ROW_CHUNK):
+            rows = slice(start, start + ROW_CHUNK)
+            loss, g = _rows_forward_backward(frame, features[rows].to(dtype), safe[rows], alpha)
+            keep = valid[rows]
+            losses[rows] = torch.where(keep, loss, torch.zeros_like(loss))
+            grad[rows] = torch.where(keep[:, None], g, torch.zeros_like(g)).to(features.dtype)
+        ctx.save_for_backward(grad)
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_losses[:, None].to(grad.dtype), None, None, None, None
+
+
+def _reduce(per_row: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
+    from haf.losses import _reduce as reduce_like_cross_entropy
+
+    return reduce_like_cross_entropy(per_row, valid, reduction)
+
+
+def tree_frame_loss(features: torch.Tensor, frame, target: torch.Tensor, alpha: float = 0.5,
+                    reduction: str = "mean", ignore_index: int = -100, backend: str = "auto", *,
+                    return_logits: bool = False):
+    """HAFrame loss on a tree frame, shaped like ``F.cross_entropy`` (module docstring); ``backend`` as in
+    :func:`haf.kernels.frame_loss` ("auto": Triton for CUDA tensors, else the reference)."""
+    from .frame_loss import resolve_backend
+
+    frame = as_tree_frame(frame, features.device)
+    valid = _check(features, frame, target, alpha, reduction, ignore_index)
+    if resolve_backend(backend, features) == "triton":
+        from .tree_frame_loss_triton import triton_tree_frame_rows
+
+        per_row = triton_tree_frame_rows(features, frame, target, valid, float(alpha))
+    else:
+        per_row = _TreeFrameLoss.apply(features, frame, target, valid, float(alpha))
+    loss = _reduce(per_row, valid, reduction)
+    if return_logits:
+        return loss, tree_logits(features.detach(), frame)
+    return loss
+
+
+# ------------------------------------------------------------------------------------------------ the oracle
+
+
+def tree_frame_loss_autograd(features: torch.Tensor, frame, target: torch.Tensor, alpha: float = 0.5,
+                             reduction: str = "mean", ignore_index: int = -100) -> torch.Tensor:
+    """The literal formula through autograd: z by gathering √a·h along each class's path (B × K × depth), S[i, y]
+    from the LCA read off the two paths. For tests (small K)."""
+    frame = as_tree_frame(frame, features.device)
+    valid = _check(features, frame, target, alpha, reduction, ignore_index)
+    dtype = _compute_dtype(features)
+    h = features.to(dtype)
+    node_values = torch.cat([h.new_zeros(h.shape[0], 1), h], dim=1) * frame.sqrt_a.to(dtype)
+    anc, pad = frame.anc.clamp_min(0), frame.anc < 0
+    z = node_values[:, anc].masked_fill(pad, 0).sum(dim=2) - frame.beta * (h @ frame.u[1:].to(dtype))[:, None]
+    y = torch.where(valid, target.long(), torch.zeros_like(target, dtype=torch.long))
+    same = (frame.anc[None, :, :] == frame.anc[y][:, None, :]) & ~pad[None]  # B × K × (H + 1), a prefix
+    lca_level = same.long().cumprod(dim=2).sum(dim=2) - 1
+    s = frame.g.to(dtype)[anc[torch.arange(anc.shape[0])[None, :], lca_level]]
+    cos = z / h.norm(dim=1).clamp_min(COSINE_EPS)[:, None]
+    per_row = (1 - alpha) * (torch.logsumexp(z, dim=1) - z.gather(1, y[:, None])[:, 0]) + alpha * (
+        (cos - s) ** 2).sum(dim=1)
+    return _reduce(per_row, valid, reduction)
