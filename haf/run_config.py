@@ -45,7 +45,8 @@ BASE_KEY = "base"  # composition key; removed after merging, never part of the v
 class DatasetConfig:
     """Which dataset reader to use and where its files are (``haf.pipelines.load_dataset(kind, root, **options)``)."""
 
-    kind: Literal["image-folder", "fgvc-aircraft", "inat2019", "tiered-imagenet", "cifar100", "demo"] = "demo"
+    kind: Literal["image-folder", "fgvc-aircraft", "inat2019", "tiered-imagenet", "cifar100", "demo",
+                  "synthetic-tree"] = "demo"
     root: str = ".cache/demo-data"
     # Reader-specific keyword arguments, passed through verbatim (the reader validates them).
     options: dict = field(default_factory=dict)
@@ -61,7 +62,7 @@ class ModelConfig:
     """Backbone + head; the method on top is the ``method`` section."""
 
     backbone: str = "resnet50"  # checked against the backbone registry when the model is built
-    head: Literal["type1", "type2"] = "type2"  # DESIGN.md §2 "Heads": type-I baseline, type-II HAFrame head
+    head: Literal["type1", "type2", "mlp"] = "type2"  # DESIGN.md §2 "Heads": type-I baseline, type-II HAFrame head
     # Backbone initialisation: null (from scratch), a torchvision weights name ("IMAGENET1K_V1", "DEFAULT"), or a
     # path to a (self-supervised) checkpoint file. Passed as the backbone's ``weights`` option.
     pretrained: Union[str, None] = None

@@ -120,6 +120,7 @@ def build_model(config: RunConfig, dataset: Any, distances: np.ndarray) -> torch
         distances=distances,
         level_labels=hierarchy.level_labels() if hierarchy is not None else None,
         seed=config.seed,
+        hierarchy=hierarchy,
     )
     backbone_options = dict(config.model.backbone_options)
     if config.model.pretrained is not None:

@@ -59,6 +59,16 @@ class TreeFrameTensors(nn.Module):
     def width(self) -> int:
         return self.num_nodes - 1
 
+    def _apply(self, fn, recurse: bool = True) -> "TreeFrameTensors":
+        """Device moves apply; dtype casts (a module-wide ``.half()``) do not: the frame is the loss's target."""
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, original in before.items():
+            after = self._buffers[name]
+            if after.dtype != original.dtype:
+                self._buffers[name] = original.to(device=after.device)
+        return self
+
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, width={self.width}, depth={self.anc.shape[1] - 1}"
 

@@ -26,6 +26,7 @@ class MethodContext:
     distances: np.ndarray  # K × K hierarchical distances (int), the convention chosen by the dataset config
     level_labels: np.ndarray | None = None  # K × L ancestor index per level (coarse → fine), None if no tree
     seed: int = 0
+    hierarchy: Any = None  # the class tree (haf.hierarchy.Hierarchy) when known; the tree-factorised frame needs it
 
     @property
     def num_classes(self) -> int:

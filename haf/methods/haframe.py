@@ -111,8 +111,16 @@ class HAFrame(FixedFrameMethod):
         # Floor of the similarity; None: the reference's grid search for the most negative PSD value.
         s_min: float | None = None
         backend: Literal["auto", "triton", "reference"] = "auto"
+        # "dense": the paper's K × K frame (features K-d). "tree": the exact tree-factorised frame of width N − 1
+        # (needs the class tree; a learnable projection D → N − 1 precedes it, so any head width works and the
+        # cost is linear in K). docs/TREE_FRAME.md.
+        factorization: Literal["dense", "tree"] = "dense"
+        # The tree frame's distance convention; must be the dataset's (checked against context.distances).
+        distance_convention: Literal["lca-height", "fixed-depth"] = "lca-height"
 
         def __post_init__(self) -> None:
+            if self.factorization not in ("dense", "tree"):
+                raise ValueError(f"factorization must be 'dense' or 'tree', got {self.factorization!r}")
             if not (math.isfinite(self.gamma) and self.gamma > 0):
                 raise ValueError(f"gamma must be a positive number, got {self.gamma}")
             if not 0.0 <= self.alpha <= 1.0:
@@ -124,6 +132,10 @@ class HAFrame(FixedFrameMethod):
     def __init__(self, in_features: int, context: MethodContext, options: Options | None = None) -> None:
         super().__init__(in_features, context, options)
         num_classes = context.num_classes
+        self.tree_frame = None
+        if self.options.factorization == "tree":
+            self._init_tree()
+            return
         if in_features != num_classes:
             raise ValueError(
                 f"haframe: the frame is K × K with K = {num_classes} classes, so the features must be "
@@ -150,3 +162,61 @@ class HAFrame(FixedFrameMethod):
             "min_eigenvalue": float(result.min_eigenvalue),
             "max_gram_error": float(result.max_gram_error),
         }
+
+    # ------------------------------------------------------------------------------------ tree factorisation
+    def _init_tree(self) -> None:
+        from haf.frame import TreeArrays, build_tree_frame
+        from haf.kernels.tree_frame_loss import TreeFrameTensors
+
+        context, options = self.context, self.options
+        if context.hierarchy is None:
+            raise ValueError("haframe: factorization 'tree' needs the class tree, but the dataset has only a distance "
+                             "matrix; use factorization: dense")
+        tree = TreeArrays.from_hierarchy(context.hierarchy)
+        if tree.classes != tuple(context.classes):
+            raise ValueError("haframe: the hierarchy's class order differs from the dataset's")
+        frame = build_tree_frame(tree, options.gamma, options.distance_convention, s_min=options.s_min)
+        _check_tree_distances(frame, np.asarray(context.distances), options.distance_convention)
+        #: Learnable D → N − 1 map into the frame's space (no bias: the frame has none either).
+        self.projection = torch.nn.Linear(self.in_features, frame.width, bias=False)
+        self.tree_frame = TreeFrameTensors(frame)
+        self.loss_alpha = float(options.alpha)
+        self.loss_backend = options.backend
+        self.frame_info = {"gamma": float(options.gamma), "s_min": frame.s_min, "d_max": frame.d_max,
+                           "factorization": "tree", "width": frame.width, "max_gram_error": frame.max_gram_error}
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features if self.tree_frame is None else self.projection(features)
+
+    def classifier_weights(self) -> torch.Tensor | None:
+        return self.frame if self.tree_frame is None else None  # the tree frame is never materialised
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.tree_frame is None:
+            return super().loss(outputs, targets)
+        from haf.kernels import frame_loss
+
+        return frame_loss(outputs, self.tree_frame, targets, None, alpha=self.loss_alpha, backend=self.loss_backend)
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        if self.tree_frame is None:
+            return super().scores(outputs)
+        from haf.kernels.tree_frame_loss import tree_logits
+
+        with torch.autocast(device_type=outputs.device.type, enabled=False):
+            return tree_logits(outputs.float(), self.tree_frame)
+
+
+def _check_tree_distances(frame, distances: np.ndarray, convention: str, pairs: int = 4096) -> None:
+    """The tree frame's S must be the one the dataset's distances give: compare d(LCA) on sampled pairs."""
+    k = frame.num_classes
+    if distances.shape != (k, k):
+        raise ValueError(f"haframe: context.distances must be K × K = {k} × {k}, got shape {distances.shape}")
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, k, pairs), rng.integers(0, k, pairs)
+    tree = frame.tree
+    lca = tree.lca(tree.leaf_node[i], tree.leaf_node[j])
+    d = np.where(i == j, 0, tree.subtree_height[lca] if convention == "lca-height" else tree.height - tree.depth[lca])
+    if not np.array_equal(d, distances[i, j]):
+        raise ValueError(f"haframe: option distance_convention={convention!r} does not give the dataset's distances; "
+                         "set it to the dataset's distance_convention")

@@ -1,0 +1,143 @@
+"""Tree-factorised frame vs the dense one: construction for K = 10³ … 10⁶, loss fwd+bwd time and peak memory.
+
+Run: ``python bench/bench_tree_frame.py [--quick]`` (prints one JSON line per case; each case runs in a fresh
+subprocess so its peak RSS is its own). Frame cases: the tree frame (s_min search, frame, Gram check) beside the
+dense one (distances → eigendecomposition) where K ≤ 2,000. Loss cases: B = 256 at K = 1,010 and 10⁴, the tree
+loss (reference path, CPU) beside the dense loss with the materialised W, and the tree loss alone at K = 10⁶.
+``peak_mb`` is the process's peak RSS; ``extra_mb`` subtracts the RSS after the inputs were built.
+Under pytest only a small smoke case runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def random_tree(num_leaves: int, depth: int = 6, seed: int = 0, stop: float = 0.08) -> np.ndarray:
+    """Parent array of a random unbalanced tree with about ``num_leaves`` leaves: level sizes grow geometrically,
+    each node gets ≥ 1 child except a random ``stop`` fraction per level, which end as shallow leaves."""
+    rng = np.random.default_rng(seed)
+    parents = [np.array([-1])]
+    offset, previous = 1, np.array([0])
+    for level in range(1, depth + 1):
+        size = max(int(round(num_leaves ** (level / depth))), previous.size)
+        if level < depth:
+            keep = previous[rng.random(previous.size) >= stop] if previous.size > 1 else previous
+        else:
+            keep = previous
+        if keep.size == 0:
+            keep = previous[:1]
+        extra = rng.choice(keep, size=max(size - keep.size, 0))
+        level_parents = np.sort(np.concatenate([keep, extra]))
+        parents.append(level_parents)
+        previous = np.arange(offset, offset + level_parents.size)
+        offset += level_parents.size
+    return np.concatenate(parents)
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def case_frame(num_leaves: int, dense: bool) -> dict:
+    from haf.frame import TreeArrays, build_dense_frame, build_tree_frame
+
+    tree = TreeArrays.from_parents(random_tree(num_leaves))
+    base = _rss_mb()
+    start = time.perf_counter()
+    frame = build_tree_frame(tree, 5.0, "lca-height")
+    seconds = time.perf_counter() - start
+    out = {"case": "frame", "K": tree.num_classes, "N": tree.num_nodes, "width": frame.width, "s_min": frame.s_min,
+           "tree_seconds": seconds, "max_gram_error": frame.max_gram_error, "gram_pairs": frame.gram_pairs,
+           "tree_extra_mb": _rss_mb() - base}
+    if dense:
+        k = tree.num_classes
+        i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
+        lca = tree.lca(tree.leaf_node[i.ravel()], tree.leaf_node[j.ravel()]).reshape(k, k)
+        distances = tree.subtree_height[lca]
+        start = time.perf_counter()
+        result = build_dense_frame(distances, 5.0)
+        out["dense_seconds"] = time.perf_counter() - start
+        out["dense_s_min"] = result.s_min
+        out["same_s_min"] = result.s_min == frame.s_min
+        out["speedup"] = out["dense_seconds"] / seconds
+    out["peak_mb"] = _rss_mb()
+    return out
+
+
+def case_loss(num_leaves: int, batch: int, kind: str, repeats: int = 2) -> dict:
+    import torch
+
+    from haf.frame import TreeArrays, build_tree_frame
+    from haf.kernels import frame_loss
+    from haf.kernels.tree_frame_loss import TreeFrameTensors
+
+    torch.set_num_threads(1)
+    tree = TreeArrays.from_parents(random_tree(num_leaves, depth=4 if num_leaves < 20_000 else 6))
+    frame = build_tree_frame(tree, 5.0, "lca-height", check=False)
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, tree.num_classes, (batch,), generator=gen)
+    if kind == "dense":
+        w = torch.from_numpy(frame.materialise()).float()
+        s = torch.from_numpy(frame.similarity_matrix()).float()
+        args = (w, y, s)
+    else:
+        args = (TreeFrameTensors(frame), y, None)
+    h = torch.randn(batch, frame.width, generator=gen).requires_grad_()
+    base = _rss_mb()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        frame_loss(h, args[0], args[1], args[2], 0.4, backend="reference").backward()
+        times.append(time.perf_counter() - start)
+        h.grad = None
+    return {"case": f"loss-{kind}", "K": tree.num_classes, "width": frame.width, "B": batch,
+            "seconds": min(times), "extra_mb": _rss_mb() - base, "peak_mb": _rss_mb(),
+            "inputs_mb": 4 * batch * frame.width / 2**20}
+
+
+def _run(call: str) -> dict:
+    code = f"import sys; sys.path.insert(0, 'bench'); import json, bench_tree_frame as b; print(json.dumps({call}))"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    if done.returncode:
+        return {"call": call, "error": done.stderr.strip().splitlines()[-1:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(quick: bool = False) -> list[dict]:
+    calls = [f"b.case_frame({k}, {k <= 2000})" for k in ((1000, 2000, 10_000) if quick else
+                                                         (1000, 2000, 10_000, 100_000, 200_000, 1_000_000))]
+    for k in (1010, 10_000):
+        calls += [f"b.case_loss({k}, 256, 'tree')", f"b.case_loss({k}, 256, 'dense')"]
+    if not quick:
+        calls.append("b.case_loss(1_000_000, 256, 'tree', repeats=1)")
+    results = []
+    for call in calls:
+        result = _run(call)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    by = {(r.get("case"), r.get("K")): r for r in results}
+    for k in {r["K"] for r in results if r.get("case") == "loss-tree"}:
+        tree, dense = by.get(("loss-tree", k)), by.get(("loss-dense", k))
+        if tree and dense:
+            print(json.dumps({"case": "loss-ratio", "K": k, "dense_over_tree_seconds": dense["seconds"] / tree["seconds"],
+                              "dense_over_tree_extra_mb": dense["extra_mb"] / max(tree["extra_mb"], 1.0)}))
+    return results
+
+
+def test_smoke():
+    """The bench's own cases at toy size (the figures are recorded by running the script)."""
+    frame = case_frame(300, True)
+    assert frame["same_s_min"] and frame["max_gram_error"] < 1e-12
+    assert case_loss(200, 8, "tree")["seconds"] > 0
+
+
+if __name__ == "__main__":
+    main(quick="--quick" in sys.argv)
