@@ -149,7 +149,8 @@ class _TritonTreeFrameLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_losses):
         (grad,) = ctx.saved_tensors
-        return grad * grad_losses[:, None].to(grad.dtype), None, None, None, None
+        # In place: the stored gradient is used once, and a second B × (N − 1) copy is what bounds memory.
+        return grad.mul_(grad_losses[:, None].to(grad.dtype)), None, None, None, None
 
 
 def triton_tree_frame_rows(features: torch.Tensor, frame: TreeFrameTensors, target: torch.Tensor,
