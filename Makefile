@@ -30,7 +30,7 @@ bench: setup
 	$(PY) -m pytest bench/ -q
 
 demo: setup
-	$(PY) -m haf.demo
+	$(PY) -m haf.reporting.demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

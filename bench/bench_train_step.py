@@ -1,5 +1,5 @@
 """Training step of ResNet-50 + type-II head + HAFrame: images/s with the fused loss vs the reference loss, and the
-loss's share of the step (issue 4 item 6, DESIGN.md §6).
+loss's share of the step (speed targets: docs/METHOD.md).
 
 One step is what ``haf/train.py`` does per batch: forward (backbone → head → h), the HAFrame loss, backward, SGD
 step over the reference's parameter groups (backbone at lr/10), with the frame a fixed buffer. Paths:
@@ -61,10 +61,10 @@ def synthetic_distances(num_classes: int, levels: int = 7, seed: int = 0) -> np.
 
 @pytest.fixture(scope="module")
 def model_and_optimizer():
-    from haf.classifier import build_classifier
+    from haf.models.classifier import build_classifier
     from haf.methods import MethodContext
-    from haf.optimization import build_optimizer
-    from haf.run_config import OptimConfig
+    from haf.training.optimization import build_optimizer
+    from haf.training.schema import OptimConfig
 
     torch.manual_seed(0)
     distances = synthetic_distances(NUM_CLASSES)

@@ -1,7 +1,8 @@
 """The ``haf`` console command: a thin dispatcher over the modules of ``haf.commands``.
 
-Subcommand modules are discovered, not listed, so adding one touches no shared file; they are imported
-only when chosen, so ``haf frame`` does not pay for importing DALI or DeepSpeed.
+Subcommand modules are discovered, not listed, so adding one touches no shared file. Building the parser imports
+every subcommand module, which is why those keep their module level to argparse: torch, DALI and DeepSpeed are
+imported inside ``run()``, only for the subcommand chosen.
 """
 from __future__ import annotations
 

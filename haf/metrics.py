@@ -7,7 +7,9 @@ For scores s (B × K, higher is better), targets y and the class distance matrix
                           an average over an empty set; 0 would claim "mistakes of severity 0")
 * ``hierdist@k``        = mean_b (1/k) Σ_{j ∈ top-k(s_b)} d(j, y_b)                           (all samples)
 
-so ``hierdist@1 = mistake_severity · (1 − top1/100)``. Keys for k > K are omitted. Ties in the scores are broken
+so ``hierdist@1 = mistake_severity · (1 − top1/100)``. On long-tailed data the same metrics are also split by the
+true class's training-image count n (:class:`GroupedHierarchicalMetrics`): many-shot n > 100, medium 20–100,
+few-shot n < 20. Keys for k > K are omitted. Ties in the scores are broken
 toward the lower class index (a stable sort), so every metric is a deterministic function of its inputs.
 
 CRM decoding (Karthik et al., ICLR 2021): ŷ = argmin_j Σ_i p_i d(i, j), the Bayes decision under the hierarchical
@@ -29,13 +31,16 @@ import torch
 __all__ = [
     "DEFAULT_KS",
     "ClassMeans",
+    "GroupedHierarchicalMetrics",
     "HierarchicalMetrics",
+    "SHOT_GROUPS",
     "class_means",
     "crm_predict",
     "crm_scores",
     "hierarchical_metrics",
     "neural_collapse_metrics",
     "self_duality",
+    "shot_groups",
 ]
 
 DEFAULT_KS = (1, 5, 20)
@@ -119,20 +124,7 @@ class HierarchicalMetrics:
         if self.state.device != device:
             self.state = self.state.to(device)
         targets = targets.to(device=device, dtype=torch.long)
-        k_max = max(self.ks, default=1)
-        # Stable descending sort: ties go to the lower class index (torch.topk's tie order is unspecified).
-        ranked = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k_max]
-        # d(j, y_b) for the ranked predictions j, B × k_max
-        ranked_distances = self.distances[ranked, targets[:, None]]
-        correct = ranked[:, 0] == targets
-        parts = [
-            torch.tensor(float(scores.shape[0]), dtype=torch.float64, device=device),
-            correct.sum().to(torch.float64),
-            ranked_distances[:, 0].sum(),  # correct rows add d(y, y) = 0: this is the sum over mistakes
-        ]
-        cumulative = ranked_distances.cumsum(dim=1)
-        parts += [(cumulative[:, k - 1] / k).sum() for k in self.ks]
-        self.state += torch.stack(parts)
+        self.state += _sample_parts(scores, targets, self.distances, self.ks).sum(dim=0)
 
     def merge(self, other: "HierarchicalMetrics") -> "HierarchicalMetrics":
         """Add another accumulator's counts (same distances and ks); returns self."""
@@ -169,19 +161,105 @@ class HierarchicalMetrics:
 
     def compute(self) -> dict[str, float]:
         """``{"top1", "mistake_severity", "hierdist@k"..., "num_samples"}``; ValueError if nothing was added."""
-        values = self.state.cpu().tolist()
-        samples, correct, severity_sum = values[:3]
-        if samples == 0:
+        if float(self.state[0]) == 0:
             raise ValueError("no samples were added to the metrics (empty evaluation split?)")
-        mistakes = samples - correct
-        result: dict[str, float] = {
-            "top1": 100.0 * correct / samples,
-            "mistake_severity": severity_sum / mistakes if mistakes > 0 else math.nan,
-        }
-        for k, total in zip(self.ks, values[3:]):
-            result[f"hierdist@{k}"] = total / samples
-        result["num_samples"] = int(samples)
-        return result
+        return _metrics_of(self.state.cpu().tolist(), self.ks)
+
+
+def _sample_parts(scores: torch.Tensor, targets: torch.Tensor, distances: torch.Tensor,
+                  ks: tuple[int, ...]) -> torch.Tensor:
+    """B × (3 + len(ks)) float64: per sample [1, correct, d(ŷ, y), (1/k) Σ_{top-k} d(j, y) for k in ks]."""
+    k_max = max(ks, default=1)
+    # Stable descending sort: ties go to the lower class index (torch.topk's tie order is unspecified).
+    ranked = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k_max]
+    # d(j, y_b) for the ranked predictions j, B × k_max
+    ranked_distances = distances[ranked, targets[:, None]]
+    cumulative = ranked_distances.cumsum(dim=1)
+    columns = [
+        torch.ones(scores.shape[0], dtype=torch.float64, device=scores.device),
+        (ranked[:, 0] == targets).to(torch.float64),
+        ranked_distances[:, 0],  # correct rows add d(y, y) = 0: the column sums to the sum over mistakes
+    ] + [cumulative[:, k - 1] / k for k in ks]
+    return torch.stack(columns, dim=1)
+
+
+def _metrics_of(values: Sequence[float], ks: tuple[int, ...]) -> dict[str, float]:
+    """The metric dict of one summed state row [samples, correct, severity_sum, hierdist_sum@k...]."""
+    samples, correct, severity_sum = values[:3]
+    mistakes = samples - correct
+    result: dict[str, float] = {
+        "top1": 100.0 * correct / samples,
+        "mistake_severity": severity_sum / mistakes if mistakes > 0 else math.nan,
+    }
+    for k, total in zip(ks, values[3:]):
+        result[f"hierdist@{k}"] = total / samples
+    result["num_samples"] = int(samples)
+    return result
+
+
+# ------------------------------------------------------------------------------------- long-tail shot groups
+
+#: Shot groups of long-tailed recognition (Liu et al., CVPR 2019) by a class's training images n:
+#: many-shot n > 100, medium-shot 20 ≤ n ≤ 100, few-shot n < 20.
+SHOT_GROUPS = ("many", "medium", "few")
+MANY_SHOT_ABOVE = 100
+FEW_SHOT_BELOW = 20
+
+
+def shot_groups(train_counts) -> np.ndarray:
+    """Group index (0 many, 1 medium, 2 few; :data:`SHOT_GROUPS`) of every class from its training-image count."""
+    counts = np.asarray(train_counts)
+    if counts.ndim != 1 or (counts.size and counts.min() < 0):
+        raise ValueError(f"train_counts must be K non-negative counts, got shape {counts.shape}")
+    return np.where(counts > MANY_SHOT_ABOVE, 0, np.where(counts >= FEW_SHOT_BELOW, 1, 2)).astype(np.int64)
+
+
+class GroupedHierarchicalMetrics:
+    """:class:`HierarchicalMetrics` per class group (a sample counts in the group of its true class).
+
+    ``state`` is G × (3 + len(ks)) float64 sums, merged like the ungrouped state (``merge``, ``all_reduce_``);
+    ``compute`` gives ``{group name: metrics}`` for the groups that received samples.
+    """
+
+    def __init__(self, distances, groups, names: Sequence[str] = SHOT_GROUPS, ks: Sequence[int] = DEFAULT_KS):
+        self.distances = _as_distance_tensor(distances)
+        self.num_classes = int(self.distances.shape[0])
+        self.groups = torch.as_tensor(np.asarray(groups), dtype=torch.long)
+        if self.groups.shape != (self.num_classes,):
+            raise ValueError(f"groups must give one group per class ({self.num_classes}), got {tuple(self.groups.shape)}")
+        self.names = tuple(names)
+        if self.num_classes and not 0 <= int(self.groups.min()) <= int(self.groups.max()) < len(self.names):
+            raise ValueError(f"group indices must lie in [0, {len(self.names)}) for names {self.names}")
+        self.ks = tuple(k for k in _normalise_ks(ks) if k <= self.num_classes)
+        self.state = torch.zeros(len(self.names), 3 + len(self.ks), dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
+        scores, targets = torch.as_tensor(scores), torch.as_tensor(targets)
+        _validate_batch(scores, targets, self.num_classes)
+        if scores.shape[0] == 0:
+            return
+        device = scores.device
+        if self.distances.device != device:
+            self.distances, self.groups = self.distances.to(device), self.groups.to(device)
+        if self.state.device != device:
+            self.state = self.state.to(device)
+        targets = targets.to(device=device, dtype=torch.long)
+        self.state.index_add_(0, self.groups[targets], _sample_parts(scores, targets, self.distances, self.ks))
+
+    def merge(self, other: "GroupedHierarchicalMetrics") -> "GroupedHierarchicalMetrics":
+        if (other.ks, other.names) != (self.ks, self.names) or not torch.equal(other.groups.cpu(), self.groups.cpu()):
+            raise ValueError("cannot merge grouped metrics with different ks, group names or class groups")
+        if not torch.equal(other.distances.cpu(), self.distances.cpu()):
+            raise ValueError("cannot merge metrics computed with different distance matrices")
+        self.state += other.state.to(self.state.device)
+        return self
+
+    all_reduce_ = HierarchicalMetrics.all_reduce_
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        rows = self.state.cpu().tolist()
+        return {name: _metrics_of(row, self.ks) for name, row in zip(self.names, rows) if row[0] > 0}
 
 
 def hierarchical_metrics(

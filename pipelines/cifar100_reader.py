@@ -8,6 +8,13 @@ Each batch is a pickled dict (written by Python 2) with ``data``, an N × 3072 u
 Splits follow the reference: validation = the last 50 training images of each class, in original order; the rest
 is training data (45,000 / 5,000 / 10,000).
 
+Long-tailed CIFAR-100-LT (``long_tail="exp"`` or ``"step"``, ratio ``imbalance_ratio``): the training split is the
+field's subset of all 50,000 training images (:mod:`haf.pipelines.long_tail`; ρ = 0.005 / 0.01 / 0.02 →
+9,502 / 10,847 / 12,608 images), in the authors' order (class by class). Validation = the last
+``validation_per_class`` *unselected* training images of each class in file order, as many as there are (none for
+a class the profile keeps whole: class 0, and the first half under ``step``), so it never overlaps training. The
+test split is the balanced official one in both modes.
+
 Hierarchy: the field's 5-level CIFAR-100 hierarchy (h = 5) is not shipped with the dataset; pass it as a file
 (``hierarchy=``). Without one, the reader falls back to the dataset's own 2-level superclass tree (20 coarse →
 100 fine) and warns, since distances then span 0–2 instead of 0–5.
@@ -30,6 +37,7 @@ import numpy as np
 
 from haf.hierarchy import Hierarchy
 
+from .long_tail import PROFILES, long_tail_counts, select_long_tail
 from .reader_common import check_convention, dataset_splits, distances_of, hierarchy_from_file, require_dir
 from .splits import DatasetSplits, Split
 
@@ -153,6 +161,15 @@ def validation_indices(labels: np.ndarray, per_class: int, num_classes: int, pat
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
 
 
+def unselected_validation_indices(labels: np.ndarray, chosen: np.ndarray, per_class: int, num_classes: int) -> np.ndarray:
+    """Indices (ascending) of the last ``per_class`` images of each class that ``chosen`` leaves out (fewer if
+    fewer are left): a validation split disjoint from a training subset drawn from the whole training set."""
+    free = np.ones(len(labels), dtype=bool)
+    free[chosen] = False
+    picked = [np.flatnonzero(free & (labels == c))[-per_class:] for c in range(num_classes)]
+    return np.sort(np.concatenate(picked)) if picked else np.empty(0, dtype=np.int64)
+
+
 def superclass_hierarchy(
     fine: tuple[str, ...], coarse: tuple[str, ...], fine_labels: np.ndarray, coarse_labels: np.ndarray, path: Path
 ) -> Hierarchy:
@@ -178,17 +195,24 @@ def read_cifar100(
     convention: str = "lca-height",
     validation_per_class: int = VALIDATION_PER_CLASS,
     name: str = "cifar100",
+    long_tail: str | None = None,
+    imbalance_ratio: float = 0.01,
 ) -> DatasetSplits:
     """Read ``train``, ``test`` and ``meta`` from ``root`` (or ``root/cifar-100-python``).
 
     Args:
         hierarchy: the field's 5-level hierarchy file; without it the 2-level superclass tree (with a warning).
         validation_per_class: training images held out per class (the last ones); 0 gives no validation split.
+            With ``long_tail``: at most this many of the images the subset leaves out, per class.
+        long_tail: None (the balanced release), ``"exp"`` or ``"step"``: the CIFAR-100-LT training subset.
+        imbalance_ratio: ρ = n_min / n_max of the long-tailed profile (0.005, 0.01, 0.02 in the literature).
     """
     root = require_dir(Path(root).expanduser().absolute(), "CIFAR-100 folder")
     if not (root / "meta").is_file() and (root / "cifar-100-python" / "meta").is_file():
         root = root / "cifar-100-python"
     check_convention(convention)
+    if long_tail is not None and long_tail not in PROFILES:
+        raise ValueError(f"long_tail must be null or one of {', '.join(PROFILES)}, got {long_tail!r}")
     if validation_per_class < 0:
         raise ValueError(f"validation_per_class must be ≥ 0, got {validation_per_class}")
     meta_path, train_path, test_path = root / "meta", root / "train", root / "test"
@@ -218,7 +242,17 @@ def read_cifar100(
         )
 
     splits: dict[str, Split] = {}
-    if validation_per_class:
+    if long_tail is not None:
+        counts = long_tail_counts(k, len(train_labels) / k, long_tail, imbalance_ratio)
+        try:
+            chosen = select_long_tail(train_labels, counts)
+        except ValueError as error:
+            raise ValueError(f"{train_path}: {error}") from None
+        splits["train"] = Split("train", train_labels[chosen], arrays=train_images[chosen])
+        if validation_per_class:
+            held_out = unselected_validation_indices(train_labels, chosen, validation_per_class, k)
+            splits["val"] = Split("val", train_labels[held_out], arrays=train_images[held_out])
+    elif validation_per_class:
         held_out = validation_indices(train_labels, validation_per_class, k, train_path)
         keep = np.ones(len(train_labels), dtype=bool)
         keep[held_out] = False

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .encoded_images import CorruptImageError, encoded_size, read_encoded
-from .loader import Loader, LoaderOptions
+from .loader_base import Loader, LoaderOptions
 from .splits import Split
 from .transforms import Box, SampleOps, TransformSpec, batch_uniforms, plan_sample
 

@@ -11,7 +11,7 @@ kind                layout                                                     d
 ``image-folder``    ``<root>/{train,val,test}/<class>/<image>`` + hierarchy file  lca-height
 ``fgvc-aircraft``   the original release (``images_variant_*.txt`` ...)         lca-height
 ``inat2019``        ``train2019.json`` / ``val2019.json`` + images              lca-height
-``tiered-imagenet`` per-class split lists over an ImageNet tree + hierarchy     fixed-depth (DESIGN.md §2)
+``tiered-imagenet`` per-class split lists over an ImageNet tree + hierarchy     fixed-depth (docs/METHOD.md)
 ``cifar100``        the python pickle batches (``train``, ``test``, ``meta``)   lca-height
 ``demo``            the generated demo dataset (generated on first use)         lca-height
 ``synthetic-tree``  a random K-class tree, tiny noisy images in memory (no files) lca-height
@@ -46,12 +46,6 @@ def dataset_reader(kind: str) -> Callable[..., DatasetSplits]:
     module_name, function_name = DATASET_READERS[kind]
     module = importlib.import_module(f"{__package__}.{module_name}")
     return getattr(module, function_name)
-
-
-def reader_options(kind: str) -> tuple[str, ...]:
-    """Names of the options ``kind`` accepts (its reader's keyword arguments after ``root``)."""
-    parameters = list(inspect.signature(dataset_reader(kind)).parameters.values())[1:]
-    return tuple(p.name for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD)
 
 
 def load_dataset(kind: str, root: str | os.PathLike, **options) -> DatasetSplits:

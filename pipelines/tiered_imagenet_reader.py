@@ -9,7 +9,7 @@ The images live in the usual ImageNet tree under ``root``; each name is looked u
 holds a relative path (with ``/``) is taken relative to ``root``. Class order = sorted wnids (the prepared folders'
 sorted names). The hierarchy is a file option (``tiered_imagenet_tree.pkl``, ``*_isa.txt``, our ``.json`` or
 ``*_distances.pkl.xz``); the default convention is "fixed-depth", d = 12 − depth(LCA), as the field's distance
-files use for this unbalanced tree (DESIGN.md §2).
+files use for this unbalanced tree (docs/METHOD.md).
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from .encoded_images import CorruptImageError, encoded_size, read_encoded
-from .loader import Loader, LoaderOptions
+from .loader_base import Loader, LoaderOptions
 from .splits import Split
 from .transforms import SampleOps, TransformSpec, batch_uniforms, plan_sample
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torchvision
 
-import haf.backbones as backbones
-from haf.backbones import (
+import haf.models.backbones as backbones
+from haf.models.backbones import (
     available_backbones,
     build_backbone,
     load_backbone_checkpoint,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from haf.classifier import HierarchyClassifier, build_classifier, build_method_options
+from haf.models.classifier import HierarchyClassifier, build_classifier, build_method_options
 from haf.methods import MethodContext, get_method
 
 DISTANCES = np.array(

@@ -1,6 +1,6 @@
-"""`make demo` end to end in miniature, and the pieces of haf/demo.py that the miniature cannot judge.
+"""`make demo` end to end in miniature, and the pieces of haf/reporting/demo.py that the miniature cannot judge.
 
-The end-to-end test runs ``python -m haf.demo --quick`` (36 classes × 8 images generated into tmp_path, one epoch of
+The end-to-end test runs ``python -m haf.reporting.demo --quick`` (36 classes × 8 images generated into tmp_path, one epoch of
 three steps per method, both methods through the real ``haf/train.py`` subprocess), then runs it again to check that
 finished runs are reused. About 40-50 s on 2 shared cores, most of it the two training processes' start-up
 (importing torch and DeepSpeed); marked ``slow``.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from haf import demo
+from haf.reporting import demo
 
 REQUIRED_KEYS = ("top1", "mistake_severity", "hierdist@1", "hierdist@5", "hierdist@20")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -84,7 +84,7 @@ def test_the_two_demo_configs_differ_only_in_method_and_head() -> None:
     import dataclasses
 
     from haf.methods import get_method
-    from haf.run_config import load_config
+    from haf.training.run_config import load_config
 
     baseline = load_config(demo.DEMO_CONFIGS["cross-entropy"]).to_dict()
     haframe = load_config(demo.DEMO_CONFIGS["haframe"]).to_dict()
@@ -112,7 +112,8 @@ def test_gpu_machine_gets_dali_and_valid_overrides(monkeypatch: pytest.MonkeyPat
 
     import torch
 
-    from haf.run_config import load_config, resolve_data_backend
+    from haf.pipelines.backends import resolve_data_backend
+    from haf.training.run_config import load_config
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Fake GPU")

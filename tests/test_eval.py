@@ -13,8 +13,8 @@ from train_fixtures import TINY_DEMO_OPTIONS, tiny_run_dict
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> tuple[Path, Path]:
     """A 1-epoch cross-entropy run (so the CRM section is exercised too)."""
-    from haf.run_config import load_config
-    from haf.training_loop import run_training
+    from haf.training.run_config import load_config
+    from haf.training.loop import run_training
 
     base = tmp_path_factory.mktemp("eval")
     demo_root, out = base / "data", base / "run"
@@ -43,7 +43,7 @@ def test_eval_reproduces_the_runs_test_metrics(trained_run, tmp_path, capsys):
 
 
 def test_eval_other_split_and_default_json_path(trained_run):
-    from haf.training_loop import evaluate_checkpoint
+    from haf.training.evaluation import evaluate_checkpoint
 
     _, out = trained_run
     result = evaluate_checkpoint(out / "last.pt", split="val", device="cpu", crm="off", progress=False)
@@ -54,7 +54,7 @@ def test_eval_other_split_and_default_json_path(trained_run):
 
 
 def test_eval_refuses_a_dataset_with_other_classes(trained_run, tmp_path):
-    from haf.training_loop import evaluate_checkpoint
+    from haf.training.evaluation import evaluate_checkpoint
 
     _, out = trained_run
     other = {**TINY_DEMO_OPTIONS, "colours": 3}
@@ -109,7 +109,7 @@ class _CollapsedFeatures(torch.nn.Module):
 def _method(name: str, dim: int, **options):
     import numpy as np
 
-    from haf.classifier import build_method_options
+    from haf.models.classifier import build_method_options
     from haf.methods import MethodContext, get_method
 
     context = MethodContext(classes=tuple("abcd"), distances=np.array(NC_DISTANCES),
@@ -122,7 +122,7 @@ def _collapse_of(model: torch.nn.Module, collapse: bool = True):
     """evaluate() over 3 batches holding every class (each batch has classes 0..3, 2 samples of each)."""
     import numpy as np
 
-    from haf.eval_loop import evaluate
+    from haf.training.evaluation import evaluate
 
     targets = torch.arange(4).repeat(2)
     batches = [(torch.nn.functional.one_hot(targets, 4).float()[:, :, None, None], targets) for _ in range(3)]
@@ -148,7 +148,7 @@ def test_perfect_collapse_onto_the_haframe_gives_zero_diagnostics():
 
 
 def test_learnable_classifier_is_compared_centred_with_the_simplex_etf():
-    from haf.eval_loop import collapse_target
+    from haf.training.evaluation import collapse_target
     from haf.frame import fixed_etf
 
     method = _method("cross-entropy", 6)
@@ -172,7 +172,7 @@ def test_learnable_classifier_is_compared_centred_with_the_simplex_etf():
 
 
 def test_fixed_etf_frame_is_centred_and_haframe_is_not():
-    from haf.eval_loop import collapse_target
+    from haf.training.evaluation import collapse_target
 
     etf, haframe = collapse_target(_method("etf-ce", 4)), collapse_target(_method("haframe", 4))
     assert etf.centred and not haframe.centred
@@ -181,7 +181,7 @@ def test_fixed_etf_frame_is_centred_and_haframe_is_not():
 
 
 def test_methods_without_a_single_k_row_classifier_get_no_diagnostics():
-    from haf.eval_loop import collapse_target
+    from haf.training.evaluation import collapse_target
 
     flamingo = _method("flamingo", 4)
     assert flamingo.classifier_weights() is None and collapse_target(flamingo) is None

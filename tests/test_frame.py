@@ -307,7 +307,7 @@ def test_build_frame():
     [(100, 60, -0.6100, 5e-5), (100, 29, -0.3001, 5e-5), (1010, 3, -0.03126, 5e-6), (608, 7, -0.07224, 5e-6)],
 )
 def test_papers_s_min_values_are_points_of_the_grid(k, index, published, tolerance):
-    """DESIGN.md §2's published s_min (FGVC, CIFAR-100, iNat2019, tieredImageNet-H) each sit on this grid."""
+    """docs/METHOD.md's published s_min (FGVC, CIFAR-100, iNat2019, tieredImageNet-H) each sit on this grid."""
     grid = reference_grid(k)
     assert abs(grid[index] - published) < tolerance
     assert np.sum(np.abs(grid - published) < tolerance) == 1

@@ -1,6 +1,6 @@
 """The fused Triton HAFrame loss against the float64 reference (haf.losses), on odd shapes and hard inputs.
 
-Pass rule (issue 3): for the loss and for dL/dh, the fused path's error against the float64 truth is no worse than
+Pass rule: for the loss and for dL/dh, the fused path's error against the float64 truth is no worse than
 plain PyTorch's in the same dtype (every tensor cast to that dtype, eager ops), plus a tolerance of two units of
 that dtype's precision relative to the truth's magnitude. "Error" is the RMS error over all elements; the largest
 single-element error may reach twice PyTorch's (plus the tolerance), because one element's error is rounding
@@ -177,7 +177,7 @@ def test_cosine_term_vanishes_at_convergence_without_cancellation():
     ours, _ = run_fused(features.float(), frame, target, similarity, 1.0, "none")
     assert ours.abs().max().item() < 1e-9
 
-    def identity_form(h, w, s):  # Σ z²/n² − 2 h·P[y]/n + c_y with P = S W, c_y = ‖S[y]‖²  (DESIGN.md §2)
+    def identity_form(h, w, s):  # Σ z²/n² − 2 h·P[y]/n + c_y with P = S W, c_y = ‖S[y]‖²  (docs/METHOD.md)
         z, n = h @ w.T, h.norm(dim=1)
         p_rows = (s @ w)[target]
         return (z.square().sum(1) / n**2 - 2 * (h * p_rows).sum(1) / n + s[target].square().sum(1))
@@ -455,7 +455,7 @@ def test_gpu_large_problem_in_several_chunks(dtype):
 
 @pytest.mark.gpu
 def test_gpu_peak_memory_at_the_wide_hierarchy_is_within_target():
-    """DESIGN.md §6: at (8192, 2048, 32000) bf16 the fused step's peak extra memory is ≤ 15% of the reference's."""
+    """docs/METHOD.md: at (8192, 2048, 32000) bf16 the fused step's peak extra memory is ≤ 15% of the reference's."""
     batch, dim, classes = 8192, 2048, 32000
     gen = torch.Generator(device="cuda").manual_seed(0)
     frame = F.normalize(torch.randn(classes, dim, device="cuda", generator=gen), dim=1)

@@ -1,11 +1,11 @@
-"""Type-I and type-II heads: shapes, the layer recipe of DESIGN.md §2, pooling, and the optimizer split."""
+"""Type-I and type-II heads: shapes, the layer recipe of docs/METHOD.md, pooling, and the optimizer split."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from haf.heads import ResidualBlock, Type1Head, Type2Head, available_heads, build_head
+from haf.models.heads import ResidualBlock, Type1Head, Type2Head, available_heads, build_head
 
 
 def test_registry_and_errors():

@@ -1,4 +1,4 @@
-"""haf.losses: the reference HAFrame loss against fp64 autograd, the paper's loop, and DESIGN.md §2's identity."""
+"""haf.losses: the reference HAFrame loss against fp64 autograd, the paper's loop, and docs/METHOD.md's identity."""
 from __future__ import annotations
 
 import math
@@ -30,7 +30,7 @@ def make_problem(batch: int, dim: int, classes: int, seed: int = 0, dtype=torch.
 
 
 def naive_loss_float64(features, frame, target, similarity, alpha):
-    """Per-sample loss written straight from DESIGN.md §2, one sample and one class at a time, in fp64."""
+    """Per-sample loss written straight from docs/METHOD.md, one sample and one class at a time, in fp64."""
     h, w, s = features.double(), frame.double(), similarity.double()
     out = []
     for b in range(h.shape[0]):

@@ -15,18 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-import haf.classifier
-from haf.classifier import build_classifier
-from haf.eval_loop import method_supports_crm
+import haf.models.classifier
+from haf.models.classifier import build_classifier
+from haf.training.evaluation import method_supports_crm
 from haf.methods import MethodContext, available_methods
 from haf.metrics import crm_scores
-from haf.run_config import load_config
+from haf.training.run_config import load_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # Files whose name starts with "_" are fragments composed by others (``_dataset.yaml``); base.yaml likewise.
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("_") and p.name != "base.yaml")
 DATASETS = ("cifar100", "fgvc-aircraft", "inat2019", "tiered-imagenet")
-# (classes, levels below the root) of each dataset's hierarchy (DESIGN.md; demo: colour → shape → stripe
+# (classes, levels below the root) of each dataset's hierarchy (docs/METHOD.md; demo: colour → shape → stripe
 # orientation over 36 classes). iNat2019 (K = 1010) and tieredImageNet-H (K = 608) are built with 128 classes:
 # K only sizes the last layers, while building a 1010-class frame alone takes ~8 s of the shared test CPU.
 TREE_SHAPE = {"cifar100": (100, 5), "fgvc-aircraft": (100, 3), "inat2019": (128, 7), "tiered-imagenet": (128, 12),
@@ -59,11 +59,11 @@ def tree_of(level_labels: np.ndarray):
 
 @pytest.fixture(scope="module", autouse=True)
 def _build_each_backbone_once():
-    original = haf.classifier.build_backbone
+    original = haf.models.classifier.build_backbone
     cached = functools.lru_cache(maxsize=None)(lambda name, frozen: original(name, **dict(frozen)))
-    haf.classifier.build_backbone = lambda name, **options: cached(name, tuple(sorted(options.items())))
+    haf.models.classifier.build_backbone = lambda name, **options: cached(name, tuple(sorted(options.items())))
     yield
-    haf.classifier.build_backbone = original
+    haf.models.classifier.build_backbone = original
 
 
 def test_every_dataset_has_a_config_for_every_method():

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from haf.method_losses import batch_class_rescaling, dot_regression_loss, normface_scale
+from haf.methods._loss_common import normface_scale
+from haf.methods.etf_dot_regression import batch_class_rescaling, dot_regression_loss
 from haf.methods import MethodContext, get_method
 from method_fixtures import DISTANCES  # the 4-leaf test tree
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from haf.method_losses import flamingo_chunk_bounds, flamingo_level_inputs, flamingo_loss
+from haf.methods.flamingo import flamingo_chunk_bounds, flamingo_level_inputs, flamingo_loss
 from haf.methods import MethodContext, get_method
 from method_fixtures import DISTANCES, LEVEL_LABELS, THREE_LEVELS  # the 4-leaf test tree
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from haf.method_losses import (
+from haf.methods.hafeature import (
     adjacent_dissimilar_pairs,
     coarsen_probabilities,
     dissimilarity_hinge,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from haf.method_losses import hierarchical_ce_weights, hierarchical_cross_entropy
+from haf.methods.hierarchical_ce import hierarchical_ce_weights, hierarchical_cross_entropy
 from haf.methods import MethodContext, get_method
 from haf.methods._levels import class_levels
 from method_fixtures import DISTANCES, LEVEL_LABELS  # the 4-leaf test tree

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from haf.method_losses import hug_intra_class_distance, hug_loss, hyperspherical_energy, normface_scale
+from haf.methods._loss_common import normface_scale
+from haf.methods.hug import hug_intra_class_distance, hug_loss, hyperspherical_energy
 from haf.methods import MethodContext, get_method
 from method_fixtures import DISTANCES  # the 4-leaf test tree
 
@@ -100,7 +101,7 @@ def test_options_validation():
 
 
 def test_crm_reporting_is_opt_in():
-    from haf.eval_loop import method_supports_crm
+    from haf.training.evaluation import method_supports_crm
 
     assert not method_supports_crm(get_method("hug")(2, CONTEXT))
     assert method_supports_crm(get_method("hug")(2, CONTEXT, get_method("hug").Options(report_crm=True)))

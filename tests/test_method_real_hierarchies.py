@@ -14,12 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from haf.hierarchy import load_hierarchy
-from haf.method_losses import flamingo_chunk_bounds, hierarchical_ce_weights, hierarchical_cross_entropy
+from haf.methods.flamingo import flamingo_chunk_bounds
+from haf.methods.hierarchical_ce import hierarchical_ce_weights, hierarchical_cross_entropy
 from haf.methods import MethodContext, get_method
 from haf.methods._levels import class_levels
 
 HIERARCHIES = Path(__file__).resolve().parents[1] / "hierarchies"
-# file, K, levels below the root (DESIGN.md: FGVC h = 3, CIFAR-100 h = 5, iNat2019 h = 7, tieredImageNet-H h = 12)
+# file, K, levels below the root (docs/METHOD.md: FGVC h = 3, CIFAR-100 h = 5, iNat2019 h = 7, tieredImageNet-H h = 12)
 TREES = [
     ("fgvc_aircraft.json", 100, 3),
     ("cifar100_l5.json", 100, 5),

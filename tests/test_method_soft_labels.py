@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from haf.method_losses import soft_label_loss, soft_label_targets
+from haf.methods.soft_labels import soft_label_loss, soft_label_targets
 from haf.methods import MethodContext, get_method
 from method_fixtures import DISTANCES  # the 4-leaf test tree
 

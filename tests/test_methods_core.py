@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from haf.classifier import build_method_options
+from haf.models.classifier import build_method_options
 from haf.frame import find_s_min
 from haf.methods import MethodContext, available_methods, get_method
 

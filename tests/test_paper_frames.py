@@ -1,6 +1,6 @@
 """The frame construction reproduces the paper's s_min on the paper's real class hierarchies.
 
-DESIGN.md §2 gives the s_min that the reference grid search picks on each dataset's hierarchy (FGVC-Aircraft γ=1 →
+docs/METHOD.md gives the s_min that the reference grid search picks on each dataset's hierarchy (FGVC-Aircraft γ=1 →
 −0.6100, CIFAR-100 γ=2 → −0.3001, iNat2019 γ=5 → −0.03126, tieredImageNet-H γ=3 → −0.07224). These tests load the
 real trees (hierarchies/ at the repository root, provenance in SOURCES.md there) with ``haf.hierarchy``, build the distance
 matrix in the dataset's convention, and check that ``haf.frame`` lands on exactly that grid point, that the choice
@@ -31,7 +31,7 @@ GRAM_TOLERANCE = 1e-9
 
 @dataclass(frozen=True)
 class PaperHierarchy:
-    """One dataset's hierarchy and what DESIGN.md §2 / the paper state about it."""
+    """One dataset's hierarchy and what docs/METHOD.md / the paper state about it."""
 
     name: str
     file: str
@@ -40,7 +40,7 @@ class PaperHierarchy:
     num_classes: int
     height: int
     level_sizes: tuple[int, ...]  # nodes per depth 1..height (published counts of each level)
-    s_min: float  # DESIGN.md §2, as printed
+    s_min: float  # docs/METHOD.md, as printed
     tolerance: float  # half a unit in the last printed digit, rounded up
 
 

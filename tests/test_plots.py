@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from haf import plots
+from haf.reporting import plots
 from haf.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

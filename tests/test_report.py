@@ -7,7 +7,7 @@ import math
 import pytest
 
 from haf.cli import main
-from haf.report import load_run, make_report, summarize
+from haf.reporting.report import load_run, make_report, summarize
 
 
 def write_run(root, name, *, dataset="cifar100", method="haframe", seed=0, top1=70.0, crm=None, **extra):

@@ -32,8 +32,8 @@ def demo_root(tmp_path_factory) -> Path:
 
 
 def _run(demo_root: Path, output_dir: Path, resume: bool = False, **sections):
-    from haf.run_config import load_config
-    from haf.training_loop import run_training
+    from haf.training.run_config import load_config
+    from haf.training.loop import run_training
 
     config = load_config(None, data=tiny_run_dict(demo_root, output_dir, **sections))
     return run_training(config, resume=resume)
@@ -103,9 +103,9 @@ def test_plain_and_deepspeed_engines_agree(demo_root, tmp_path):
 
 
 def test_frame_is_not_optimized_and_unchanged_by_training(demo_root, tmp_path):
-    from haf.optimization import build_optimizer
-    from haf.run_config import load_config
-    from haf.training_loop import build_model, prepare_dataset
+    from haf.training.optimization import build_optimizer
+    from haf.training.run_config import load_config
+    from haf.training.assemble import build_model, prepare_dataset
 
     config = load_config(None, data=tiny_run_dict(demo_root, tmp_path / "run"))
     data = prepare_dataset(config)
@@ -152,7 +152,7 @@ def test_metrics_json_layout_and_crm_for_cross_entropy(demo_root, tmp_path):
     assert run["dataset"] == "demo" and run["method"] == "cross-entropy" and run["model"] == "tiny_cnn/type1"
     assert run["seed"] == 3 and run["epochs"] == 1 and run["best_epoch"] == 1 and run["test_images"] == 24
     # haf report reads exactly this file.
-    from haf.report import load_run
+    from haf.reporting.report import load_run
 
     results = load_run(out / "metrics.json")
     assert [r.method for r in results] == ["cross-entropy", "cross-entropy+crm"]
@@ -245,9 +245,9 @@ def _free_port() -> int:
 def test_bf16_autocast_reaches_the_model_inside_the_engine(demo_root, tmp_path, device, deepspeed_enabled):
     """precision: bf16-autocast runs the convolutions in bf16 inside the engine's forward (DeepSpeed turns an outer
     autocast off unless its own torch_autocast is configured) while weights and gradients stay fp32."""
-    from haf.run_config import load_config
-    from haf.train_engine import build_engine, setup_distributed, teardown_distributed
-    from haf.training_loop import build_model, prepare_dataset
+    from haf.training.run_config import load_config
+    from haf.training.engine import build_engine, setup_distributed, teardown_distributed
+    from haf.training.assemble import build_model, prepare_dataset
 
     config = load_config(None, data=tiny_run_dict(
         demo_root, tmp_path, train={"device": device},
@@ -282,10 +282,10 @@ def haframe_run(demo_root, tmp_path_factory) -> Path:
 
 
 def test_metrics_jsonl_records_are_what_the_plots_read(haframe_run, tmp_path):
-    """One record per epoch and split with an int "epoch" and a "split"; haf.plots draws the run's curves from it."""
+    """One record per epoch and split with an int "epoch" and a "split"; haf.reporting.plots draws the run's curves from it."""
     import numpy as np
 
-    from haf import plots
+    from haf.reporting import plots
 
     records = plots.read_jsonl(haframe_run / "metrics.jsonl")
     assert [(r["split"], r["epoch"]) for r in records[:4]] == [("train", 1), ("val", 1), ("train", 2), ("val", 2)]
@@ -305,7 +305,7 @@ def test_metrics_jsonl_records_are_what_the_plots_read(haframe_run, tmp_path):
 
 def test_validation_records_carry_neural_collapse_diagnostics(haframe_run, tmp_path):
     """Every validation of a HAFrame run logs nc_mean, nc_std and self_duality (finite, in their ranges)."""
-    from haf import plots
+    from haf.reporting import plots
 
     records = plots.read_jsonl(haframe_run / "metrics.jsonl")
     val = [r for r in records if r["split"] == "val"]

@@ -8,16 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from haf.checkpoints import (
+from haf.training.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_KIND,
     atomic_torch_save,
     atomic_write_text,
-    capture_rng_state,
-    epoch_seed,
     load_checkpoint,
-    restore_rng_state,
 )
+from haf.training.seeding import capture_rng_state, epoch_seed, restore_rng_state
 
 
 def _minimal(**extra):

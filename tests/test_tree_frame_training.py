@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from haf.heads import build_head
+from haf.models.heads import build_head
 from haf.methods import MethodContext
 from haf.pipelines import load_dataset
 from train_fixtures import step_records, train_records
@@ -21,7 +21,7 @@ def test_mlp_head_cost_does_not_grow_with_k():
 
 def test_haframe_tree_method_scores_and_loss():
     data = load_dataset("synthetic-tree", "unused", num_classes=300, depth=3, train_per_class=1)
-    from haf.classifier import build_method_options
+    from haf.models.classifier import build_method_options
     from haf.methods import get_method
 
     def build_method(name, in_features, context, options):
@@ -50,8 +50,8 @@ def test_haframe_tree_method_scores_and_loss():
 @pytest.mark.slow
 def test_large_k_config_trains_on_cpu(tmp_path):
     """The shipped 10,000-class config, cut to 2,000 classes and one epoch to stay fast."""
-    from haf.run_config import load_config
-    from haf.training_loop import run_training
+    from haf.training.run_config import load_config
+    from haf.training.loop import run_training
 
     config = load_config("configs/synthetic/haframe-tree-10k.yaml", overrides=[
         f"output_dir={tmp_path}", "dataset.options.num_classes=2000", "train.epochs=1", "train.device=cpu",

@@ -16,7 +16,7 @@ TINY_DEMO_OPTIONS = {"colours": 2, "patterns": 2, "shapes": 2, "image_size": 16,
 def tiny_run_dict(demo_root: Path, output_dir: Path, **sections: Any) -> dict:
     """A complete config dict for a tiny CPU run; ``sections`` are merged on top as a config layer (another
     ``method.name`` does not inherit the default method's options)."""
-    from haf.run_config import merge_layer
+    from haf.training.run_config import merge_layer
 
     base = {
         "seed": 3,

@@ -27,7 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from haf.training_loop import evaluate_checkpoint
+    from haf.training.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(
         args.checkpoint, split=args.split, data_root=args.data_root, overrides=args.overrides,

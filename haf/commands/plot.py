@@ -30,7 +30,7 @@ def _run_label(metrics_path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from haf import plots
+    from haf.reporting import plots
 
     if args.what == "frame":
         from haf.frame import build_frame
@@ -48,23 +48,31 @@ def run(args: argparse.Namespace) -> int:
 
     import json
 
-    from haf.report import find_metric_files, load_run, summarize
+    from haf.reporting.report import find_metric_files, load_run, summarize
+    from haf.training.run_folder import LOG_NAME
 
     out = Path(args.out_dir)
     logs: dict[str, list[dict]] = {}
     hierdist: dict[str, dict[int, list[float]]] = {}  # method -> k -> values over seeds
+    shots: dict[str, dict[str, list[float]]] = {}  # method -> "<group>/<metric>" -> values over seeds
     for metrics_path in find_metric_files(args.runs):
-        if (metrics_path.parent / "metrics.jsonl").exists():
-            logs[_run_label(metrics_path)] = plots.read_jsonl(metrics_path.parent / "metrics.jsonl")
+        if (metrics_path.parent / LOG_NAME).exists():
+            logs[_run_label(metrics_path)] = plots.read_jsonl(metrics_path.parent / LOG_NAME)
         for result in load_run(metrics_path):
             for key, value in result.metrics.items():
-                if key.startswith("hierdist@"):
+                if "/" in key:
+                    shots.setdefault(result.method, {}).setdefault(key, []).append(value)
+                elif key.startswith("hierdist@"):
                     hierdist.setdefault(result.method, {}).setdefault(int(key.split("@")[1]), []).append(value)
     curves = {}
     for method, by_k in hierdist.items():
         curves[method] = {k: (summarize(values).mean, summarize(values).ci) for k, values in by_k.items()}
     written = [out / "hierdist_at_k.png"]
     plots.plot_hierdist_curves(curves, written[0])
+    if shots:
+        written.append(out / "shot_groups.png")
+        plots.plot_shot_groups({method: {key: (summarize(v).mean, summarize(v).ci) for key, v in by_key.items()}
+                                for method, by_key in shots.items()}, written[-1])
     if logs:
         written.append(out / "training_curves.png")
         plots.plot_training_curves(logs, written[-1])

@@ -16,7 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from haf.report import make_report
+    from haf.reporting.report import make_report
 
     markdown, csv_text = make_report(args.inputs, paper=args.paper, include_crm=args.crm, by_model=not args.merge_models)
     print(markdown)

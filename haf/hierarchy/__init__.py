@@ -14,7 +14,7 @@ from .loading import load_class_distances, load_hierarchy, read_class_list
 from .tree import CONVENTIONS, Hierarchy
 from .tree_pickle import read_tree_pickle, write_tree_pickle
 
-write_distances_pkl_xz = write_distances_pickle  # the name the issue uses
+write_distances_pkl_xz = write_distances_pickle  # the name used for the field's *_distances.pkl.xz files
 
 __all__ = [
     "CONVENTIONS",

@@ -17,7 +17,7 @@ from .tree import Hierarchy
 
 ROOT = "root"
 
-#: iNaturalist 2019 category keys from the coarsest rank to the species (DESIGN.md §3: 7 levels, 1010 species).
+#: iNaturalist 2019 category keys from the coarsest rank to the species (docs/METHOD.md: 7 levels, 1010 species).
 INAT2019_RANKS = ("kingdom", "phylum", "class", "order", "family", "genus", "name")
 
 #: FGVC-Aircraft levels from coarse to fine (30 manufacturers, 70 families, 100 variants).

@@ -3,7 +3,7 @@
 Every K × K object of the method (the distance matrix D, the similarity S, the frame W) indexes its rows by
 ``Hierarchy.classes``; that one order is fixed when the tree is built and never re-derived.
 
-Conventions (DESIGN.md §2)
+Conventions (docs/METHOD.md)
 --------------------------
 * The root has depth 0; ``height`` H is the largest leaf depth. Leaves may sit at different depths
   ("unbalanced" trees such as tieredImageNet-H, leaves at depths 7-12).

@@ -69,7 +69,7 @@ class Method(nn.Module):
     def classifier_weights(self) -> torch.Tensor | None:
         """W (K × D): the one matrix whose rows score the K classes from the input features h, or None.
 
-        Read by the neural-collapse diagnostics (``haf.eval_loop.collapse_target``), which compare the class means
+        Read by the neural-collapse diagnostics (``haf.training.evaluation.collapse_target``), which compare the class means
         of h with W: a fixed W (a buffer) is the target geometry itself, a learnable one (a parameter) is compared
         against the simplex ETF. Methods with one K-row classifier override this; per-level classifiers
         (Flamingo, HAFeature) have none and keep the default, so no diagnostics are logged for them.

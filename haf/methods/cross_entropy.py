@@ -2,7 +2,9 @@
 
 z = h Aᵀ + b (``nn.Linear(D, K)`` with bias, initialised as torchvision initialises ``fc``);
 L = CE(z, y) with optional label smoothing ε: the target distribution is (1 − ε)·onehot(y) + ε/K.
-Scores are the logits; CRM decoding (Karthik et al., ICLR 2021) works on their softmax.
+Scores are the logits; CRM decoding (Karthik et al., ICLR 2021) works on their softmax. ``frozen_classifier``
+keeps A and b at their random initialisation (never trained): the baseline the CIFAR-LT code of Yang et al.
+actually runs, where the paper describes a learnable one (the default here).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class CrossEntropy(Method):
     @dataclass(frozen=True)
     class Options:
         label_smoothing: float = 0.0  # ε in [0, 1); 0 is the paper's baseline
+        frozen_classifier: bool = False  # keep the random Linear(D, K) fixed (weight and bias not trained)
 
         def __post_init__(self) -> None:
             if not 0.0 <= self.label_smoothing < 1.0:
@@ -34,6 +37,7 @@ class CrossEntropy(Method):
     def __init__(self, in_features: int, context: MethodContext, options: Options | None = None) -> None:
         super().__init__(in_features, context, options)
         self.classifier = nn.Linear(in_features, context.num_classes)
+        self.classifier.requires_grad_(not self.options.frozen_classifier)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(features)

@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 
+from haf.kernels import BACKENDS
 from haf.methods.base import MethodContext, register_method
 from haf.methods.haframe import FixedFrameMethod, _check_backend
 
@@ -41,7 +42,7 @@ class FixedETFCrossEntropy(FixedFrameMethod):
 
     @dataclass(frozen=True)
     class Options:
-        backend: Literal["auto", "triton", "reference"] = "auto"
+        backend: Literal[BACKENDS] = "auto"
 
         def __post_init__(self) -> None:
             _check_backend(self.backend)

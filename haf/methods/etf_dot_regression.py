@@ -9,21 +9,23 @@ their CIFAR variant, are L2-normalised (``normalize_features``); then
     ℓ_b = ½ (h_bᵀ w_{y_b} − ‖w_{y_b}‖·‖h_b‖)² / ‖h_b‖        (‖h‖, ‖w‖ detached; mean over the batch)
 
 with w_c = m_c, or E_w[c]·m_c with the per-batch class rescaling for imbalanced data (``class_rescaling``;
-:func:`haf.method_losses.batch_class_rescaling`). Prediction: argmax_c h·m_c (= max cosine, the rows having one
+:func:`haf.methods.etf_dot_regression.batch_class_rescaling`). Prediction: argmax_c h·m_c (= max cosine, the rows having one
 norm). The loss trains only the direction of h, so probabilities for CRM are softmax(s · cos(h, m_c)) with the
 NormFace scale s at which a perfectly collapsed sample gets ``target_probability`` (not part of the paper, which
-reports no probabilities; see :func:`haf.method_losses.normface_scale`). The evaluation reports CRM
+reports no probabilities; see :func:`haf.methods._loss_common.normface_scale`). The evaluation reports CRM
 decoding of them only with ``report_crm: true``: the loss fits no likelihood.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from haf.method_losses import batch_class_rescaling, dot_regression_loss, normface_scale
+from haf.methods._loss_common import check_batch, compute_dtype, normface_scale
+from haf.losses import REDUCTIONS
 from haf.methods._full_precision import FullPrecisionBuffersMethod
 from haf.methods.base import MethodContext, register_method
 from haf.methods.etf_ce import simplex_etf_frame
@@ -62,7 +64,7 @@ class ETFDotRegression(FullPrecisionBuffersMethod):
         frame = simplex_etf_frame(self.name, context, in_features)
         self.register_buffer("frame", torch.from_numpy(frame).float(), persistent=True)
         self.batch_norm = nn.BatchNorm1d(in_features) if self.options.batch_norm else nn.Identity()
-        self.supports_crm = bool(self.options.report_crm)  # read by haf/eval_loop.py
+        self.supports_crm = bool(self.options.report_crm)  # read by haf/training/evaluation.py
         self.probability_scale = normface_scale(num_classes, self.options.target_probability)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -88,3 +90,59 @@ class ETFDotRegression(FullPrecisionBuffersMethod):
         with torch.autocast(device_type=outputs.device.type, enabled=False):
             cosine = F.normalize(outputs.float(), dim=1) @ self.frame.float().T
             return torch.softmax(self.probability_scale * cosine, dim=1)
+
+
+#: Floor of ‖h‖ in the dot-regression loss: the value the reference clamps the (detached) feature norm with,
+#: so an all-zero feature gives the finite loss ½·(0 − ‖w‖ε)²/ε = ½‖w‖²ε instead of 0/0.
+NORM_EPS = 1e-8
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fixed ETF + dot regression (Yang et al., NeurIPS 2022)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def batch_class_rescaling(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-batch class lengths E_w for imbalanced data (Yang et al., §"imbalanced learning").
+
+    With B samples of n_u distinct classes in the batch and n_c samples of class c, E_w[c] = sqrt((B/n_u)/n_c) for
+    classes in the batch and 1 for the others; the ETF rows are used as E_w[c]·m_c, which weights each sample of
+    the dot-regression loss by (B/n_u)/n_c: every present class carries the same total weight.
+    """
+    counts = torch.bincount(target, minlength=num_classes).to(torch.float32)
+    present = counts > 0
+    mean_count = target.shape[0] / present.sum().clamp_min(1).to(torch.float32)
+    return torch.where(present, (mean_count / counts.clamp_min(1)).sqrt(), torch.ones_like(counts))
+
+
+def dot_regression_loss(
+    features: torch.Tensor,
+    class_vectors: torch.Tensor,
+    target: torch.Tensor,
+    reduction: Literal[REDUCTIONS] = "mean",
+) -> torch.Tensor:
+    """Dot-regression loss: ½ · mean_b (h_bᵀ w_{y_b} − ‖w_{y_b}‖·‖h_b‖)² / ‖h_b‖, with ‖h‖ and ‖w‖ detached.
+
+    ``features`` h (B × D) are the BN'd (and, in the CIFAR variant, L2-normalised) features; ``class_vectors``
+    (K × D) the fixed ETF rows, optionally rescaled per batch (:func:`batch_class_rescaling`). Only the dot
+    product carries gradient: ∂ℓ_b/∂h_b = (h_bᵀw_y − ‖w_y‖‖h_b‖)/‖h_b‖ · w_y, which pulls h_b towards the
+    direction of w_y and vanishes once cos(h_b, w_y) = 1, whatever ‖h_b‖ is.
+    """
+    check_batch("features", features, target)
+    if class_vectors.dim() != 2 or class_vectors.shape[1] != features.shape[1]:
+        raise ValueError(
+            f"class_vectors must be K × D with D = {features.shape[1]}, got shape {tuple(class_vectors.shape)}"
+        )
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of mean, sum, none, got {reduction!r}")
+    dtype = compute_dtype(features, class_vectors)
+    h = features.to(dtype)
+    w_y = class_vectors.to(dtype)[target]
+    dot = (h * w_y).sum(dim=1)
+    with torch.no_grad():
+        h_norm = torch.linalg.vector_norm(h, dim=1).clamp_min(NORM_EPS)
+        w_norm = torch.linalg.vector_norm(w_y, dim=1)
+    per_sample = 0.5 * (dot - w_norm * h_norm).square() / h_norm
+    if reduction == "none":
+        return per_sample
+    return per_sample.sum() if reduction == "sum" else per_sample.mean()

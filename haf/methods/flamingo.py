@@ -7,19 +7,21 @@ learnable ``nn.Linear``, sees its own chunk and all finer chunks with stopped gr
     z_l = A_l [h_l, sg(h_{l+1}), …, sg(h_{L−1})] + b_l,        L = Σ_l CE(z_l, y_l)
 
 so the finest chunk is trained by the finest labels only, and coarse labels shape only their own chunks while
-still reading the fine evidence (:func:`haf.method_losses.flamingo_level_inputs`, :func:`flamingo_loss`).
+still reading the fine evidence (:func:`haf.methods.flamingo.flamingo_level_inputs`, :func:`flamingo_loss`).
 Levels come from ``context.level_labels`` (``haf/methods/_levels.py``; the finest level is the leaf classes).
 Prediction, scores and the probabilities CRM decodes are those of the finest level.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from haf.method_losses import flamingo_chunk_bounds, flamingo_level_inputs, flamingo_loss
+from haf.methods._loss_common import compute_dtype
 from haf.methods._levels import class_levels
 from haf.methods.base import Method, MethodContext, register_method
 
@@ -31,7 +33,7 @@ class Flamingo(Method):
     """One classifier per level on nested feature chunks with stop-gradients; sum of per-level CE."""
 
     # Trained with a log-likelihood of the (finest-level) softmax: a class posterior, so the evaluation also
-    # reports CRM decoding (haf/eval_loop.py reads this flag).
+    # reports CRM decoding (haf/training/evaluation.py reads this flag).
     supports_crm = True
 
     @dataclass(frozen=True)
@@ -65,3 +67,47 @@ class Flamingo(Method):
 
     def scores(self, outputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return outputs[-1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Flamingo (Chang et al., CVPR 2021)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def flamingo_chunk_bounds(dim: int, num_levels: int) -> list[tuple[int, int]]:
+    """Column ranges of the per-level feature chunks, coarse → fine.
+
+    As the reference: chunks of ⌊D/L⌋ columns, the finest chunk takes the remainder (D = 600, L = 7: six chunks
+    of 85 and a last one of 90).
+    """
+    if num_levels < 1 or dim < num_levels:
+        raise ValueError(f"Flamingo splits the {dim}-d feature into {num_levels} chunks: needs D ≥ L ≥ 1")
+    size = dim // num_levels
+    return [(level * size, (level + 1) * size if level < num_levels - 1 else dim) for level in range(num_levels)]
+
+
+def flamingo_level_inputs(features: torch.Tensor, num_levels: int) -> list[torch.Tensor]:
+    """Input of the level-l classifier: [chunk_l, sg(chunk_{l+1}), …, sg(chunk_{L−1})], coarse → fine.
+
+    The coarse classifiers see the finer chunks but cannot train them (sg = stop-gradient): the finest chunk is
+    shaped only by the finest labels, and each coarser chunk only by its own level's labels.
+    """
+    if features.dim() != 2:
+        raise ValueError(f"features must be B × D, got shape {tuple(features.shape)}")
+    bounds = flamingo_chunk_bounds(features.shape[1], num_levels)
+    inputs = []
+    for level, (start, end) in enumerate(bounds):
+        finer_start = bounds[level + 1][0] if level + 1 < num_levels else features.shape[1]
+        own = features[:, start:end]
+        if finer_start < features.shape[1]:
+            own = torch.cat([own, features[:, finer_start:].detach()], dim=1)
+        inputs.append(own)
+    return inputs
+
+
+def flamingo_loss(level_logits: Sequence[torch.Tensor], level_targets: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ_l CE(z_l, y_l): one cross-entropy per level, unweighted, as the reference sums them."""
+    if len(level_logits) != len(level_targets) or not level_logits:
+        raise ValueError(f"need one target per level: {len(level_logits)} logits, {len(level_targets)} targets")
+    dtype = compute_dtype(*level_logits)
+    return sum(F.cross_entropy(z.to(dtype), y) for z, y in zip(level_logits, level_targets))

@@ -29,12 +29,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from haf.kernels import BACKENDS
 from haf.methods._full_precision import FullPrecisionBuffersMethod
 from haf.methods.base import MethodContext, register_method
 
-__all__ = ["BACKENDS", "FixedFrameMethod", "HAFrame"]
+__all__ = ["FixedFrameMethod", "HAFrame"]
 
-BACKENDS = ("auto", "triton", "reference")
 
 
 def _check_backend(backend: str) -> None:
@@ -110,7 +110,7 @@ class HAFrame(FixedFrameMethod):
         alpha: float = 0.5
         # Floor of the similarity; None: the reference's grid search for the most negative PSD value.
         s_min: float | None = None
-        backend: Literal["auto", "triton", "reference"] = "auto"
+        backend: Literal[BACKENDS] = "auto"
         # "dense": the paper's K × K frame (features K-d). "tree": the exact tree-factorised frame of width N − 1
         # (needs the class tree; a learnable projection D → N − 1 precedes it, so any head width works and the
         # cost is linear in K). docs/TREE_FRAME.md.

@@ -5,7 +5,7 @@ softmax probabilities, and the loss factorises the label's probability along its
 
     L = −Σ_{edges C → parent(C) on the path of y} λ(C) · log p(C | parent(C)),   p(C | parent) = p(C) / p(parent)
 
-(:func:`haf.method_losses.hierarchical_cross_entropy`, computed as masked logsumexps over the leaves: exact for
+(:func:`haf.methods.hierarchical_ce.hierarchical_cross_entropy`, computed as masked logsumexps over the leaves: exact for
 any probability). Levels come from ``context.level_labels`` (``haf/methods/_levels.py``).
 
 Which exponent λ uses — checked against both sources, the choice is the ``weighting`` option:
@@ -17,21 +17,22 @@ Which exponent λ uses — checked against both sources, the choice is the ``wei
 The code also divides all weights by their sum over the whole tree (``normalize_weights``): a constant that the
 authors' Adam optimiser ignores, off by default here because under SGD it would only shrink the step.
 
-α: the authors ran α ∈ {0.1, …, 0.7, 0.9} (iNaturalist19) and {0.1, …, 0.6} (tieredImageNet-H); the issue asks
-for their 0.1 and 0.5. 0.1 (closest to cross-entropy in top-1) is the default. Scores are the leaf logits,
+α: the authors ran α ∈ {0.1, …, 0.7, 0.9} (iNaturalist19) and {0.1, …, 0.6} (tieredImageNet-H); the configs
+offer their 0.1 and 0.5. 0.1 (closest to cross-entropy in top-1) is the default. Scores are the leaf logits,
 probabilities the leaf softmax, which CRM decodes.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from haf.method_losses import hierarchical_ce_weights, hierarchical_cross_entropy
+from haf.methods._loss_common import check_batch, compute_dtype
 from haf.methods._levels import class_levels
 from haf.methods._full_precision import FullPrecisionBuffersMethod
 from haf.methods.base import MethodContext, register_method
@@ -44,7 +45,7 @@ class HierarchicalCrossEntropy(FullPrecisionBuffersMethod):
     """Learnable Linear(D, K) + hierarchical cross-entropy with exponentially decaying edge weights."""
 
     # Trained with a log-likelihood of the (finest-level) softmax: a class posterior, so the evaluation also
-    # reports CRM decoding (haf/eval_loop.py reads this flag).
+    # reports CRM decoding (haf/training/evaluation.py reads this flag).
     supports_crm = True
 
     @dataclass(frozen=True)
@@ -85,3 +86,80 @@ class HierarchicalCrossEntropy(FullPrecisionBuffersMethod):
 
     def scores(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hierarchical cross-entropy (Bertinetto et al., CVPR 2020)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def hierarchical_ce_weights(
+    assignments: Sequence[np.ndarray],
+    alpha: float,
+    weighting: Literal["depth", "height"] = "depth",
+    normalize: bool = False,
+) -> np.ndarray:
+    """K × L float64 edge weights λ for each leaf's path, levels coarse → fine (last level = the leaves).
+
+    The edge into the level-l node (depth l + 1, root depth 0) gets
+    * ``"depth"``: λ = exp(−α·(l + 1)) — what the authors' code does (``exp(-value * len(position))`` over nltk
+      tree positions): weights shrink going *down* the tree, so larger α favours the coarse decisions;
+    * ``"height"``: λ = exp(−α·h(C)) with h(C) = L − (l + 1) — the formula as printed in the paper
+      (λ(C) = exp(−α h(C)), h the height of C), using the fixed-scale height of the "fixed-depth" distance
+      convention, which equals the subtree height on balanced trees.
+    Edges whose child has the same leaves as its parent (single-child chains, or a shallow leaf repeated down
+    the levels) have p(C | parent) = 1 and get weight 0, so they add exactly nothing.
+    ``normalize``: divide by the sum of the weights of all nodes of the tree, root included, as the reference's
+    default does (a constant factor: harmless with the reference's Adam, a 1/Z learning-rate cut under SGD). Nodes
+    are counted per level, so on an unbalanced tree a shallow leaf repeated down the levels counts once per level
+    (the level table cannot tell a repeat from a single-child chain): the constant differs, nothing else does.
+    """
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha must be a non-negative number, got {alpha}")
+    if weighting not in ("depth", "height"):
+        raise ValueError(f"weighting must be 'depth' or 'height', got {weighting!r}")
+    levels = [np.asarray(a, dtype=np.int64) for a in assignments]
+    num_levels, num_classes = len(levels), levels[-1].shape[0]
+    depth = np.arange(1, num_levels + 1, dtype=np.float64)
+    exponent = depth if weighting == "depth" else num_levels - depth
+    per_level = np.exp(-alpha * exponent)
+    weights = np.tile(per_level, (num_classes, 1))
+    parent_size = np.full(num_classes, num_classes)  # the root holds every leaf
+    for level, assignment in enumerate(levels):
+        size = np.bincount(assignment)[assignment]  # leaves under each leaf's level-l node
+        weights[size == parent_size, level] = 0.0
+        parent_size = size
+    if normalize:
+        root_weight = 1.0 if weighting == "depth" else math.exp(-alpha * num_levels)
+        nodes_per_level = np.array([int(a.max()) + 1 for a in levels], dtype=np.float64)
+        weights /= root_weight + float((nodes_per_level * per_level).sum())
+    return weights
+
+
+def hierarchical_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, assignments: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """HXE: −Σ_{l} λ_l(y) · log p(C_l(y) | C_{l−1}(y)), averaged over the batch.
+
+    ``assignments`` (L × K, long): node id of every leaf at each level, coarse → fine, last row = arange(K);
+    ``weights`` (K × L): λ per leaf and level (:func:`hierarchical_ce_weights`). The probability of a node is the
+    sum of its leaves' softmax probabilities, computed in log space as a masked logsumexp over the leaves that
+    share the target's node (exact, no underflow); p(C | parent) = p(C)/p(parent), and p(root) = 1.
+    """
+    check_batch("logits", logits, target)
+    num_levels, num_classes = assignments.shape
+    if num_classes != logits.shape[1] or weights.shape != (num_classes, num_levels):
+        raise ValueError(
+            f"assignments must be L × K and weights K × L with K = {logits.shape[1]}, "
+            f"got {tuple(assignments.shape)} and {tuple(weights.shape)}"
+        )
+    dtype = compute_dtype(logits)
+    log_p = torch.log_softmax(logits.to(dtype), dim=1)  # B × K
+    assignments = assignments.to(logits.device)
+    same_node = assignments[:, None, :] == assignments[:, target][:, :, None]  # L × B × K
+    masked = torch.where(same_node, log_p.unsqueeze(0), torch.full_like(log_p, -math.inf).unsqueeze(0))
+    log_p_node = torch.logsumexp(masked, dim=2).T  # B × L: log p of the target's ancestor at each level
+    log_p_parent = F.pad(log_p_node[:, :-1], (1, 0))  # log p(root) = 0
+    conditional = log_p_node - log_p_parent
+    lam = weights.to(device=logits.device, dtype=dtype)[target]
+    return -(lam * conditional).sum(dim=1).mean()

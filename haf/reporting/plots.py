@@ -93,6 +93,40 @@ def plot_hierdist_curves(curves: Mapping[str, Mapping[int, float | tuple[float, 
     return drawn
 
 
+def plot_shot_groups(results: Mapping[str, Mapping[str, float | tuple[float, float | None]]], path: str | Path,
+                     groups: Sequence[str] = ("many", "medium", "few"),
+                     metrics: Sequence[str] = ("top1", "mistake_severity")) -> dict[str, np.ndarray]:
+    """Long-tail bars: one panel per metric, one bar group per shot group, one bar per method.
+
+    ``results[method]["<group>/<metric>"]`` is a mean or (mean, 95% CI half-width); missing values are NaN gaps.
+    Returns per method the (metrics × groups) array of means drawn.
+    """
+    methods = sorted(results)
+    if not methods:
+        raise ValueError("no shot-group results to plot")
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), layout="constrained", squeeze=False)
+    width = 0.8 / len(methods)
+    drawn = {m: np.full((len(metrics), len(groups)), np.nan) for m in methods}
+    for row, (ax, metric) in enumerate(zip(axes[0], metrics)):
+        for i, method in enumerate(methods):
+            cis = []
+            for j, group in enumerate(groups):
+                value = results[method].get(f"{group}/{metric}")
+                mean, ci = value if isinstance(value, tuple) else (value, None)
+                drawn[method][row, j] = np.nan if mean is None else mean
+                cis.append(0.0 if ci is None else ci)
+            x = np.arange(len(groups)) + (i - (len(methods) - 1) / 2) * width
+            ax.bar(x, drawn[method][row], width, yerr=cis, capsize=3, label=method)
+        ax.set_xticks(range(len(groups)), [f"{g}-shot" for g in groups])
+        ax.set_ylabel({"top1": "top-1 (%)", "mistake_severity": "mistake severity (lower is better)"}.get(metric, metric))
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("By shot group (training images per class: many > 100, medium 20–100, few < 20)")
+    _save(fig, path)
+    return drawn
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Records of a metrics.jsonl log; a malformed line is an error naming the file and line."""
     records = []

@@ -7,6 +7,10 @@ seeds, as Markdown and CSV, optionally beside the paper's published row.
 
 Confidence interval: half-width = t_{0.975, n−1} · s / √n with s the sample standard deviation (ddof = 1), the
 paper's convention for its 5 seeds. With one run there is no interval; it is reported as missing, not as 0.
+
+Long-tailed runs (a ``"shots"`` section: metrics per many / medium / few-shot group of the training counts) get a
+second table per dataset, "<dataset> by shot group", with top-1, mistake severity and HierDist@1 of each group;
+the CSV carries the same columns (``many/top1_mean``, ...).
 """
 from __future__ import annotations
 
@@ -18,11 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from haf.paper_results import METRIC_KEYS, paper_row
+from haf.metrics import SHOT_GROUPS
+from haf.reporting.paper_results import METRIC_KEYS, paper_row
+from haf.training.run_folder import METRICS_NAME
 
 CRM_SUFFIX = "+crm"
 # Lower is better for every metric but top-1; used to state the sign of "better" in differences.
 HIGHER_IS_BETTER = {"top1": True}
+#: Columns of the shot-group table: "<group>/<metric>" for each group and metric.
+SHOT_METRICS = ("top1", "mistake_severity", "hierdist@1")
+SHOT_KEYS = tuple(f"{group}/{metric}" for metric in SHOT_METRICS for group in SHOT_GROUPS)
 
 
 @dataclass(frozen=True)
@@ -119,7 +128,14 @@ def load_run(path: str | Path, include_crm: bool = True) -> list[RunResult]:
     seed = run.get("seed")
     if seed is not None and not isinstance(seed, int):
         raise ValueError(f"{path}: key 'run.seed' should be an integer, got {seed!r}")
-    results = [RunResult(path, dataset, method, model, seed, _metrics_from(data, path, ""))]
+    metrics = _metrics_from(data, path, "")
+    shots = data.get("shots")
+    if shots is not None:
+        if not isinstance(shots, dict) or not all(isinstance(v, dict) for v in shots.values()):
+            raise ValueError(f"{path}: key 'shots' should map a shot group to its metrics")
+        for group, values in shots.items():
+            metrics.update({f"{group}/{k}": v for k, v in _metrics_from(values, path, f"shots.{group}.").items()})
+    results = [RunResult(path, dataset, method, model, seed, metrics)]
     if include_crm and isinstance(data.get("crm"), dict):
         crm = _metrics_from(data["crm"], path, "crm.")
         results.append(RunResult(path, dataset, method + CRM_SUFFIX, model, seed, crm))
@@ -136,7 +152,7 @@ def find_metric_files(inputs: Iterable[str | Path]) -> list[Path]:
             raise FileNotFoundError(f"no files match {item!r}")
         for path in paths:
             if path.is_dir():
-                found.update(path.rglob("metrics.json"))
+                found.update(path.rglob(METRICS_NAME))
             elif path.is_file():
                 found.add(path)
             else:
@@ -198,7 +214,9 @@ _HEADERS = {"top1": "top-1 (%)", "mistake_severity": "mistake severity"}
 
 
 def _header(key: str) -> str:
-    return _HEADERS.get(key, key.replace("hierdist@", "HierDist@"))
+    group, _, metric = key.rpartition("/")
+    text = _HEADERS.get(metric, metric.replace("hierdist@", "HierDist@"))
+    return f"{group}: {text}" if group else text
 
 
 def markdown_table(dataset: str, rows: Sequence[TableRow], keys: Sequence[str] = METRIC_KEYS) -> str:
@@ -229,6 +247,14 @@ def csv_table(tables: Mapping[str, Sequence[TableRow]], keys: Sequence[str] = ME
     return out.getvalue()
 
 
+def _with_shots(row: TableRow, shot_rows: Mapping[str, TableRow]) -> TableRow:
+    """The CSV row of a group: its main metrics and, where it has them, its shot-group metrics."""
+    shot_row = shot_rows.get(row.label)
+    if shot_row is None:
+        return row
+    return TableRow(row.label, {**row.cells, **shot_row.cells}, {**row.values, **shot_row.values}, row.runs)
+
+
 def make_report(inputs: Iterable[str | Path], *, paper: bool = False, include_crm: bool = True,
                 by_model: bool = True, keys: Sequence[str] = METRIC_KEYS) -> tuple[str, str]:
     """Markdown and CSV text for every dataset found under ``inputs``."""
@@ -238,6 +264,19 @@ def make_report(inputs: Iterable[str | Path], *, paper: bool = False, include_cr
         by_dataset.setdefault(result.dataset, []).append(result)
     tables = {dataset: build_table(group_runs(runs, by_model), keys, paper) for dataset, runs in sorted(by_dataset.items())}
     markdown = "\n".join(markdown_table(dataset, rows, keys) for dataset, rows in tables.items())
+    shot_keys = [k for k in SHOT_KEYS if any(k in r.metrics for r in results)]
+    if shot_keys:
+        shot_tables = {dataset: build_table(group_runs([r for r in runs if any(k in r.metrics for k in shot_keys)],
+                                                       by_model), shot_keys)
+                       for dataset, runs in sorted(by_dataset.items())
+                       if any(k in r.metrics for r in runs for k in shot_keys)}
+        markdown += "\n" + "\n".join(markdown_table(f"{dataset} by shot group", rows, shot_keys)
+                                      for dataset, rows in shot_tables.items())
+        tables = {d: [_with_shots(row, {r.label: r for r in shot_tables.get(d, [])}) for row in rows]
+                  for d, rows in tables.items()}
+        keys = (*keys, *shot_keys)
     note = ("\nMean ± t-based 95% confidence interval over seeds (t_{0.975,n−1}·s/√n); "
             "`+crm`: the same model decoded with CRM (argmin of expected hierarchical distance).\n")
+    if shot_keys:
+        note += ("Shot groups by training images per class: many > 100, medium 20–100, few < 20 (plain decoding).\n")
     return markdown + note, csv_table(tables, keys)

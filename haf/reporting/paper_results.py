@@ -1,4 +1,4 @@
-"""The published numbers of Liang & Davis (ICCV 2023), as data (DESIGN.md §2).
+"""The published numbers of Liang & Davis (ICCV 2023), as data (docs/METHOD.md).
 
 Each row: mean of 5 runs for top-1 (%), mistake severity, HierDist@1/@5/@20. Dataset and method keys use the
 names of this project's configs, so ``haf report --paper DATASET`` can put the paper's row beside ours.

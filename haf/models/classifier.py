@@ -4,7 +4,7 @@
 
     images ──backbone──▶ map (B × C × h × w) ──head──▶ h (B × D) ──method──▶ outputs ──▶ loss / scores
 
-Learning rates (DESIGN.md §2 "Recipe"): the backbone — including the type-II head's 1×1 conv, as in the
+Learning rates (docs/METHOD.md "Recipe"): the backbone — including the type-II head's 1×1 conv, as in the
 reference — trains at ``lr · backbone_lr_scale`` (0.1), the head's transformation layers at
 ``lr · transform_lr_scale`` (1.0; 0.1 for iNat2019 / tieredImageNet-H), the method's own parameters (a learnable
 last layer) at ``lr``. Fixed frames are buffers: they are in ``state_dict()`` (so in checkpoints) and in no
@@ -18,8 +18,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from haf.backbones import build_backbone
-from haf.heads import Head, build_head
+from haf.models.backbones import build_backbone
+from haf.models.heads import Head, build_head
 from haf.methods.base import Method, MethodContext, get_method
 
 __all__ = ["HierarchyClassifier", "build_classifier", "build_method_options"]

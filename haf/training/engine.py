@@ -33,8 +33,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from haf.optimization import build_optimizer, deepspeed_config
-from haf.run_config import RunConfig
+from haf.training.devices import autocast_factory, choose_device, input_dtype
+from haf.training.optimization import build_optimizer, deepspeed_config
+from haf.training.schema import RunConfig
 
 _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -70,14 +71,7 @@ def setup_distributed(device: str = "auto", use_deepspeed: bool = True) -> Distr
             if key not in os.environ:
                 os.environ[key] = value
                 env_set.append(key)
-    if device == "auto":
-        use_cuda = torch.cuda.is_available()
-    elif device in ("cuda", "cpu"):
-        use_cuda = device == "cuda"
-        if use_cuda and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but no CUDA device is available")
-    else:
-        raise ValueError(f"unknown device {device!r}; valid choices: auto, cuda, cpu")
+    use_cuda = choose_device(device).type == "cuda"
     backend = "nccl" if use_cuda else "gloo"
     local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")))
     if use_cuda:
@@ -131,25 +125,19 @@ def _forget_deepspeed_groups() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- engines
-def _autocast_dtype(precision: str) -> torch.dtype | None:
-    return {"bf16-autocast": torch.bfloat16}.get(precision)
-
-
 class _EngineBase:
     module: nn.Module
     optimizer: Any
     device: torch.device
     precision: str
+    low_precision_weights: bool = False
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        dtype = _autocast_dtype(self.precision)
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast_factory(self.precision, self.device, self.low_precision_weights)()
 
     @property
     def input_dtype(self) -> torch.dtype:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        return input_dtype(self.precision, self.low_precision_weights)
 
     freeze_batchnorm: bool = False
 
@@ -171,6 +159,7 @@ class DeepSpeedTrainEngine(_EngineBase):
         self.freeze_batchnorm = config.model.freeze_batchnorm
         self.device = context.device
         self.precision = config.deepspeed.precision
+        self.low_precision_weights = self.precision in ("bf16", "fp16")
         optimizer = build_optimizer(model, config.optim)
         self.ds_config = deepspeed_config(config, context.world_size)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
@@ -213,7 +202,7 @@ class PlainTrainEngine(_EngineBase):
         self.device = context.device
         precision = config.deepspeed.precision
         # Without DeepSpeed, low-precision *weights* are not offered: bf16/fp16 mean autocast (fp32 master weights).
-        self.precision = "bf16-autocast" if precision == "bf16" else precision
+        self.precision = precision
         self.accumulation = config.deepspeed.gradient_accumulation_steps
         self.grad_clip = config.train.grad_clip_norm
         self.module = model
@@ -225,15 +214,6 @@ class PlainTrainEngine(_EngineBase):
         self.scaler = torch.amp.GradScaler(device=self.device.type) if precision == "fp16" else None
         self.micro_step = 0
         self.owns_optimizer_state = True
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.scaler is not None:
-            return torch.autocast(device_type=self.device.type, dtype=torch.float16)
-        return super().autocast()
-
-    @property
-    def input_dtype(self) -> torch.dtype:
-        return torch.float32
 
     def _at_boundary(self) -> bool:
         return (self.micro_step + 1) % self.accumulation == 0

@@ -18,22 +18,25 @@ What S, W and M are comes from the method's one K-row classifier (``Method.class
 :func:`collapse_target`): a fixed frame W gives S_ij = cos(w_i, w_j) (HAFrame's S by construction), a learnable
 classifier (cross-entropy and relatives) the simplex-ETF target S_ij = −1/(K−1) that its collapse converges to
 (Papyan et al., PNAS 2020). Class means are centred on their mean (the global mean) for ETF targets and learnable
-classifiers and left raw for HAFrame, whose S has no centre (DESIGN.md §2). Methods without a single K-row
+classifiers and left raw for HAFrame, whose S has no centre (docs/METHOD.md). Methods without a single K-row
 classifier (Flamingo, HAFeature: one classifier per level) get no diagnostics (no keys). The means are always
 those of h, the head's output: for ETF dot-regression, whose frame meets BatchNorm(h), that is the feature before
 the method's own normalisation.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-DEFAULT_KS = (1, 5, 20)
+from haf.metrics import DEFAULT_KS
+
 # A frame counts as centred (a simplex ETF: Σ_k w_k = 0) when ‖Σ_k w_k‖ ≤ this × ‖W‖_F. An fp32 ETF sums to
 # ~1e-7·‖W‖_F; HAFrame's rows sum to √(Σ_ij S_ij) ≫ 1e-4·√K unless S is the ETF itself (then both rules agree).
 CENTRED_FRAME_TOL = 1e-4
@@ -118,15 +121,18 @@ def evaluate(
     max_steps: int | None = None,
     progress: Any = None,
     collapse: bool = False,
+    class_groups: np.ndarray | None = None,
 ) -> dict:
     """Evaluate ``model`` (a HierarchyClassifier) on ``loader``.
 
     Returns ``{"metrics": {top1, mistake_severity, hierdist@k...}, "crm": {...} or None, "collapse": {nc_mean,
     nc_std, self_duality} or None, "loss": mean loss, "images": count, "seconds": wall time}``; all merged over
     ranks. ``collapse``: also compute the neural-collapse diagnostics (None when the method has no single K-row
-    classifier; see the module docstring).
+    classifier; see the module docstring). ``class_groups``: each class's shot group (0 many, 1 medium, 2 few;
+    :func:`haf.metrics.shot_groups` of the training counts) adds ``"shots"``: ``{group: metrics}`` of the plain
+    decoding, for the groups with samples (None without ``class_groups``).
     """
-    from haf.metrics import ClassMeans, HierarchicalMetrics, crm_scores
+    from haf.metrics import ClassMeans, GroupedHierarchicalMetrics, HierarchicalMetrics, crm_scores
 
     was_training = model.training
     model.eval()
@@ -134,6 +140,7 @@ def evaluate(
     ks = tuple(k for k in ks if k <= distance_tensor.shape[0])
     plain = HierarchicalMetrics(distance_tensor, ks)
     decoded = HierarchicalMetrics(distance_tensor, ks) if crm else None
+    grouped = GroupedHierarchicalMetrics(distance_tensor, class_groups, ks=ks) if class_groups is not None else None
     crm_distances = None
     loss_sum = torch.zeros((), dtype=torch.float64)
     count = 0
@@ -156,6 +163,8 @@ def evaluate(
             loss = model.loss(outputs, targets)
         scores = model.scores(outputs).float()
         plain.update(scores, targets)
+        if grouped is not None:
+            grouped.update(scores, targets)
         if decoded is not None:
             if crm_distances is None:
                 crm_distances = distance_tensor.to(device=scores.device, dtype=torch.float32)
@@ -176,6 +185,8 @@ def evaluate(
     plain.all_reduce_()
     if decoded is not None:
         decoded.all_reduce_()
+    if grouped is not None:
+        grouped.all_reduce_()
     diagnostics = None
     if means is not None:
         means.sums, means.counts = _all_reduce_(means.sums), _all_reduce_(means.counts)
@@ -186,6 +197,7 @@ def evaluate(
         "metrics": plain.compute(),
         "crm": decoded.compute() if decoded is not None else None,
         "collapse": diagnostics,
+        "shots": grouped.compute() if grouped is not None else None,
         "loss": float(totals[0] / max(images_seen, 1)),
         "images": images_seen,
         "seconds": time.perf_counter() - start,
@@ -213,3 +225,95 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if np.isfinite(value) else str(value)
     return str(value)
+
+
+# ------------------------------------------------------------------------------------ from a checkpoint
+def eval_steps(loader: Any, limit: int | None) -> int:
+    return len(loader) if limit is None else min(len(loader), limit)
+
+
+def evaluate_loaded_checkpoint(model: torch.nn.Module, state: dict, path: Path, config: Any, data: Any, split: str, *,
+                               device: torch.device, rank: int = 0, world_size: int = 1,
+                               dtype: torch.dtype = torch.float32, channels_last: bool = False, autocast: Any = None,
+                               crm: bool = False, show_progress: bool = False, max_steps: int | None = None,
+                               checkpoint_name: str | None = None, output_dir: Path | None = None) -> tuple[dict, dict]:
+    """The one "model and loader from a checkpoint" path of the final test and ``haf eval``: check the classes,
+    load the weights into ``model``, evaluate ``split``; returns (result of :func:`evaluate`, metrics.json record)."""
+    from haf.training.assemble import make_split_loader
+    from haf.training.run_folder import progress_bar, result_record
+
+    stored_classes = list(state.get("classes") or [])
+    if stored_classes and stored_classes != list(data.dataset.classes):
+        first = next((i for i, (a, b) in enumerate(zip(stored_classes, data.dataset.classes)) if a != b),
+                     min(len(stored_classes), len(data.dataset.classes)))
+        raise ValueError(f"{path}: the checkpoint's classes differ from dataset {config.dataset.root!r} "
+                         f"({len(stored_classes)} vs {len(data.dataset.classes)} classes; first difference at "
+                         f"index {first}): evaluate on the dataset it was trained on")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{path}: weights do not fit the model its config describes: {error}") from None
+    loader = make_split_loader(config, data, split, train=False, rank=rank, world_size=world_size, device=device,
+                               dtype=dtype, channels_last=channels_last)
+    loader.set_epoch(0)
+    bar = progress_bar(eval_steps(loader, max_steps), f"eval {split}", show_progress)
+    result = evaluate(model, loader, data.distances, crm=crm, autocast=autocast, max_steps=max_steps, progress=bar,
+                      class_groups=data.class_groups)
+    if bar is not None:
+        bar.close()
+    record = result_record(config, result, epoch=int(state["epoch"]), checkpoint=checkpoint_name or str(path),
+                           split=split, output_dir=output_dir or path.parent, method=getattr(model, "method", None))
+    return result, record
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    split: str | None = None,
+    data_root: str | None = None,
+    overrides: Sequence[str] = (),
+    batch_size: int | None = None,
+    device: str = "auto",
+    crm: str = "auto",
+    json_out: str | Path | None = None,
+    progress: bool = True,
+    data: Any = None,
+) -> dict:
+    """``haf eval``: evaluate a training checkpoint on one split in this process; write and return the metrics.
+
+    Returns ``{"record": metrics.json-style dict, "table": printable text, "json_path": Path}``.
+    """
+    from haf.training.assemble import build_model, prepare_dataset
+    from haf.training.checkpoints import atomic_write_text, load_checkpoint
+    from haf.training.devices import autocast_factory, choose_device, use_channels_last
+    from haf.training.run_config import load_config
+
+    path = Path(checkpoint)
+    state = load_checkpoint(path)
+    extra = list(overrides)
+    if data_root is not None:
+        extra.append(f"dataset.root={data_root}")
+    if batch_size is not None:
+        extra.append(f"train.eval_batch_size={batch_size}")
+    config = load_config(None, extra, data=state["config"], validate_method=True)
+    config = config.replace(source=state.get("config_source") or str(path))
+    split = split or config.dataset.test_split
+    torch_device = choose_device(device)
+    if data is None:
+        data = prepare_dataset(config)
+    model = build_model(config, data.dataset, data.distances)
+    channels_last = use_channels_last(config.data.channels_last, torch_device)
+    model = model.to(torch_device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    use_crm = method_supports_crm(model.method) if crm == "auto" else crm == "on"
+    result, record = evaluate_loaded_checkpoint(
+        model, state, path, config, data, split, device=torch_device, channels_last=channels_last,
+        autocast=autocast_factory(config.deepspeed.precision, torch_device), crm=use_crm, show_progress=progress)
+    record["loss"] = result["loss"]
+    json_path = Path(json_out) if json_out is not None else path.parent / f"eval-{split}.json"
+    atomic_write_text(json.dumps(record, indent=2) + "\n", json_path)
+    table = format_metric_table({"plain": result["metrics"], "crm": result["crm"]},
+                                title=f"{path} (epoch {state['epoch']}) on {config.dataset.kind}/{split}, "
+                                      f"{result['images']} images:")
+    return {"record": record, "table": table, "json_path": json_path}

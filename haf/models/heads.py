@@ -1,6 +1,6 @@
 """Heads: backbone feature map (B × C × h × w) → feature vector h (B × D), found through a registry.
 
-The head is everything between the backbone and the method's last layer (DESIGN.md §2):
+The head is everything between the backbone and the method's last layer (docs/METHOD.md):
 
 * ``type1`` — the baseline head. ResNet-50: global **max** pool → BN1d(C) → Linear(C, 600) → BN1d(600) → ELU
   (D = 600). Wide-ResNet-28-8: the 512-d global **average**-pooled feature (``pool="avg", hidden_dim=None``).
@@ -12,7 +12,7 @@ The head is everything between the backbone and the method's last layer (DESIGN.
   whole head-to-frame path costs O(width·N) instead of the type-II head's O(K²).
 
 Every head exposes ``out_features`` (D) and splits its parameters for the optimizer (see
-:meth:`haf.classifier.HierarchyClassifier.param_groups`):
+:meth:`haf.models.classifier.HierarchyClassifier.param_groups`):
 
 * :meth:`Head.backbone_modules` — trained like the backbone (the type-II 1×1 conv: the reference puts it in the
   backbone's lr/10 group);
@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from haf.backbones import check_factory_options
+from haf.models.backbones import check_factory_options
 
 __all__ = [
     "Head",
@@ -44,7 +44,7 @@ __all__ = [
 HeadFactory = Callable[..., "Head"]
 _HEADS: dict[str, HeadFactory] = {}
 
-#: Width of the type-I ResNet-50 feature (DESIGN.md §2: Linear(2048, 600)).
+#: Width of the type-I ResNet-50 feature (docs/METHOD.md: Linear(2048, 600)).
 TYPE1_HIDDEN_DIM = 600
 
 POOLS = ("max", "avg")

@@ -1,0 +1,1 @@
+"""The network: backbone (images → feature map) → head (→ features h) → method (last layer, loss, scores)."""

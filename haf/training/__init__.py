@@ -1,0 +1,1 @@
+"""Training and evaluation: config, data and model assembly, engines, the epoch loop, checkpoints, evaluation."""

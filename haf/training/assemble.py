@@ -1,0 +1,124 @@
+"""From a run config to the pieces a run needs: the dataset and its distances, the model, the loaders.
+
+One path for training, the final test and ``haf eval``: the model is built from the registries (backbone → head
+→ method, the frame rotation seeded by ``config.seed``) and every loader comes from :func:`make_split_loader`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from haf.training.run_config import shipped_dir
+from haf.training.schema import RunConfig
+from haf.training.seeding import seed_everything
+
+
+@dataclass
+class PreparedData:
+    dataset: Any  # haf.pipelines.DatasetSplits
+    distances: np.ndarray  # K × K int64 in the dataset's class order
+
+    @property
+    def class_groups(self) -> np.ndarray | None:
+        """Each class's shot group (many / medium / few) from the training split's counts; None without a
+        training split or when every class is in one group (balanced data: the split would repeat the totals)."""
+        from haf.metrics import shot_groups
+
+        if "train" not in self.dataset.splits:
+            return None
+        labels = np.asarray(self.dataset.splits["train"].labels)
+        groups = shot_groups(np.bincount(labels, minlength=len(self.dataset.classes)))
+        return groups if np.unique(groups).size > 1 else None
+
+
+def prepare_dataset(config: RunConfig) -> PreparedData:
+    """Read (for ``demo``: generate on first use) the dataset and pick its distance convention."""
+    from haf.pipelines import load_dataset
+
+    ds = config.dataset
+    dataset = load_dataset(ds.kind, ds.root, **_with_shipped_hierarchy(ds.options))
+    return PreparedData(dataset, distances_for(dataset, ds.distance_convention, config.source))
+
+
+def _with_shipped_hierarchy(options: dict) -> dict:
+    """A relative ``hierarchy`` file missing from the working directory is taken from the shipped hierarchies."""
+    path = options.get("hierarchy")
+    if not isinstance(path, str) or Path(path).is_absolute() or Path(path).exists():
+        return dict(options)
+    shipped = shipped_dir("hierarchies") / Path(path).name
+    return {**options, "hierarchy": str(shipped)} if shipped.is_file() else dict(options)
+
+
+def distances_for(dataset: Any, convention: str | None, source: str | None = None) -> np.ndarray:
+    if convention is None:
+        return np.asarray(dataset.distances.matrix, dtype=np.int64)
+    if dataset.hierarchy is None:
+        if dataset.distances.convention == convention:
+            return np.asarray(dataset.distances.matrix, dtype=np.int64)
+        raise ValueError(f"{source or '<config>'}: key 'dataset.distance_convention': {convention!r} needs a class "
+                         f"tree, but dataset {dataset.name!r} only has a distance matrix "
+                         f"(convention {dataset.distances.convention!r}); use null")
+    return np.asarray(dataset.hierarchy.distance_matrix(convention), dtype=np.int64)
+
+
+def build_model(config: RunConfig, dataset: Any, distances: np.ndarray) -> torch.nn.Module:
+    """backbone → head → method from the registries; the frame rotation is seeded by ``config.seed``."""
+    from haf.methods import MethodContext
+    from haf.models.classifier import build_classifier
+
+    hierarchy = dataset.hierarchy
+    context = MethodContext(
+        classes=tuple(dataset.classes),
+        distances=distances,
+        level_labels=hierarchy.level_labels() if hierarchy is not None else None,
+        seed=config.seed,
+        hierarchy=hierarchy,
+    )
+    backbone_options = dict(config.model.backbone_options)
+    if config.model.pretrained is not None:
+        backbone_options["weights"] = config.model.pretrained
+    # Model initialisation draws from the global RNG: seed it so every rank (and every resume) builds the same model.
+    seed_everything(config.seed)
+    return build_classifier(
+        backbone=config.model.backbone,
+        head=config.model.head,
+        method=config.method.name,
+        context=context,
+        backbone_options=backbone_options,
+        head_options=dict(config.model.head_options),
+        method_options=config.method.options,
+    )
+
+
+def world_batch_split(global_batch: int, world_size: int, accumulation: int = 1, key: str = "train.batch_size") -> int:
+    """Per-rank micro-batch of a global batch; the global batch must split evenly (the same update as 1 process)."""
+    if global_batch % (world_size * accumulation):
+        raise ValueError(f"key '{key}': global batch {global_batch} does not split evenly over {world_size} "
+                         f"rank(s) × {accumulation} accumulation step(s)")
+    return global_batch // (world_size * accumulation)
+
+
+def make_split_loader(config: RunConfig, data: PreparedData, split: str, *, train: bool, rank: int = 0,
+                      world_size: int = 1, device: torch.device, dtype: torch.dtype = torch.float32,
+                      channels_last: bool = False) -> Any:
+    """This rank's loader over ``split``: the global (eval) batch split over ranks, ``data.backend`` resolved."""
+    from haf.pipelines import make_loader
+
+    global_batch = config.train.batch_size if train else config.train.eval_batch_size
+    if train:
+        micro = world_batch_split(global_batch, world_size, config.deepspeed.gradient_accumulation_steps)
+    else:
+        # Evaluation shards need not split evenly (no padding, partial last batch): round the per-rank batch up.
+        micro = max(1, math.ceil(global_batch / world_size))
+    # Without augmentation the training split takes the evaluation transform, still shuffled, full batches only.
+    return make_loader(
+        data.dataset, split, backend=config.data.backend, train=train and config.data.augment,
+        batch_size=micro, image_size=config.data.image_size, workers=config.data.workers, rank=rank,
+        world_size=world_size, seed=config.seed, device=device, dtype=dtype, channels_last=channels_last,
+        shuffle=train, drop_last=train and config.train.drop_last,
+    )

@@ -1,0 +1,234 @@
+"""Checkpoints that are safe to load and safe to be killed while writing.
+
+Safe to load: every file holds only tensors, dicts, lists, numbers, strings, booleans and None, so it loads with
+``torch.load(path, weights_only=True)`` (no pickled classes, nothing executed). The config travels as a plain dict,
+RNG states as tensors.
+
+Safe to kill: a checkpoint is written to a temporary file in the same directory, fsync'ed, then ``os.replace``d
+over the old one (atomic on POSIX within one file system), and the directory is fsync'ed so the rename itself
+survives a crash. A kill at any moment leaves either the old or the new checkpoint, never a torn one.
+
+Layout of a training checkpoint (``CHECKPOINT_FORMAT`` = 1)::
+
+    format, kind ("haf-train"), epoch (epochs completed), global_step, best_metric, best_epoch,
+    model (state dict incl. the frame buffer), optimizer (torch state dict: momentum buffers, param groups)
+    or None when DeepSpeed ZeRO keeps it in its own files, rng ({torch, numpy, python, cuda}),
+    config (plain dict), classes (list of class names), metrics (validation metrics of that epoch)
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from haf.training.run_config import config_from_dict
+from haf.training.run_folder import BEST_NAME, DEEPSPEED_DIR, LAST_NAME
+from haf.training.schema import RunConfig
+from haf.training.seeding import capture_rng_state, restore_rng_state
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_KIND = "haf-train"
+
+
+def _atomic_write(path: str | Path, mode: str, write: Callable[[IO], None]) -> None:
+    """Write through ``write(handle)`` to a temp file beside ``path``, fsync, ``os.replace``, fsync the directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _umask_mode())
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        # Leave no half-written temp file behind (the old file, if any, is untouched).
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(path.parent)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` that a kill at any moment cannot tear (see the module docstring)."""
+    _atomic_write(path, "wb", lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    """The same guarantee for small text files (metrics.json, config.yaml)."""
+    _atomic_write(path, "w", lambda handle: handle.write(text))
+
+
+def _umask_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (mkstemp's 0600 would hide checkpoints from a team)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a training checkpoint with ``weights_only=True`` and check that it is one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a safe checkpoint"
+        raise ValueError(f"{path}: not a loadable checkpoint (weights_only=True): {error}") from None
+    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+        raise ValueError(f"{path}: not a haf training checkpoint (no kind={CHECKPOINT_KIND!r})")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this version reads {CHECKPOINT_FORMAT}")
+    for key in ("model", "config", "epoch"):
+        if key not in state:
+            raise ValueError(f"{path}: checkpoint has no {key!r} entry")
+    return state
+
+
+# ------------------------------------------------------------------------------------- training state
+def _checkpoint_payload(engine: Any, config: RunConfig, data: Any, *, epoch: int, global_step: int,
+                        best_metric: float, best_epoch: int, metrics: dict | None, deepspeed_tag: str | None) -> dict:
+    model_state = {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "kind": CHECKPOINT_KIND,
+        "epoch": epoch,  # epochs completed
+        "global_step": global_step,
+        "best_metric": best_metric,
+        "best_epoch": best_epoch,
+        "model": model_state,
+        "optimizer": _to_cpu(engine.optimizer_state_dict()) if engine.owns_optimizer_state else None,
+        "deepspeed_tag": deepspeed_tag,
+        "rng": capture_rng_state(),
+        "config": config.to_dict(),
+        "config_source": config.source,
+        "classes": list(data.dataset.classes),
+        "distances": torch.from_numpy(np.ascontiguousarray(data.distances)),
+        "metrics": metrics or {},
+        "torch_version": str(torch.__version__),
+    }
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+def parameter_fingerprint(model: torch.nn.Module) -> torch.Tensor:
+    """Three float64 numbers that differ when any parameter differs: Σp, Σp², Σ(i mod 97 + 1)·p_i.
+
+    Data-parallel ranks must hold bit-identical weights after every step; comparing fingerprints at each checkpoint
+    catches a rank that silently diverged (a missed all-reduce, a non-deterministic kernel on one device).
+    """
+    parts = []
+    for param in model.parameters():
+        flat = param.detach().reshape(-1).double()  # on the parameter's device: no copy of the model to the host
+        weights = torch.arange(flat.numel(), dtype=torch.float64, device=flat.device).remainder_(97).add_(1)
+        parts.append(torch.stack([flat.sum(), flat.square().sum(), (flat * weights).sum()]).cpu())
+    return torch.stack(parts).sum(0) if parts else torch.zeros(3, dtype=torch.float64)
+
+
+def gather_fingerprints(model: torch.nn.Module, device: torch.device) -> list[list[float]]:
+    local = parameter_fingerprint(model)
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [local.tolist()]
+    local = local.to(device)
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    return [g.cpu().tolist() for g in gathered]
+
+
+def save_epoch_checkpoint(engine: Any, config: RunConfig, data: Any, context: Any,
+                          output_dir: Path, *, epoch: int, global_step: int, best_metric: float, best_epoch: int,
+                          metrics: dict | None, is_best: bool) -> None:
+    """Write last.pt atomically (and best.pt as a hard link of it); DeepSpeed shards first, on every rank."""
+    fingerprints = gather_fingerprints(engine.module, context.device)  # collective: every rank
+    if context.is_main and any(f != fingerprints[0] for f in fingerprints[1:]):
+        print(f"warning: epoch {epoch}: the ranks' parameters differ (fingerprints {fingerprints})", file=sys.stderr)
+    tag = None
+    if not engine.owns_optimizer_state:
+        tag = f"epoch{epoch:04d}"
+        engine.save_sharded(str(output_dir / DEEPSPEED_DIR), tag)  # collective: every rank writes its shard
+    if context.is_main:
+        payload = _checkpoint_payload(engine, config, data, epoch=epoch, global_step=global_step,
+                                      best_metric=best_metric, best_epoch=best_epoch, metrics=metrics,
+                                      deepspeed_tag=tag)
+        payload["rank_fingerprints"] = torch.tensor(fingerprints, dtype=torch.float64)
+        last = output_dir / LAST_NAME
+        atomic_torch_save(payload, last)
+        if is_best:
+            # A hard link of the file just written: no second copy of the weights, and still an atomic rename.
+            tmp = output_dir / f".{BEST_NAME}.link"
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(last, tmp)
+            except OSError:  # file systems without hard links
+                shutil.copyfile(last, tmp)
+            os.replace(tmp, output_dir / BEST_NAME)
+        if tag is not None:
+            # Shards of older epochs are no longer referenced by last.pt: remove them.
+            for old in (output_dir / DEEPSPEED_DIR).glob("epoch*"):
+                if old.name != tag:
+                    shutil.rmtree(old, ignore_errors=True)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def restore_training_state(engine: Any, state: dict, output_dir: Path) -> None:
+    engine.module.load_state_dict(state["model"])
+    if engine.owns_optimizer_state:
+        if state.get("optimizer") is None:
+            raise ValueError(f"{output_dir / LAST_NAME}: no optimizer state in the checkpoint (written by a ZeRO/"
+                             "low-precision run?); resume with the same deepspeed settings")
+        engine.load_optimizer_state_dict(state["optimizer"])
+    else:
+        tag = state.get("deepspeed_tag")
+        if not tag:
+            raise ValueError(f"{output_dir / LAST_NAME}: no DeepSpeed shard tag; resume with the same deepspeed "
+                             "settings the run was started with")
+        engine.load_sharded(str(output_dir / DEEPSPEED_DIR), tag)
+    restore_rng_state(state["rng"])
+
+
+
+
+def check_resume_compatible(config: RunConfig, state: dict, path: Path) -> None:
+    stored = config_from_dict(state["config"], source=str(path))
+    for section in ("dataset", "model", "method", "optim", "deepspeed"):
+        if getattr(stored, section) != getattr(config, section):
+            raise ValueError(f"{path}: cannot resume: the config's '{section}' section differs from the "
+                             f"checkpoint's ({getattr(stored, section)} vs {getattr(config, section)})")
+    if stored.seed != config.seed:
+        raise ValueError(f"{path}: cannot resume: key 'seed' is {config.seed}, the checkpoint's is {stored.seed}")
+    for key in ("batch_size", "epochs", "mixup_alpha", "drop_last"):
+        if getattr(stored.train, key) != getattr(config.train, key):
+            raise ValueError(f"{path}: cannot resume: key 'train.{key}' is {getattr(config.train, key)}, the "
+                             f"checkpoint's is {getattr(stored.train, key)}")

@@ -1,0 +1,282 @@
+"""The training run behind ``haf/train.py``: epochs of train → validate → checkpoint, then the test metrics.
+
+One loop for every launcher (deepspeed, torchrun, plain python) and both engines (:mod:`haf.training.engine`).
+Per epoch t (0-based) of T: re-seed every RNG from (seed, t, rank) and ``loader.set_epoch(t)`` (so a resumed run
+replays the epoch exactly); set every group's lr to lr_t · lr_scale (:mod:`haf.training.optimization`); train one
+pass; validate (metrics merged over ranks); write ``last.pt`` atomically and link it as ``best.pt`` when
+validation top-1 improved. After the last epoch the chosen checkpoint (``train.test_checkpoint``) is tested and
+``metrics.json`` written. The run folder's files are described in docs/ARCHITECTURE.md.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from haf.training.assemble import PreparedData, build_model, make_split_loader, prepare_dataset
+from haf.training.checkpoints import (
+    atomic_write_text,
+    check_resume_compatible,
+    load_checkpoint,
+    restore_training_state,
+    save_epoch_checkpoint,
+)
+from haf.training.devices import use_channels_last
+from haf.training.engine import DistributedContext, build_engine, setup_distributed, teardown_distributed
+from haf.training.evaluation import (
+    eval_steps,
+    evaluate,
+    evaluate_loaded_checkpoint,
+    format_metric_table,
+    method_supports_crm,
+)
+from haf.training.mixup import mix_batch, mixed_loss, mixup_generator
+from haf.training.optimization import learning_rate, set_learning_rate
+from haf.training.run_folder import (
+    BEST_NAME,
+    CONFIG_NAME,
+    LAST_NAME,
+    METRICS_NAME,
+    RunLogger,
+    default_output_dir,
+    progress_bar,
+    shot_keys,
+)
+from haf.training.schema import RunConfig
+from haf.training.seeding import epoch_seed, seed_everything
+
+
+def run_training(config: RunConfig, *, resume: bool = False, data: PreparedData | None = None) -> dict | None:
+    """Train, validate, checkpoint; return the test metrics dict (None if stopped early by stop_after_epoch)."""
+    use_deepspeed = config.deepspeed.enabled
+    context = setup_distributed(config.train.device, use_deepspeed=use_deepspeed)
+    try:
+        result = _run(config, context, resume=resume, data=data)
+    except BaseException:
+        # No closing barrier: the other ranks may never reach it, and a hang would hide this rank's error.
+        teardown_distributed(context, barrier=False)
+        raise
+    teardown_distributed(context)
+    return result
+
+
+def _run(config: RunConfig, context: DistributedContext, *, resume: bool, data: PreparedData | None) -> dict | None:
+    output_dir = Path(config.output_dir) if config.output_dir else default_output_dir(config)
+    main = context.is_main
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        # Rank 0 first: the demo dataset is generated on first use, and two ranks must not write it at once.
+        if main:
+            data = prepare_dataset(config)
+        if dist.is_initialized():
+            dist.barrier()
+        if data is None:
+            data = prepare_dataset(config)
+    if main:
+        atomic_write_text(config.to_yaml(), output_dir / CONFIG_NAME)
+
+    model = build_model(config, data.dataset, data.distances)
+    channels_last = use_channels_last(config.data.channels_last, context.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    fixed = {name: buf.detach().clone() for name, buf in model.method.fixed_buffers().items()}
+    engine = build_engine(model, config, context)
+    _restore_fixed_buffers(engine.module.method, fixed, context.device)
+
+    shard = dict(rank=context.rank, world_size=context.world_size, device=context.device, dtype=engine.input_dtype,
+                 channels_last=channels_last)
+    train_loader = make_split_loader(config, data, "train", train=True, **shard)
+    val_loader = make_split_loader(config, data, config.dataset.val_split, train=False, **shard)
+
+    if main and config.data.backend == "auto":
+        print(f"data.backend auto: {type(train_loader).__name__} on {context.device}", file=sys.stderr)
+    epochs = config.train.epochs
+    start_epoch, global_step, best_metric, best_epoch = 0, 0, -math.inf, -1
+    last_path = output_dir / LAST_NAME
+    if resume:
+        if not _same_on_all_ranks(last_path.is_file(), context):
+            raise ValueError(f"{last_path}: visible on some ranks only; --resume needs the output directory on a "
+                             "file system every node shares")
+        if last_path.is_file():
+            state = load_checkpoint(last_path)
+            check_resume_compatible(config, state, last_path)
+            restore_training_state(engine, state, output_dir)
+            start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
+            best_metric, best_epoch = float(state["best_metric"]), int(state["best_epoch"])
+            if main:
+                print(f"resumed from {last_path} after epoch {start_epoch} (step {global_step})", file=sys.stderr)
+        elif main:
+            print(f"--resume: no {last_path} yet, starting from scratch", file=sys.stderr)
+
+    logger = RunLogger(output_dir, config, enabled=main)
+    show_progress = main and config.logging.progress
+    # Micro-batches per epoch: whole optimizer steps only (a partial accumulation window would leak into the next).
+    accumulation = config.deepspeed.gradient_accumulation_steps
+    micro_steps = (len(train_loader) // accumulation) * accumulation
+    if config.train.max_steps_per_epoch is not None:
+        micro_steps = min(micro_steps, config.train.max_steps_per_epoch * accumulation)
+    if micro_steps == 0:
+        raise ValueError(f"{config.source or '<config>'}: key 'train.batch_size': the train split has "
+                         f"{len(train_loader)} batch(es) per rank, fewer than one optimizer step")
+    class_groups = data.class_groups
+    try:
+        for epoch in range(start_epoch, epochs):
+            # Everything random in this epoch is a function of (seed, epoch, rank): exact resume.
+            seed_everything(epoch_seed(config.seed, epoch, context.rank))
+            lr = learning_rate(config.optim, epoch, epochs)
+            set_learning_rate(engine.optimizer, lr)
+            train_loader.set_epoch(epoch)
+            global_step = _train_one_epoch(engine, train_loader, config, context, logger, epoch=epoch, lr=lr,
+                                           steps=micro_steps, global_step=global_step, progress=show_progress)
+            metrics = None
+            is_last = epoch + 1 == epochs
+            if (epoch + 1) % config.train.validate_every == 0 or is_last:
+                bar = progress_bar(eval_steps(val_loader, config.train.max_eval_steps), f"val {epoch + 1}/{epochs}",
+                                show_progress)
+                val_loader.set_epoch(epoch)
+                result = evaluate(engine.module, val_loader, data.distances, autocast=engine.autocast,
+                                  max_steps=config.train.max_eval_steps, progress=bar, collapse=True,
+                                  class_groups=class_groups)
+                if bar is not None:
+                    bar.close()
+                metrics = {**result["metrics"], "loss": result["loss"], **(result["collapse"] or {}),
+                           **shot_keys(result["shots"])}
+                logger.log({"split": "val", "epoch": epoch + 1, "step": global_step, **metrics}, global_step)
+                if main:
+                    print(f"epoch {epoch + 1}/{epochs}: val " + ", ".join(
+                        f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)), file=sys.stderr)
+            is_best = metrics is not None and metrics["top1"] > best_metric
+            if is_best:
+                best_metric, best_epoch = float(metrics["top1"]), epoch + 1
+            save_epoch_checkpoint(engine, config, data, context, output_dir, epoch=epoch + 1, global_step=global_step,
+                                  best_metric=best_metric, best_epoch=best_epoch, metrics=metrics, is_best=is_best)
+            stop = config.train.stop_after_epoch
+            if stop is not None and epoch + 1 >= stop and not is_last:
+                if main:
+                    print(f"stopping after epoch {epoch + 1} (train.stop_after_epoch={stop}); continue with --resume",
+                          file=sys.stderr)
+                return None
+        return _final_test(engine, config, data, context, output_dir, best_epoch, channels_last, logger, global_step)
+    finally:
+        logger.close()
+
+
+def _same_on_all_ranks(flag: bool, context: DistributedContext) -> bool:
+    if not dist.is_initialized() or context.world_size == 1:
+        return True
+    votes = torch.tensor([float(flag), float(not flag)], device=context.device)
+    dist.all_reduce(votes)
+    return bool(votes.min().item() == 0)
+
+
+def _restore_fixed_buffers(method: torch.nn.Module, fixed: dict[str, torch.Tensor], device: torch.device) -> None:
+    """DeepSpeed's bf16/fp16 modes cast every buffer; the frame and S stay fp32 (the loss accumulates in fp32)."""
+    for name, original in fixed.items():
+        owner_name, _, leaf = name.rpartition(".")
+        owner = method.get_submodule(owner_name) if owner_name else method
+        if owner._buffers[leaf].dtype != original.dtype:
+            owner._buffers[leaf] = original.to(device)
+
+
+
+
+def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: DistributedContext, logger: RunLogger, *,
+                     epoch: int, lr: float, steps: int, global_step: int, progress: bool) -> int:
+    """One pass over ``steps`` micro-batches; logs step records every ``log_every`` steps and one epoch record."""
+    engine.train()
+    model = engine.module
+    bar = progress_bar(steps // max(1, config.deepspeed.gradient_accumulation_steps),
+                    f"train {epoch + 1}/{config.train.epochs}", progress)
+    log_every = config.logging.log_every
+    accumulation = config.deepspeed.gradient_accumulation_steps
+    # Detached running sums (fp64): a .item() per step would synchronise the GPU every step.
+    window_loss = torch.zeros((), dtype=torch.float64)
+    epoch_loss = torch.zeros((), dtype=torch.float64)
+    window_micro, window_images, window_start = 0, 0, time.perf_counter()
+    epoch_micro, epoch_images, epoch_start = 0, 0, time.perf_counter()
+    alpha = config.train.mixup_alpha
+    for micro_step, (images, targets) in enumerate(loader):
+        if micro_step >= steps:
+            break
+        mixed = None
+        if alpha > 0:
+            mixed = mix_batch(images, targets, alpha, mixup_generator(config.seed, epoch, micro_step, context.rank))
+            images = mixed.images
+        with engine.autocast():
+            outputs = engine.forward(images)
+            loss = model.loss(outputs, targets) if mixed is None else mixed_loss(model.loss, outputs, mixed)
+        engine.backward(loss)
+        engine.step()
+        detached = loss.detach().double()
+        window_loss = window_loss.to(detached.device) + detached
+        epoch_loss = epoch_loss.to(detached.device) + detached
+        window_micro += 1
+        epoch_micro += 1
+        images_now = int(targets.shape[0]) * context.world_size
+        window_images += images_now
+        epoch_images += images_now
+        if (micro_step + 1) % accumulation:
+            continue
+        global_step += 1
+        if bar is not None:
+            bar.update(1)
+        if global_step % log_every == 0 or micro_step + 1 == steps:
+            mean_loss = float(window_loss) / window_micro
+            elapsed = time.perf_counter() - window_start
+            throughput = window_images / max(elapsed, 1e-9)
+            if not math.isfinite(mean_loss):
+                raise FloatingPointError(f"epoch {epoch + 1}, step {global_step}: training loss is {mean_loss}")
+            # "loss": this rank's last micro-batch (rank 0); "loss_mean": the mean since the previous record.
+            record = {"split": "train", "epoch": epoch + 1, "step": global_step, "loss": float(loss.detach()),
+                      "loss_mean": mean_loss, "lr": lr, "images_per_s": throughput, **_group_rates(engine)}
+            logger.log_step(record, global_step)
+            if bar is not None:
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.4g}", img_s=f"{throughput:.0f}")
+            window_loss = torch.zeros((), dtype=torch.float64)
+            window_micro, window_images, window_start = 0, 0, time.perf_counter()
+    if bar is not None:
+        bar.close()
+    # The epoch's record: mean loss over its micro-batches (rank 0's shard), throughput over the whole pass.
+    epoch_mean = float(epoch_loss) / max(epoch_micro, 1)
+    epoch_throughput = epoch_images / max(time.perf_counter() - epoch_start, 1e-9)
+    logger.log({"split": "train", "epoch": epoch + 1, "step": global_step, "loss": epoch_mean, "lr": lr,
+                "images_per_s": epoch_throughput, **_group_rates(engine)}, global_step)
+    return global_step
+
+
+def _group_rates(engine: Any) -> dict[str, float]:
+    """``lr/<group>``: the rates the optimizer really holds (read back through any DeepSpeed wrapper)."""
+    return {f"lr/{group.get('name', index)}": float(group["lr"])
+            for index, group in enumerate(engine.optimizer.param_groups)}
+
+
+
+
+def _final_test(engine: Any, config: RunConfig, data: PreparedData, context: DistributedContext, output_dir: Path,
+                best_epoch: int, channels_last: bool, logger: RunLogger, global_step: int) -> dict:
+    """Evaluate the chosen checkpoint on the test split; write metrics.json (rank 0)."""
+    which = config.train.test_checkpoint
+    path = output_dir / (BEST_NAME if which == "best" and best_epoch > 0 else LAST_NAME)
+    if dist.is_initialized():
+        dist.barrier()
+    state = load_checkpoint(path, map_location="cpu")
+    result, record = evaluate_loaded_checkpoint(
+        engine.module, state, path, config, data, config.dataset.test_split, device=context.device,
+        rank=context.rank, world_size=context.world_size, dtype=engine.input_dtype, channels_last=channels_last,
+        autocast=engine.autocast, crm=method_supports_crm(engine.module.method),
+        show_progress=context.is_main and config.logging.progress, max_steps=config.train.max_eval_steps,
+        checkpoint_name=path.name, output_dir=output_dir)
+    if context.is_main:
+        atomic_write_text(json.dumps(record, indent=2) + "\n", output_dir / METRICS_NAME)
+        logger.log({"split": "test", "epoch": int(state["epoch"]), "step": global_step, **result["metrics"],
+                    **shot_keys(result["shots"])}, global_step)
+        print(format_metric_table({"plain": result["metrics"], "crm": result["crm"]},
+                                  title=f"test ({path.name}, epoch {state['epoch']}):"), file=sys.stderr)
+    return record

@@ -1,0 +1,316 @@
+"""Loading the run config: YAML files (with ``base:`` composition) + ``--set dotted.key=value`` → a validated
+:class:`haf.training.schema.RunConfig`.
+
+Loading is strict: an unknown key, a wrong type or a value outside its choices raises ``ValueError`` naming the
+file, the dotted key and the valid keys/choices. ``base: other.yaml`` (or a list, relative to the including file)
+is loaded first and the including file deep-merged on top (mappings key by key, everything else replaced), except
+that ``method.options`` do not outlive a change of ``method.name``. A config is named by a file path or by its
+name among the shipped configs (``demo``, ``cifar100/haframe``): :func:`resolve_config_path`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence, Union
+
+import yaml
+
+from haf.training.schema import RunConfig, check_semantics
+
+BASE_KEY = "base"  # composition key; removed after merging, never part of the validated object
+
+
+# ------------------------------------------------------------------------------------------ config names
+def shipped_dir(name: str) -> Path:
+    """A folder shipped with the package (``configs``, ``hierarchies``): ``haf/<name>`` in an installed wheel, the
+    repository's top-level ``<name>/`` in a checkout (editable install)."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / name, package.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"no shipped '{name}' folder beside {package}")
+
+
+def list_configs() -> list[str]:
+    """Names of the shipped run configs (``demo``, ``cifar100/haframe``, ...): fragments (``_*.yaml``) and
+    ``base.yaml`` are composed by others, not run."""
+    root = shipped_dir("configs")
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml")
+                  if not p.name.startswith("_") and p.name != "base.yaml")
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A config file path as given when it exists, else the shipped config of that name (``.yaml`` optional)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = path.as_posix().removesuffix(".yaml")
+    try:
+        candidate = shipped_dir("configs") / f"{name}.yaml"
+    except FileNotFoundError:
+        candidate = None
+    if candidate is not None and candidate.is_file() and not Path(name).is_absolute():
+        return candidate
+    raise FileNotFoundError(f"config file not found: {name_or_path} (nor a shipped config of that name: "
+                            "`haf config --list` shows the names)")
+
+
+# ------------------------------------------------------------------------------------------- public loaders
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    data: Mapping[str, Any] | None = None,
+    output_dir: str | None = None,
+    validate_method: bool = True,
+) -> RunConfig:
+    """Load ``path`` (or use ``data``), apply ``--set`` overrides, validate, return the frozen config.
+
+    ``overrides``: strings ``dotted.key=value``; the value is parsed as YAML (``2`` → int, ``true`` → bool,
+    ``null`` → None, ``[1, 2]`` → list), so ``--set train.epochs=2`` and ``--set dataset.options.size=16`` work.
+    """
+    if path is not None:
+        path = resolve_config_path(path)
+    source = str(path) if path is not None else "<dict>"
+    raw: dict = load_yaml_tree(Path(path)) if path is not None else {}
+    if data is not None:
+        raw = merge_layer(raw, _plain(data))
+    for override in overrides:
+        raw = apply_override(raw, override)
+    if output_dir is not None:
+        raw["output_dir"] = output_dir
+    raw.pop(BASE_KEY, None)
+    config = _build(RunConfig, raw, "", source)
+    config = dataclasses.replace(config, source=source if path is not None else None)
+    check_semantics(config)
+    if validate_method:
+        # Store the method's options as validated and defaulted (gamma 2 → 2.0, omitted keys filled in), so the
+        # saved config says exactly what ran.
+        options = dataclasses.asdict(validate_method_options(config))
+        config = dataclasses.replace(config, method=dataclasses.replace(config.method, options=options))
+    return config
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "<checkpoint>") -> RunConfig:
+    """Rebuild a config stored as a plain dict (checkpoints), with the same validation."""
+    config = dataclasses.replace(_build(RunConfig, _plain(data), "", source), source=source)
+    check_semantics(config)
+    return config
+
+
+def load_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read ``path`` and its ``base:`` chain (deep-merged, the including file winning)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    resolved = path.resolve()
+    if resolved in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, resolved))
+        raise ValueError(f"{path}: circular '{BASE_KEY}:' chain: {chain}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ValueError(f"{path}: key '{BASE_KEY}' must be a path or a list of paths, got {bases!r}")
+    merged: dict = {}
+    for base in bases:
+        merged = merge_layer(merged, load_yaml_tree(path.parent / base, (*_seen, resolved)))
+    return merge_layer(merged, data)
+
+
+def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict:
+    """Mappings merge key by key (recursively); any other value in ``top`` replaces the one in ``base``."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def merge_layer(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict:
+    """:func:`deep_merge` of one config layer over another, except that ``method.options`` do not outlive a change
+    of ``method.name`` (they are validated against one method's ``Options``)."""
+    return deep_merge(_without_other_methods_options(base, top), top)
+
+
+def _without_other_methods_options(base: Mapping[str, Any], top: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``base`` minus its ``method.options`` when ``top`` names another method than ``base`` does."""
+    base_method, top_method = base.get("method"), top.get("method")
+    if not (isinstance(base_method, Mapping) and isinstance(top_method, Mapping)):
+        return base
+    if "name" not in top_method or top_method["name"] == base_method.get("name"):
+        return base
+    return {**base, "method": {k: v for k, v in base_method.items() if k != "options"}}
+
+
+def apply_override(raw: dict, override: str) -> dict:
+    """``a.b.c=value`` → raw with raw[a][b][c] = yaml(value); missing intermediate mappings are created, and
+    unknown keys are left for validation to reject (with the valid choices)."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ValueError(f"--set {override!r}: expected dotted.key=value, e.g. --set train.epochs=2")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text  # not YAML: keep the literal string (e.g. a path with ':' in it)
+    parts = key.split(".")
+    if parts == ["method", "name"]:
+        # Another method does not inherit this one's options (see the module docstring).
+        raw = dict(_without_other_methods_options(raw, {"method": {"name": value}}))
+    out = deep_merge({}, raw)
+    node = out
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise ValueError(f"--set {override!r}: '{'.'.join(parts[: i + 1])}' is not a section")
+        else:
+            child = dict(child)
+        node[part] = child
+        node = child
+    node[parts[-1]] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the validator
+def _plain(data: Any) -> Any:
+    if isinstance(data, Mapping):
+        return {str(k): _plain(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_plain(v) for v in data]
+    return data
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    """Instantiate dataclass ``cls`` from mapping ``raw``, checking every key and value."""
+    where = source or "<config>"
+    section = prefix or "top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: key '{prefix}' must be a mapping (with keys {', '.join(_fields(cls))}), "
+                         f"got {type(raw).__name__} {raw!r}")
+    fields = _fields(cls)
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ValueError(f"{where}: unknown key '{key}' in {section}; valid keys: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        values[name] = _check_value(hints[name], value, key, where, source)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {section}: {error}") from None
+
+
+def _check_value(hint: Any, value: Any, key: str, where: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key, source)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_value(option, value, key, where, source)
+            except ValueError:
+                pass
+        allowed = " or ".join(_describe(o) for o in options)
+        raise ValueError(f"{where}: key '{key}': expected {allowed}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        for choice in choices:
+            # bool is an int in Python: True must not match the choice 1.
+            if value == choice and type(value) is type(choice):
+                return value
+        raise ValueError(f"{where}: key '{key}': invalid value {value!r}; valid choices: "
+                         f"{', '.join(repr(c) if not isinstance(c, str) else c for c in choices)}")
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: key '{key}': expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"{where}: key '{key}': expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads 5e-4 as a string: accept any numeric string for a float key.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: key '{key}': expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{where}: key '{key}': expected a string, got {value!r}")
+    if hint is dict or origin in (dict, Mapping):
+        if isinstance(value, Mapping):
+            return _plain(value)
+        raise ValueError(f"{where}: key '{key}': expected a mapping, got {value!r}")
+    if origin in (tuple, list, Sequence) or hint in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: key '{key}': expected a list, got {value!r}")
+        args = typing.get_args(hint)
+        item = args[0] if args else Any
+        checked = [_check_value(item, v, f"{key}[{i}]", where, source) for i, v in enumerate(value)]
+        return tuple(checked) if origin is tuple or hint is tuple else checked
+    if isinstance(hint, type):
+        if isinstance(value, hint):
+            return value
+        raise ValueError(f"{where}: key '{key}': expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(str(c) for c in typing.get_args(hint))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "a mapping"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+def validate_method_options(config: RunConfig) -> Any:
+    """Check ``method.name`` against the registry and ``method.options`` against its Options dataclass."""
+    from haf.methods import available_methods, get_method
+
+    where = config.source or "<config>"
+    if config.method.name not in available_methods():
+        raise ValueError(f"{where}: key 'method.name': unknown method {config.method.name!r}; valid choices: "
+                         f"{', '.join(available_methods())}")
+    method_cls = get_method(config.method.name)
+    return _build(method_cls.Options, config.method.options, "method.options", where)

@@ -1,0 +1,226 @@
+"""The run configuration's schema: seven frozen sections, two scalars, and the checks a type cannot express.
+
+Every key, its type, default and meaning is here; ``configs/README.md`` lists them with the per-dataset recipe,
+and :mod:`haf.training.run_config` loads and validates YAML into these classes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+import yaml
+
+from haf.pipelines.backends import DATA_BACKENDS, DEFAULT_DATA_BACKEND
+from haf.models.heads import available_heads
+from haf.pipelines.datasets_registry import DATASET_KINDS
+
+HEAD_NAMES = tuple(available_heads())  # every head registered in haf.models.heads
+
+
+# --------------------------------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Which dataset reader to use and where its files are (``haf.pipelines.load_dataset(kind, root, **options)``)."""
+
+    kind: Literal[DATASET_KINDS] = "demo"  # the dataset registry's kinds
+    root: str = ".cache/demo-data"
+    # Reader-specific keyword arguments, passed through verbatim (the reader validates them).
+    options: dict = field(default_factory=dict)
+    # How the reader's hierarchy becomes a distance matrix (docs/METHOD.md): "lca-height" (siblings at 1) or
+    # "fixed-depth" (tieredImageNet-H's H − depth(LCA)); null keeps the reader's/file's own convention.
+    distance_convention: Union[Literal["lca-height", "fixed-depth"], None] = None
+    val_split: str = "val"
+    test_split: str = "test"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone + head; the method on top is the ``method`` section."""
+
+    backbone: str = "resnet50"  # checked against the backbone registry when the model is built
+    # The head registry's names (docs/METHOD.md "Heads"): type-I baseline, type-II HAFrame head, fixed-width mlp.
+    head: Literal[HEAD_NAMES] = "type2"
+    # Backbone initialisation: null (from scratch), a torchvision weights name ("IMAGENET1K_V1", "DEFAULT"), or a
+    # path to a (self-supervised) checkpoint file. Passed as the backbone's ``weights`` option.
+    pretrained: Union[str, None] = None
+    backbone_options: dict = field(default_factory=dict)  # keyword options of the backbone factory
+    head_options: dict = field(default_factory=dict)  # keyword options of the head factory
+    # Keep every BatchNorm in eval mode while training (running statistics, affine weights still trained), as
+    # detection/fine-tuning recipes do for small per-GPU batches. It also makes a sample's gradient independent of
+    # the rest of its batch, so N ranks reproduce one process exactly. false: the reference (batch statistics).
+    freeze_batchnorm: bool = False
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD with a per-epoch schedule: lr_t = lr · ½(1 + cos(π t / T)) for epoch t of T (t = 0 … T−1).
+
+    The reference recipe is lr = 0.1 (so lr_t = 0.05·(cos(πt/T) + 1)), momentum 0.9, weight decay 5e-4 on every
+    trained parameter (the frame is a buffer, so it is never decayed), backbone at lr/10.
+    """
+
+    name: Literal["sgd"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: Literal["cosine", "constant", "step"] = "cosine"  # haf.training.optimization.SCHEDULES
+    warmup_epochs: int = 0  # linear warm-up to the schedule's value over the first epochs (0: the paper's recipe)
+    lr_milestones: list[int] = field(default_factory=list)  # "step": 0-based epochs where the lr is multiplied
+    lr_gamma: float = 0.1  # "step": the factor applied at each milestone
+    backbone_lr_scale: float = 0.1  # backbone incl. the type-II head's 1×1 conv
+    transformation_lr_scale: float = 1.0  # type-II transformation layers; 0.1 for iNat2019 / tieredImageNet-H
+    # No weight decay on BatchNorm/PReLU parameters and biases? The reference decays everything trained: False.
+    no_decay_norm_and_bias: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 64  # global: split evenly over ranks (and gradient-accumulation steps)
+    eval_batch_size: int = 256  # global
+    # Stop (as if killed) after this many epochs; the run resumes with --resume. A test hook and a way to split
+    # a long run into jobs. null: run all epochs.
+    stop_after_epoch: Union[int, None] = None
+    # Cap on steps per epoch (smoke tests, benchmarks); null: the whole split.
+    max_steps_per_epoch: Union[int, None] = None
+    max_eval_steps: Union[int, None] = None
+    grad_clip_norm: Union[float, None] = None  # DeepSpeed's gradient_clipping; null: off (the reference)
+    validate_every: int = 1  # epochs between validations (the last epoch is always validated)
+    test_checkpoint: Literal["best", "last"] = "best"  # the paper tests the best-validation-top-1 checkpoint
+    # Mixup (Zhang et al., ICLR 2018) for every method: λ ~ Beta(α, α), x ← λx + (1−λ)x[perm], loss λL(y) +
+    # (1−λ)L(y[perm]) on one forward pass (haf.training.mixup). 0: off.
+    mixup_alpha: float = 0.0
+    # Drop the partial last training batch (true) or train on it too (false: the CIFAR-LT code's loader).
+    drop_last: bool = True
+    device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: this rank's GPU when there is one
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # "auto": DALI when the run's device is a CUDA GPU and nvidia.dali imports, else the PyTorch DataLoader
+    # (resolved by resolve_data_backend, the one place that decides).
+    backend: Literal[DATA_BACKENDS] = DEFAULT_DATA_BACKEND
+    image_size: int = 224
+    workers: int = 4  # per rank
+    # Random training augmentation (crop/flip). false: the training split gets the deterministic evaluation
+    # transform (still shuffled) — for debugging, and for comparing runs sample for sample across world sizes.
+    augment: bool = True
+    # Channels-last activations ("auto": on GPU only, where cuDNN's NHWC convolutions are faster).
+    channels_last: Literal["auto", "on", "off"] = "auto"
+
+
+@dataclass(frozen=True)
+class DeepSpeedConfig:
+    enabled: bool = True  # false: the plain-PyTorch engine (DistributedDataParallel across ranks)
+    zero_stage: Literal[0, 1, 2] = 0
+    # "bf16-autocast": fp32 weights, torch.autocast(bfloat16) around forward + loss (timm's "amp");
+    # "bf16" / "fp16": DeepSpeed's low-precision weights with fp32 master copies (fp16 with dynamic loss scaling).
+    precision: Literal["fp32", "bf16-autocast", "bf16", "fp16"] = "fp32"
+    gradient_accumulation_steps: int = 1
+    # Raw DeepSpeed config keys merged last (e.g. {"communication_data_type": "bf16"}); the keys we set from the
+    # other fields may not be overridden here, so the config file has one place for each setting.
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    tensorboard: bool = True
+    jsonl: bool = True
+    progress: bool = True  # tqdm bars with images/s on rank 0
+    log_every: int = 20  # steps between JSONL/TensorBoard training records
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = "haframe"  # checked against the method registry
+    options: dict = field(default_factory=dict)  # checked against the method's Options dataclass
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    output_dir: Union[str, None] = None
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # The file it came from (informational: recorded in metrics.json); not a YAML key.
+    source: Union[str, None] = field(default=None, metadata={"internal": True})
+
+    def to_dict(self) -> dict:
+        """Plain dict of YAML-able values (no ``source``): what checkpoints and config.yaml store."""
+        data = dataclasses.asdict(self)
+        data.pop("source", None)
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def check_semantics(config: RunConfig) -> None:
+    """Value checks that a type cannot express (ranges, cross-field rules); each names its key."""
+    where = config.source or "<config>"
+
+    def fail(key: str, message: str) -> None:
+        raise ValueError(f"{where}: key '{key}': {message}")
+
+    if config.seed < 0:
+        fail("seed", f"must be >= 0, got {config.seed}")
+    o, t, d, ds, lg = config.optim, config.train, config.data, config.deepspeed, config.logging
+    for key, value in (("optim.lr", o.lr), ("optim.weight_decay", o.weight_decay),
+                       ("optim.backbone_lr_scale", o.backbone_lr_scale),
+                       ("optim.transformation_lr_scale", o.transformation_lr_scale)):
+        if not math.isfinite(value) or value < 0:
+            fail(key, f"must be a finite number >= 0, got {value}")
+    if not 0.0 <= o.momentum < 1.0:
+        fail("optim.momentum", f"must be in [0, 1), got {o.momentum}")
+    if o.nesterov and o.momentum == 0:
+        fail("optim.nesterov", "Nesterov momentum needs optim.momentum > 0")
+    if any(m < 0 for m in o.lr_milestones) or list(o.lr_milestones) != sorted(o.lr_milestones):
+        fail("optim.lr_milestones", f"must be ascending epochs >= 0, got {o.lr_milestones}")
+    if not (math.isfinite(o.lr_gamma) and o.lr_gamma > 0):
+        fail("optim.lr_gamma", f"must be a finite number > 0, got {o.lr_gamma}")
+    if not (math.isfinite(t.mixup_alpha) and t.mixup_alpha >= 0):
+        fail("train.mixup_alpha", f"must be a finite number >= 0 (0: no mixup), got {t.mixup_alpha}")
+    if o.warmup_epochs < 0 or o.warmup_epochs >= max(t.epochs, 1):
+        fail("optim.warmup_epochs", f"must be in [0, train.epochs={t.epochs}), got {o.warmup_epochs}")
+    for key, value in (("train.epochs", t.epochs), ("train.batch_size", t.batch_size),
+                       ("train.eval_batch_size", t.eval_batch_size), ("train.validate_every", t.validate_every),
+                       ("data.image_size", d.image_size), ("logging.log_every", lg.log_every),
+                       ("deepspeed.gradient_accumulation_steps", ds.gradient_accumulation_steps)):
+        if value < 1:
+            fail(key, f"must be >= 1, got {value}")
+    for key, value in (("train.stop_after_epoch", t.stop_after_epoch),
+                       ("train.max_steps_per_epoch", t.max_steps_per_epoch),
+                       ("train.max_eval_steps", t.max_eval_steps)):
+        if value is not None and value < 1:
+            fail(key, f"must be >= 1 or null, got {value}")
+    if t.grad_clip_norm is not None and not (math.isfinite(t.grad_clip_norm) and t.grad_clip_norm > 0):
+        fail("train.grad_clip_norm", f"must be > 0 or null, got {t.grad_clip_norm}")
+    if d.workers < 0:
+        fail("data.workers", f"must be >= 0, got {d.workers}")
+    if t.batch_size % ds.gradient_accumulation_steps:
+        fail("train.batch_size", f"{t.batch_size} is not divisible by deepspeed.gradient_accumulation_steps="
+                                 f"{ds.gradient_accumulation_steps}")
+    if ds.zero_stage > 0 and not ds.enabled:
+        fail("deepspeed.zero_stage", "ZeRO needs deepspeed.enabled: true")
+    reserved = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                "zero_optimization", "bf16", "fp16", "gradient_clipping", "optimizer", "scheduler", "torch_autocast",
+                "data_types"}
+    clash = sorted(reserved & set(ds.extra))
+    if clash:
+        fail("deepspeed.extra", f"{', '.join(clash)} come from other config keys (train.batch_size, "
+                                "deepspeed.zero_stage/precision/gradient_accumulation_steps, train.grad_clip_norm, "
+                                "optim.*); set them there")
+    if not config.method.name:
+        fail("method.name", "must name a method")
