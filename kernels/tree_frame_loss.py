@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 __all__ = ["TreeFrameTensors", "as_tree_frame", "is_tree_frame", "tree_frame_loss", "tree_frame_loss_autograd",
-           "tree_logits"]
+           "tree_frame_matrix", "tree_logits"]
 
 #: Same floor for ‖h‖ as the dense reference (haf.losses.COSINE_EPS).
 COSINE_EPS = 1e-8
@@ -149,6 +149,17 @@ def tree_logits(features: torch.Tensor, frame) -> torch.Tensor:
             buffer = _path_sums(frame, h, h.new_empty(h.shape[0], frame.num_nodes))
             out[start:start + h.shape[0]] = buffer[:, frame.leaf_node] - frame.beta * (h @ frame.u[1:].to(dtype))[:, None]
     return out
+
+
+def tree_frame_matrix(frame) -> torch.Tensor:
+    """W = F − β·1uᵀ as a dense K × (N − 1) float64 tensor (small K: tests, neural-collapse diagnostics)."""
+    frame = as_tree_frame(frame, torch.device("cpu")) if not isinstance(frame, TreeFrameTensors) else frame
+    anc = frame.anc[:, 1:]
+    rows = torch.arange(anc.shape[0], device=anc.device)[:, None].expand_as(anc)
+    on_path = anc > 0
+    w = (-frame.beta * frame.u[1:]).repeat(frame.num_classes, 1)
+    w[rows[on_path], anc[on_path] - 1] += frame.sqrt_a[anc[on_path]]
+    return w
 
 
 # --------------------------------------------------------------------------------------------- reference path

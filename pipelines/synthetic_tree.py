@@ -4,7 +4,8 @@ For exercising large-K training end to end on a CPU (10⁴–10⁵ classes): not
 ``depth`` levels with sizes growing geometrically to ``num_classes`` leaves (every inner node ≥ 1 child, names
 ``L<depth>_<index>``). Each class gets a fixed random colour pattern (a ``pattern_size``² grid of RGB cells,
 upsampled to ``image_size``); its images are that pattern plus Gaussian noise, so the task is learnable and the
-classes are distinct. Deterministic in ``seed``. Distances: the tree's, under ``convention``.
+classes are distinct. Deterministic in ``seed``. Distances: the tree's, under ``convention``, read off the tree
+(:class:`haf.hierarchy.tree_distances.TreeDistances`, never a K × K matrix unless ``.matrix`` is asked for).
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import os
 
 import numpy as np
 
-from haf.hierarchy import ClassDistances, Hierarchy
+from haf.hierarchy import Hierarchy
+from haf.hierarchy.tree_distances import TreeDistances
 
 from .splits import DatasetSplits, Split
 
@@ -63,6 +65,6 @@ def read_synthetic_tree(root: str | os.PathLike, num_classes: int = 10_000, dept
         if count:
             labels, arrays = images(count, seed * 7919 + offset + 1)
             splits[name] = Split(name, labels, arrays=arrays)
-    distances = ClassDistances.from_hierarchy(hierarchy, convention)
+    distances = TreeDistances.from_hierarchy(hierarchy, convention)
     return DatasetSplits(name="synthetic-tree", classes=classes, distances=distances, hierarchy=hierarchy,
                          splits=splits)

@@ -31,7 +31,14 @@ def test_haframe_tree_method_scores_and_loss():
     context = MethodContext(data.classes, data.distances.matrix, seed=0, hierarchy=data.hierarchy)
     method = build_method("haframe", 24, context, {"factorization": "tree", "gamma": 5.0, "alpha": 0.4})
     width = len(data.hierarchy.nodes) - 1
-    assert method.projection.weight.shape == (width, 24) and method.classifier_weights() is None
+    assert method.projection.weight.shape == (width, 24) and method.collapse_on_outputs
+    from haf.frame import similarity_matrix
+    from haf.kernels.tree_frame_loss import tree_frame_matrix
+
+    w = tree_frame_matrix(method.tree_frame)  # float64; classifier_weights() is its fp32 copy (K ≤ 4096)
+    s = similarity_matrix(data.distances.matrix, 5.0, method.frame_info["s_min"])
+    np.testing.assert_allclose((w @ w.T).numpy(), s, atol=1e-12)
+    assert torch.equal(method.classifier_weights(), w.float())
     features = torch.randn(5, 24, requires_grad=True)
     outputs = method(features)
     targets = torch.tensor([0, 1, 299, 17, 5])
@@ -59,4 +66,7 @@ def test_large_k_config_trains_on_cpu(tmp_path):
     run_training(config)
     steps = step_records(tmp_path)
     assert len(steps) >= 2 and all(math.isfinite(s["loss"]) for s in steps)
-    assert train_records(tmp_path, "test")
+    (test,) = train_records(tmp_path, "test")
+    (val,) = train_records(tmp_path, "val")
+    assert {"top1", "mistake_severity", "hierdist@5"} <= set(test) and math.isfinite(test["hierdist@5"])
+    assert {"nc_mean", "nc_std", "self_duality"} <= set(val)  # K = 2,000 ≤ 4,096: the frame is materialised
