@@ -54,3 +54,16 @@ def test_metrics_on_tree_distances_equal_dense_metrics(convention):
         first.merge(HierarchicalMetrics(dense, ks))
     with pytest.raises(ValueError, match="57 classes but the scores have K = 56"):
         crm_scores(probs[:, :56], tree)
+
+
+def test_ranked_top_k_is_the_stable_sort_prefix():
+    from haf.metrics import ranked_top_k
+
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.randint(-3, 4, (40, 23), generator=gen).float()  # many ties
+    scores[0] = 0.0
+    scores[1, 5] = float("inf")
+    scores[2] = -float("inf")
+    for k in (1, 2, 7, 23):
+        expected = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+        assert torch.equal(ranked_top_k(scores, k), expected)
