@@ -26,8 +26,18 @@ __all__ = ["TreeFrameTensors", "as_tree_frame", "is_tree_frame", "tree_frame_los
 
 #: Same floor for ‖h‖ as the dense reference (haf.losses.COSINE_EPS).
 COSINE_EPS = 1e-8
-#: Rows per chunk of the reference path: its temporaries are a few chunk × N buffers.
-ROW_CHUNK = 16
+#: Working-memory budget of the reference path: rows are taken in chunks whose temporaries (about one chunk × N
+#: and four chunk × K buffers in the compute dtype) fit in it; at K = 10⁶ that is one row at a time.
+WORK_BYTES = 64 * 2**20
+#: Fixed rows per chunk instead of the budget (None: from WORK_BYTES); tests set it.
+ROW_CHUNK: int | None = None
+
+
+def _row_chunk(frame: "TreeFrameTensors", dtype: torch.dtype, rows: int) -> int:
+    if ROW_CHUNK is not None:
+        return ROW_CHUNK
+    per_row = (frame.num_nodes + 4 * frame.num_classes) * torch.empty((), dtype=dtype).element_size()
+    return max(1, min(rows, WORK_BYTES // per_row))
 
 
 class TreeFrameTensors(nn.Module):
@@ -54,10 +64,19 @@ class TreeFrameTensors(nn.Module):
         self.register_buffer("sqrt_a", as_float(frame.sqrt_a), persistent=False)
         self.register_buffer("g", as_float(frame.node_similarity), persistent=False)
         self.register_buffer("u", as_float(frame.u), persistent=False)
+        self._casts: dict = {}
 
     @property
     def width(self) -> int:
         return self.num_nodes - 1
+
+    def cast(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """A float buffer in ``dtype`` (cached: the row chunks reuse it)."""
+        key = (name, dtype)
+        cached = self._casts.get(key)
+        if cached is None or cached.device != self._buffers[name].device:
+            cached = self._casts[key] = self._buffers[name].to(dtype)
+        return cached
 
     def _apply(self, fn, recurse: bool = True) -> "TreeFrameTensors":
         """Device moves apply; dtype casts (a module-wide ``.half()``) do not: the frame is the loss's target."""
@@ -110,7 +129,7 @@ def _compute_dtype(features: torch.Tensor) -> torch.dtype:
 
 def _path_sums(frame: TreeFrameTensors, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out[:, v] = Σ_{w on root→v} √a_w h_w (out[:, 0] = 0): top-down, one step per depth level."""
-    sqrt_a = frame.sqrt_a.to(h.dtype)
+    sqrt_a = frame.cast("sqrt_a", h.dtype)
     out[:, 0] = 0
     for lo, hi, _, _ in frame.levels:
         torch.addcmul(out[:, frame.parent[lo:hi]], h[:, lo - 1:hi - 1], sqrt_a[lo:hi], out=out[:, lo:hi])
@@ -119,7 +138,7 @@ def _path_sums(frame: TreeFrameTensors, h: torch.Tensor, out: torch.Tensor) -> t
 
 def _similarity_rows(frame: TreeFrameTensors, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out[b, v] = g(LCA(v, y_b)) for every node (so S[i, y_b] = out[b, leaf i]): top-down, per depth level."""
-    g = frame.g.to(out.dtype)
+    g = frame.cast("g", out.dtype)
     rows = torch.arange(y.shape[0], device=y.device)
     out[:, 0] = g[0]
     for depth, (lo, hi, _, _) in enumerate(frame.levels, start=1):
@@ -143,11 +162,14 @@ def tree_logits(features: torch.Tensor, frame) -> torch.Tensor:
     frame = as_tree_frame(frame, features.device)
     dtype = _compute_dtype(features)
     out = torch.empty(features.shape[0], frame.num_classes, dtype=dtype, device=features.device)
+    chunk = _row_chunk(frame, dtype, features.shape[0])
     with torch.no_grad():
-        for start in range(0, features.shape[0], ROW_CHUNK):
-            h = features[start:start + ROW_CHUNK].to(dtype)
+        for start in range(0, features.shape[0], chunk):
+            h = features[start:start + chunk].to(dtype)
             buffer = _path_sums(frame, h, h.new_empty(h.shape[0], frame.num_nodes))
-            out[start:start + h.shape[0]] = buffer[:, frame.leaf_node] - frame.beta * (h @ frame.u[1:].to(dtype))[:, None]
+            rows = out[start:start + h.shape[0]]
+            torch.index_select(buffer, 1, frame.leaf_node, out=rows)
+            rows.sub_(frame.beta * (h @ frame.cast("u", dtype)[1:])[:, None])
     return out
 
 
@@ -166,27 +188,33 @@ def tree_frame_matrix(frame) -> torch.Tensor:
 
 
 def _rows_forward_backward(frame: TreeFrameTensors, h: torch.Tensor, y: torch.Tensor, alpha: float):
-    """Per-row loss and dℓ/dh for a chunk of rows (module docstring), temporaries chunk × N."""
-    u = frame.u[1:].to(h.dtype)
+    """Per-row loss and dℓ/dh for a chunk of rows (module docstring). Live temporaries: one chunk × N buffer and
+    at most four chunk × K ones (z, S rows, the residual, one op's output); the gradient is built in the buffer."""
+    u = frame.cast("u", h.dtype)[1:]
     norm = h.norm(dim=1)
     n = norm.clamp_min(COSINE_EPS)
     buffer = _path_sums(frame, h, h.new_empty(h.shape[0], frame.num_nodes))
-    z = buffer[:, frame.leaf_node] - frame.beta * (h @ u)[:, None]
-    s = _similarity_rows(frame, y, buffer)[:, frame.leaf_node]
+    z = buffer.index_select(1, frame.leaf_node).sub_(frame.beta * (h @ u)[:, None])
+    s = _similarity_rows(frame, y, buffer).index_select(1, frame.leaf_node)
     lse = torch.logsumexp(z, dim=1)
     z_y = z.gather(1, y[:, None])[:, 0]
-    residual = z / n[:, None] - s
-    loss = (1 - alpha) * (lse - z_y) + alpha * (residual * residual).sum(dim=1)
-    dz = torch.softmax(z, dim=1).mul_(1 - alpha)
-    dz.scatter_add_(1, y[:, None], torch.full_like(z_y[:, None], -(1 - alpha)))
-    dz.add_(residual * (2 * alpha / n[:, None]))
-    d_norm = -(2 * alpha / n**2) * (z * residual).sum(dim=1)
+    residual = torch.div(z, n[:, None]).sub_(s)
+    del s
+    loss = (1 - alpha) * (lse - z_y) + alpha * torch.linalg.vector_norm(residual, dim=1).square()
+    d_norm = -(2 * alpha / n**2) * torch.linalg.vecdot(z, residual, dim=1)
     d_norm = torch.where(norm > COSINE_EPS, d_norm, torch.zeros_like(d_norm))
+    dz = torch.softmax(z, dim=1).mul_(1 - alpha)
+    del z
+    dz.scatter_add_(1, y[:, None], torch.full_like(z_y[:, None], -(1 - alpha)))
+    dz.add_(residual.mul_(2 * alpha / n[:, None]))
+    del residual
     buffer.zero_()
     buffer[:, frame.leaf_node] = dz
-    d = _subtree_sums(frame, buffer)
-    grad = d[:, 1:] * frame.sqrt_a[1:].to(h.dtype) - frame.beta * dz.sum(dim=1)[:, None] * u
-    grad += (d_norm / n)[:, None] * h
+    dz_sum = dz.sum(dim=1)
+    del dz
+    grad = _subtree_sums(frame, buffer)[:, 1:].mul_(frame.cast("sqrt_a", h.dtype)[1:])
+    grad.addr_(dz_sum, u, alpha=-frame.beta)
+    grad.addcmul_(h, (d_norm / n)[:, None])
     return loss, grad
 
 
@@ -197,14 +225,17 @@ class _TreeFrameLoss(torch.autograd.Function):
     def forward(ctx, features, frame, target, valid, alpha):
         dtype = _compute_dtype(features)
         losses = torch.zeros(features.shape[0], dtype=dtype, device=features.device)
-        grad = torch.zeros(features.shape, dtype=features.dtype, device=features.device)
+        grad = torch.empty(features.shape, dtype=features.dtype, device=features.device)
         safe = torch.where(valid, target.long(), torch.zeros_like(target, dtype=torch.long))
-        for start in range(0, features.shape[0], ROW_CHUNK):
-            rows = slice(start, start + ROW_CHUNK)
+        chunk = _row_chunk(frame, dtype, features.shape[0])
+        for start in range(0, features.shape[0], chunk):
+            rows = slice(start, start + chunk)
             loss, g = _rows_forward_backward(frame, features[rows].to(dtype), safe[rows], alpha)
             keep = valid[rows]
             losses[rows] = torch.where(keep, loss, torch.zeros_like(loss))
-            grad[rows] = torch.where(keep[:, None], g, torch.zeros_like(g)).to(features.dtype)
+            g[~keep] = 0
+            grad[rows] = g  # cast to the features' dtype (bf16 features: fp32 math, bf16 gradient)
+            del g
         ctx.save_for_backward(grad)
         return losses
 

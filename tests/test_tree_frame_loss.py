@@ -77,3 +77,19 @@ def test_bad_input_and_chunking(monkeypatch):
     monkeypatch.setattr(module, "ROW_CHUNK", 5)
     torch.testing.assert_close(frame_loss(h, frame, y, None, reduction="none", backend="reference"), whole)
     torch.testing.assert_close(tree_logits(h, TreeFrameTensors(frame)), h @ w.T)
+
+
+def test_bf16_features_accumulate_in_fp32():
+    """bf16 h (the large-K memory option): the math runs in fp32 on the bf16 values, the gradient comes back bf16."""
+    frame, _, _ = tree_and_dense(22, 2, "lca-height")
+    gen = torch.Generator().manual_seed(4)
+    h = (3 * torch.randn(9, frame.width, generator=gen)).bfloat16().requires_grad_()
+    y = torch.randint(0, 22, (9,), generator=gen)
+    loss = frame_loss(h, frame, y, None, 0.4, backend="reference")
+    (grad,) = torch.autograd.grad(loss, h)
+    exact = h.detach().double().requires_grad_()
+    reference = frame_loss(exact, frame, y, None, 0.4, backend="reference")
+    (grad_reference,) = torch.autograd.grad(reference, exact)
+    assert loss.dtype == torch.float32 and grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss.double(), reference, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad.double(), grad_reference, rtol=1e-2, atol=1e-4)
