@@ -58,8 +58,8 @@ def _save(path: Path, report: dict[str, Any], result, distances) -> None:
                                               "min_eigenvalue", "max_gram_error", "s_min_searched")}
     if path.suffix == ".npz":
         arrays = {
-            "frame": result.frame,
-            "similarity": result.similarity,
+            "frame": result.W,
+            "similarity": result.S,
             "distances": distances.matrix,
             "classes": np.array(distances.classes, dtype=str),
             **{key: np.array(value) for key, value in settings.items()},
@@ -71,8 +71,8 @@ def _save(path: Path, report: dict[str, Any], result, distances) -> None:
     import torch
 
     payload = {
-        "frame": torch.from_numpy(result.frame),
-        "similarity": torch.from_numpy(result.similarity),
+        "frame": torch.from_numpy(result.W),
+        "similarity": torch.from_numpy(result.S),
         "distances": torch.from_numpy(distances.matrix),
         "classes": list(distances.classes),
         "height": distances.height,
@@ -138,7 +138,7 @@ def _dense(args: argparse.Namespace):
         "source": str(args.file),
         "factorization": "dense",
         "K": distances.num_classes,
-        "width": int(result.frame.shape[1]),
+        "width": int(result.W.shape[1]),
         "height": distances.height,
         "convention": distances.convention,
         "d_max": int(distances.d_max),

@@ -292,10 +292,10 @@ def fixed_etf(num_classes: int, dim: int, seed: int = 0) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FrameResult:
-    """A built HAFrame and what it was built from. ``W`` and ``S`` are aliases of ``frame`` and ``similarity``."""
+    """A built HAFrame and what it was built from; ``W`` and ``S`` are the paper's names."""
 
-    frame: np.ndarray  # W, K × K, unit rows
-    similarity: np.ndarray  # S, K × K
+    W: np.ndarray  # noqa: N815  the frame, K × K, unit rows
+    S: np.ndarray  # noqa: N815  the similarity, K × K
     s_min: float
     gamma: float
     seed: int
@@ -305,16 +305,8 @@ class FrameResult:
     s_min_searched: bool  # True: the reference grid's choice; False: given by the caller
 
     @property
-    def W(self) -> np.ndarray:  # noqa: N802 (the paper's name)
-        return self.frame
-
-    @property
-    def S(self) -> np.ndarray:  # noqa: N802 (the paper's name)
-        return self.similarity
-
-    @property
     def num_classes(self) -> int:
-        return self.frame.shape[0]
+        return self.W.shape[0]
 
 
 def build_dense_frame(
@@ -332,8 +324,8 @@ def build_dense_frame(
     s = _similarity(d, d_max, gamma, s_min)
     w, min_eigenvalue = _factorise(s, int(seed))
     return FrameResult(
-        frame=w,
-        similarity=s,
+        W=w,
+        S=s,
         s_min=s_min,
         gamma=gamma,
         seed=int(seed),
