@@ -86,7 +86,8 @@ def case_frame(num_leaves: int, dense: bool) -> dict:
     return out
 
 
-def case_loss(num_leaves: int, batch: int, kind: str, repeats: int = 2) -> dict:
+def case_loss(num_leaves: int, batch: int, kind: str, repeats: int = 2, dtype: str = "float32") -> dict:
+    """fwd+bwd of the loss; ``working_mb`` = peak RSS above the inputs minus the returned gradient (B × width)."""
     import torch
 
     from haf.frame import TreeArrays, build_tree_frame
@@ -108,7 +109,7 @@ def case_loss(num_leaves: int, batch: int, kind: str, repeats: int = 2) -> dict:
         args = (w, y, s)
     else:
         args = (TreeFrameTensors(frame), y, None)
-    h = torch.randn(batch, frame.width, generator=gen).requires_grad_()
+    h = torch.randn(batch, frame.width, generator=gen).to(getattr(torch, dtype)).requires_grad_()
     base = _reset_peak()
     times = []
     for _ in range(repeats):
@@ -116,9 +117,12 @@ def case_loss(num_leaves: int, batch: int, kind: str, repeats: int = 2) -> dict:
         frame_loss(h, args[0], args[1], args[2], 0.4, backend="reference").backward()
         times.append(time.perf_counter() - start)
         h.grad = None
-    return {"case": f"loss-{kind}", "K": tree.num_classes, "width": frame.width, "B": batch,
-            "seconds": min(times), "extra_mb": _rss_mb() - base, "peak_mb": _rss_mb(),
-            "inputs_mb": 4 * batch * frame.width / 2**20}
+    features_mb = h.element_size() * h.numel() / 2**20
+    extra = _rss_mb() - base
+    return {"case": f"loss-{kind}", "K": tree.num_classes, "width": frame.width, "B": batch, "dtype": dtype,
+            "seconds": min(times), "extra_mb": extra, "peak_mb": _rss_mb(), "inputs_mb": features_mb,
+            "grad_mb": features_mb, "working_mb": extra - features_mb,
+            "inputs_grad_working_mb": 2 * features_mb + extra - features_mb}
 
 
 def _run(call: str) -> dict:
@@ -136,7 +140,8 @@ def main(quick: bool = False, only: str = "") -> list[dict]:
     for k in (1010, 10_000):
         calls += [f"b.case_loss({k}, 256, 'tree')", f"b.case_loss({k}, 256, 'dense')"]
     if not quick:
-        calls.append("b.case_loss(1_000_000, 256, 'tree', repeats=1)")
+        calls += ["b.case_loss(1_000_000, 256, 'tree', repeats=1)",
+                  "b.case_loss(1_000_000, 256, 'tree', repeats=1, dtype='bfloat16')"]
     results = []
     for call in [c for c in calls if only in c]:
         result = _run(call)
