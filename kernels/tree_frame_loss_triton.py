@@ -9,7 +9,9 @@ Two kernels over (row block × class chunk) tiles; no B × K tensor is ever stor
   for every node v on leaf i's path (atomic adds: the subtree sums D_v of the reference).
 
 The host adds −β·u·Σ_i dz_i and the norm term (dℓ/dn)·h/n, and the autograd Function scales the stored gradient by
-the upstream one. Accumulation is fp32 whatever the feature dtype.
+the upstream one. Accumulation is fp32 whatever the feature dtype: rows go in chunks whose fp32 gradient buffer
+(chunk × (N − 1), for the atomics) fits ``WORK_BYTES``, each cast into the features' dtype, so bf16 features at
+K = 10⁶ hold no B × (N − 1) fp32 copy of h or of dℓ/dh.
 """
 from __future__ import annotations
 
@@ -23,6 +25,17 @@ __all__ = ["triton_tree_frame_rows"]
 
 BLOCK_B = 16
 BLOCK_K = 64
+#: Budget of the fp32 gradient buffer per row chunk (a multiple of BLOCK_B rows, at least BLOCK_B).
+WORK_BYTES = 256 * 2**20
+#: Fixed rows per chunk instead of the budget (None: from WORK_BYTES); tests set it.
+ROW_CHUNK: int | None = None
+
+
+def _row_chunk(width: int, rows: int) -> int:
+    if ROW_CHUNK is not None:
+        return ROW_CHUNK
+    chunk = max(BLOCK_B, (WORK_BYTES // (4 * width)) // BLOCK_B * BLOCK_B)
+    return min(chunk, triton.cdiv(rows, BLOCK_B) * BLOCK_B)
 
 
 @triton.jit
@@ -118,33 +131,40 @@ def _row_stats(h: torch.Tensor, frame: TreeFrameTensors, y: torch.Tensor, shift:
 class _TritonTreeFrameLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, frame, target, valid, alpha):
-        h = features.contiguous()
+        features = features.contiguous()
         tensors = {"anc": frame.anc.to(torch.int32).contiguous(), "sqrt_a": frame.sqrt_a.float().contiguous(),
                    "g": frame.g.float().contiguous()}
         u = frame.u[1:].float()
-        y = torch.where(valid, target.long(), torch.zeros_like(target, dtype=torch.long)).contiguous()
-        h32 = h.float() if h.dtype != torch.float32 else h
-        norm = h32.norm(dim=1)
-        n = norm.clamp_min(COSINE_EPS).contiguous()
-        shift = (frame.beta * (h32 @ u)).contiguous()
-        stats = _row_stats(h, frame, y, shift, n, tensors)
-        lse, z_y, sum_r2, sum_r, sum_zr = stats.unbind(1)
-        losses = (1 - alpha) * (lse - z_y) + alpha * sum_r2
-        grad = torch.zeros(h.shape, dtype=torch.float32, device=h.device)
-        batch = h.shape[0]
-        _tree_grad[(triton.cdiv(batch, BLOCK_B), triton.cdiv(frame.num_classes, BLOCK_K))](
-            h, h.stride(0), tensors["anc"], tensors["sqrt_a"], tensors["g"], y, shift, n, lse.contiguous(), grad,
-            grad.stride(0), batch, frame.num_classes, tensors["anc"].shape[1], float(alpha),
-            BLOCK_B=BLOCK_B, BLOCK_K=BLOCK_K,
-        )
-        # Σ_i dz_i = (2α/n)·Σ_i r_i (the softmax part sums to 0); dℓ/dn = −(2α/n²)·Σ_i z_i r_i.
-        sum_dz = (2 * alpha / n) * sum_r
-        d_norm = torch.where(norm > COSINE_EPS, -(2 * alpha / n**2) * sum_zr, torch.zeros_like(sum_zr))
-        grad -= frame.beta * sum_dz[:, None] * u
-        grad += (d_norm / n)[:, None] * h32
-        grad *= valid[:, None]
-        ctx.save_for_backward(grad.to(features.dtype))
-        return torch.where(valid, losses, torch.zeros_like(losses))
+        targets = torch.where(valid, target.long(), torch.zeros_like(target, dtype=torch.long))
+        losses = torch.empty(features.shape[0], dtype=torch.float32, device=features.device)
+        out = torch.empty_like(features)
+        chunk = _row_chunk(frame.width, features.shape[0])
+        grad = None
+        for start in range(0, features.shape[0], chunk):
+            h = features[start:start + chunk]
+            y, keep = targets[start:start + chunk].contiguous(), valid[start:start + chunk]
+            norm = torch.linalg.vector_norm(h, dim=1, dtype=torch.float32)
+            n = norm.clamp_min(COSINE_EPS).contiguous()
+            shift = (frame.beta * torch.mv(h.float() if h.dtype != torch.float32 else h, u)).contiguous()
+            lse, z_y, sum_r2, sum_r, sum_zr = _row_stats(h, frame, y, shift, n, tensors).unbind(1)
+            losses[start:start + h.shape[0]] = torch.where(keep, (1 - alpha) * (lse - z_y) + alpha * sum_r2, 0.0)
+            if grad is None or grad.shape[0] != h.shape[0]:
+                grad = torch.empty(h.shape, dtype=torch.float32, device=h.device)
+            grad.zero_()
+            _tree_grad[(triton.cdiv(h.shape[0], BLOCK_B), triton.cdiv(frame.num_classes, BLOCK_K))](
+                h, h.stride(0), tensors["anc"], tensors["sqrt_a"], tensors["g"], y, shift, n, lse.contiguous(),
+                grad, grad.stride(0), h.shape[0], frame.num_classes, tensors["anc"].shape[1], float(alpha),
+                BLOCK_B=BLOCK_B, BLOCK_K=BLOCK_K,
+            )
+            # Σ_i dz_i = (2α/n)·Σ_i r_i (the softmax part sums to 0); dℓ/dn = −(2α/n²)·Σ_i z_i r_i.
+            sum_dz = (2 * alpha / n) * sum_r
+            d_norm = torch.where(norm > COSINE_EPS, -(2 * alpha / n**2) * sum_zr, torch.zeros_like(sum_zr))
+            grad.addr_(sum_dz, u, alpha=-frame.beta)
+            grad.addcmul_(h, (d_norm / n)[:, None])
+            grad.mul_(keep[:, None])
+            out[start:start + h.shape[0]] = grad  # cast to the features' dtype
+        ctx.save_for_backward(out)
+        return losses
 
     @staticmethod
     def backward(ctx, grad_losses):

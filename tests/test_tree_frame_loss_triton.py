@@ -12,10 +12,14 @@ from test_tree_frame import random_hierarchy
 DEVICE = "cpu" if fused.INTERPRETED else "cuda"
 
 
-@pytest.mark.parametrize("num_leaves,batch,dtype,reduction", [
-    (7, 3, torch.float32, "mean"), (70, 19, torch.float32, "none"), (40, 5, torch.bfloat16, "sum"),
+@pytest.mark.parametrize("num_leaves,batch,dtype,reduction,chunk", [
+    (7, 3, torch.float32, "mean", None), (70, 19, torch.float32, "none", None), (40, 5, torch.bfloat16, "sum", None),
+    (40, 37, torch.bfloat16, "none", 16),  # row chunks of the fp32 gradient buffer, the last one short
 ])
-def test_fused_matches_reference(num_leaves, batch, dtype, reduction):
+def test_fused_matches_reference(num_leaves, batch, dtype, reduction, chunk, monkeypatch):
+    from haf.kernels import tree_frame_loss_triton
+
+    monkeypatch.setattr(tree_frame_loss_triton, "ROW_CHUNK", chunk)
     frame = build_frame(random_hierarchy(num_leaves, num_leaves, unary_root=True), 3.0, factorization="tree",
                         convention="fixed-depth")
     gen = torch.Generator().manual_seed(batch)
