@@ -187,7 +187,8 @@ def tree_frame_matrix(frame) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- reference path
 
 
-def _rows_forward_backward(frame: TreeFrameTensors, h: torch.Tensor, y: torch.Tensor, alpha: float):
+def _rows_forward_backward(frame: TreeFrameTensors, h: torch.Tensor, y: torch.Tensor, alpha: float,
+                           need_grad: bool = True):
     """Per-row loss and dℓ/dh for a chunk of rows (module docstring). Live temporaries: one chunk × N buffer and
     at most four chunk × K ones (z, S rows, the residual, one op's output); the gradient is built in the buffer."""
     u = frame.cast("u", h.dtype)[1:]
@@ -201,6 +202,8 @@ def _rows_forward_backward(frame: TreeFrameTensors, h: torch.Tensor, y: torch.Te
     residual = torch.div(z, n[:, None]).sub_(s)
     del s
     loss = (1 - alpha) * (lse - z_y) + alpha * torch.linalg.vector_norm(residual, dim=1).square()
+    if not need_grad:
+        return loss, None
     d_norm = -(2 * alpha / n**2) * torch.linalg.vecdot(z, residual, dim=1)
     d_norm = torch.where(norm > COSINE_EPS, d_norm, torch.zeros_like(d_norm))
     dz = torch.softmax(z, dim=1).mul_(1 - alpha)
@@ -219,20 +222,24 @@ def _rows_forward_backward(frame: TreeFrameTensors, h: torch.Tensor, y: torch.Te
 
 
 class _TreeFrameLoss(torch.autograd.Function):
-    """Loss per row and dℓ/dh in the forward (rows in chunks); backward scales the stored gradient."""
+    """Loss per row and dℓ/dh in the forward (rows in chunks); backward scales the stored gradient. Without a
+    gradient to take (evaluation under no_grad) only the losses are computed."""
 
     @staticmethod
     def forward(ctx, features, frame, target, valid, alpha):
         dtype = _compute_dtype(features)
         losses = torch.zeros(features.shape[0], dtype=dtype, device=features.device)
-        grad = torch.empty(features.shape, dtype=features.dtype, device=features.device)
+        need_grad = ctx.needs_input_grad[0]
+        grad = torch.empty(features.shape if need_grad else (0, 0), dtype=features.dtype, device=features.device)
         safe = torch.where(valid, target.long(), torch.zeros_like(target, dtype=torch.long))
         chunk = _row_chunk(frame, dtype, features.shape[0])
         for start in range(0, features.shape[0], chunk):
             rows = slice(start, start + chunk)
-            loss, g = _rows_forward_backward(frame, features[rows].to(dtype), safe[rows], alpha)
+            loss, g = _rows_forward_backward(frame, features[rows].to(dtype), safe[rows], alpha, need_grad)
             keep = valid[rows]
             losses[rows] = torch.where(keep, loss, torch.zeros_like(loss))
+            if g is None:
+                continue
             g[~keep] = 0
             grad[rows] = g  # cast to the features' dtype (bf16 features: fp32 math, bf16 gradient)
             del g

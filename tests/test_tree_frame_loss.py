@@ -93,3 +93,13 @@ def test_bf16_features_accumulate_in_fp32():
     assert loss.dtype == torch.float32 and grad.dtype == torch.bfloat16
     torch.testing.assert_close(loss.double(), reference, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(grad.double(), grad_reference, rtol=1e-2, atol=1e-4)
+
+
+def test_no_grad_gives_the_same_losses():
+    frame, _, _ = tree_and_dense(13, 1, "fixed-depth")
+    h = torch.randn(6, frame.width, dtype=torch.float64)
+    y = torch.randint(0, 13, (6,))
+    with_grad = frame_loss(h.clone().requires_grad_(), frame, y, None, 0.3, "none", backend="reference")
+    with torch.no_grad():
+        without = frame_loss(h, frame, y, None, 0.3, "none", backend="reference")
+    torch.testing.assert_close(without, with_grad.detach(), rtol=0, atol=0)
