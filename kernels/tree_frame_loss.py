@@ -226,10 +226,9 @@ class _TreeFrameLoss(torch.autograd.Function):
     gradient to take (evaluation under no_grad) only the losses are computed."""
 
     @staticmethod
-    def forward(ctx, features, frame, target, valid, alpha):
+    def forward(ctx, features, frame, target, valid, alpha, need_grad):
         dtype = _compute_dtype(features)
         losses = torch.zeros(features.shape[0], dtype=dtype, device=features.device)
-        need_grad = ctx.needs_input_grad[0]
         grad = torch.empty(features.shape if need_grad else (0, 0), dtype=features.dtype, device=features.device)
         safe = torch.where(valid, target.long(), torch.zeros_like(target, dtype=torch.long))
         chunk = _row_chunk(frame, dtype, features.shape[0])
@@ -250,7 +249,7 @@ class _TreeFrameLoss(torch.autograd.Function):
     def backward(ctx, grad_losses):
         (grad,) = ctx.saved_tensors
         # In place: the stored gradient is used once, and a second B × (N − 1) copy is what bounds memory.
-        return grad.mul_(grad_losses[:, None].to(grad.dtype)), None, None, None, None
+        return grad.mul_(grad_losses[:, None].to(grad.dtype)), None, None, None, None, None
 
 
 def _reduce(per_row: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -273,7 +272,8 @@ def tree_frame_loss(features: torch.Tensor, frame, target: torch.Tensor, alpha: 
 
         per_row = triton_tree_frame_rows(features, frame, target, valid, float(alpha))
     else:
-        per_row = _TreeFrameLoss.apply(features, frame, target, valid, float(alpha))
+        need_grad = torch.is_grad_enabled() and features.requires_grad
+        per_row = _TreeFrameLoss.apply(features, frame, target, valid, float(alpha), need_grad)
     loss = _reduce(per_row, valid, reduction)
     if return_logits:
         return loss, tree_logits(features.detach(), frame)

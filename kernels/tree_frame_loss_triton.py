@@ -130,14 +130,14 @@ def _row_stats(h: torch.Tensor, frame: TreeFrameTensors, y: torch.Tensor, shift:
 
 class _TritonTreeFrameLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, features, frame, target, valid, alpha):
+    def forward(ctx, features, frame, target, valid, alpha, need_grad=True):
         features = features.contiguous()
         tensors = {"anc": frame.anc.to(torch.int32).contiguous(), "sqrt_a": frame.sqrt_a.float().contiguous(),
                    "g": frame.g.float().contiguous()}
         u = frame.u[1:].float()
         targets = torch.where(valid, target.long(), torch.zeros_like(target, dtype=torch.long))
         losses = torch.empty(features.shape[0], dtype=torch.float32, device=features.device)
-        out = torch.empty_like(features)
+        out = torch.empty_like(features) if need_grad else features.new_empty(0, 0)
         chunk = _row_chunk(frame.width, features.shape[0])
         grad = None
         for start in range(0, features.shape[0], chunk):
@@ -148,6 +148,8 @@ class _TritonTreeFrameLoss(torch.autograd.Function):
             shift = (frame.beta * torch.mv(h.float() if h.dtype != torch.float32 else h, u)).contiguous()
             lse, z_y, sum_r2, sum_r, sum_zr = _row_stats(h, frame, y, shift, n, tensors).unbind(1)
             losses[start:start + h.shape[0]] = torch.where(keep, (1 - alpha) * (lse - z_y) + alpha * sum_r2, 0.0)
+            if not need_grad:
+                continue
             if grad is None or grad.shape[0] != h.shape[0]:
                 grad = torch.empty(h.shape, dtype=torch.float32, device=h.device)
             grad.zero_()
@@ -170,10 +172,11 @@ class _TritonTreeFrameLoss(torch.autograd.Function):
     def backward(ctx, grad_losses):
         (grad,) = ctx.saved_tensors
         # In place: the stored gradient is used once, and a second B × (N − 1) copy is what bounds memory.
-        return grad.mul_(grad_losses[:, None].to(grad.dtype)), None, None, None, None
+        return grad.mul_(grad_losses[:, None].to(grad.dtype)), None, None, None, None, None
 
 
 def triton_tree_frame_rows(features: torch.Tensor, frame: TreeFrameTensors, target: torch.Tensor,
                            valid: torch.Tensor, alpha: float) -> torch.Tensor:
     """Per-row losses (0 at ignored rows) with dℓ/dh through autograd; inputs already validated."""
-    return _TritonTreeFrameLoss.apply(features, frame, target, valid, alpha)
+    need_grad = torch.is_grad_enabled() and features.requires_grad
+    return _TritonTreeFrameLoss.apply(features, frame, target, valid, alpha, need_grad)

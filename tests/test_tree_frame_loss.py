@@ -95,7 +95,12 @@ def test_bf16_features_accumulate_in_fp32():
     torch.testing.assert_close(grad.double(), grad_reference, rtol=1e-2, atol=1e-4)
 
 
-def test_no_grad_gives_the_same_losses():
+def test_no_grad_gives_the_same_losses(monkeypatch):
+    import haf.kernels.tree_frame_loss as module
+
+    asked = []
+    original = module._rows_forward_backward
+    monkeypatch.setattr(module, "_rows_forward_backward", lambda *a: asked.append(a[-1]) or original(*a))
     frame, _, _ = tree_and_dense(13, 1, "fixed-depth")
     h = torch.randn(6, frame.width, dtype=torch.float64)
     y = torch.randint(0, 13, (6,))
@@ -103,3 +108,4 @@ def test_no_grad_gives_the_same_losses():
     with torch.no_grad():
         without = frame_loss(h, frame, y, None, 0.3, "none", backend="reference")
     torch.testing.assert_close(without, with_grad.detach(), rtol=0, atol=0)
+    assert asked == [True, False]  # the gradient is skipped under no_grad

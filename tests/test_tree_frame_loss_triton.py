@@ -37,3 +37,13 @@ def test_fused_matches_reference(num_leaves, batch, dtype, reduction, chunk, mon
     assert fast.dtype == torch.float32 and fast_h.grad.dtype == dtype
     torch.testing.assert_close(fast.double(), ref, rtol=tol, atol=tol)
     torch.testing.assert_close(fast_h.grad.double(), ref_h.grad, rtol=tol, atol=tol)
+
+
+def test_fused_losses_without_grad():
+    frame = build_frame(random_hierarchy(30, 5), 3.0, factorization="tree", convention="lca-height")
+    h = torch.randn(5, frame.width).to(DEVICE)
+    y = torch.randint(0, 30, (5,)).to(DEVICE)
+    with_grad = frame_loss(h.clone().requires_grad_(), frame, y, None, 0.4, "none", backend="triton")
+    with torch.no_grad():
+        without = frame_loss(h.requires_grad_(), frame, y, None, 0.4, "none", backend="triton")
+    torch.testing.assert_close(without, with_grad.detach())
