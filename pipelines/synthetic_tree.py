@@ -4,7 +4,8 @@ For exercising large-K training end to end on a CPU (10⁴–10⁵ classes): not
 ``depth`` levels with sizes growing geometrically to ``num_classes`` leaves (every inner node ≥ 1 child, names
 ``L<depth>_<index>``). Each class gets a fixed random colour pattern (a ``pattern_size``² grid of RGB cells,
 upsampled to ``image_size``); its images are that pattern plus Gaussian noise, so the task is learnable and the
-classes are distinct. Deterministic in ``seed``. Distances: the tree's, under ``convention``, read off the tree
+classes are distinct; ``eval_classes`` (None: all) limits val/test to that many evenly spaced classes, so a
+10⁵-class run can validate in seconds. Deterministic in ``seed``. Distances: the tree's, under ``convention``, read off the tree
 (:class:`haf.hierarchy.tree_distances.TreeDistances`, never a K × K matrix unless ``.matrix`` is asked for).
 """
 from __future__ import annotations
@@ -33,9 +34,11 @@ def _random_parents(num_classes: int, depth: int, rng: np.random.Generator) -> l
 def read_synthetic_tree(root: str | os.PathLike, num_classes: int = 10_000, depth: int = 4, image_size: int = 8,
                         pattern_size: int = 2, train_per_class: int = 2, val_per_class: int = 1,
                         test_per_class: int = 1, noise: float = 0.15, seed: int = 0,
-                        convention: str = "lca-height") -> DatasetSplits:
+                        convention: str = "lca-height", eval_classes: int | None = None) -> DatasetSplits:
     """``root`` is unused (the data live in memory); see the module docstring for the options."""
     del root
+    if eval_classes is not None and not 1 <= eval_classes <= num_classes:
+        raise ValueError(f"synthetic-tree: eval_classes must lie in [1, num_classes = {num_classes}], got {eval_classes}")
     if num_classes < 2 or depth < 1 or image_size < pattern_size or train_per_class < 1:
         raise ValueError(f"synthetic-tree: need num_classes ≥ 2, depth ≥ 1, image_size ≥ pattern_size, "
                          f"train_per_class ≥ 1; got {num_classes}, {depth}, {image_size}, {train_per_class}")
@@ -50,8 +53,11 @@ def read_synthetic_tree(root: str | os.PathLike, num_classes: int = 10_000, dept
     patterns = rng.random((num_classes, pattern_size, pattern_size, 3))
     scale = image_size // pattern_size
 
-    def images(count: int, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-        labels = np.repeat(np.arange(num_classes), count)
+    evaluated = np.arange(num_classes) if eval_classes is None else np.unique(
+        np.linspace(0, num_classes - 1, eval_classes).round().astype(np.int64))
+
+    def images(count: int, split_seed: int, which: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat(which, count)
         noisy = patterns[labels] + noise * np.random.default_rng(split_seed).standard_normal(
             (labels.size, pattern_size, pattern_size, 3))
         pixels = np.kron(np.clip(noisy, 0, 1), np.ones((1, scale, scale, 1)))
@@ -63,7 +69,8 @@ def read_synthetic_tree(root: str | os.PathLike, num_classes: int = 10_000, dept
     for offset, (name, count) in enumerate((("train", train_per_class), ("val", val_per_class),
                                             ("test", test_per_class))):
         if count:
-            labels, arrays = images(count, seed * 7919 + offset + 1)
+            labels, arrays = images(count, seed * 7919 + offset + 1,
+                                    np.arange(num_classes) if name == "train" else evaluated)
             splits[name] = Split(name, labels, arrays=arrays)
     distances = TreeDistances.from_hierarchy(hierarchy, convention)
     return DatasetSplits(name="synthetic-tree", classes=classes, distances=distances, hierarchy=hierarchy,

@@ -54,6 +54,13 @@ def test_haframe_tree_method_scores_and_loss():
         build_method("haframe", 24, MethodContext(data.classes, data.distances.matrix), {"factorization": "tree"})
 
 
+def test_synthetic_tree_eval_classes():
+    data = load_dataset("synthetic-tree", "unused", num_classes=500, depth=3, eval_classes=40, test_per_class=2)
+    assert len(data["train"]) == 1000 and np.unique(data["val"].labels).size == 40 and len(data["test"]) == 80
+    with pytest.raises(ValueError, match="eval_classes"):
+        load_dataset("synthetic-tree", "unused", num_classes=500, eval_classes=501)
+
+
 @pytest.mark.slow
 def test_large_k_config_trains_on_cpu(tmp_path):
     """The shipped 10,000-class config, cut to 2,000 classes and one epoch to stay fast."""
