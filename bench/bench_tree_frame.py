@@ -3,8 +3,10 @@
 Run: ``python bench/bench_tree_frame.py [--quick]`` (prints one JSON line per case; each case runs in a fresh
 subprocess so its peak RSS is its own). Frame cases: the tree frame (s_min search, frame, Gram check) beside the
 dense one (distances → eigendecomposition) where K ≤ 2,000. Loss cases: B = 256 at K = 1,010 and 10⁴, the tree
-loss (reference path, CPU) beside the dense loss with the materialised W, and the tree loss alone at K = 10⁶.
-``peak_mb`` is the process's peak RSS; ``extra_mb`` subtracts the RSS after the inputs were built.
+loss (reference path, CPU) beside the dense loss with the materialised W, and the tree loss alone at K = 10⁶ in
+fp32 and bf16 features. ``peak_mb`` is the process's peak RSS; ``extra_mb`` subtracts the RSS after the inputs
+were built, ``working_mb`` also the returned gradient. Training cases: the shipped 10,000-class config end to end
+(and resized to 10⁵ classes with val/test on 5,000 of them), 10 steps, wall seconds and peak RSS.
 Under pytest only a small smoke case runs.
 """
 from __future__ import annotations
@@ -125,6 +127,33 @@ def case_loss(num_leaves: int, batch: int, kind: str, repeats: int = 2, dtype: s
             "inputs_grad_working_mb": 2 * features_mb + extra - features_mb}
 
 
+def case_train(num_classes: int, steps: int = 10, eval_classes: int | None = None) -> dict:
+    """The shipped 10,000-class config end to end on the CPU (``haf/train.py``: build, train ``steps`` steps, validate,
+    test), resized to ``num_classes``; wall seconds and the child's peak RSS."""
+    import tempfile
+
+    overrides = ["train.epochs=1", f"train.max_steps_per_epoch={steps}", "train.device=cpu", "data.backend=torch",
+                 f"dataset.options.num_classes={num_classes}", f"dataset.options.depth={4 if num_classes <= 20_000 else 5}",
+                 f"dataset.options.train_per_class={2 if num_classes <= 20_000 else 1}"]
+    if eval_classes is not None:
+        overrides.append(f"dataset.options.eval_classes={eval_classes}")
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "haf/train.py", "--config", "configs/synthetic/haframe-tree-10k.yaml",
+                   "--output-dir", out] + [arg for o in overrides for arg in ("--set", o)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        seconds = time.perf_counter() - start
+        if done.returncode:
+            return {"case": "train", "K": num_classes, "error": done.stderr.strip().splitlines()[-1:]}
+        records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    by_split = {r["split"]: r for r in records}
+    return {"case": "train", "K": num_classes, "steps": steps, "eval_classes": eval_classes, "seconds": seconds,
+            "peak_mb": peak, "train_images_per_s": by_split["train"].get("images_per_s"),
+            "test_hierdist@5": by_split.get("test", {}).get("hierdist@5")}
+
+
 def _run(call: str) -> dict:
     code = f"import sys; sys.path.insert(0, 'bench'); import json, bench_tree_frame as b; print(json.dumps({call}))"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -139,8 +168,9 @@ def main(quick: bool = False, only: str = "") -> list[dict]:
                                                          (1000, 2000, 10_000, 100_000, 200_000, 1_000_000))]
     for k in (1010, 10_000):
         calls += [f"b.case_loss({k}, 256, 'tree')", f"b.case_loss({k}, 256, 'dense')"]
+    calls.append("b.case_train(10_000)")
     if not quick:
-        calls += ["b.case_loss(1_000_000, 256, 'tree', repeats=1)",
+        calls += ["b.case_train(100_000, eval_classes=5_000)", "b.case_loss(1_000_000, 256, 'tree', repeats=1)",
                   "b.case_loss(1_000_000, 256, 'tree', repeats=1, dtype='bfloat16')"]
     results = []
     for call in [c for c in calls if only in c]:
