@@ -140,13 +140,15 @@ def _similarity_rows(frame: TreeFrameTensors, y: torch.Tensor, out: torch.Tensor
     """out[b, v] = g(LCA(v, y_b)) for every node (so S[i, y_b] = out[b, leaf i]): top-down, per depth level."""
     g = frame.cast("g", out.dtype)
     rows = torch.arange(y.shape[0], device=y.device)
+    path = frame.anc[y]  # y's ancestors by depth (−1 below a shallow leaf), gathered once
     out[:, 0] = g[0]
     for depth, (lo, hi, _, _) in enumerate(frame.levels, start=1):
         out[:, lo:hi] = out[:, frame.parent[lo:hi]]
-        if depth < frame.anc.shape[1]:
-            on_path = frame.anc[y, depth]  # y's ancestor at this depth (−1 below a shallow leaf)
-            has = on_path >= 0
-            out[rows[has], on_path[has]] = g[on_path[has]]
+        if depth < path.shape[1]:
+            node = path[:, depth]
+            has = node >= 0
+            column = torch.where(has, node, lo)  # a row without an ancestor here rewrites its own value
+            out[rows, column] = torch.where(has, g[column], out[rows, column])
     return out
 
 
