@@ -39,6 +39,13 @@ def test_haframe_tree_method_scores_and_loss():
     s = similarity_matrix(data.distances.matrix, 5.0, method.frame_info["s_min"])
     np.testing.assert_allclose((w @ w.T).numpy(), s, atol=1e-12)
     assert torch.equal(method.classifier_weights(), w.float())
+    import haf.methods.haframe as haframe_module
+    from haf.training.evaluation import collapse_target
+
+    assert collapse_target(method).on_outputs
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(haframe_module, "COLLAPSE_MAX_CLASSES", 299)  # K = 300 is now "too large to materialise"
+        assert method.classifier_weights() is None and collapse_target(method) is None
     features = torch.randn(5, 24, requires_grad=True)
     outputs = method(features)
     targets = torch.tensor([0, 1, 299, 17, 5])
