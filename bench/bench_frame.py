@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from haf.frame import (
+from haf.frame.dense import (
     _is_psd_cholesky,
     _is_psd_eigvalsh,
     build_frame,

@@ -15,6 +15,9 @@ toward the lower class index (a stable sort), so every metric is a deterministic
 CRM decoding (Karthik et al., ICLR 2021): ŷ = argmin_j Σ_i p_i d(i, j), the Bayes decision under the hierarchical
 cost; :func:`crm_scores` gives −Σ_i p_i d(i, j) so it ranks like any other score.
 
+``distances`` is a K × K matrix or, for very many classes, a :class:`haf.hierarchy.tree_distances.TreeDistances`
+(d read off the tree: HierDist@k needs only the B·k pairs, CRM one pass of subtree sums; no K × K array).
+
 Neural-collapse diagnostics (Liang & Davis, ICCV 2023, §5): the mean and std over class pairs i < j of
 |cos(μ_i, μ_j) − S_ij| for class means μ (raw for HAFrame, whose S has no centre; centred on the mean of class
 means for ETF / cross-entropy models, whose target geometry is the simplex around that centre), and self-duality
@@ -28,8 +31,11 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from haf.hierarchy.tree_distances import pair_distances
+
 __all__ = [
     "DEFAULT_KS",
+    "as_distances",
     "ClassMeans",
     "GroupedHierarchicalMetrics",
     "HierarchicalMetrics",
@@ -38,6 +44,7 @@ __all__ = [
     "crm_predict",
     "crm_scores",
     "hierarchical_metrics",
+    "ranked_top_k",
     "neural_collapse_metrics",
     "self_duality",
     "shot_groups",
@@ -48,7 +55,19 @@ DEFAULT_KS = (1, 5, 20)
 _NORM_EPS = 1e-12
 
 
-def _as_distance_tensor(distances, num_classes: int | None = None) -> torch.Tensor:
+def _is_tree(distances) -> bool:
+    from haf.hierarchy.tree_distances import TreeDistances
+
+    return isinstance(distances, TreeDistances)
+
+
+def _as_distance_tensor(distances, num_classes: int | None = None):
+    """A float64 K × K tensor, or the TreeDistances itself (checked against ``num_classes``)."""
+    if _is_tree(distances):
+        if num_classes is not None and distances.num_classes != num_classes:
+            raise ValueError(f"distances are over {distances.num_classes} classes but the scores have K = "
+                             f"{num_classes} columns")
+        return distances
     d = torch.as_tensor(np.asarray(distances) if not isinstance(distances, torch.Tensor) else distances)
     if d.dim() != 2 or d.shape[0] != d.shape[1]:
         raise ValueError(f"distances must be a square K × K matrix, got shape {tuple(d.shape)}")
@@ -60,6 +79,13 @@ def _as_distance_tensor(distances, num_classes: int | None = None) -> torch.Tens
         i, j = (int(v) for v in torch.nonzero(bad)[0])
         raise ValueError(f"distances[{i}, {j}] = {float(d[i, j])} is not finite")
     return d
+
+
+def as_distances(distances):
+    """``distances`` as the metrics hold them: a K × K tensor (as given, no copy), or the TreeDistances."""
+    if _is_tree(distances) or isinstance(distances, torch.Tensor):
+        return distances
+    return torch.as_tensor(np.asarray(distances))
 
 
 def _normalise_ks(ks: Iterable[int]) -> tuple[int, ...]:
@@ -131,7 +157,7 @@ class HierarchicalMetrics:
         if other.ks != self.ks or other.num_classes != self.num_classes:
             raise ValueError(f"cannot merge metrics over K={other.num_classes}, ks={other.ks} into "
                              f"K={self.num_classes}, ks={self.ks}")
-        if not torch.equal(other.distances.cpu(), self.distances.cpu()):
+        if not _same_distances(other.distances, self.distances):
             raise ValueError("cannot merge metrics computed with different distance matrices")
         self.state += other.state.to(self.state.device)
         return self
@@ -166,14 +192,18 @@ class HierarchicalMetrics:
         return _metrics_of(self.state.cpu().tolist(), self.ks)
 
 
+def _same_distances(a, b) -> bool:
+    if _is_tree(a) or _is_tree(b):
+        return _is_tree(a) and a.same_as(b)
+    return torch.equal(a.cpu(), b.cpu())
+
+
 def _sample_parts(scores: torch.Tensor, targets: torch.Tensor, distances: torch.Tensor,
                   ks: tuple[int, ...]) -> torch.Tensor:
     """B × (3 + len(ks)) float64: per sample [1, correct, d(ŷ, y), (1/k) Σ_{top-k} d(j, y) for k in ks]."""
-    k_max = max(ks, default=1)
-    # Stable descending sort: ties go to the lower class index (torch.topk's tie order is unspecified).
-    ranked = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k_max]
+    ranked = ranked_top_k(scores, max(ks, default=1))
     # d(j, y_b) for the ranked predictions j, B × k_max
-    ranked_distances = distances[ranked, targets[:, None]]
+    ranked_distances = pair_distances(distances, ranked, targets[:, None]).to(torch.float64)
     cumulative = ranked_distances.cumsum(dim=1)
     columns = [
         torch.ones(scores.shape[0], dtype=torch.float64, device=scores.device),
@@ -181,6 +211,27 @@ def _sample_parts(scores: torch.Tensor, targets: torch.Tensor, distances: torch.
         ranked_distances[:, 0],  # correct rows add d(y, y) = 0: the column sums to the sum over mistakes
     ] + [cumulative[:, k - 1] / k for k in ks]
     return torch.stack(columns, dim=1)
+
+
+def ranked_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k best classes per row, best first, ties toward the lower class index: the first k columns of a stable
+    descending sort, in O(B·K) instead of O(B·K log K). torch.topk finds the k-th value t; every score > t is
+    in, and of the scores = t the lowest-indexed ones (a running count over the row) fill the rest."""
+    k = min(int(k), scores.shape[1])
+    values, columns = torch.topk(scores, min(k + 1, scores.shape[1]), dim=1)
+    threshold = values[:, k - 1:k]
+    # Rows whose (k + 1)-th score ties the k-th: topk's pick among the ties is unspecified, so redo them.
+    crowded = torch.nonzero(values[:, k:].eq(threshold).any(dim=1))[:, 0]
+    columns = columns[:, :k].contiguous()
+    if crowded.numel():
+        rows, t = scores[crowded], threshold[crowded]
+        tied = rows == t
+        room = k - (rows > t).sum(dim=1, keepdim=True)
+        chosen = (rows > t) | (tied & (tied.cumsum(dim=1) <= room))
+        columns[crowded] = chosen.nonzero()[:, 1].view(crowded.numel(), k)
+    columns = torch.sort(columns, dim=1).values  # ascending index, so the stable sort below breaks ties by it
+    order = torch.sort(scores.gather(1, columns), dim=1, descending=True, stable=True).indices
+    return columns.gather(1, order)
 
 
 def _metrics_of(values: Sequence[float], ks: tuple[int, ...]) -> dict[str, float]:
@@ -250,7 +301,7 @@ class GroupedHierarchicalMetrics:
     def merge(self, other: "GroupedHierarchicalMetrics") -> "GroupedHierarchicalMetrics":
         if (other.ks, other.names) != (self.ks, self.names) or not torch.equal(other.groups.cpu(), self.groups.cpu()):
             raise ValueError("cannot merge grouped metrics with different ks, group names or class groups")
-        if not torch.equal(other.distances.cpu(), self.distances.cpu()):
+        if not _same_distances(other.distances, self.distances):
             raise ValueError("cannot merge metrics computed with different distance matrices")
         self.state += other.state.to(self.state.device)
         return self
@@ -278,6 +329,8 @@ def _expected_distance(probs: torch.Tensor, distances) -> torch.Tensor:
     if probs.dim() != 2 or not probs.is_floating_point():
         raise ValueError(f"probs must be a floating-point B × K tensor, got {tuple(probs.shape)} {probs.dtype}")
     dtype = torch.float64 if probs.dtype == torch.float64 else torch.float32
+    if _is_tree(distances):
+        return _as_distance_tensor(distances, probs.shape[1]).expected(probs)
     if isinstance(distances, torch.Tensor) and distances.device == probs.device and distances.dtype == dtype:
         d = distances  # the per-batch fast path (eval loops pass a ready tensor): no validation copy
         if d.dim() != 2 or d.shape != (probs.shape[1], probs.shape[1]):

@@ -91,7 +91,8 @@ def frame_loss(
 
     Args:
         features: h, B × D (fp32, bf16 or fp16 on the Triton path; any float dtype on the reference path).
-        frame: W, K × D, fixed (the Triton path computes no dW and refuses a frame that requires grad).
+        frame: W, K × D, fixed (the Triton path computes no dW and refuses a frame that requires grad); or a
+            tree frame (``haf.frame.TreeFrame``), then ``similarity`` is None and S comes from the tree.
             Rows need not be unit-norm: the cosine divides by max(‖w_i‖, ε) as the reference does.
         target: B class indices; rows equal to ``ignore_index`` contribute 0 and do not count in the mean.
         similarity: S, K × K; the cosine target of class i for a sample of class y is S[i, y].
@@ -105,6 +106,12 @@ def frame_loss(
     Returns:
         The loss in fp32 (fp64 for fp64 inputs on the reference path), or ``(loss, logits)``.
     """
+    if not isinstance(frame, torch.Tensor):  # a tree-factorised frame (haf.frame.TreeFrame): its own kernels
+        from .tree_frame_loss import is_tree_frame, tree_frame_loss
+
+        if is_tree_frame(frame):
+            return tree_frame_loss(features, frame, target, alpha, reduction, ignore_index, backend,
+                                   return_logits=return_logits)
     chosen = resolve_backend(backend, features)
     if torch.compiler.is_compiling():
         return _compiled_frame_loss(features, frame, target, similarity, alpha, reduction, ignore_index, chosen,
@@ -208,8 +215,8 @@ class FrameLoss(nn.Module):
 
     def __init__(
         self,
-        frame: torch.Tensor,
-        similarity: torch.Tensor,
+        frame,
+        similarity: torch.Tensor | None = None,
         alpha: float = 0.5,
         reduction: str = "mean",
         ignore_index: int = -100,
@@ -218,6 +225,15 @@ class FrameLoss(nn.Module):
         unit_frame: bool = False,
     ) -> None:
         super().__init__()
+        from .tree_frame_loss import TreeFrameTensors, is_tree_frame
+
+        if is_tree_frame(frame):
+            if similarity is not None:
+                raise ValueError("a tree frame carries its similarity (S = g(LCA)); pass similarity=None")
+            self.tree = frame if isinstance(frame, TreeFrameTensors) else TreeFrameTensors(frame)
+            self._set_options(alpha, reduction, ignore_index, backend, unit_frame)
+            return
+        self.tree = None
         frame = torch.as_tensor(frame)
         similarity = torch.as_tensor(similarity)
         if frame.dim() != 2:
@@ -226,13 +242,16 @@ class FrameLoss(nn.Module):
             raise ValueError(
                 f"similarity must be K × K with K = {frame.shape[0]} (frame rows), got shape {tuple(similarity.shape)}"
             )
+        self.register_buffer("frame", frame.detach().clone(), persistent=persistent)
+        self.register_buffer("similarity", similarity.detach().clone(), persistent=persistent)
+        self._set_options(alpha, reduction, ignore_index, backend, unit_frame)
+
+    def _set_options(self, alpha: float, reduction: str, ignore_index: int, backend: str, unit_frame: bool) -> None:
         alpha = parse_alpha(alpha)
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be one of ('mean', 'sum', 'none'), got {reduction!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        self.register_buffer("frame", frame.detach().clone(), persistent=persistent)
-        self.register_buffer("similarity", similarity.detach().clone(), persistent=persistent)
         self.alpha = float(alpha)
         self.reduction = reduction
         self.ignore_index = int(ignore_index)
@@ -241,13 +260,14 @@ class FrameLoss(nn.Module):
 
     def forward(self, features: torch.Tensor, target: torch.Tensor, return_logits: bool = False):
         return frame_loss(
-            features, self.frame, target, self.similarity, alpha=self.alpha, reduction=self.reduction,
+            features, self.tree if self.tree is not None else self.frame, target,
+            None if self.tree is not None else self.similarity, alpha=self.alpha, reduction=self.reduction,
             ignore_index=self.ignore_index, backend=self.backend, return_logits=return_logits,
             unit_frame=self.unit_frame,
         )
 
     def extra_repr(self) -> str:
-        num_classes, dim = self.frame.shape
+        num_classes, dim = self.frame.shape if self.tree is None else (self.tree.num_classes, self.tree.width)
         return (
             f"num_classes={num_classes}, dim={dim}, alpha={self.alpha}, reduction={self.reduction!r}, "
             f"ignore_index={self.ignore_index}, backend={self.backend!r}"

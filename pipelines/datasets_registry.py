@@ -14,6 +14,7 @@ kind                layout                                                     d
 ``tiered-imagenet`` per-class split lists over an ImageNet tree + hierarchy     fixed-depth (docs/METHOD.md)
 ``cifar100``        the python pickle batches (``train``, ``test``, ``meta``)   lca-height
 ``demo``            the generated demo dataset (``haf demo-data``; see below)    lca-height
+``synthetic-tree``  a random K-class tree, tiny noisy images in memory (no files) lca-height
 ==================  =========================================================  ==========================
 
 The ``demo`` reader generates its dataset on first use only at the cache location ``.cache/demo-data``; any
@@ -36,6 +37,7 @@ DATASET_READERS: dict[str, tuple[str, str]] = {
     "tiered-imagenet": ("tiered_imagenet_reader", "read_tiered_imagenet"),
     "cifar100": ("cifar100_reader", "read_cifar100"),
     "demo": ("demo_dataset", "read_demo"),
+    "synthetic-tree": ("synthetic_tree", "read_synthetic_tree"),
 }
 DATASET_KINDS = tuple(DATASET_READERS)
 

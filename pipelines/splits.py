@@ -38,7 +38,9 @@ class Split:
 class DatasetSplits:
     name: str
     classes: tuple[str, ...]  # class order = sorted folder names unless the format fixes another
-    distances: ClassDistances  # leaf distance matrix in the same class order
+    # Leaf distances in the same class order: a ClassDistances (the matrix), or for very large synthetic trees a
+    # haf.hierarchy.tree_distances.TreeDistances (same .convention / .matrix, computed off the tree).
+    distances: ClassDistances
     hierarchy: Hierarchy | None  # None when only a distance file is known
     splits: Mapping[str, Split] = field(default_factory=dict)
 

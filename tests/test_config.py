@@ -108,7 +108,7 @@ def test_set_overrides_parse_yaml_values():
                                  r"bf16-autocast, bf16, fp16"),
     ("deepspeed.zero_stage=3", r"key 'deepspeed.zero_stage': invalid value 3; valid choices: 0, 1, 2"),
     ("deepspeed.zero_stage=true", r"key 'deepspeed.zero_stage': invalid value True"),
-    ("model.head=type3", r"key 'model.head': invalid value 'type3'; valid choices: type1, type2"),
+    ("model.head=type3", r"key 'model.head': invalid value 'type3'; valid choices: mlp, type1, type2"),
     ("data.backend=opencv", r"key 'data.backend'.*valid choices: auto, torch, dali"),
     ("train.stop_after_epoch=soon", r"key 'train.stop_after_epoch': expected an integer"),
     ("train=3", r"key 'train' must be a mapping"),
@@ -133,7 +133,8 @@ def test_base_composition_merges_and_reports_bad_files(tmp_path):
     (tmp_path / "top.yaml").write_text("base: [mid.yaml]\nmethod: {name: haframe, options: {gamma: 2}}\n")
     config = load_config(tmp_path / "top.yaml")
     assert (config.seed, config.train.epochs, config.train.batch_size) == (5, 9, 32)
-    assert config.method.options == {"gamma": 2.0, "alpha": 0.5, "s_min": None, "backend": "auto"}
+    assert config.method.options == {"gamma": 2.0, "alpha": 0.5, "s_min": None, "backend": "auto",
+                                      "factorization": "dense", "distance_convention": "lca-height"}
 
     (tmp_path / "loop_a.yaml").write_text("base: loop_b.yaml\n")
     (tmp_path / "loop_b.yaml").write_text("base: loop_a.yaml\n")

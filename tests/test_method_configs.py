@@ -30,7 +30,7 @@ DATASETS = ("cifar100", "fgvc-aircraft", "inat2019", "tiered-imagenet")
 # orientation over 36 classes). iNat2019 (K = 1010) and tieredImageNet-H (K = 608) are built with 128 classes:
 # K only sizes the last layers, while building a 1010-class frame alone takes ~8 s of the shared test CPU.
 TREE_SHAPE = {"cifar100": (100, 5), "fgvc-aircraft": (100, 3), "inat2019": (128, 7), "tiered-imagenet": (128, 12),
-              "demo": (36, 3)}
+              "demo": (36, 3), "synthetic-tree": (128, 4)}
 OUR_METHODS = ("etf-dot-regression", "hug", "soft-labels", "hierarchical-ce", "flamingo", "hafeature")
 POSTERIOR_METHODS = ("cross-entropy", "soft-labels", "hierarchical-ce", "flamingo", "hafeature")
 
@@ -44,6 +44,17 @@ def synthetic_tree(num_classes: int, num_levels: int) -> tuple[np.ndarray, np.nd
     labels = np.stack([np.arange(num_classes) // size for size in block], axis=1)
     shared = (labels[:, None, :] == labels[None, :, :]).sum(axis=2)
     return labels, (num_levels - shared).astype(np.int64)
+
+
+def tree_of(level_labels: np.ndarray):
+    """The Hierarchy those level labels describe (the tree-factorised frame needs the tree itself)."""
+    from haf.hierarchy import Hierarchy
+
+    parent = {}
+    for k, row in enumerate(level_labels):
+        names = ["root"] + [f"l{level}_{label}" for level, label in enumerate(row[:-1])] + [f"class{k}"]
+        parent.update(zip(names[1:], names[:-1]))
+    return Hierarchy.from_parents(parent, [f"class{k}" for k in range(len(level_labels))])
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -70,7 +81,7 @@ def test_config_loads_and_builds_model_and_loss(path: Path):
     level_labels, distances = synthetic_tree(num_classes, num_levels)
     context = MethodContext(
         classes=tuple(f"class{k}" for k in range(num_classes)), distances=distances, level_labels=level_labels,
-        seed=config.seed,
+        seed=config.seed, hierarchy=tree_of(level_labels),
     )
     torch.manual_seed(config.seed)
     model = build_classifier(

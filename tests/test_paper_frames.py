@@ -215,10 +215,10 @@ def test_frame_has_gram_s_and_unit_rows(paper: PaperHierarchy) -> None:
     distances = _distances(paper.name, paper.convention)
     s_min = _s_min(paper.name)
     result = build_frame(distances, paper.gamma, s_min=s_min, seed=0)
-    w = result.frame
+    w = result.W
     assert w.shape == (paper.num_classes, paper.num_classes) and w.dtype == np.float64
     expected = _reference_similarity(distances, paper.gamma, s_min)
-    assert np.abs(result.similarity - expected).max() <= 1e-12
+    assert np.abs(result.S - expected).max() <= 1e-12
     gram_error = np.abs(w @ w.T - expected).max()
     assert gram_error <= GRAM_TOLERANCE
     assert np.abs(np.linalg.norm(w, axis=1) - 1.0).max() <= GRAM_TOLERANCE

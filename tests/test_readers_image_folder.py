@@ -123,7 +123,8 @@ def test_empty_class_and_missing_inputs_are_named(tmp_path):
 
 
 def test_registry_names_unknown_kind_and_option(tmp_path):
-    assert DATASET_KINDS == ("image-folder", "fgvc-aircraft", "inat2019", "tiered-imagenet", "cifar100", "demo")
+    assert DATASET_KINDS == ("image-folder", "fgvc-aircraft", "inat2019", "tiered-imagenet", "cifar100", "demo",
+                             "synthetic-tree")
     with pytest.raises(ValueError, match="unknown dataset kind 'imagenet'.*image-folder"):
         load_dataset("imagenet", tmp_path)
     with pytest.raises(ValueError, match="unknown option 'hierachy'.*hierarchy"):

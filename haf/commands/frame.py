@@ -5,6 +5,10 @@ FILE is any hierarchy format ``haf.hierarchy.load_class_distances`` reads (our `
 100-point grid choice unless ``--s-min`` is given), the smallest eigenvalue of S, max |W Wᵀ − S| and the time
 taken; ``--json`` prints it as one JSON object. ``--out`` saves W, S, the distances, the class order and the
 settings as ``.pt`` (``torch.load(..., weights_only=True)``) or ``.npz`` (``np.load(..., allow_pickle=False)``).
+
+``--factorization tree`` builds the exact tree-structured frame of width N − 1 in O(N) (needs a tree file, not a
+distance file; ``--out`` must be ``.npz``, read back by ``haf.frame.load_tree_frame``); ``auto`` picks it for large
+trees. Its Gram error is over all pairs for K ≤ 4000, else over ≥ 10⁵ sampled pairs plus sibling pairs.
 """
 from __future__ import annotations
 
@@ -35,6 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", metavar="FILE", default=None,
                         help="the class names, one a line, in class order (needed for distance files that also "
                         "hold inner nodes; prunes/reorders a tree)")
+    parser.add_argument("--factorization", choices=("dense", "tree", "auto"), default="dense",
+                        help="dense (K × K eigendecomposition, default), tree (exact, width N − 1, O(N); needs a "
+                        "tree file) or auto (tree for large trees)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--out", metavar="FILE", default=None,
                         help="save W, S, distances, classes and settings (.pt for torch, .npz for numpy)")
@@ -50,8 +57,8 @@ def _save(path: Path, report: dict[str, Any], result, distances) -> None:
                                               "min_eigenvalue", "max_gram_error", "s_min_searched")}
     if path.suffix == ".npz":
         arrays = {
-            "frame": result.frame,
-            "similarity": result.similarity,
+            "frame": result.W,
+            "similarity": result.S,
             "distances": distances.matrix,
             "classes": np.array(distances.classes, dtype=str),
             **{key: np.array(value) for key, value in settings.items()},
@@ -64,8 +71,8 @@ def _save(path: Path, report: dict[str, Any], result, distances) -> None:
     import torch
 
     payload = {
-        "frame": torch.from_numpy(result.frame),
-        "similarity": torch.from_numpy(result.similarity),
+        "frame": torch.from_numpy(result.W),
+        "similarity": torch.from_numpy(result.S),
         "distances": torch.from_numpy(distances.matrix),
         "classes": list(distances.classes),
         "height": distances.height,
@@ -80,14 +87,16 @@ def _format_text(report: dict[str, Any]) -> str:
     rows = [
         ("file", report["source"]),
         ("K", report["K"]),
+        ("factorization", f"{report['factorization']} (width {report['width']})"),
         ("height", height),
         ("distance", report["convention"]),
         ("d_max", report["d_max"]),
         ("gamma", f"{report['gamma']:g}"),
         ("s_min", f"{report['s_min']:.6g} ({how})"),
-        ("min eigenvalue of S", f"{report['min_eigenvalue']:.6g}"),
-        ("max |W Wᵀ − S|", f"{report['max_gram_error']:.3g}"),
-        ("seed", report["seed"]),
+        ("min eigenvalue of S", "not computed (the tree test certifies PSD in O(N))"
+         if report["min_eigenvalue"] is None else f"{report['min_eigenvalue']:.6g}"),
+        ("max |W Wᵀ − S|", f"{report['max_gram_error']:.3g} over {report['gram_pairs']} pairs"),
+        ("seed", report["seed"] if report["seed"] is not None else "none (no rotation)"),
         ("seconds", f"{report['seconds']:.3f} (frame) + {report['load_seconds']:.3f} (reading the file)"),
     ]
     if report.get("out"):
@@ -97,12 +106,22 @@ def _format_text(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from haf.frame import build_frame
-    from haf.hierarchy import load_class_distances
-
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix not in OUT_SUFFIXES:
         raise ValueError(f"--out {out}: unknown format; use one of {', '.join(OUT_SUFFIXES)}")
+    report, saver = _dense(args) if args.factorization == "dense" else _tree(args)
+    if out is not None:
+        if report["factorization"] == "tree" and out.suffix != ".npz":
+            raise ValueError(f"--out {out}: a tree frame is saved as .npz")
+        saver(out, report)
+        report["out"] = str(out)
+    print(json.dumps(report) if args.json else _format_text(report))
+    return 0
+
+
+def _dense(args: argparse.Namespace):
+    from haf.frame import build_frame
+    from haf.hierarchy import load_class_distances
 
     start = time.perf_counter()
     distances = load_class_distances(args.file, classes=args.classes, convention=args.distance or "lca-height")
@@ -117,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
 
     report: dict[str, Any] = {
         "source": str(args.file),
+        "factorization": "dense",
         "K": distances.num_classes,
+        "width": int(result.W.shape[1]),
         "height": distances.height,
         "convention": distances.convention,
         "d_max": int(distances.d_max),
@@ -127,11 +148,51 @@ def run(args: argparse.Namespace) -> int:
         "seed": result.seed,
         "min_eigenvalue": result.min_eigenvalue,
         "max_gram_error": result.max_gram_error,
+        "gram_pairs": distances.num_classes ** 2,
         "seconds": seconds,
         "load_seconds": load_seconds,
     }
-    if out is not None:
-        _save(out, report, result, distances)
-        report["out"] = str(out)
-    print(json.dumps(report) if args.json else _format_text(report))
-    return 0
+    return report, lambda path, rep: _save(path, rep, result, distances)
+
+
+def _tree(args: argparse.Namespace):
+    from haf.frame import AUTO_TREE_MIN_CLASSES, TreeArrays, build_tree_frame, save_tree_frame
+    from haf.hierarchy import load_hierarchy
+
+    start = time.perf_counter()
+    try:
+        hierarchy = load_hierarchy(args.file, classes=args.classes)
+    except ValueError as error:
+        if "holds no tree" not in str(error):
+            raise
+        if args.factorization == "tree":
+            raise ValueError(f"{args.file}: a distance file holds no tree, and --factorization tree needs one "
+                             "(.json, *_isa.txt or *_tree.pkl); use --factorization dense") from None
+        return _dense(args)  # auto on a distance-only file
+    tree = TreeArrays.from_hierarchy(hierarchy)
+    load_seconds = time.perf_counter() - start
+    if args.factorization == "auto" and tree.num_classes <= AUTO_TREE_MIN_CLASSES:
+        return _dense(args)
+    convention = args.distance or "lca-height"
+    start = time.perf_counter()
+    frame = build_tree_frame(tree, args.gamma, convention, s_min=args.s_min)
+    seconds = time.perf_counter() - start
+    report: dict[str, Any] = {
+        "source": str(args.file),
+        "factorization": "tree",
+        "K": frame.num_classes,
+        "width": frame.width,
+        "height": tree.height,
+        "convention": convention,
+        "d_max": int(frame.d_max),
+        "gamma": frame.gamma,
+        "s_min": frame.s_min,
+        "s_min_searched": frame.s_min_searched,
+        "seed": None,  # the tree frame has no random rotation
+        "min_eigenvalue": None,
+        "max_gram_error": frame.max_gram_error,
+        "gram_pairs": frame.gram_pairs,
+        "seconds": seconds,
+        "load_seconds": load_seconds,
+    }
+    return report, lambda path, rep: save_tree_frame(frame, path)

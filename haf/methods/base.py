@@ -23,9 +23,12 @@ class MethodContext:
     """What a method may know about the task. Arrays share the dataset's class order."""
 
     classes: tuple[str, ...]
-    distances: np.ndarray  # K × K hierarchical distances (int), the convention chosen by the dataset config
+    # K × K hierarchical distances (int), the convention chosen by the dataset config; a TreeDistances (no matrix)
+    # when the method's wants_tree_distances(options) is true and the dataset has a tree.
+    distances: np.ndarray | Any
     level_labels: np.ndarray | None = None  # K × L ancestor index per level (coarse → fine), None if no tree
     seed: int = 0
+    hierarchy: Any = None  # the class tree (haf.hierarchy.Hierarchy) when known; the tree-factorised frame needs it
 
     @property
     def num_classes(self) -> int:
@@ -55,6 +58,12 @@ class Method(nn.Module):
         self.in_features = in_features
         self.context = context
         self.options = options if options is not None else type(self).Options()
+
+    @classmethod
+    def wants_tree_distances(cls, options: dict) -> bool:
+        """True when, with these (config) options, the method reads distances only off the tree (large K)."""
+        del options
+        return False
 
     def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

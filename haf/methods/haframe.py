@@ -22,6 +22,7 @@ offered here.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,6 +35,9 @@ from haf.methods._full_precision import FullPrecisionBuffersMethod
 from haf.methods.base import MethodContext, register_method
 
 __all__ = ["FixedFrameMethod", "HAFrame"]
+
+#: Largest K for which the tree method materialises W (K × (N − 1)) for the neural-collapse diagnostics.
+COLLAPSE_MAX_CLASSES = 4096
 
 
 
@@ -111,8 +115,16 @@ class HAFrame(FixedFrameMethod):
         # Floor of the similarity; None: the reference's grid search for the most negative PSD value.
         s_min: float | None = None
         backend: Literal[BACKENDS] = "auto"
+        # "dense": the paper's K × K frame (features K-d). "tree": the exact tree-factorised frame of width N − 1
+        # (needs the class tree; a learnable projection D → N − 1 precedes it, so any head width works and the
+        # cost is linear in K). docs/TREE_FRAME.md.
+        factorization: Literal["dense", "tree"] = "dense"
+        # The tree frame's distance convention; must be the dataset's (checked against context.distances).
+        distance_convention: Literal["lca-height", "fixed-depth"] = "lca-height"
 
         def __post_init__(self) -> None:
+            if self.factorization not in ("dense", "tree"):
+                raise ValueError(f"factorization must be 'dense' or 'tree', got {self.factorization!r}")
             if not (math.isfinite(self.gamma) and self.gamma > 0):
                 raise ValueError(f"gamma must be a positive number, got {self.gamma}")
             if not 0.0 <= self.alpha <= 1.0:
@@ -121,9 +133,17 @@ class HAFrame(FixedFrameMethod):
                 raise ValueError(f"s_min must lie in [-1, 1) (or be null for the grid search), got {self.s_min}")
             _check_backend(self.backend)
 
+    @classmethod
+    def wants_tree_distances(cls, options: dict) -> bool:
+        return options.get("factorization") == "tree"
+
     def __init__(self, in_features: int, context: MethodContext, options: Options | None = None) -> None:
         super().__init__(in_features, context, options)
         num_classes = context.num_classes
+        self.tree_frame = None
+        if self.options.factorization == "tree":
+            self._init_tree()
+            return
         if in_features != num_classes:
             raise ValueError(
                 f"haframe: the frame is K × K with K = {num_classes} classes, so the features must be "
@@ -150,3 +170,85 @@ class HAFrame(FixedFrameMethod):
             "min_eigenvalue": float(result.min_eigenvalue),
             "max_gram_error": float(result.max_gram_error),
         }
+
+    # ------------------------------------------------------------------------------------ tree factorisation
+    def _init_tree(self) -> None:
+        from haf.frame import TreeArrays, build_tree_frame
+        from haf.kernels.tree_frame_loss import TreeFrameTensors
+
+        context, options = self.context, self.options
+        self._logged_no_collapse = False
+        if context.hierarchy is None:
+            raise ValueError("haframe: factorization 'tree' needs the class tree, but the dataset has only a distance "
+                             "matrix; use factorization: dense")
+        tree = TreeArrays.from_hierarchy(context.hierarchy)
+        if tree.classes != tuple(context.classes):
+            raise ValueError("haframe: the hierarchy's class order differs from the dataset's")
+        frame = build_tree_frame(tree, options.gamma, options.distance_convention, s_min=options.s_min)
+        _check_tree_distances(frame, context.distances, options.distance_convention)
+        #: Learnable D → N − 1 map into the frame's space (no bias: the frame has none either).
+        self.projection = torch.nn.Linear(self.in_features, frame.width, bias=False)
+        self.tree_frame = TreeFrameTensors(frame)
+        self.loss_alpha = float(options.alpha)
+        self.loss_backend = options.backend
+        self.frame_info = {"gamma": float(options.gamma), "s_min": frame.s_min, "d_max": frame.d_max,
+                           "factorization": "tree", "width": frame.width, "max_gram_error": frame.max_gram_error}
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features if self.tree_frame is None else self.projection(features)
+
+    def classifier_weights(self) -> torch.Tensor | None:
+        """The frame (K × D). Tree frame: W = F − β·1uᵀ materialised (K × (N − 1)) up to
+        ``COLLAPSE_MAX_CLASSES`` classes for the neural-collapse diagnostics, None beyond (logged once)."""
+        if self.tree_frame is None:
+            return self.frame
+        k = self.tree_frame.num_classes
+        if k > COLLAPSE_MAX_CLASSES:
+            if not self._logged_no_collapse:
+                logging.getLogger(__name__).info(
+                    "haframe: neural-collapse diagnostics skipped: the tree frame has K = %d > %d classes, and "
+                    "its K × (N − 1) frame and K × K similarity are not materialised", k, COLLAPSE_MAX_CLASSES)
+                self._logged_no_collapse = True
+            return None
+        from haf.kernels.tree_frame_loss import tree_frame_matrix
+
+        return tree_frame_matrix(self.tree_frame).to(torch.float32)
+
+    @property
+    def collapse_on_outputs(self) -> bool:
+        """The frame acts on forward()'s outputs (the projection into R^{N−1}), not on the head's features."""
+        return self.tree_frame is not None
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.tree_frame is None:
+            return super().loss(outputs, targets)
+        from haf.kernels import frame_loss
+
+        return frame_loss(outputs, self.tree_frame, targets, None, alpha=self.loss_alpha, backend=self.loss_backend)
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        if self.tree_frame is None:
+            return super().scores(outputs)
+        from haf.kernels.tree_frame_loss import tree_logits
+
+        with torch.autocast(device_type=outputs.device.type, enabled=False):
+            return tree_logits(outputs.float(), self.tree_frame)
+
+
+def _check_tree_distances(frame, distances, convention: str, pairs: int = 4096) -> None:
+    """The tree frame's S must be the one the dataset's distances give (a K × K matrix or TreeDistances): compare
+    d(LCA) on sampled pairs."""
+    from haf.hierarchy.tree_distances import TreeDistances, pair_distances
+
+    k = frame.num_classes
+    if tuple(distances.shape) != (k, k):
+        raise ValueError(f"haframe: context.distances must be K × K = {k} × {k}, got shape {tuple(distances.shape)}")
+    rng = np.random.default_rng(0)
+    i, j = rng.integers(0, k, pairs), rng.integers(0, k, pairs)
+    tree = frame.tree
+    lca = tree.lca(tree.leaf_node[i], tree.leaf_node[j])
+    d = np.where(i == j, 0, tree.subtree_height[lca] if convention == "lca-height" else tree.height - tree.depth[lca])
+    given = distances if isinstance(distances, TreeDistances) else torch.as_tensor(np.asarray(distances))
+    if not np.array_equal(d, pair_distances(given, torch.from_numpy(i), torch.from_numpy(j)).numpy()):
+        raise ValueError(f"haframe: option distance_convention={convention!r} does not give the dataset's distances; "
+                         "set it to the dataset's distance_convention")

@@ -7,6 +7,10 @@ The head is everything between the backbone and the method's last layer (docs/ME
 * ``type2`` — the HAFrame head: 1×1 conv C → K (no bias) → global average pool → BN1d(K) → two residual blocks,
   each ``x + f(x)`` with f = [Linear(K, K, no bias) → BN1d(K) → PReLU(K)] × 2 (D = K).
 
+* ``mlp`` — global average pool → Linear(C, width) → BN1d → PReLU → residual blocks at ``width`` (D = width, fixed):
+  its cost does not grow with K. With the tree-factorised HAFrame the method projects D → N − 1 itself, so the
+  whole head-to-frame path costs O(width·N) instead of the type-II head's O(K²).
+
 Every head exposes ``out_features`` (D) and splits its parameters for the optimizer (see
 :meth:`haf.models.classifier.HierarchyClassifier.param_groups`):
 
@@ -30,6 +34,7 @@ __all__ = [
     "Head",
     "ResidualBlock",
     "Type1Head",
+    "MLPHead",
     "Type2Head",
     "available_heads",
     "build_head",
@@ -192,3 +197,29 @@ def type2(
     pooling and ``conv_init`` of the 1×1 conv: Wide-ResNets default them to the reference's 0.001 / he-normal."""
     return Type2Head(in_channels, num_classes if out_features is None else out_features, num_blocks, block_depth,
                      bn_momentum, conv_init)
+
+
+class MLPHead(Head):
+    """Global avg pool → Linear(C, width, no bias) → BN1d → PReLU → ``num_blocks`` residual blocks (D = width)."""
+
+    def __init__(self, in_channels: int, width: int = 512, num_blocks: int = 2, block_depth: int = 2) -> None:
+        super().__init__()
+        if width < 1 or num_blocks < 0 or block_depth < 1:
+            raise ValueError(f"mlp head needs width ≥ 1, num_blocks ≥ 0, block_depth ≥ 1; got width={width}, "
+                             f"num_blocks={num_blocks}, block_depth={block_depth}")
+        self.in_channels = in_channels
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.stem = nn.Sequential(nn.Linear(in_channels, width, bias=False), nn.BatchNorm1d(width), nn.PReLU(width))
+        self.blocks = nn.Sequential(*(ResidualBlock(width, block_depth) for _ in range(num_blocks)))
+        self.out_features: int = width
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        _check_map(features, self.in_channels, "mlp")
+        return self.blocks(self.stem(torch.flatten(self.pool(features), 1)))
+
+
+@register_head("mlp")
+def mlp(*, in_channels: int, num_classes: int, width: int = 512, num_blocks: int = 2, block_depth: int = 2) -> MLPHead:
+    """Fixed-width residual MLP head (cost independent of K); pair with ``haframe`` ``factorization: tree``."""
+    del num_classes  # the width does not depend on K
+    return MLPHead(in_channels, width, num_blocks, block_depth)

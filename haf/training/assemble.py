@@ -24,7 +24,9 @@ from haf.training.seeding import seed_everything
 @dataclass
 class PreparedData:
     dataset: Any  # haf.pipelines.DatasetSplits
-    distances: np.ndarray  # K × K int64 in the dataset's class order
+    # K × K int64 in the dataset's class order; for a method that asks for them (the tree-factorised frame), a
+    # haf.hierarchy.tree_distances.TreeDistances read off the class tree instead (no K × K array at any K).
+    distances: Any
 
     @property
     def class_groups(self) -> np.ndarray | None:
@@ -49,7 +51,14 @@ def prepare_dataset(config: RunConfig, *, generate: bool = True) -> PreparedData
     if ds.kind == "demo" and not generate:
         options["generate"] = False
     dataset = load_dataset(ds.kind, ds.root, **options)
-    return PreparedData(dataset, distances_for(dataset, ds.distance_convention, config.source))
+    return PreparedData(dataset, distances_for(dataset, ds.distance_convention, config.source,
+                                               tree=_wants_tree_distances(config)))
+
+
+def _wants_tree_distances(config: RunConfig) -> bool:
+    from haf.methods import get_method
+
+    return bool(get_method(config.method.name).wants_tree_distances(dict(config.method.options)))
 
 
 def _with_shipped_hierarchy(options: dict) -> dict:
@@ -61,7 +70,13 @@ def _with_shipped_hierarchy(options: dict) -> dict:
     return {**options, "hierarchy": str(shipped)} if shipped.is_file() else dict(options)
 
 
-def distances_for(dataset: Any, convention: str | None, source: str | None = None) -> np.ndarray:
+def distances_for(dataset: Any, convention: str | None, source: str | None = None, *, tree: bool = False) -> Any:
+    """The run's class distances under ``convention`` (None: the reader's). ``tree``: a TreeDistances when the
+    dataset has a class tree (else the matrix, and a method needing the tree says so when it is built)."""
+    if tree and dataset.hierarchy is not None:
+        from haf.hierarchy.tree_distances import TreeDistances
+
+        return TreeDistances.from_hierarchy(dataset.hierarchy, convention or dataset.distances.convention)
     if convention is None:
         return np.asarray(dataset.distances.matrix, dtype=np.int64)
     if dataset.hierarchy is None:
@@ -73,7 +88,7 @@ def distances_for(dataset: Any, convention: str | None, source: str | None = Non
     return np.asarray(dataset.hierarchy.distance_matrix(convention), dtype=np.int64)
 
 
-def build_model(config: RunConfig, dataset: Any, distances: np.ndarray) -> torch.nn.Module:
+def build_model(config: RunConfig, dataset: Any, distances: Any) -> torch.nn.Module:
     """backbone → head → method from the registries; the frame rotation is seeded by ``config.seed``."""
     from haf.methods import MethodContext
     from haf.models.classifier import build_classifier
@@ -84,6 +99,7 @@ def build_model(config: RunConfig, dataset: Any, distances: np.ndarray) -> torch
         distances=distances,
         level_labels=hierarchy.level_labels() if hierarchy is not None else None,
         seed=config.seed,
+        hierarchy=hierarchy,
     )
     backbone_options = dict(config.model.backbone_options)
     if config.model.pretrained is not None:

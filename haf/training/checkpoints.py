@@ -94,10 +94,19 @@ def _checkpoint_payload(engine: Any, config: RunConfig, data: Any, *, epoch: int
         "config": config.to_dict(),
         "config_source": config.source,
         "classes": list(data.dataset.classes),
-        "distances": torch.from_numpy(np.ascontiguousarray(data.distances)),
+        "distances": _distances_state(data.distances),
         "metrics": metrics or {},
         "torch_version": str(torch.__version__),
     }
+
+
+def _distances_state(distances: Any) -> Any:
+    """The K × K matrix as a tensor; tree distances (very large K) as their compact tree arrays."""
+    from haf.hierarchy.tree_distances import TreeDistances
+
+    if isinstance(distances, TreeDistances):
+        return distances.state()
+    return torch.from_numpy(np.ascontiguousarray(distances))
 
 
 def _to_cpu(value: Any) -> Any:

@@ -21,7 +21,8 @@ classifier (cross-entropy and relatives) the simplex-ETF target S_ij = −1/(K�
 classifiers and left raw for HAFrame, whose S has no centre (docs/METHOD.md). Methods without a single K-row
 classifier (Flamingo, HAFeature: one classifier per level) get no diagnostics (no keys). The means are always
 those of h, the head's output: for ETF dot-regression, whose frame meets BatchNorm(h), that is the feature before
-the method's own normalisation.
+the method's own normalisation. A method whose frame acts on its own outputs (``collapse_on_outputs``: HAFrame's
+tree frame, after its projection into R^{N−1}) gets the means of those outputs.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from haf.metrics import DEFAULT_KS
+from haf.metrics import DEFAULT_KS, as_distances
 
 # A frame counts as centred (a simplex ETF: Σ_k w_k = 0) when ‖Σ_k w_k‖ ≤ this × ‖W‖_F. An fp32 ETF sums to
 # ~1e-7·‖W‖_F; HAFrame's rows sum to √(Σ_ij S_ij) ≫ 1e-4·√K unless S is the ETF itself (then both rules agree).
@@ -49,6 +50,7 @@ class CollapseTarget:
     weights: torch.Tensor  # W, K × D: the classifier's rows
     similarity: torch.Tensor  # S, K × K float64: the target cosines of the class means
     centred: bool  # subtract the mean of the class means first (ETF targets, learnable classifiers)
+    on_outputs: bool = False  # class means of the method's outputs (forward(h)), not of h
 
 
 def collapse_target(method: Any) -> CollapseTarget | None:
@@ -64,7 +66,8 @@ def collapse_target(method: Any) -> CollapseTarget | None:
         return None
     w = weights.detach().to(torch.float64)
     k = w.shape[0]
-    if k < 2 or w.shape[1] != getattr(method, "in_features", w.shape[1]):
+    on_outputs = bool(getattr(method, "collapse_on_outputs", False))
+    if k < 2 or (not on_outputs and w.shape[1] != getattr(method, "in_features", w.shape[1])):
         return None  # W acts on something other than h (or there are no pairs): nothing to compare h's means with
     if isinstance(weights, torch.nn.Parameter) or weights.requires_grad:
         similarity = torch.full((k, k), -1.0 / (k - 1), dtype=torch.float64, device=w.device)
@@ -72,7 +75,7 @@ def collapse_target(method: Any) -> CollapseTarget | None:
         return CollapseTarget(weights.detach(), similarity, centred=True)
     unit = w / torch.linalg.vector_norm(w, dim=1, keepdim=True).clamp_min(1e-12)
     centred = bool(torch.linalg.vector_norm(w.sum(0)) <= CENTRED_FRAME_TOL * torch.linalg.matrix_norm(w))
-    return CollapseTarget(weights.detach(), unit @ unit.T, centred=centred)
+    return CollapseTarget(weights.detach(), unit @ unit.T, centred=centred, on_outputs=on_outputs)
 
 
 def collapse_diagnostics(means: torch.Tensor, counts: torch.Tensor, target: CollapseTarget) -> dict[str, float]:
@@ -136,7 +139,7 @@ def evaluate(
 
     was_training = model.training
     model.eval()
-    distance_tensor = torch.as_tensor(np.asarray(distances))
+    distance_tensor = as_distances(distances)
     ks = tuple(k for k in ks if k <= distance_tensor.shape[0])
     plain = HierarchicalMetrics(distance_tensor, ks)
     decoded = HierarchicalMetrics(distance_tensor, ks) if crm else None
@@ -157,7 +160,7 @@ def evaluate(
             if means is not None:
                 features = model.features(images)
                 outputs = method(features)
-                means.update(features, targets)
+                means.update(outputs if target.on_outputs else features, targets)
             else:
                 outputs = model(images)
             loss = model.loss(outputs, targets)
@@ -167,7 +170,7 @@ def evaluate(
             grouped.update(scores, targets)
         if decoded is not None:
             if crm_distances is None:
-                crm_distances = distance_tensor.to(device=scores.device, dtype=torch.float32)
+                crm_distances = distance_tensor.to(scores.device, torch.float32)
             probs = model.probabilities(outputs).float()
             decoded.update(crm_scores(probs, crm_distances), targets)
         batch = int(targets.shape[0])

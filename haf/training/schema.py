@@ -13,7 +13,10 @@ from typing import Literal, Union
 import yaml
 
 from haf.pipelines.backends import DATA_BACKENDS, DEFAULT_DATA_BACKEND
+from haf.models.heads import available_heads
 from haf.pipelines.datasets_registry import DATASET_KINDS
+
+HEAD_NAMES = tuple(available_heads())  # every head registered in haf.models.heads
 
 
 # --------------------------------------------------------------------------------------------------- sections
@@ -37,7 +40,8 @@ class ModelConfig:
     """Backbone + head; the method on top is the ``method`` section."""
 
     backbone: str = "resnet50"  # checked against the backbone registry when the model is built
-    head: Literal["type1", "type2"] = "type2"  # docs/METHOD.md "Heads": type-I baseline, type-II HAFrame head
+    # The head registry's names (docs/METHOD.md "Heads"): type-I baseline, type-II HAFrame head, fixed-width mlp.
+    head: Literal[HEAD_NAMES] = "type2"
     # Backbone initialisation: null (from scratch), a torchvision weights name ("IMAGENET1K_V1", "DEFAULT"), or a
     # path to a (self-supervised) checkpoint file. Passed as the backbone's ``weights`` option.
     pretrained: Union[str, None] = None

@@ -41,11 +41,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .grid import GRID_POINTS, PSD_TOLERANCE, last_psd_index, reference_grid
+
 __all__ = [
     "PSD_TOLERANCE",
     "GRID_POINTS",
     "FrameResult",
-    "build_frame",
+    "build_dense_frame",
     "find_s_min",
     "find_s_min_full_scan",
     "fixed_etf",
@@ -54,10 +56,6 @@ __all__ = [
     "similarity_matrix",
 ]
 
-#: The reference's PSD threshold: eigenvalues with |λ| < 1e-6 count as 0, so S is PSD iff λ_min > −1e-6.
-PSD_TOLERANCE = 1e-6
-#: Size of the reference's s_min grid.
-GRID_POINTS = 100
 #: Unit rows are restored by renormalising only when eigenvalue clipping moved a row norm by less than this; a
 #: larger deviation means S did not have a unit diagonal, which is an error, not something to paper over.
 _ROW_NORM_TOLERANCE = 1e-5
@@ -131,13 +129,6 @@ def similarity_matrix(distances: np.ndarray, gamma: float, s_min: float) -> np.n
     return _similarity(d, d_max, _validate_gamma(gamma), _validate_s_min(s_min))
 
 
-def reference_grid(num_classes: int) -> np.ndarray:
-    """The reference's candidate s_min values: ``linspace(−1/(K−1), −1, 100)``, least negative first."""
-    if num_classes < 2:
-        raise ValueError(f"the s_min grid needs at least 2 classes, got K = {num_classes}")
-    return np.linspace(-1.0 / (num_classes - 1), -1.0, GRID_POINTS)
-
-
 # ------------------------------------------------------------------------------------------------ the PSD tests
 
 
@@ -207,22 +198,10 @@ def _bisect_grid(d: np.ndarray, d_max: float, gamma: float, psd_test: str) -> tu
     except KeyError:
         raise ValueError(f"psd_test must be one of {sorted(_PSD_TESTS)}, got {psd_test!r}") from None
     grid = reference_grid(d.shape[0])
-    tests = 1
-    if not is_psd(_similarity(d, d_max, gamma, grid[0])):
+    index, tests = last_psd_index(lambda s: is_psd(_similarity(d, d_max, gamma, s)), grid)
+    if index is None:
         raise _no_psd_point_error(d, d_max, gamma, grid)
-    last = len(grid) - 1
-    tests += 1
-    if is_psd(_similarity(d, d_max, gamma, grid[last])):
-        return last, tests
-    good, bad = 0, last  # invariant: grid[good] is PSD, grid[bad] is not
-    while bad - good > 1:
-        middle = (good + bad) // 2
-        tests += 1
-        if is_psd(_similarity(d, d_max, gamma, grid[middle])):
-            good = middle
-        else:
-            bad = middle
-    return good, tests
+    return index, tests
 
 
 def find_s_min(distances: np.ndarray, gamma: float, psd_test: str = "cholesky") -> float:
@@ -313,10 +292,10 @@ def fixed_etf(num_classes: int, dim: int, seed: int = 0) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FrameResult:
-    """A built HAFrame and what it was built from. ``W`` and ``S`` are aliases of ``frame`` and ``similarity``."""
+    """A built HAFrame and what it was built from; ``W`` and ``S`` are the paper's names."""
 
-    frame: np.ndarray  # W, K × K, unit rows
-    similarity: np.ndarray  # S, K × K
+    W: np.ndarray  # noqa: N815  the frame, K × K, unit rows
+    S: np.ndarray  # noqa: N815  the similarity, K × K
     s_min: float
     gamma: float
     seed: int
@@ -326,19 +305,11 @@ class FrameResult:
     s_min_searched: bool  # True: the reference grid's choice; False: given by the caller
 
     @property
-    def W(self) -> np.ndarray:  # noqa: N802 (the paper's name)
-        return self.frame
-
-    @property
-    def S(self) -> np.ndarray:  # noqa: N802 (the paper's name)
-        return self.similarity
-
-    @property
     def num_classes(self) -> int:
-        return self.frame.shape[0]
+        return self.W.shape[0]
 
 
-def build_frame(
+def build_dense_frame(
     distances: np.ndarray, gamma: float, s_min: float | None = None, seed: int = 0, psd_test: str = "cholesky"
 ) -> FrameResult:
     """Distances → S (with the reference's s_min unless one is given) → HAFrame W, with its diagnostics."""
@@ -353,8 +324,8 @@ def build_frame(
     s = _similarity(d, d_max, gamma, s_min)
     w, min_eigenvalue = _factorise(s, int(seed))
     return FrameResult(
-        frame=w,
-        similarity=s,
+        W=w,
+        S=s,
         s_min=s_min,
         gamma=gamma,
         seed=int(seed),
