@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from haf.hierarchy import CONVENTIONS, ClassDistances, Hierarchy, load_class_distances, load_hierarchy
+from haf.hierarchy import ClassDistances, Hierarchy, load_class_distances, load_hierarchy
+from haf.hierarchy.distance_conventions import check_convention
 
 from .splits import DatasetSplits, Split
 
@@ -37,12 +38,6 @@ def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     return path
-
-
-def check_convention(convention: str) -> str:
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown distance convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
-    return convention
 
 
 def is_distance_file(path: str | os.PathLike) -> bool:

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-HELP = "build the hierarchy-aware frame of a hierarchy file: s_min, eigenvalues, Gram error (--out saves it)"
+from haf.hierarchy.distance_conventions import CONVENTIONS
 
-CONVENTIONS = ("lca-height", "fixed-depth")
+HELP = "build the hierarchy-aware frame of a hierarchy file: s_min, eigenvalues, Gram error (--out saves it)"
 OUT_SUFFIXES = (".pt", ".pth", ".npz")
 
 

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from haf.hierarchy.distance_conventions import check_convention
+
 from .grid import PSD_TOLERANCE, last_psd_index, reference_grid
 
 __all__ = ["TreeArrays", "TreeFrame", "build_tree_frame", "find_s_min_tree", "find_s_min_tree_full_scan",
            "tree_is_psd"]
 
-CONVENTIONS = ("lca-height", "fixed-depth")
 #: Exact all-pairs Gram check up to this K; beyond it, sampled pairs (sibling pairs included).
 ALL_PAIRS_MAX_CLASSES = 4000
 #: Sampled pairs for the Gram check of a large frame.
@@ -196,8 +197,7 @@ class TreeArrays:
 
 def _node_distances(tree: TreeArrays, convention: str) -> tuple[np.ndarray, float]:
     """d(v) per node under the convention (0 at leaves), clamped at d_max above the top branching node."""
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown distance convention {convention!r}; choose one of {CONVENTIONS}")
+    check_convention(convention)
     d = tree.subtree_height if convention == "lca-height" else tree.height - tree.depth
     d = np.where(tree.is_leaf, 0, d).astype(np.float64)
     # d_max = max over leaf pairs = d of the shallowest node with ≥ 2 children (unary nodes are no one's LCA).

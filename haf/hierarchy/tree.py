@@ -1,42 +1,10 @@
 """The class tree: an immutable rooted tree whose leaves are the classes, in an explicit class order.
 
 Every K × K object of the method (the distance matrix D, the similarity S, the frame W) indexes its rows by
-``Hierarchy.classes``; that one order is fixed when the tree is built and never re-derived.
-
-Conventions (docs/METHOD.md)
---------------------------
-* The root has depth 0; ``height`` H is the largest leaf depth. Leaves may sit at different depths
-  ("unbalanced" trees such as tieredImageNet-H, leaves at depths 7-12).
-* The hierarchical distance between two leaves comes in two conventions, chosen explicitly:
-
-  - ``"lca-height"``:  d(i, j) = height of the subtree rooted at LCA(i, j), i.e. the largest number of edges
-    from the LCA down to any leaf below it. Siblings are at distance 1, d(i, i) = 0.
-  - ``"fixed-depth"``: d(i, j) = H − depth(LCA(i, j)), the fixed scale the field's tieredImageNet-H distance
-    files use. d(i, i) = 0.
-
-  On a balanced tree (every leaf at depth H) the two agree; on an unbalanced one they differ wherever the LCA's
-  deepest leaf is shallower than H.
-
-Building and pruning
---------------------
-``Hierarchy.from_edges(edges, classes)`` takes (parent, child) pairs. With ``classes`` the leaves are put in that
-order; a class that is not a leaf of the tree is an error naming it, and leaves that are not among the classes
-are *pruned*: only the classes and their ancestors are kept. Heights are then those of the pruned tree, so an
-``"lca-height"`` distance (and H for ``"fixed-depth"``) can be smaller than in the full tree when the pruned
-leaves were the deepest ones below an LCA. Inner nodes left with a single child are kept, not collapsed, so
-depths never change. Without ``classes`` the class order is the sorted leaf names (the field's convention:
-sorted class-folder names).
-
-Our JSON format
----------------
-A readable file that round-trips exactly (``Hierarchy.to_json`` / ``from_json``)::
-
-    {"format": "haf-hierarchy", "version": 1, "root": "root",
-     "classes": ["leaf_a", "leaf_b", ...],            # the class order (optional; default: sorted leaves)
-     "edges": [["root", "inner"], ["inner", "leaf_a"], ...]}   # [parent, child], breadth first
-
-Unknown keys, a wrong ``format``/``version``, a malformed edge, or a ``root`` that disagrees with the edges are
-errors naming the key or ``edges[i]``.
+``Hierarchy.classes``; that one order is fixed when the tree is built and never re-derived. The root has depth 0 and
+``height`` H is the largest leaf depth; leaves may sit at different depths (an "unbalanced" tree such as
+tieredImageNet-H's). Around the tree: its leaf distances under the two conventions (``distance_conventions``, docs/METHOD.md
+§1), its per-level labels (``tree_levels``) and its JSON file (``tree_json``, docs/METHOD.md §9).
 """
 
 from __future__ import annotations
@@ -50,19 +18,11 @@ import numpy as np
 
 from haf.safe_files import atomic_write_text
 
-CONVENTIONS = ("lca-height", "fixed-depth")
+from .distance_conventions import CONVENTIONS, check_convention, leaf_distance_matrix
+from .tree_json import JSON_FORMAT_NAME, JSON_FORMAT_VERSION, parse_tree_document, tree_document
+from .tree_levels import level_nodes
 
-JSON_FORMAT_NAME = "haf-hierarchy"
-JSON_FORMAT_VERSION = 1
-
-
-def check_convention(convention: str) -> str:
-    """Return ``convention`` if it names a tree distance convention, else raise naming the valid choices."""
-    if convention not in CONVENTIONS:
-        raise ValueError(
-            f"unknown distance convention {convention!r}; choose one of {', '.join(map(repr, CONVENTIONS))}"
-        )
-    return convention
+__all__ = ["CONVENTIONS", "JSON_FORMAT_NAME", "JSON_FORMAT_VERSION", "Hierarchy", "check_convention"]
 
 
 class Hierarchy:
@@ -226,6 +186,13 @@ class Hierarchy:
     ) -> Hierarchy:
         """Build from (parent, child) pairs. A repeated identical edge is harmless; a second parent is an error.
 
+        With ``classes`` the leaves are put in that order; a class that is not a leaf of the tree is an error naming
+        it, and leaves that are not among the classes are *pruned*: only the classes and their ancestors are kept.
+        Heights are then those of the pruned tree, so an ``"lca-height"`` distance (and H for ``"fixed-depth"``) can
+        be smaller than in the full tree when the pruned leaves were the deepest ones below an LCA. Inner nodes left
+        with a single child are kept, not collapsed, so depths never change. Without ``classes`` the class order is
+        the sorted leaf names (the field's convention: sorted class-folder names).
+
         ``origins[i]`` (optional) says where edge i came from, e.g. ``"tree_isa.txt:12"``, for error messages.
         """
         parent_of: dict[str, str] = {}
@@ -337,18 +304,7 @@ class Hierarchy:
 
     # ------------------------------------------------------------------ per-level view
     def _level_nodes(self) -> tuple[np.ndarray, list[tuple[str, ...]]]:
-        labels = np.empty((self.num_classes, self.height), dtype=np.int64)
-        names: list[tuple[str, ...]] = []
-        paths = [[name, *self.ancestors(name)][::-1] for name in self.classes]
-        for level in range(self.height):
-            depth = level + 1
-            index: dict[str, int] = {}
-            for k, path in enumerate(paths):
-                # A leaf shallower than this level stands for itself on every deeper level.
-                node = path[depth] if depth < len(path) else path[-1]
-                labels[k, level] = index.setdefault(node, len(index))
-            names.append(tuple(index))
-        return labels, names
+        return level_nodes([[name, *self.ancestors(name)][::-1] for name in self.classes], self.height)
 
     def level_labels(self) -> np.ndarray:
         """K × H int64 label table, one column per level below the root.
@@ -366,70 +322,17 @@ class Hierarchy:
 
     # ------------------------------------------------------------------ distances
     def distance_matrix(self, convention: str) -> np.ndarray:
-        """K × K int64 leaf distances in class order under ``"lca-height"`` or ``"fixed-depth"`` (module docstring).
+        """K × K int64 leaf distances in class order under ``"lca-height"`` or ``"fixed-depth"``.
 
-        Vectorised with the depth-first leaf order. List the leaves as a depth-first walk meets them,
-        l_0, l_1, ..., and let a_t = LCA(l_t, l_{t+1}). Every leaf between l_p and l_q (p < q) lies below
-        LCA(l_p, l_q) and the walk leaves that subtree's branches only through it, so the a_t for p ≤ t < q are
-        LCA(l_p, l_q) itself or its proper descendants, and LCA(l_p, l_q) is among them. Both distances are
-        strictly larger for an ancestor than for its proper descendant (subtree height grows going up; so does
-        H − depth), hence
-
-            d(l_p, l_q) = max_{p ≤ t < q} d(l_t, l_{t+1}),
-
-        the ultrametric property of tree distances. One running maximum per row (``np.maximum.accumulate``)
-        gives a whole row; the K × K result is then permuted from depth-first to class order in row blocks.
-        O(K²) numpy work and O(K) numpy calls (about a second for K = 10,000 on one CPU core).
+        d(i, j) is the height of the subtree rooted at LCA(i, j), or H − depth(LCA(i, j)); computed by
+        :func:`haf.hierarchy.distance_conventions.leaf_distance_matrix` in O(K²) numpy work.
         """
-        check_convention(convention)
-        k = self.num_classes
-        order = self._depth_first_leaves()
-        # Distances between depth-first neighbours; every distance is ≤ H, so a small dtype holds them.
-        small = np.int16 if self.height < np.iinfo(np.int16).max else np.int64
-        adjacent = np.empty(max(k - 1, 0), dtype=small)
-        for t in range(k - 1):
-            lca = self.lca(order[t], order[t + 1])
-            if convention == "lca-height":
-                adjacent[t] = self._subtree_height[lca]
-            else:
-                adjacent[t] = self.height - self._depth[lca]
-        dfs = np.zeros((k, k), dtype=small)
-        for p in range(k):
-            # Right of p the running maximum runs forwards from p; left of p it runs backwards.
-            dfs[p, p + 1 :] = np.maximum.accumulate(adjacent[p:])
-            dfs[p, :p] = np.maximum.accumulate(adjacent[:p][::-1])[::-1]
-        position = {name: i for i, name in enumerate(order)}
-        perm = np.array([position[name] for name in self.classes], dtype=np.int64)
-        out = np.empty((k, k), dtype=np.int64)
-        # Row blocks bound the gathered temporary to block × K entries (256 rows: ~5 MB at K = 10,000).
-        for start in range(0, k, 256):
-            rows = perm[start : start + 256]
-            out[start : start + rows.size] = dfs.take(rows, axis=0).take(perm, axis=1)
-        return out
-
-    def _depth_first_leaves(self) -> list[str]:
-        """Leaves in depth-first (pre-order) order, children in their stored order."""
-        out: list[str] = []
-        stack = [self.root]
-        while stack:
-            node = stack.pop()
-            kids = self._children.get(node, ())
-            if kids:
-                stack.extend(reversed(kids))
-            else:
-                out.append(node)
-        return out
+        return leaf_distance_matrix(self, convention)
 
     # ------------------------------------------------------------------ our JSON format
     def to_dict(self) -> dict:
-        """The readable JSON document (see ``haf.hierarchy.json_format``)."""
-        return {
-            "format": JSON_FORMAT_NAME,
-            "version": JSON_FORMAT_VERSION,
-            "root": self.root,
-            "classes": list(self.classes),
-            "edges": [list(edge) for edge in self.edges()],
-        }
+        """The readable JSON document (``haf.hierarchy.tree_json``; format in docs/METHOD.md §9)."""
+        return tree_document(self.root, self.classes, self.edges())
 
     def to_json(self, path: str | Path | None = None, *, indent: int | None = 1) -> str:
         """Serialise as our JSON format; also write it to ``path`` when given. Returns the text."""
@@ -442,45 +345,17 @@ class Hierarchy:
     def from_json(
         cls, document: str | bytes | Mapping, classes: Sequence[str] | None = None, *, source: str = "<json>"
     ) -> Hierarchy:
-        """Parse our JSON format from text or an already-decoded mapping. ``classes`` overrides the stored order."""
-        if isinstance(document, (str, bytes)):
-            try:
-                document = json.loads(document)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{source}: not valid JSON: {error}") from None
-        if not isinstance(document, Mapping):
-            raise ValueError(f"{source}: the document must be a JSON object, got {type(document).__name__}")
-        fmt = document.get("format")
-        if fmt != JSON_FORMAT_NAME:
-            hint = (
-                " (this looks like an iNaturalist annotation file: build its tree with "
-                "haf.hierarchy.inat2019_hierarchy)"
-                if "categories" in document
-                else ""
-            )
-            raise ValueError(f"{source}: key 'format' must be {JSON_FORMAT_NAME!r}, got {fmt!r}{hint}")
-        version = document.get("version")
-        if version != JSON_FORMAT_VERSION:
-            raise ValueError(f"{source}: key 'version' must be {JSON_FORMAT_VERSION}, got {version!r}")
-        unknown = sorted(set(document) - {"format", "version", "root", "classes", "edges"})
-        if unknown:
-            raise ValueError(f"{source}: unknown key(s) {unknown}")
-        edges = document.get("edges")
-        if not isinstance(edges, list):
-            raise ValueError(f"{source}: key 'edges' must be a list of [parent, child] pairs")
-        for index, edge in enumerate(edges):
-            if not (isinstance(edge, list) and len(edge) == 2 and all(isinstance(n, str) and n for n in edge)):
-                raise ValueError(f"{source}: edges[{index}] must be a [parent, child] pair of names, got {edge!r}")
-        stored = document.get("classes")
-        if stored is not None and not (isinstance(stored, list) and all(isinstance(c, str) for c in stored)):
-            raise ValueError(f"{source}: key 'classes' must be a list of class names")
+        """Parse our JSON format from text or an already-decoded mapping. ``classes`` overrides the stored order.
+
+        A ``root`` that disagrees with the edges' root is an error naming the key.
+        """
+        edges, stored, root = parse_tree_document(document, source=source)
         hierarchy = cls.from_edges(
             edges,
             classes if classes is not None else stored,
             source=source,
             origins=[f"edges[{i}]" for i in range(len(edges))],
         )
-        root = document.get("root")
         if root is not None and root != hierarchy.root:
             raise ValueError(f"{source}: key 'root' says {root!r} but the edges' root is {hierarchy.root!r}")
         return hierarchy

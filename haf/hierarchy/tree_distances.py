@@ -25,10 +25,9 @@ class TreeDistances:
     """Leaf distances of a class tree under a convention, as per-node tensors (``.to(device)`` moves them)."""
 
     def __init__(self, tree, convention: str) -> None:
-        from haf.frame.tree import CONVENTIONS
+        from .distance_conventions import check_convention
 
-        if convention not in CONVENTIONS:
-            raise ValueError(f"unknown distance convention {convention!r}; choose one of {CONVENTIONS}")
+        check_convention(convention)
         self.tree, self.convention = tree, convention
         node_distance = tree.subtree_height if convention == "lca-height" else tree.height - tree.depth
         node_distance = np.where(tree.is_leaf, 0, node_distance)  # d(i, i) = 0; distinct leaves never meet at a leaf

@@ -1,0 +1,162 @@
+"""The `make demo` report: HierDist@k curves over every k, the figures, and the seed-paired differences.
+
+HierDist@k for k = 1 … K comes from each run's test-set scores (cached beside its metrics, ``CURVE_NAME``);
+the differences HAFrame − cross-entropy are paired by seed, mean ± t-based 95% CI
+(:func:`haf.reporting.report.summarize`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from haf.training.run_folder import LOG_NAME, METRICS_NAME
+
+from .demo_runs import PlannedRun, resolved_config
+
+CURVE_NAME = "hierdist_curve.json"
+
+
+# ------------------------------------------------------------------------------------------- HierDist@k curves
+def test_scores(run_dir: Path, data: Any) -> dict[str, Any]:
+    """Class scores of the run's tested checkpoint on the test split (CPU), and CRM scores for probabilistic methods.
+
+    The run's metrics.json names the checkpoint it tested; the model is rebuilt from the config stored in it.
+    """
+    import torch
+
+    from haf.training.checkpoints import load_checkpoint
+    from haf.training.evaluation import method_supports_crm
+    from haf.metrics import crm_scores
+    from haf.pipelines import make_loader
+    from haf.training.run_config import config_from_dict
+    from haf.training.assemble import build_model, transform_options
+
+    record = json.loads((run_dir / METRICS_NAME).read_text())
+    checkpoint = run_dir / record["run"]["checkpoint"]
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    config = config_from_dict(state["config"], source=str(checkpoint))
+    if list(state.get("classes") or data.dataset.classes) != list(data.dataset.classes):
+        raise ValueError(f"{checkpoint}: trained on other classes than the demo dataset now holds; use --force")
+    model = build_model(config, data.dataset, data.distances)
+    model.load_state_dict(state["model"])
+    model.eval()
+    loader = make_loader(data.dataset, config.dataset.test_split, backend="torch", train=False,
+                         batch_size=config.train.eval_batch_size, image_size=config.data.image_size, workers=0,
+                         rank=0, world_size=1, seed=config.seed, device=torch.device("cpu"),
+                         **transform_options(config))
+    loader.set_epoch(0)
+    distances = torch.as_tensor(data.distances, dtype=torch.float32)
+    scores, crm, targets = [], [], []
+    crm_applies = method_supports_crm(model.method)
+    with torch.no_grad():
+        for images, labels in loader:
+            outputs = model(images)
+            scores.append(model.scores(outputs).float())
+            if crm_applies:
+                crm.append(crm_scores(model.probabilities(outputs).float(), distances))
+            targets.append(labels)
+    return {"scores": torch.cat(scores), "crm": torch.cat(crm) if crm else None, "targets": torch.cat(targets)}
+
+
+def hierdist_curve(run_dir: Path, data: Any) -> dict[str, dict[int, float]]:
+    """{decoding: {k: HierDist@k}} for k = 1 … K, cached in the run folder next to the metrics it extends."""
+    from haf.metrics import hierarchical_metrics
+
+    cache = run_dir / CURVE_NAME
+    metrics_mtime = (run_dir / METRICS_NAME).stat().st_mtime
+    if cache.is_file() and cache.stat().st_mtime >= metrics_mtime:
+        stored = json.loads(cache.read_text())
+        return {name: {int(k): float(v) for k, v in points.items()} for name, points in stored.items()}
+    result = test_scores(run_dir, data)
+    ks = tuple(range(1, result["scores"].shape[1] + 1))
+    curves = {}
+    for name, scores in (("plain", result["scores"]), ("crm", result["crm"])):
+        if scores is not None:
+            metrics = hierarchical_metrics(scores, result["targets"], data.distances, ks=ks)
+            curves[name] = {k: float(metrics[f"hierdist@{k}"]) for k in ks}
+    cache.write_text(json.dumps(curves, indent=1) + "\n")
+    return curves
+
+
+# --------------------------------------------------------------------------------------------------- plots
+def frame_of(run_dir: Path) -> tuple[Any, Any, list[str]]:
+    """(W, distances, classes) of a HAFrame run's tested checkpoint: the very frame it was trained against."""
+    from haf.training.checkpoints import load_checkpoint
+
+    record = json.loads((run_dir / METRICS_NAME).read_text())
+    state = load_checkpoint(run_dir / record["run"]["checkpoint"], map_location="cpu")
+    frames = [value for key, value in state["model"].items() if key.split(".")[-1] == "frame"]
+    if len(frames) != 1:
+        raise ValueError(f"{run_dir}: expected one fixed-frame buffer in the checkpoint, found {len(frames)}")
+    return frames[0].double().numpy(), state["distances"].numpy(), list(state["classes"])
+
+
+def write_plots(runs: Sequence[PlannedRun], data: Any, plot_dir: Path) -> dict[str, Path]:
+    from haf.reporting import plots
+    from haf.reporting.report import summarize
+
+    written: dict[str, Path] = {}
+    frame_runs = [run for run in runs if run.method == "haframe"]
+    if frame_runs:
+        run = min(frame_runs, key=lambda r: r.seed)
+        frame, distances, classes = frame_of(run.output_dir)
+        gamma = resolved_config(run).method.options.get("gamma")
+        path = plot_dir / "frame_vs_hierarchy.png"
+        plots.plot_distance_vs_gram(distances, frame, path, classes=classes,
+                                    title=f"demo hierarchy ({len(classes)} classes) and the HAFrame of "
+                                          f"{run.label} (γ = {gamma:g})")
+        written["frame vs hierarchy"] = path
+
+    values: dict[str, dict[int, list[float]]] = {}
+    for run in runs:
+        for decoding, points in hierdist_curve(run.output_dir, data).items():
+            label = run.method if decoding == "plain" else f"{run.method}+{decoding}"
+            for k, value in points.items():
+                values.setdefault(label, {}).setdefault(k, []).append(value)
+    curves = {label: {k: (summarize(v).mean, summarize(v).ci) for k, v in by_k.items()}
+              for label, by_k in values.items()}
+    path = plot_dir / "hierdist_at_k.png"
+    plots.plot_hierdist_curves(curves, path, title="HierDist@k on the demo test set (mean ± 95% CI over seeds)")
+    written["HierDist@k"] = path
+
+    # metrics.jsonl: one record per epoch and split, the format haf.reporting.plots reads.
+    logs = {run.label: plots.read_jsonl(run.output_dir / LOG_NAME) for run in runs
+            if (run.output_dir / LOG_NAME).is_file()}
+    if logs:
+        path = plot_dir / "training_curves.png"
+        plots.plot_training_curves(logs, path)
+        written["training curves"] = path
+        if any("nc_mean" in r or "self_duality" in r for records in logs.values() for r in records):
+            path = plot_dir / "neural_collapse.png"
+            plots.plot_neural_collapse(logs, path)
+            written["neural collapse"] = path
+    return written
+
+
+# ------------------------------------------------------------------------------------------------ the table
+def paired_differences(runs: Sequence[PlannedRun], baseline: str = "cross-entropy", method: str = "haframe",
+                       keys: Sequence[str] = ("top1", "mistake_severity", "hierdist@1", "hierdist@5", "hierdist@20")
+                       ) -> str:
+    """HAFrame − CE per seed, mean ± t-based 95% CI over seeds (pairing removes the seed-to-seed data noise
+    both methods share: same dataset, same data order for the same seed)."""
+    from haf.reporting.report import summarize
+
+    metrics = {(run.method, run.seed): json.loads((run.output_dir / METRICS_NAME).read_text()) for run in runs}
+    seeds = sorted({seed for (m, seed) in metrics if m == method} & {seed for (m, seed) in metrics if m == baseline})
+    if not seeds:
+        return ""
+    cells = []
+    for key in keys:
+        pairs = [metrics[(method, s)].get(key) for s in seeds], [metrics[(baseline, s)].get(key) for s in seeds]
+        if any(v is None for v in (*pairs[0], *pairs[1])):
+            continue
+        summary = summarize([a - b for a, b in zip(*pairs)])
+        better = summary.mean > 0 if key == "top1" else summary.mean < 0
+        significant = summary.ci is not None and abs(summary.mean) > summary.ci
+        verdict = ("better" if better else "worse") if significant else "no clear difference"
+        ci = "" if summary.ci is None else f" ± {summary.ci:.3f}"
+        cells.append(f"  {key:<17} {summary.mean:+.3f}{ci}  ({verdict})")
+    header = (f"{method} − {baseline}, paired by seed ({len(seeds)} seed{'s' if len(seeds) != 1 else ''}; "
+              "mean ± 95% CI; lower is better except top-1):")
+    return "\n".join([header, *cells])
