@@ -140,17 +140,24 @@ class HierarchicalMetrics:
     def update(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
         """Add one batch: scores B × K (higher is better, any float dtype), targets B class indices (tensors or
         numpy arrays)."""
+        batch = self._batch(scores, targets)
+        if batch is not None:
+            self.state += _sample_parts(*batch, self.distances, self.ks).sum(dim=0)
+
+    def _batch(self, scores, targets) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The validated batch (targets as int64) with the accumulator moved to the scores' device; None if empty."""
         scores, targets = torch.as_tensor(scores), torch.as_tensor(targets)
         _validate_batch(scores, targets, self.num_classes)
         if scores.shape[0] == 0:
-            return
-        device = scores.device
+            return None
+        self._follow(scores.device)
+        return scores, targets.to(device=scores.device, dtype=torch.long)
+
+    def _follow(self, device: torch.device) -> None:
         if self.distances.device != device:
             self.distances = self.distances.to(device)
         if self.state.device != device:
             self.state = self.state.to(device)
-        targets = targets.to(device=device, dtype=torch.long)
-        self.state += _sample_parts(scores, targets, self.distances, self.ks).sum(dim=0)
 
     def merge(self, other: "HierarchicalMetrics") -> "HierarchicalMetrics":
         """Add another accumulator's counts (same distances and ks); returns self."""
@@ -286,17 +293,16 @@ class GroupedHierarchicalMetrics:
 
     @torch.no_grad()
     def update(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
-        scores, targets = torch.as_tensor(scores), torch.as_tensor(targets)
-        _validate_batch(scores, targets, self.num_classes)
-        if scores.shape[0] == 0:
-            return
-        device = scores.device
-        if self.distances.device != device:
-            self.distances, self.groups = self.distances.to(device), self.groups.to(device)
-        if self.state.device != device:
-            self.state = self.state.to(device)
-        targets = targets.to(device=device, dtype=torch.long)
-        self.state.index_add_(0, self.groups[targets], _sample_parts(scores, targets, self.distances, self.ks))
+        batch = self._batch(scores, targets)
+        if batch is not None:
+            self.state.index_add_(0, self.groups[batch[1]], _sample_parts(*batch, self.distances, self.ks))
+
+    _batch = HierarchicalMetrics._batch
+
+    def _follow(self, device: torch.device) -> None:
+        HierarchicalMetrics._follow(self, device)
+        if self.groups.device != device:
+            self.groups = self.groups.to(device)
 
     def merge(self, other: "GroupedHierarchicalMetrics") -> "GroupedHierarchicalMetrics":
         if (other.ks, other.names) != (self.ks, self.names) or not torch.equal(other.groups.cpu(), self.groups.cpu()):
