@@ -225,7 +225,7 @@ class FrameLoss(nn.Module):
         unit_frame: bool = False,
     ) -> None:
         super().__init__()
-        from .tree_frame_loss import TreeFrameTensors, is_tree_frame
+        from .tree_frame_tensors import TreeFrameTensors, is_tree_frame
 
         if is_tree_frame(frame):
             if similarity is not None:

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .frame_loss_reference import FEATURE_EPS
-from .tree_frame_loss import TreeFrameTensors, directionless_as_inf
+from .tree_frame_tensors import TreeFrameTensors, directionless_as_inf
 
 __all__ = ["triton_tree_frame_rows"]
 
