@@ -77,11 +77,16 @@ class KernelConfig:
     row_block_d: int = 64  # ... features per step
     row_warps: int = 8
     row_block_max_classes: int = ROW_BLOCK_MAX_CLASSES  # 0 forces the tiled regime
+    persistent_grad_stages: int = 0  # kernel 3's stages on the persistent grid (0: grad_stages)
+
+    def grad_stages_for(self, variant: str) -> int:
+        """Pipeline stages of kernel 3 in a schedule variant."""
+        return self.persistent_grad_stages if variant != "basic" and self.persistent_grad_stages else self.grad_stages
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            floor = 0 if field.name == "row_block_max_classes" else 1
+            floor = 0 if field.name in ("row_block_max_classes", "persistent_grad_stages") else 1
             if not isinstance(value, int) or value < floor:
                 raise ValueError(f"KernelConfig.{field.name} must be a positive int, got {value!r}")
         for name in ("logits_block_b", "logits_block_k", "logits_block_d", "grad_block_b", "grad_block_d",
@@ -102,7 +107,8 @@ class KernelConfig:
 TUNED: dict[tuple[str, str, str | None], dict] = {
     ("tiled", "bf16", None): {},
     ("tiled", "fp16", None): {},
-    ("tiled", "fp32", "tf32"): {"logits_block_d": 32, "grad_block_k": 32, "grad_stages": 3},
+    ("tiled", "fp32", "tf32"): {"logits_block_d": 32, "grad_block_k": 32, "grad_stages": 3,
+                                "persistent_grad_stages": 2},  # 3 spills 88 B/thread on the persistent grid
     ("tiled", "fp32", "ieee"): {"logits_block_b": 64, "logits_block_k": 64, "logits_block_d": 32, "logits_warps": 4,
                                 "logits_stages": 2, "grad_block_b": 64, "grad_block_d": 64, "grad_block_k": 32,
                                 "grad_warps": 4, "grad_stages": 2},

@@ -104,19 +104,19 @@ def _grad_features_persistent_kernel(
         else:
             acc = _grad_mainloop(g_src, w_src, rows, ds, B, D, k_begin, k_end, stride_gb, stride_wk, stride_wd,
                                  BLOCK_B, BLOCK_D, BLOCK_K, INPUT_PRECISION, UPCAST_DOT)
-        if whole:
-            _grad_epilogue(acc, rows, ds, row_ok, d_ok, h_ptr, coef_ptr, dh_ptr, stride_hb, stride_hd, stride_db,
-                           stride_dd)
-        else:
+        done = whole
+        if not whole:
             tile_offs = offs_b[:, None] * BLOCK_D + offs_d[None, :]
             first = split_ptr + slot.to(tl.int64) * SPLITS * (BLOCK_B * BLOCK_D)
             tl.store(first + part * (BLOCK_B * BLOCK_D) + tile_offs, acc)
             tl.debug_barrier()  # every thread's partial stored before the ticket is taken
             ticket = tl.atomic_add(ticket_ptr + slot, 1)  # acq_rel: the last slice sees every partial
-            if ticket == SPLITS - 1:
-                total = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
+            done = ticket == SPLITS - 1
+            if done:
+                acc = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
                 for j in range(0, SPLITS):
-                    total += tl.load(first + j * (BLOCK_B * BLOCK_D) + tile_offs, volatile=True)
-                _grad_epilogue(total, rows, ds, row_ok, d_ok, h_ptr, coef_ptr, dh_ptr, stride_hb, stride_hd,
-                               stride_db, stride_dd)
+                    acc += tl.load(first + j * (BLOCK_B * BLOCK_D) + tile_offs, volatile=True)
                 tl.atomic_xchg(ticket_ptr + slot, 0)  # ready for the next launch (and a CUDA graph's replay)
+        if done:
+            _grad_epilogue(acc, rows, ds, row_ok, d_ok, h_ptr, coef_ptr, dh_ptr, stride_hb, stride_hd, stride_db,
+                           stride_dd)

@@ -95,8 +95,9 @@ def _tma_source(tensor: torch.Tensor, block: list[int]):
 
 
 def _operands(plan: TiledPlan, a: torch.Tensor, a_block, b: torch.Tensor, b_block):
-    """Both operands as descriptors (variant ``tma``, both addressable), else both as tensors."""
-    if plan.variant == "tma":
+    """Both operands as descriptors (variant ``tma``, both addressable), else both as tensors. Not for IEEE fp32:
+    its products run on the FMA units, which TMA does not feed faster (and ptxas spills that combination)."""
+    if plan.variant == "tma" and plan.precision != "ieee":
         a_src, b_src = _tma_source(a, a_block), _tma_source(b, b_block)
         if a_src is not a and b_src is not b:
             return a_src, b_src, True
@@ -184,7 +185,7 @@ def _grad_features(plan: TiledPlan, launch, g, weight, h, coef, dh, rows, dim, n
     strides = (weight.stride(0), weight.stride(1), h.stride(0), h.stride(1), dh.stride(0), dh.stride(1))
     meta = dict(BLOCK_B=config.grad_block_b, BLOCK_D=config.grad_block_d, BLOCK_K=config.grad_block_k,
                 GROUP=config.group, INPUT_PRECISION=plan.precision, UPCAST_DOT=plan.upcast,
-                num_warps=config.grad_warps, num_stages=config.grad_stages)
+                num_warps=config.grad_warps, num_stages=config.grad_stages_for(plan.variant))
     tiles = _cdiv(rows, config.grad_block_b) * _cdiv(dim, config.grad_block_d)
     if plan.variant == "basic":
         launch(K._grad_features_kernel, (tiles,), g, weight, h, coef, dh, rows, dim, num_classes, g.stride(0),
