@@ -50,6 +50,15 @@ def test_variant_matches_float64_reference(shape, dtype, variant, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_tma_where_aligned_pointer_loads_elsewhere_and_split_tail(dtype, monkeypatch):
     monkeypatch.setenv(cfg.VARIANT_ENV, "tma")
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 plan: IEEE fp32 keeps pointer loads
+    try:
+        _check_tma_choice(dtype, monkeypatch)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _check_tma_choice(dtype, monkeypatch):
     spy = _Spy(fused._launch)
     monkeypatch.setattr(fused, "_launch", spy)
     for dim, aligned in ((24, True), (21, False)):  # rows of 24 (and K = 128) are 16-byte multiples, 21 not
