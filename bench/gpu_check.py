@@ -36,6 +36,10 @@ LOSS_TEST_FILES = ["tests/test_frame_loss_triton.py", "tests/test_frame_loss_rul
                    "tests/test_frame_loss_dispatch.py", "tests/test_losses.py"]
 GPU_SHAPES = [(64, 100, 100), (256, 1010, 1010), (1024, 608, 608), (4096, 10000, 10000), (8192, 2048, 32000)]
 DRY_SHAPES = [(8, 16, 12), (24, 40, 72)]
+#: Shapes where every schedule variant of the tiled regime is timed too (fused path only; rows with "variant").
+VARIANT_SHAPES = [(4096, 10000, 10000), (8192, 2048, 32000)]
+DRY_VARIANT_SHAPES = [(8, 16, 2100)]  # K > 2048: the tiled regime
+OTHER_VARIANTS = ("persistent", "tma")
 DTYPES = ("fp32", "bf16")
 #: Seconds per part on a GPU (sum ≤ 8 minutes with start-up); the dry run gets the same budgets.
 BUDGETS = {"tests": 150, "loss": 210, "train": 90}
@@ -126,12 +130,19 @@ def _loss_inputs(shape, dtype, device):
             similarity.to(device))
 
 
+def _empty_row(shape, dtype_name: str, variant: str) -> dict:
+    return {"shape": list(shape), "dtype": dtype_name, "variant": variant, "eager_ms": None, "compiled_ms": None,
+            "fused_ms": None, "eager_peak_mib": None, "fused_peak_mib": None, "compiled_peak_mib": None}
+
+
 def _loss_part(result_path: Path, dry_run: bool, budget: float) -> None:
     import torch
 
     import haf.losses as reference
     from haf.kernels import frame_loss
+    from haf.kernels.frame_loss_config import VARIANT_ENV
 
+    default_variant = os.environ.get(VARIANT_ENV, "").strip().lower() or "basic"
     deadline = time.monotonic() + budget - 10
     cuda = torch.cuda.is_available() and not dry_run
     device = "cuda" if cuda else "cpu"
@@ -143,13 +154,12 @@ def _loss_part(result_path: Path, dry_run: bool, budget: float) -> None:
     shapes = DRY_SHAPES if dry_run else GPU_SHAPES
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     out = {**_environment(dry_run), "matmul_precision": "high", "rows": [], "errors": []}
-    rows = {}
-    for shape in shapes:
-        for dtype_name in DTYPES:
-            rows[(shape, dtype_name)] = {"shape": list(shape), "dtype": dtype_name, "eager_ms": None,
-                                         "compiled_ms": None, "fused_ms": None, "eager_peak_mib": None,
-                                         "fused_peak_mib": None, "compiled_peak_mib": None}
-    out["rows"] = list(rows.values())
+    rows = {(shape, dtype_name): _empty_row(shape, dtype_name, default_variant)
+            for shape in shapes for dtype_name in DTYPES}
+    variant_rows = {(shape, dtype_name, variant): _empty_row(shape, dtype_name, variant)
+                    for variant in OTHER_VARIANTS for shape in (DRY_VARIANT_SHAPES if dry_run else VARIANT_SHAPES)
+                    for dtype_name in DTYPES}
+    out["rows"] = list(rows.values()) + list(variant_rows.values())
     compile_backend = "eager" if dry_run else "inductor"
 
     def loss_fn(path):
@@ -160,33 +170,41 @@ def _loss_part(result_path: Path, dry_run: bool, budget: float) -> None:
             return torch.compile(reference.hierarchy_frame_loss, backend=compile_backend, dynamic=False)
         return lambda *args: frame_loss(*args, backend="triton")
 
-    # eager and fused first at every shape, compiled last: its compilation time must not starve the others
-    for paths in (("eager", "fused"), ("compiled",)):
-        for (shape, dtype_name), row in rows.items():
-            for path in paths:
-                if time.monotonic() > deadline:
-                    out["errors"].append(f"{path} {shape} {dtype_name}: skipped, part budget of {budget:.0f} s spent")
-                    continue
-                try:
-                    fn = loss_fn(path)
-                    inputs = _loss_inputs(shape, dtypes[dtype_name], device)
+    # eager and fused first at every shape, then compiled (its compilation time must not starve the others), then
+    # the other schedule variants of the fused path at the large shapes (eager figures copied from the basic row)
+    cells = [(key, row, path) for paths in (("eager", "fused"), ("compiled",)) for key, row in rows.items()
+             for path in paths]
+    cells += [((shape, dtype_name), row, "fused") for (shape, dtype_name, _), row in variant_rows.items()]
+    for (shape, dtype_name), row, path in cells:
+        os.environ[VARIANT_ENV] = row["variant"]
+        if row is not rows.get((shape, dtype_name)):
+            for key in ("eager_ms", "compiled_ms", "eager_peak_mib", "compiled_peak_mib"):
+                row[key] = rows.get((shape, dtype_name), {}).get(key)
+        if time.monotonic() > deadline:
+            out["errors"].append(f"{path} {row['variant']} {shape} {dtype_name}: skipped, part budget of "
+                                 f"{budget:.0f} s spent")
+            continue
+        try:
+            fn = loss_fn(path)
+            inputs = _loss_inputs(shape, dtypes[dtype_name], device)
 
-                    def step():
-                        inputs[0].grad = None
-                        fn(*inputs, 0.4).backward()
+            def step():
+                inputs[0].grad = None
+                fn(*inputs, 0.4).backward()
 
-                    large = shape[0] * shape[2] > (1 << 24)
-                    warmup, rounds = (1, 3) if dry_run else ((2, 5) if large else (10, 30))
-                    row[f"{path}_ms"] = round(timer.median_ms(step, warmup, rounds), 4)
-                    peak = timer.peak_mib(step)
-                    row[f"{path}_peak_mib"] = None if peak is None else round(peak, 2)
-                    del inputs
-                except Exception as error:  # recorded; the other cells still run
-                    out["errors"].append(f"{path} {shape} {dtype_name}: {type(error).__name__}: {error}"[:500])
-                finally:
-                    if cuda:
-                        torch.cuda.empty_cache()
-                _write_json(result_path, out)
+            large = shape[0] * shape[2] > (1 << 24)
+            warmup, rounds = (1, 3) if dry_run else ((2, 5) if large else (10, 30))
+            row[f"{path}_ms"] = round(timer.median_ms(step, warmup, rounds), 4)
+            peak = timer.peak_mib(step)
+            row[f"{path}_peak_mib"] = None if peak is None else round(peak, 2)
+            del inputs
+        except Exception as error:  # recorded; the other cells still run
+            out["errors"].append(f"{path} {row['variant']} {shape} {dtype_name}: {type(error).__name__}: "
+                                 f"{error}"[:500])
+        finally:
+            if cuda:
+                torch.cuda.empty_cache()
+        _write_json(result_path, out)
     out["imported_forbidden"] = [name for name in FORBIDDEN if name in sys.modules]
     _write_json(result_path, out)
 
