@@ -1,22 +1,16 @@
 """One-command GPU check of the fused frame loss (``make gpu-check`` = ``python3 bench/gpu_check.py``).
 
-Runs on a bare H100/H200 machine with this checkout and torch / Triton / pytest only (no install: ``haf`` is
-imported from the checkout through :mod:`haf_path`; DeepSpeed and DALI are never imported). Three parts, each in
-its own process with its own time budget, so a failing or slow part records its error and the others still run:
+Runs on a bare H100/H200 machine with this checkout and torch / Triton / pytest only (``haf`` imported through
+:mod:`haf_path`; DeepSpeed and DALI never imported). Three parts, each in its own process and time budget:
+``tests`` — ``pytest -m gpu`` on the loss's test files; ``loss`` — forward + backward at the five shapes, fp32
+(TF32) and bf16, eager / ``torch.compile`` / fused (CUDA-event median, peak ``max_memory_allocated`` above the
+start), plus the fused path's other schedule variants (``HAF_FRAME_LOSS_VARIANT``) at the two large shapes, each
+row naming its ``variant`` → ``bench/results/frame_loss_gpu.json``; ``train`` — ResNet-50 + type-II head + HAFrame,
+plain engine, bf16, batch 256 → ``bench/results/train_step_gpu.json``. A failing part records its error; the
+others still run.
 
-* ``tests`` — ``pytest -m gpu`` on the loss's test files;
-* ``loss``  — forward + backward of the loss at the paper shapes (64, 100, 100), (256, 1010, 1010),
-  (1024, 608, 608) and the large (4096, 10000, 10000), (8192, 2048, 32000), fp32 (TF32 matmuls) and bf16 features:
-  eager reference, the reference under ``torch.compile``, and the fused kernels. Time: CUDA events, warm-up, median
-  of the rounds; memory: ``max_memory_allocated`` above what was allocated before the step.
-  → ``bench/results/frame_loss_gpu.json`` (with the tests' outcome);
-* ``train`` — ResNet-50 + type-II head + HAFrame, plain engine, channels-last, bf16 autocast, batch 256, 224 px,
-  K = 1010, synthetic images on the device: images/s and the loss's share of the step, fused and reference loss
-  (needs numpy, PyYAML and torchvision; a missing one is recorded as that part's error).
-  → ``bench/results/train_step_gpu.json``.
-
-``--dry-run``: the same plumbing on CPU at tiny shapes (fused kernels in Triton's interpreter, ``torch.compile``
-with its eager backend, wall-clock timing, no peak memory), written to ``--out``; the tests check its files.
+``--dry-run``: the same plumbing on CPU at tiny shapes (Triton's interpreter, ``torch.compile`` with its eager
+backend, no peak memory), written to ``--out``; the tests check its files.
 """
 from __future__ import annotations
 

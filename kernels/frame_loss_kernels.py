@@ -7,20 +7,12 @@ Per row b, with z = h Wᵀ, n = ‖h‖, r_i = 1 / max(‖w_i‖, ε), cos_i = r
     a      = −(2α / n²) Σ_i (cos_i − S[y, i]) cos_i                          (0 when n < FEATURE_EPS)
     dℓ/dh  = Σ_i g_i w_i + a h = (G W)_b + a_b h_b
 
-The differences cos_i − S are formed directly (near convergence nothing cancels); the softmax sum leaves the
-target out, so a confident row keeps CE = log1p(Σ_{i≠y} e^{z_i − z_y}) and p_y − 1 = −Σ_{i≠y} p_i to full
-relative precision. Every kernel writes the *unweighted* per-row gradient; the batch weight (1/#counted rows for a
-mean) is a device scalar applied in the backward together with grad_output.
-
-* ``_row_block_kernel`` — the launch-bound regime: one program per BLOCK_B rows does everything (‖h‖, z tile by
-  tile with the row statistics, G, dH = G W + a h) with fp32 operands, and the last program to finish (an atomic
-  ticket) reduces the per-program loss partials: one launch per forward.
-* ``_row_norm_kernel`` → ``_logits_stats_kernel`` → ``_softmax_grad_kernel`` → ``_grad_features_kernel`` — the
-  compute-bound regime, tiled over the whole (rows × classes) plane; see the host module for the flop/byte budget.
-* ``_scale_grad_kernel`` — the backward of both: one elementwise launch applying grad_output and the batch weight.
-
-Targets are loaded in their own integer dtype and widened to int64 before any comparison with ``ignore_index``;
-masked lanes are never filled with ``ignore_index`` (−100 would become 156 in a uint8 load).
+cos − S is formed directly (nothing cancels near convergence); the softmax sum leaves the target out, so a confident
+row keeps CE = log1p(Σ_{i≠y} e^{z_i − z_y}) and p_y − 1 = −Σ_{i≠y} p_i to full precision. Kernels write the
+*unweighted* per-row gradient (the batch weight is applied in the backward).
+``_row_block_kernel``: the launch-bound regime, one program per row block, loss reduced by the last program.
+``_row_norm_kernel`` → ``_logits_stats_kernel`` → ``_softmax_grad_kernel`` → ``_grad_features_kernel``: the tiled
+regime (persistent schedules: :mod:`haf.kernels.frame_loss_persistent`). ``_scale_grad_kernel``: the backward.
 """
 from __future__ import annotations
 
@@ -51,7 +43,9 @@ def _log1p(x):
 
 @triton.jit
 def _row_targets(y_ptr, rows, row_ok, K, ignore_index):
-    """(y as int64, counted, has_class, poison): poison is NaN for a counted row whose target is no class."""
+    """(y as int64, counted, has_class, poison): poison is NaN for a counted row whose target is no class.
+    Targets are loaded in their own integer dtype and widened before any comparison with ``ignore_index``; masked
+    lanes are never filled with it (−100 would become 156 in a uint8 load)."""
     y = tl.load(y_ptr + rows, mask=row_ok, other=0).to(tl.int64)
     counted = row_ok & (y != ignore_index)
     in_range = (y >= 0) & (y < K)

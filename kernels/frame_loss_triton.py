@@ -1,26 +1,17 @@
-"""Fused Triton path of the HAFrame loss: host side (plans, prepared frames, autograd). Kernels and their math:
-:mod:`haf.kernels.frame_loss_kernels`; reference: :func:`haf.kernels.frame_loss_reference.hierarchy_frame_loss`.
+"""Fused Triton path of the HAFrame loss: host side (prepared frames, status word, plans, autograd). Kernels and
+math: :mod:`haf.kernels.frame_loss_kernels`; reference: :func:`haf.kernels.frame_loss_reference.hierarchy_frame_loss`.
 
-Two regimes, chosen once per launch plan (cached per shape, dtype, device, reduction):
+Two regimes, chosen once per launch plan (cached per shape, dtype, device, reduction, precision, variant):
+**launch-bound** (B·K ≤ 2²¹, K ≤ 2048: the paper shapes) — ``_row_block_kernel``, fp32 frame and products
+(``tf32x3``, or IEEE under ``highest``), one launch forward (the loss reduced on the device), one backward
+(grad_output × batch weight); **tiled** — :mod:`haf.kernels.frame_loss_tiled` (configuration and schedule
+variants: :mod:`haf.kernels.frame_loss_config`).
 
-* **launch-bound** (B·K ≤ 2²¹, K ≤ 2048: the paper shapes) — ``_row_block_kernel``, one program per 16 rows, the
-  frame kept in fp32 and every product in fp32 (``tf32x3``, or IEEE under ``highest``): one launch forward (the
-  last program reduces the loss on the device), one backward (``_scale_grad_kernel``: grad_output × batch weight).
-* **compute-bound** — ‖h‖ pass, z tiles + row partials, softmax/G pass, dH = G W + a h: 4 launches + the batch
-  reduction. W is cast to the input dtype for the tensor cores and r_i = 1/‖w_i‖ is taken from that cast copy,
-  so the cosines are those of the operands the GEMM used. Transients (z fp32, G) are bounded by
-  ``KernelConfig.chunk_bytes`` by processing rows in chunks.
-
-Budgets (bf16, forward + backward, H100 SXM: 3.35 TB/s, ~650 TFLOP/s Triton GEMM): (64, 100, 100) 2.6 MFLOP,
-(256, 1010, 1010) 1.0 GFLOP, (1024, 608, 608) 1.5 GFLOP — microseconds of work, decided by host cost;
-(4096, 10000, 10000) 1.6 TFLOP, (8192, 2048, 32000) 2.1 TFLOP — compute-bound (≈ 2.5 and 3.3 ms of math).
-
-Host cost per call is a dictionary lookup of the checked arguments and one of the plan, the prepared frame and
-similarity from a one-entry weak memo (their value checks ran once, when prepared), three allocations and the
-launch (~57 µs forward + backward with autograd, launches stubbed; ``bench/RESULTS.md``); no host
-synchronisation, so the forward + backward is CUDA-graph capturable once warmed up. NaN/inf features set a status
-word the kernel writes; on CPU (interpreter) it is read right after the launch, on a GPU from pinned host memory at
-the next call (no synchronisation), and either raises ``ValueError``.
+Per call: a dictionary lookup of the checked arguments and of the plan, the prepared frame and S from a weak memo
+(value checks ran once), a few allocations and the launches; no host synchronisation, so forward + backward is
+CUDA-graph capturable once warm (host cost and budgets: bench/RESULTS.md). NaN/inf features set a status word the
+kernels write: read after the launch on CPU, from pinned host memory at the next call on a GPU; both raise
+``ValueError``.
 """
 from __future__ import annotations
 
