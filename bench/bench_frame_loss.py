@@ -1,27 +1,15 @@
 """HAFrame loss, forward + backward: the fused Triton path against the reference paths.
 
-Paths (one benchmark each, same inputs, same loss, gradient wrt the features):
+Paths (same inputs, gradient wrt the features): ``loop`` (a) the paper's per-class loop, ``eager`` (b) the
+vectorised reference (the ratios' denominator), ``compiled`` (c) = (b) under ``torch.compile``, ``fused`` =
+``haf.kernels.frame_loss(..., backend="triton")``. Features fp32 or bf16, frame and S fp32 buffers; fp32 matmul
+precision fixed for the run (``HAF_BENCH_MATMUL_PRECISION``, default "high").
 
-* ``loop``     — (a) ``haf.kernels.frame_loss_reference.hierarchy_frame_loss_loop``, the paper's per-class Python loop;
-* ``eager``    — (b) ``haf.kernels.frame_loss_reference.hierarchy_frame_loss``, vectorised eager PyTorch (the ratios' denominator);
-* ``compiled`` — (c) (b) under ``torch.compile`` (default mode);
-* ``fused``    — ``haf.kernels.frame_loss(..., backend="triton")``.
+GPU: the five shapes of docs/METHOD.md §11, time ratios, TFLOP/s (4·B·D·K), peak extra memory. CPU: reference paths
+only, large shapes shrunk ~10×, one intra-op thread (``HAF_BENCH_CPU_THREADS``), (c) only with
+``HAF_BENCH_COMPILE_CPU=1``. ``-k host``: host cost per step with device work removed (bench/RESULTS.md says how).
 
-Inputs: features in fp32 or bf16, the frame and S as fp32 buffers (what training passes); the reference upcasts
-bf16 features to fp32 (its dtype policy), the fused path multiplies bf16 on tensor cores with fp32 accumulation.
-The fp32 matmul precision is fixed for the whole run (``HAF_BENCH_MATMUL_PRECISION``, default "high" = TF32 on
-GPUs, which both the eager reference and the fused kernels then use) and printed.
-
-On a GPU: five shapes — paper (64, 100, 100), (256, 1010, 1010), (1024, 608, 608); large
-(4096, 10000, 10000), (8192, 2048, 32000) — and a summary with time ratios, TFLOP/s counted as 4·B·D·K, and peak
-extra memory (``max_memory_allocated`` above the inputs) against (b).
-On CPU: the fused path would only run in Triton's interpreter (not a timing), so only the reference paths run, at
-reduced shapes (the large ones shrunk ~10×), on one intra-op thread (``HAF_BENCH_CPU_THREADS``), the loop only where it finishes in a second, and (c) only with
-``HAF_BENCH_COMPILE_CPU=1`` (inductor's C++ build takes over a minute per shape on a small machine). The suite then
-finishes in well under a minute; the summary says which shapes were reduced.
-
-Run: ``pytest bench/bench_frame_loss.py`` (add ``-s`` to see the summary as it is printed; it is also written at
-the end of the terminal report).
+Run: ``pytest bench/bench_frame_loss.py`` (``-s`` to see the summary as it is printed).
 """
 from __future__ import annotations
 

@@ -1,23 +1,14 @@
 """Training step of ResNet-50 + type-II head + HAFrame: images/s with the fused loss vs the reference loss, and the
-loss's share of the step (speed targets: docs/METHOD.md).
+loss's share of the step (targets: docs/METHOD.md §11).
 
-One step is what ``haf/train.py`` does per batch: forward (backbone → head → h), the HAFrame loss, backward, SGD
-step over the reference's parameter groups (backbone at lr/10), with the frame a fixed buffer. Paths:
+One step is what ``haf/train.py`` does per batch: forward, the HAFrame loss, backward, SGD step over the
+reference's parameter groups, the frame a fixed buffer. Paths: ``fused`` (``backend="triton"``) and ``reference``
+(``backend="reference"``). Measured: step time (best round), images/s, and the loss alone on the step's feature
+shape, whose ratio to the step is its share.
 
-* ``fused``     — the loss through ``haf.kernels.frame_loss(backend="triton")``;
-* ``reference`` — the loss through the vectorised eager PyTorch reference (``backend="reference"``).
-
-Measured per path: step time (best of the rounds: the least disturbed on a shared machine), images/s, and the loss
-alone (forward + backward on the step's own feature shape), whose ratio to the step is the loss's share.
-
-On a GPU: bf16 autocast, channels-last, 224 px, batch 256, K = 1010 (iNat2019, the largest paper hierarchy), images
-synthesised on the device so the figure is the model's step, not the input pipeline's (``bench_pipelines.py``
-measures DALI). Target: ≥ 3,000 images/s on one H100 with the loss under 1 % of the step.
-On CPU (report only): fp32, a tiny batch at reduced size, the reference loss only — the fused kernel would run in
-Triton's interpreter, which is not a timing.
-
-Environment: ``HAF_BENCH_TRAIN_BATCH``, ``HAF_BENCH_TRAIN_SIZE``, ``HAF_BENCH_TRAIN_K``, ``HAF_BENCH_TRAIN_ROUNDS``
-override the defaults above. Run: ``pytest bench/bench_train_step.py -s``.
+GPU: bf16 autocast, channels-last, 224 px, batch 256, K = 1010, images synthesised on the device. CPU (report
+only): fp32, a tiny batch, the reference loss only. ``HAF_BENCH_TRAIN_BATCH``, ``HAF_BENCH_TRAIN_SIZE``,
+``HAF_BENCH_TRAIN_K``, ``HAF_BENCH_TRAIN_ROUNDS`` override the defaults. Run: ``pytest bench/bench_train_step.py -s``.
 """
 from __future__ import annotations
 

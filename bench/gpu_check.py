@@ -1,22 +1,16 @@
 """One-command GPU check of the fused frame loss (``make gpu-check`` = ``python3 bench/gpu_check.py``).
 
-Runs on a bare H100/H200 machine with this checkout and torch / Triton / pytest only (no install: ``haf`` is
-imported from the checkout through :mod:`haf_path`; DeepSpeed and DALI are never imported). Three parts, each in
-its own process with its own time budget, so a failing or slow part records its error and the others still run:
+Runs on a bare H100/H200 machine with this checkout and torch / Triton / pytest only (``haf`` imported through
+:mod:`haf_path`; DeepSpeed and DALI never imported). Three parts, each in its own process and time budget:
+``tests`` — ``pytest -m gpu`` on the loss's test files; ``loss`` — forward + backward at the five shapes, fp32
+(TF32) and bf16, eager / ``torch.compile`` / fused (CUDA-event median, peak ``max_memory_allocated`` above the
+start), plus the fused path's other schedule variants (``HAF_FRAME_LOSS_VARIANT``) at the two large shapes, each
+row naming its ``variant`` → ``bench/results/frame_loss_gpu.json``; ``train`` — ResNet-50 + type-II head + HAFrame,
+plain engine, bf16, batch 256 → ``bench/results/train_step_gpu.json``. A failing part records its error; the
+others still run.
 
-* ``tests`` — ``pytest -m gpu`` on the loss's test files;
-* ``loss``  — forward + backward of the loss at the paper shapes (64, 100, 100), (256, 1010, 1010),
-  (1024, 608, 608) and the large (4096, 10000, 10000), (8192, 2048, 32000), fp32 (TF32 matmuls) and bf16 features:
-  eager reference, the reference under ``torch.compile``, and the fused kernels. Time: CUDA events, warm-up, median
-  of the rounds; memory: ``max_memory_allocated`` above what was allocated before the step.
-  → ``bench/results/frame_loss_gpu.json`` (with the tests' outcome);
-* ``train`` — ResNet-50 + type-II head + HAFrame, plain engine, channels-last, bf16 autocast, batch 256, 224 px,
-  K = 1010, synthetic images on the device: images/s and the loss's share of the step, fused and reference loss
-  (needs numpy, PyYAML and torchvision; a missing one is recorded as that part's error).
-  → ``bench/results/train_step_gpu.json``.
-
-``--dry-run``: the same plumbing on CPU at tiny shapes (fused kernels in Triton's interpreter, ``torch.compile``
-with its eager backend, wall-clock timing, no peak memory), written to ``--out``; the tests check its files.
+``--dry-run``: the same plumbing on CPU at tiny shapes (Triton's interpreter, ``torch.compile`` with its eager
+backend, no peak memory), written to ``--out``; the tests check its files.
 """
 from __future__ import annotations
 
@@ -36,6 +30,10 @@ LOSS_TEST_FILES = ["tests/test_frame_loss_triton.py", "tests/test_frame_loss_rul
                    "tests/test_frame_loss_dispatch.py", "tests/test_losses.py"]
 GPU_SHAPES = [(64, 100, 100), (256, 1010, 1010), (1024, 608, 608), (4096, 10000, 10000), (8192, 2048, 32000)]
 DRY_SHAPES = [(8, 16, 12), (24, 40, 72)]
+#: Shapes where every schedule variant of the tiled regime is timed too (fused path only; rows with "variant").
+VARIANT_SHAPES = [(4096, 10000, 10000), (8192, 2048, 32000)]
+DRY_VARIANT_SHAPES = [(8, 16, 2100)]  # K > 2048: the tiled regime
+OTHER_VARIANTS = ("persistent", "tma")
 DTYPES = ("fp32", "bf16")
 #: Seconds per part on a GPU (sum ≤ 8 minutes with start-up); the dry run gets the same budgets.
 BUDGETS = {"tests": 150, "loss": 210, "train": 90}
@@ -126,12 +124,19 @@ def _loss_inputs(shape, dtype, device):
             similarity.to(device))
 
 
+def _empty_row(shape, dtype_name: str, variant: str) -> dict:
+    return {"shape": list(shape), "dtype": dtype_name, "variant": variant, "eager_ms": None, "compiled_ms": None,
+            "fused_ms": None, "eager_peak_mib": None, "fused_peak_mib": None, "compiled_peak_mib": None}
+
+
 def _loss_part(result_path: Path, dry_run: bool, budget: float) -> None:
     import torch
 
     import haf.losses as reference
     from haf.kernels import frame_loss
+    from haf.kernels.frame_loss_config import VARIANT_ENV
 
+    default_variant = os.environ.get(VARIANT_ENV, "").strip().lower() or "basic"
     deadline = time.monotonic() + budget - 10
     cuda = torch.cuda.is_available() and not dry_run
     device = "cuda" if cuda else "cpu"
@@ -143,13 +148,12 @@ def _loss_part(result_path: Path, dry_run: bool, budget: float) -> None:
     shapes = DRY_SHAPES if dry_run else GPU_SHAPES
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     out = {**_environment(dry_run), "matmul_precision": "high", "rows": [], "errors": []}
-    rows = {}
-    for shape in shapes:
-        for dtype_name in DTYPES:
-            rows[(shape, dtype_name)] = {"shape": list(shape), "dtype": dtype_name, "eager_ms": None,
-                                         "compiled_ms": None, "fused_ms": None, "eager_peak_mib": None,
-                                         "fused_peak_mib": None, "compiled_peak_mib": None}
-    out["rows"] = list(rows.values())
+    rows = {(shape, dtype_name): _empty_row(shape, dtype_name, default_variant)
+            for shape in shapes for dtype_name in DTYPES}
+    variant_rows = {(shape, dtype_name, variant): _empty_row(shape, dtype_name, variant)
+                    for variant in OTHER_VARIANTS for shape in (DRY_VARIANT_SHAPES if dry_run else VARIANT_SHAPES)
+                    for dtype_name in DTYPES}
+    out["rows"] = list(rows.values()) + list(variant_rows.values())
     compile_backend = "eager" if dry_run else "inductor"
 
     def loss_fn(path):
@@ -160,33 +164,41 @@ def _loss_part(result_path: Path, dry_run: bool, budget: float) -> None:
             return torch.compile(reference.hierarchy_frame_loss, backend=compile_backend, dynamic=False)
         return lambda *args: frame_loss(*args, backend="triton")
 
-    # eager and fused first at every shape, compiled last: its compilation time must not starve the others
-    for paths in (("eager", "fused"), ("compiled",)):
-        for (shape, dtype_name), row in rows.items():
-            for path in paths:
-                if time.monotonic() > deadline:
-                    out["errors"].append(f"{path} {shape} {dtype_name}: skipped, part budget of {budget:.0f} s spent")
-                    continue
-                try:
-                    fn = loss_fn(path)
-                    inputs = _loss_inputs(shape, dtypes[dtype_name], device)
+    # eager and fused first at every shape, then compiled (its compilation time must not starve the others), then
+    # the other schedule variants of the fused path at the large shapes (eager figures copied from the basic row)
+    cells = [(key, row, path) for paths in (("eager", "fused"), ("compiled",)) for key, row in rows.items()
+             for path in paths]
+    cells += [((shape, dtype_name), row, "fused") for (shape, dtype_name, _), row in variant_rows.items()]
+    for (shape, dtype_name), row, path in cells:
+        os.environ[VARIANT_ENV] = row["variant"]
+        if row is not rows.get((shape, dtype_name)):
+            for key in ("eager_ms", "compiled_ms", "eager_peak_mib", "compiled_peak_mib"):
+                row[key] = rows.get((shape, dtype_name), {}).get(key)
+        if time.monotonic() > deadline:
+            out["errors"].append(f"{path} {row['variant']} {shape} {dtype_name}: skipped, part budget of "
+                                 f"{budget:.0f} s spent")
+            continue
+        try:
+            fn = loss_fn(path)
+            inputs = _loss_inputs(shape, dtypes[dtype_name], device)
 
-                    def step():
-                        inputs[0].grad = None
-                        fn(*inputs, 0.4).backward()
+            def step():
+                inputs[0].grad = None
+                fn(*inputs, 0.4).backward()
 
-                    large = shape[0] * shape[2] > (1 << 24)
-                    warmup, rounds = (1, 3) if dry_run else ((2, 5) if large else (10, 30))
-                    row[f"{path}_ms"] = round(timer.median_ms(step, warmup, rounds), 4)
-                    peak = timer.peak_mib(step)
-                    row[f"{path}_peak_mib"] = None if peak is None else round(peak, 2)
-                    del inputs
-                except Exception as error:  # recorded; the other cells still run
-                    out["errors"].append(f"{path} {shape} {dtype_name}: {type(error).__name__}: {error}"[:500])
-                finally:
-                    if cuda:
-                        torch.cuda.empty_cache()
-                _write_json(result_path, out)
+            large = shape[0] * shape[2] > (1 << 24)
+            warmup, rounds = (1, 3) if dry_run else ((2, 5) if large else (10, 30))
+            row[f"{path}_ms"] = round(timer.median_ms(step, warmup, rounds), 4)
+            peak = timer.peak_mib(step)
+            row[f"{path}_peak_mib"] = None if peak is None else round(peak, 2)
+            del inputs
+        except Exception as error:  # recorded; the other cells still run
+            out["errors"].append(f"{path} {row['variant']} {shape} {dtype_name}: {type(error).__name__}: "
+                                 f"{error}"[:500])
+        finally:
+            if cuda:
+                torch.cuda.empty_cache()
+        _write_json(result_path, out)
     out["imported_forbidden"] = [name for name in FORBIDDEN if name in sys.modules]
     _write_json(result_path, out)
 

@@ -2,22 +2,15 @@
 
     ℓ_b = (1 − α) · CE(h_b Wᵀ, y_b) + α · Σ_i (cos(w_i, h_b) − S[i, y_b])²
 
-reduced over the batch like ``F.cross_entropy`` (see :mod:`haf.losses`, the reference this module dispatches to
-and is tested against). Backends:
-
-* ``"reference"`` — :func:`haf.kernels.frame_loss_reference.hierarchy_frame_loss` (plain PyTorch, autograd; any
-  device, any dtype);
-* ``"triton"`` — :mod:`haf.kernels.frame_loss_triton`: fused kernels, dL/dh computed during the forward, no B × K
-  tensor kept for the backward (on CPU only through Triton's interpreter, ``TRITON_INTERPRET=1``);
-* ``"auto"`` — the environment variable ``HAF_BACKEND`` if it is set, otherwise Triton for CUDA tensors (fp32,
-  bf16, fp16) and the reference for everything else.
-
-An explicit ``backend="triton"`` or ``"reference"`` always wins over ``HAF_BACKEND``; the variable only replaces
-``"auto"``, so tests and benchmarks can force a path for a whole run without touching call sites.
+reduced over the batch like ``F.cross_entropy`` (reference: :mod:`haf.losses`). Backends: ``"reference"`` —
+:func:`haf.kernels.frame_loss_reference.hierarchy_frame_loss` (autograd, any device and dtype); ``"triton"`` —
+:mod:`haf.kernels.frame_loss_triton` (dL/dh computed in the forward, no B × K tensor kept; on CPU only through
+Triton's interpreter, ``TRITON_INTERPRET=1``); ``"auto"`` — ``HAF_BACKEND`` if set, else Triton for CUDA tensors in
+fp32/bf16/fp16 and the reference otherwise. An explicit backend always wins over ``HAF_BACKEND``.
 
 Under ``torch.compile`` both backends run as one registered operator, ``torch.ops.haf.frame_loss`` (a
-``torch.library`` custom op with a fake implementation and a registered backward), so a model compiled with
-``fullgraph=True`` traces through the loss without a graph break.
+``torch.library`` custom op with a fake implementation and a registered backward), so ``fullgraph=True`` traces
+through the loss without a graph break.
 """
 from __future__ import annotations
 

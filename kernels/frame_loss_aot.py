@@ -4,7 +4,8 @@ Triton's interpreter (``TRITON_INTERPRET=1``) checks the kernels' arithmetic but
 dtype rules of ``tl.dot``, shared-memory budgets and register allocation only meet the real compiler. This module
 runs that compiler — Triton → PTX → ``ptxas`` (shipped inside the Triton wheel) → cubin — for a chosen
 architecture, from any machine. ``python -m haf.kernels.frame_loss_aot`` compiles every kernel for sm_90 at the
-tile choices of the paper and large regimes and prints ptxas' register and spill report for each.
+tile choices of the paper and large regimes (the large one in every schedule variant: basic, persistent, tma)
+and prints ptxas' register and spill report for each.
 
 The kernels must be real ``JITFunction``s, so this must run in a process where ``TRITON_INTERPRET`` is unset
 (the tests start a subprocess for it).
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import frame_loss_kernels as kernels
+from . import frame_loss_persistent as persistent
 from . import frame_loss_triton as fused
 
 _TRITON_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -35,6 +37,11 @@ class CompiledKernel:
     shared_bytes: int
     ptx: str
     cubin: bytes
+
+
+def _descriptor(dtype_name: str, *block: int) -> str:
+    """Signature type of a host-side TMA descriptor argument with this block shape."""
+    return f"tensordesc<{dtype_name}[{','.join(map(str, block))}]>"
 
 
 def _signature(kernel, pointer_types: dict[str, str], float_args: set[str], constants: dict) -> dict[str, str]:
@@ -70,12 +77,12 @@ def _compile(kernel, pointer_types, float_args, constants, num_warps, num_stages
 
 def compile_kernels(
     dtype: torch.dtype, batch: int, dim: int, num_classes: int, capability: int = 90,
-    precision: str | None = None, reduction: str = "mean",
+    precision: str | None = None, reduction: str = "mean", variant: str = "basic",
 ) -> list[CompiledKernel]:
     """Compile the kernels the launcher would run for this problem (row-block kernel in the launch-bound regime,
-    the four tiled kernels otherwise, then the backward's elementwise kernel) with the tiles ``choose_config``
-    picks."""
-    return _forward_kernels(dtype, batch, dim, num_classes, capability, precision, reduction) + [
+    the four tiled kernels otherwise — kernels 1 and 3 in the schedule ``variant`` — then the backward's
+    elementwise kernel) with the tiles ``choose_config`` picks."""
+    return _forward_kernels(dtype, batch, dim, num_classes, capability, precision, reduction, variant) + [
         _backward_kernel(dtype, capability, reduction)]
 
 
@@ -87,7 +94,8 @@ def _backward_kernel(dtype: torch.dtype, capability: int, reduction: str) -> Com
     )
 
 
-def _forward_kernels(dtype, batch, dim, num_classes, capability, precision, reduction) -> list[CompiledKernel]:
+def _forward_kernels(dtype, batch, dim, num_classes, capability, precision, reduction,
+                     variant="basic") -> list[CompiledKernel]:
     name = _TRITON_DTYPE[dtype]
     if dtype == torch.float32 and precision is None:
         precision = "tf32"
@@ -111,15 +119,21 @@ def _forward_kernels(dtype, batch, dim, num_classes, capability, precision, redu
     tiled_precision = precision if dtype == torch.float32 else None
     norms = _compile(kernels._row_norm_kernel, {"h_ptr": f"*{name}", "hnorm_ptr": "*fp32", "status_ptr": "*i32"},
                      set(), {"stride_hd": 1, "BLOCK_B": 32, "BLOCK_D": 64}, 4, 1, capability)
+    tma = variant == "tma" and tiled_precision != "ieee"  # as the launcher: IEEE fp32 keeps pointer loads
+    operand = f"*{name}"
+    logits_kernel = kernels._logits_stats_kernel if variant == "basic" else persistent._logits_stats_persistent_kernel
+    h_arg, w_arg = ("h_src", "w_src") if variant != "basic" else ("h_ptr", "w_ptr")
     logits = _compile(
-        kernels._logits_stats_kernel,
-        {"h_ptr": f"*{name}", "w_ptr": f"*{name}", "inv_wnorm_ptr": "*fp32", "table_ptr": "*fp32", "y_ptr": "*i64",
+        logits_kernel,
+        {h_arg: _descriptor(name, config.logits_block_b, config.logits_block_d) if tma else operand,
+         w_arg: _descriptor(name, config.logits_block_k, config.logits_block_d) if tma else operand,
+         "inv_wnorm_ptr": "*fp32", "table_ptr": "*fp32", "y_ptr": "*i64",
          "hnorm_ptr": "*fp32", "z_ptr": "*fp32", "part_ptr": "*fp32"},
         set(),
-        {**{k: v for k, v in unit.items() if k in kernels._logits_stats_kernel.arg_names},
+        {**{k: v for k, v in unit.items() if k in logits_kernel.arg_names},
          "H_EPS": fused.FEATURE_EPS, "BLOCK_B": config.logits_block_b, "BLOCK_K": config.logits_block_k,
          "BLOCK_D": config.logits_block_d, "GROUP": config.group, "INPUT_PRECISION": tiled_precision,
-         "UPCAST_DOT": False, "STORE_Z": True},
+         "UPCAST_DOT": False, "STORE_Z": True, **({} if variant == "basic" else {"TMA": tma})},
         config.logits_warps, config.logits_stages, capability,
     )
     softmax = _compile(
@@ -131,14 +145,19 @@ def _forward_kernels(dtype, batch, dim, num_classes, capability, precision, redu
          "BLOCK_T": config.partials_block},
         config.rows_warps, 1, capability,
     )
+    grad_kernel = kernels._grad_features_kernel if variant == "basic" else persistent._grad_features_persistent_kernel
+    g_arg, w_arg = ("g_src", "w_src") if variant != "basic" else ("g_ptr", "w_ptr")
     grad = _compile(
-        kernels._grad_features_kernel,
-        {"g_ptr": f"*{name}", "w_ptr": f"*{name}", "h_ptr": f"*{name}", "coef_ptr": "*fp32", "dh_ptr": f"*{name}"},
+        grad_kernel,
+        {g_arg: _descriptor(name, config.grad_block_b, config.grad_block_k) if tma else operand,
+         w_arg: _descriptor(name, config.grad_block_k, config.grad_block_d) if tma else operand,
+         "h_ptr": operand, "coef_ptr": "*fp32", "dh_ptr": operand, "split_ptr": "*fp32", "ticket_ptr": "*i32"},
         set(),
-        {**{k: v for k, v in unit.items() if k in kernels._grad_features_kernel.arg_names},
+        {**{k: v for k, v in unit.items() if k in grad_kernel.arg_names},
          "BLOCK_B": config.grad_block_b, "BLOCK_D": config.grad_block_d, "BLOCK_K": config.grad_block_k,
-         "GROUP": config.group, "INPUT_PRECISION": tiled_precision, "UPCAST_DOT": False},
-        config.grad_warps, config.grad_stages, capability,
+         "GROUP": config.group, "INPUT_PRECISION": tiled_precision, "UPCAST_DOT": False,
+         **({} if variant == "basic" else {"TMA": tma})},
+        config.grad_warps, config.grad_stages_for(variant), capability,
     )
     return [norms, logits, softmax, grad]
 
@@ -169,17 +188,23 @@ SHAPES = {"paper (256, 1010, 1010)": (256, 1010, 1010), "large (8192, 2048, 3200
 VARIANTS = [(torch.bfloat16, None, "mean"), (torch.float16, None, "mean"), (torch.float32, "tf32", "mean"),
             (torch.float32, "ieee", "mean"), (torch.bfloat16, None, "sum"), (torch.bfloat16, None, "none")]
 
+#: Schedules of the tiled regime's GEMM kernels (``frame_loss_config.VARIANTS``), built at the large shape.
+SCHEDULES = ("basic", "persistent", "tma")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--capability", type=int, default=90, help="CUDA compute capability × 10 (default 90)")
     args = parser.parse_args(argv)
     for label, (batch, dim, classes) in SHAPES.items():
+        tiled = batch * classes > fused.SMALL_PROBLEM_ELEMENTS
         for dtype, precision, reduction in VARIANTS:
-            variant = f"{_TRITON_DTYPE[dtype]}{'/' + precision if precision else ''} {reduction}"
-            for kernel in compile_kernels(dtype, batch, dim, classes, args.capability, precision, reduction):
-                print(f"{label:<26} {variant:<16} {kernel.name:<22} smem {kernel.shared_bytes:>6} B  "
-                      f"{ptxas_report(kernel, args.capability)}", flush=True)
+            for schedule in SCHEDULES if tiled else ("basic",):
+                variant = f"{_TRITON_DTYPE[dtype]}{'/' + precision if precision else ''} {reduction} {schedule}"
+                for kernel in compile_kernels(dtype, batch, dim, classes, args.capability, precision, reduction,
+                                              schedule):
+                    print(f"{label:<26} {variant:<27} {kernel.name:<33} smem {kernel.shared_bytes:>6} B  "
+                          f"{ptxas_report(kernel, args.capability)}", flush=True)
     return 0
 
 

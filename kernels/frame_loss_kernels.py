@@ -7,20 +7,12 @@ Per row b, with z = h Wᵀ, n = ‖h‖, r_i = 1 / max(‖w_i‖, ε), cos_i = r
     a      = −(2α / n²) Σ_i (cos_i − S[y, i]) cos_i                          (0 when n < FEATURE_EPS)
     dℓ/dh  = Σ_i g_i w_i + a h = (G W)_b + a_b h_b
 
-The differences cos_i − S are formed directly (near convergence nothing cancels); the softmax sum leaves the
-target out, so a confident row keeps CE = log1p(Σ_{i≠y} e^{z_i − z_y}) and p_y − 1 = −Σ_{i≠y} p_i to full
-relative precision. Every kernel writes the *unweighted* per-row gradient; the batch weight (1/#counted rows for a
-mean) is a device scalar applied in the backward together with grad_output.
-
-* ``_row_block_kernel`` — the launch-bound regime: one program per BLOCK_B rows does everything (‖h‖, z tile by
-  tile with the row statistics, G, dH = G W + a h) with fp32 operands, and the last program to finish (an atomic
-  ticket) reduces the per-program loss partials: one launch per forward.
-* ``_row_norm_kernel`` → ``_logits_stats_kernel`` → ``_softmax_grad_kernel`` → ``_grad_features_kernel`` — the
-  compute-bound regime, tiled over the whole (rows × classes) plane; see the host module for the flop/byte budget.
-* ``_scale_grad_kernel`` — the backward of both: one elementwise launch applying grad_output and the batch weight.
-
-Targets are loaded in their own integer dtype and widened to int64 before any comparison with ``ignore_index``;
-masked lanes are never filled with ``ignore_index`` (−100 would become 156 in a uint8 load).
+cos − S is formed directly (nothing cancels near convergence); the softmax sum leaves the target out, so a confident
+row keeps CE = log1p(Σ_{i≠y} e^{z_i − z_y}) and p_y − 1 = −Σ_{i≠y} p_i to full precision. Kernels write the
+*unweighted* per-row gradient (the batch weight is applied in the backward).
+``_row_block_kernel``: the launch-bound regime, one program per row block, loss reduced by the last program.
+``_row_norm_kernel`` → ``_logits_stats_kernel`` → ``_softmax_grad_kernel`` → ``_grad_features_kernel``: the tiled
+regime (persistent schedules: :mod:`haf.kernels.frame_loss_persistent`). ``_scale_grad_kernel``: the backward.
 """
 from __future__ import annotations
 
@@ -51,7 +43,9 @@ def _log1p(x):
 
 @triton.jit
 def _row_targets(y_ptr, rows, row_ok, K, ignore_index):
-    """(y as int64, counted, has_class, poison): poison is NaN for a counted row whose target is no class."""
+    """(y as int64, counted, has_class, poison): poison is NaN for a counted row whose target is no class.
+    Targets are loaded in their own integer dtype and widened before any comparison with ``ignore_index``; masked
+    lanes are never filled with it (−100 would become 156 in a uint8 load)."""
     y = tl.load(y_ptr + rows, mask=row_ok, other=0).to(tl.int64)
     counted = row_ok & (y != ignore_index)
     in_range = (y >= 0) & (y < K)
@@ -230,26 +224,22 @@ def _row_norm_kernel(h_ptr, hnorm_ptr, status_ptr, B, D, stride_hb, stride_hd,
 
 
 @triton.jit
-def _logits_stats_kernel(
-    h_ptr, w_ptr, inv_wnorm_ptr, table_ptr, y_ptr, hnorm_ptr,  # inputs (‖h‖ from _row_norm_kernel)
-    z_ptr, part_ptr,  # outputs: z (B×K fp32), partials (5×B×T fp32)
-    B, D, K, T, ignore_index,
-    stride_hb, stride_hd, stride_wk, stride_wd, stride_table, stride_zb, stride_pq, stride_pb,
-    H_EPS: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, STORE_Z: tl.constexpr,
-):
-    """One (BLOCK_B rows × BLOCK_K classes) tile of z = h Wᵀ and its five row partials (max, Σ_{i≠y} exp, z_y,
-    Σ (cos − S)², Σ (cos − S) cos); padded classes are −inf in the max/exp and 0 in every sum."""
-    pid_b, pid_k = _grouped_tile(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.cdiv(K, BLOCK_K), GROUP)
-    rows = pid_b.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    cols = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
-    row_ok = rows < B
-    col_ok = cols < K
+def _mma(a, b, acc, INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """acc + a b. UPCAST_DOT (interpreter only): its tl.dot multiplies bf16 bit patterns, so upcast first (exact)."""
+    if UPCAST_DOT:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=INPUT_PRECISION)
+    else:
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    return acc
 
+
+@triton.jit
+def _logits_mainloop(h_ptr, w_ptr, rows, cols, B, D, K, stride_hb, stride_hd, stride_wk, stride_wd,
+                     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                     INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """z tile = h[rows] W[cols]ᵀ by pointer loads, in the Triton matmul tutorial's style: edges wrapped (% B, % K)
+    so only the reduction tail is masked; the loop body is loads and the MMA only (‖h‖ comes from a separate pass)."""
     acc = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
-    # Main loop in the Triton matmul tutorial's style: edges wrapped (% B, % K) so only the reduction tail is
-    # masked; the loop body is loads and the MMA only (‖h‖ comes from a separate pass).
     offs_d = tl.arange(0, BLOCK_D)
     h_ptrs = h_ptr + (rows % B)[:, None] * stride_hb + offs_d[None, :] * stride_hd
     w_ptrs = w_ptr + (cols % K)[:, None] * stride_wk + offs_d[None, :] * stride_wd
@@ -259,11 +249,16 @@ def _logits_stats_kernel(
         w = tl.load(w_ptrs, mask=d_ok[None, :], other=0.0)
         h_ptrs += BLOCK_D * stride_hd
         w_ptrs += BLOCK_D * stride_wd
-        if UPCAST_DOT:  # interpreter only: its tl.dot multiplies bf16 bit patterns
-            acc = tl.dot(h.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision=INPUT_PRECISION)
-        else:
-            acc = tl.dot(h, tl.trans(w), acc, input_precision=INPUT_PRECISION)
+        acc = _mma(h, tl.trans(w), acc, INPUT_PRECISION, UPCAST_DOT)
+    return acc
 
+
+@triton.jit
+def _logits_epilogue(acc, rows, cols, row_ok, col_ok, pid_k, inv_wnorm_ptr, table_ptr, y_ptr, hnorm_ptr, z_ptr,
+                     part_ptr, K, ignore_index, stride_table, stride_zb, stride_pq, stride_pb,
+                     H_EPS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, STORE_Z: tl.constexpr):
+    """The five row partials of one z tile (max, Σ_{i≠y} exp, z_y, Σ (cos − S)², Σ (cos − S) cos), stored at
+    class tile ``pid_k``; padded classes are −inf in the max/exp and 0 in every sum."""
     hnorm = tl.load(hnorm_ptr + rows, mask=row_ok, other=1.0)
     directed = hnorm >= H_EPS
     n = tl.maximum(hnorm, H_EPS)
@@ -291,6 +286,29 @@ def _logits_stats_kernel(
     tl.store(part + 2 * stride_pq, z_y, mask=row_ok)
     tl.store(part + 3 * stride_pq, sq, mask=row_ok)
     tl.store(part + 4 * stride_pq, dc, mask=row_ok)
+
+
+@triton.jit
+def _logits_stats_kernel(
+    h_ptr, w_ptr, inv_wnorm_ptr, table_ptr, y_ptr, hnorm_ptr,  # inputs (‖h‖ from _row_norm_kernel)
+    z_ptr, part_ptr,  # outputs: z (B×K fp32), partials (5×B×T fp32)
+    B, D, K, T, ignore_index,
+    stride_hb, stride_hd, stride_wk, stride_wd, stride_table, stride_zb, stride_pq, stride_pb,
+    H_EPS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr, STORE_Z: tl.constexpr,
+):
+    """One (BLOCK_B rows × BLOCK_K classes) tile of z = h Wᵀ and its row partials per program."""
+    pid_b, pid_k = _grouped_tile(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.cdiv(K, BLOCK_K), GROUP)
+    rows = pid_b.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    row_ok = rows < B
+    col_ok = cols < K
+    acc = _logits_mainloop(h_ptr, w_ptr, rows, cols, B, D, K, stride_hb, stride_hd, stride_wk, stride_wd,
+                           BLOCK_B, BLOCK_K, BLOCK_D, INPUT_PRECISION, UPCAST_DOT)
+    _logits_epilogue(acc, rows, cols, row_ok, col_ok, pid_k, inv_wnorm_ptr, table_ptr, y_ptr, hnorm_ptr, z_ptr,
+                     part_ptr, K, ignore_index, stride_table, stride_zb, stride_pq, stride_pb,
+                     H_EPS, BLOCK_B, BLOCK_K, STORE_Z)
 
 
 @triton.jit
@@ -354,6 +372,36 @@ def _softmax_grad_kernel(
 
 
 @triton.jit
+def _grad_mainloop(g_ptr, w_ptr, rows, ds, B, D, k_begin, k_end, stride_gb, stride_wk, stride_wd,
+                   BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
+                   INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """(G W)[rows, ds] over the classes k_begin ≤ k < k_end, by pointer loads (edges wrapped, K tail masked)."""
+    acc = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
+    offs_k = tl.arange(0, BLOCK_K)
+    g_ptrs = g_ptr + (rows % B)[:, None] * stride_gb + (k_begin + offs_k)[None, :]
+    w_ptrs = w_ptr + (k_begin + offs_k)[:, None].to(tl.int64) * stride_wk + (ds % D)[None, :] * stride_wd
+    for k0 in range(k_begin, k_end, BLOCK_K):
+        k_ok = (k0 + offs_k) < k_end
+        g = tl.load(g_ptrs, mask=k_ok[None, :], other=0.0)
+        w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+        g_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K * stride_wk
+        acc = _mma(g, w, acc, INPUT_PRECISION, UPCAST_DOT)
+    return acc
+
+
+@triton.jit
+def _grad_epilogue(acc, rows, ds, row_ok, d_ok, h_ptr, coef_ptr, dh_ptr, stride_hb, stride_hd, stride_db,
+                   stride_dd):
+    """dH tile = (G W) tile + a ⊙ h, rounded once to dH's dtype."""
+    mask = row_ok[:, None] & d_ok[None, :]
+    h = tl.load(h_ptr + rows[:, None] * stride_hb + ds[None, :] * stride_hd, mask=mask, other=0.0).to(tl.float32)
+    coef = tl.load(coef_ptr + rows, mask=row_ok, other=0.0)
+    acc = acc + coef[:, None] * h
+    tl.store(dh_ptr + rows[:, None] * stride_db + ds[None, :] * stride_dd, acc.to(dh_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _grad_features_kernel(
     g_ptr, w_ptr, h_ptr, coef_ptr, dh_ptr,
     B, D, K,
@@ -361,33 +409,15 @@ def _grad_features_kernel(
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
 ):
-    """dH = G W + a ⊙ h for one (BLOCK_B rows × BLOCK_D features) tile, reducing over the K classes."""
+    """dH = G W + a ⊙ h for one (BLOCK_B rows × BLOCK_D features) tile per program, reducing over the K classes."""
     pid_b, pid_d = _grouped_tile(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.cdiv(D, BLOCK_D), GROUP)
     rows = pid_b.to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     ds = pid_d.to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
     row_ok = rows < B
     d_ok = ds < D
-
-    acc = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
-    offs_k = tl.arange(0, BLOCK_K)
-    g_ptrs = g_ptr + (rows % B)[:, None] * stride_gb + offs_k[None, :]
-    w_ptrs = w_ptr + offs_k[:, None].to(tl.int64) * stride_wk + (ds % D)[None, :] * stride_wd
-    for k0 in range(0, K, BLOCK_K):
-        k_ok = (k0 + offs_k) < K
-        g = tl.load(g_ptrs, mask=k_ok[None, :], other=0.0)
-        w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
-        g_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K * stride_wk
-        if UPCAST_DOT:
-            acc = tl.dot(g.to(tl.float32), w.to(tl.float32), acc, input_precision=INPUT_PRECISION)
-        else:
-            acc = tl.dot(g, w, acc, input_precision=INPUT_PRECISION)
-
-    mask = row_ok[:, None] & d_ok[None, :]
-    h = tl.load(h_ptr + rows[:, None] * stride_hb + ds[None, :] * stride_hd, mask=mask, other=0.0).to(tl.float32)
-    coef = tl.load(coef_ptr + rows, mask=row_ok, other=0.0)
-    acc = acc + coef[:, None] * h
-    tl.store(dh_ptr + rows[:, None] * stride_db + ds[None, :] * stride_dd, acc.to(dh_ptr.dtype.element_ty), mask=mask)
+    acc = _grad_mainloop(g_ptr, w_ptr, rows, ds, B, D, 0, K, stride_gb, stride_wk, stride_wd,
+                         BLOCK_B, BLOCK_D, BLOCK_K, INPUT_PRECISION, UPCAST_DOT)
+    _grad_epilogue(acc, rows, ds, row_ok, d_ok, h_ptr, coef_ptr, dh_ptr, stride_hb, stride_hd, stride_db, stride_dd)
 
 
 @triton.jit

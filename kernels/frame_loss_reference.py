@@ -1,23 +1,16 @@
 """Reference losses in plain PyTorch: the ground truth every fused kernel is tested against.
 
-The HAFrame loss (Liang & Davis, ICCV 2023) for features ``h`` (B × D), a fixed frame ``W`` (K × D), targets ``y``
-and the class similarity ``S`` (K × K)::
+HAFrame loss (Liang & Davis, ICCV 2023) for features h (B × D), a fixed frame W (K × D), targets y, similarity S::
 
     z      = h Wᵀ                                   (h is NOT normalised: the logits see its norm)
     cos_bi = (w_i · h_b) / (max(‖w_i‖, ε) · ‖h_b‖)        (0 when ‖h_b‖ < FEATURE_EPS: no direction)
     ℓ_b    = (1 − α) · CE(z_b, y_b) + α · Σ_i (cos_bi − S[i, y_b])²
 
-summed over classes, then reduced over the batch like ``F.cross_entropy`` (mean over non-ignored rows, sum, or
-per-sample). Two forms are kept:
-
-* :func:`hierarchy_frame_loss`, vectorised over classes (one B × K product): the reference path of
-  ``haf.kernels.frame_loss``;
-* :func:`hierarchy_frame_loss_loop`, the paper's literal per-class Python loop, kept only as the benchmarks'
-  baseline (a); same arguments, same results.
-
-Dtype policy: bf16/fp16 inputs are upcast and everything is accumulated and returned in fp32; fp64 inputs stay
-fp64 (the tests compare against fp64 autograd). Near convergence the cosine term is a difference of nearly equal
-numbers, which is why half precision is never used for the arithmetic.
+reduced over the batch like ``F.cross_entropy``. :func:`hierarchy_frame_loss` is vectorised over classes (the
+reference path of ``haf.kernels.frame_loss``); :func:`hierarchy_frame_loss_loop` is the paper's per-class loop, the
+benchmarks' baseline (a). Dtype policy: bf16/fp16 inputs are upcast and accumulated and returned in fp32, fp64
+stays fp64; near convergence the cosine term is a difference of nearly equal numbers (docs/METHOD.md §4), which is
+why half precision is never used for the arithmetic.
 """
 from __future__ import annotations
 

@@ -1,31 +1,23 @@
-"""Fused Triton path of the HAFrame loss: host side (plans, prepared frames, autograd). Kernels and their math:
-:mod:`haf.kernels.frame_loss_kernels`; reference: :func:`haf.kernels.frame_loss_reference.hierarchy_frame_loss`.
+"""Fused Triton path of the HAFrame loss: host side (prepared frames, status word, plans, autograd). Kernels and
+math: :mod:`haf.kernels.frame_loss_kernels`; reference: :func:`haf.kernels.frame_loss_reference.hierarchy_frame_loss`.
 
-Two regimes, chosen once per launch plan (cached per shape, dtype, device, reduction):
+Two regimes, chosen once per launch plan (cached per shape, dtype, device, reduction, precision, variant):
+**launch-bound** (B·K ≤ 2²¹, K ≤ 2048: the paper shapes) — ``_row_block_kernel``, fp32 frame and products
+(``tf32x3``, or IEEE under ``highest``), one launch forward (the loss reduced on the device), one backward
+(grad_output × batch weight); **tiled** — :mod:`haf.kernels.frame_loss_tiled` (configuration and schedule
+variants: :mod:`haf.kernels.frame_loss_config`).
 
-* **launch-bound** (B·K ≤ 2²¹, K ≤ 2048: the paper shapes) — ``_row_block_kernel``, one program per 16 rows, the
-  frame kept in fp32 and every product in fp32 (``tf32x3``, or IEEE under ``highest``): one launch forward (the
-  last program reduces the loss on the device), one backward (``_scale_grad_kernel``: grad_output × batch weight).
-* **compute-bound** — ‖h‖ pass, z tiles + row partials, softmax/G pass, dH = G W + a h: 4 launches + the batch
-  reduction. W is cast to the input dtype for the tensor cores and r_i = 1/‖w_i‖ is taken from that cast copy,
-  so the cosines are those of the operands the GEMM used. Transients (z fp32, G) are bounded by
-  ``KernelConfig.chunk_bytes`` by processing rows in chunks.
-
-Budgets (bf16, forward + backward, H100 SXM: 3.35 TB/s, ~650 TFLOP/s Triton GEMM): (64, 100, 100) 2.6 MFLOP,
-(256, 1010, 1010) 1.0 GFLOP, (1024, 608, 608) 1.5 GFLOP — microseconds of work, decided by host cost;
-(4096, 10000, 10000) 1.6 TFLOP, (8192, 2048, 32000) 2.1 TFLOP — compute-bound (≈ 2.5 and 3.3 ms of math).
-
-Host cost per call is a dictionary lookup of the checked arguments and one of the plan, the prepared frame and
-similarity from a one-entry weak memo (their value checks ran once, when prepared), three allocations and the
-launch (~57 µs forward + backward with autograd, launches stubbed; ``bench/RESULTS.md``); no host
-synchronisation, so the forward + backward is CUDA-graph capturable once warmed up. NaN/inf features set a status
-word the kernel writes; on CPU (interpreter) it is read right after the launch, on a GPU from pinned host memory at
-the next call (no synchronisation), and either raises ``ValueError``.
+Per call: a dictionary lookup of the checked arguments and of the plan, the prepared frame and S from a weak memo
+(value checks ran once), a few allocations and the launches; no host synchronisation, so forward + backward is
+CUDA-graph capturable once warm (host cost and budgets: bench/RESULTS.md). NaN/inf features set a status word the
+kernels write: read after the launch on CPU, from pinned host memory at the next call on a GPU; both raise
+``ValueError``.
 """
 from __future__ import annotations
 
 import ctypes
 import dataclasses
+import os
 import warnings
 import weakref
 from typing import NamedTuple
@@ -34,170 +26,18 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import frame_loss_kernels as K
+from .frame_loss_config import (  # noqa: F401 (re-exported: tests and benchmarks reach them here)
+    _DTYPE_NAME, _REDUCE, INTERPRETED, NUM_PARTIALS, ROW_BLOCK_MAX_CLASSES, SMALL_PROBLEM_ELEMENTS,
+    SUPPORTED_DTYPES, TUNED, KernelConfig, _cdiv, _chunk_rows, _input_precision, _next_power_of_2,
+    VARIANT_ENV, _row_block_precision, _sm_count, _upcast_dot, choose_config,
+)
 from .frame_loss_inputs import (
     check_frame_loss_inputs, check_frame_values, check_similarity_values, check_target_range,
 )
 from .frame_loss_reference import COSINE_EPS, FEATURE_EPS
+from .frame_loss_tiled import FusedOutput, tiled_forward, tiled_plan
 
 __all__ = ["INTERPRETED", "KernelConfig", "choose_config", "fused_frame_loss_forward", "triton_frame_loss"]
-
-#: Input dtypes with a tl.dot path (fp64 stays on the reference).
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-NUM_PARTIALS = 5  # per-(row, class tile) partials of the tiled regime
-#: Launch-bound regime: at most this many z elements (B·K) and classes.
-SMALL_PROBLEM_ELEMENTS = 1 << 21
-ROW_BLOCK_MAX_CLASSES = 2048
-_REDUCE = {"none": 0, "sum": 1, "mean": 2}
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _next_power_of_2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
-def _is_interpreted(kernel) -> bool:
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(kernel, InterpretedFunction)
-
-
-#: True when the kernels run through Triton's CPU interpreter (then they take CPU tensors, and only CPU tensors).
-INTERPRETED = _is_interpreted(K._row_block_kernel)
-
-
-def _upcast_dot(dtype: torch.dtype) -> bool:
-    """Triton 3.6–3.7's interpreter stores bf16 as uint16 and its tl.dot multiplies those integers, so under the
-    interpreter bf16 tiles are upcast to fp32 first (exact: the same products and fp32 sums as a bf16 MMA)."""
-    return INTERPRETED and dtype == torch.bfloat16
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Launch configuration
-# ----------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class KernelConfig:
-    """Tile sizes and launch parameters (see :func:`choose_config` and ``TUNED`` for the defaults' origin)."""
-
-    logits_block_b: int = 128  # tiled regime, kernel 1 tile: rows ...
-    logits_block_k: int = 64  # ... × classes
-    logits_block_d: int = 64  # reduction step over features
-    logits_warps: int = 8
-    logits_stages: int = 3
-    grad_block_b: int = 128  # kernel 3 tile: rows ...
-    grad_block_d: int = 64  # ... × features
-    grad_block_k: int = 64  # reduction step over classes
-    grad_warps: int = 8
-    grad_stages: int = 4
-    rows_block: int = 8  # kernel 2: rows per program ...
-    cols_block: int = 512  # ... × classes per step
-    rows_warps: int = 4
-    partials_block: int = 128  # kernel 2 merges the class-tile partials this many at a time
-    group: int = 8  # grouped launch order (L2 reuse) of kernels 1 and 3
-    chunk_bytes: int = 128 << 20  # bound on the transient z (+ G) buffers; see _chunk_rows
-    row_block_b: int = 16  # launch-bound regime: rows per program ...
-    row_block_k: int = 64  # ... classes per step ...
-    row_block_d: int = 64  # ... features per step
-    row_warps: int = 8
-    row_block_max_classes: int = ROW_BLOCK_MAX_CLASSES  # 0 forces the tiled regime
-
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            floor = 0 if field.name == "row_block_max_classes" else 1
-            if not isinstance(value, int) or value < floor:
-                raise ValueError(f"KernelConfig.{field.name} must be a positive int, got {value!r}")
-        for name in ("logits_block_b", "logits_block_k", "logits_block_d", "grad_block_b", "grad_block_d",
-                     "grad_block_k", "rows_block", "cols_block", "partials_block", "row_block_b", "row_block_k",
-                     "row_block_d"):
-            value = getattr(self, name)
-            if value & (value - 1):
-                raise ValueError(f"KernelConfig.{name} must be a power of two (tl.arange), got {value}")
-        for name in ("logits_block_b", "logits_block_k", "logits_block_d", "grad_block_b", "grad_block_d",
-                     "grad_block_k", "row_block_b", "row_block_k", "row_block_d"):
-            if getattr(self, name) < 16:
-                raise ValueError(f"KernelConfig.{name} must be ≥ 16 (tl.dot's smallest tile), got {getattr(self, name)}")
-
-
-#: Tiles per (regime, dtype, fp32 precision) for sm_90 (H100/H200). Chosen by compiling every variant ahead of time
-#: (``python -m haf.kernels.frame_loss_aot``: no spills, no serialised wgmma) and, on a GPU, by
-#: ``bench/tune_frame_loss.py``, which times the candidates it lists and prints the winner in this format.
-TUNED: dict[tuple[str, str, str | None], dict] = {
-    ("tiled", "bf16", None): {},
-    ("tiled", "fp16", None): {},
-    ("tiled", "fp32", "tf32"): {"logits_block_d": 32, "grad_block_k": 32, "grad_stages": 3},
-    ("tiled", "fp32", "ieee"): {"logits_block_b": 64, "logits_block_k": 64, "logits_block_d": 32, "logits_warps": 4,
-                                "logits_stages": 2, "grad_block_b": 64, "grad_block_d": 64, "grad_block_k": 32,
-                                "grad_warps": 4, "grad_stages": 2},
-    ("small-tiled", "any", None): {"logits_block_b": 64, "logits_block_k": 64, "logits_block_d": 32,
-                                   "logits_warps": 4, "grad_block_b": 64, "grad_block_d": 64, "grad_block_k": 32,
-                                   "grad_warps": 4, "grad_stages": 3},
-}
-_DTYPE_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-_CONFIGS: dict[tuple, KernelConfig] = {}
-
-
-def choose_config(
-    batch: int, dim: int, num_classes: int, dtype: torch.dtype, input_precision: str | None
-) -> KernelConfig:
-    """Tiles for a problem (cached: built and validated once per key). No autotuning at run time, so the first
-    call never benchmarks and graphs capture. Under the interpreter: few, large programs (numpy runs whole tiles)."""
-    small = batch * num_classes <= SMALL_PROBLEM_ELEMENTS
-    if INTERPRETED:
-        key: tuple = ("interpreter",)
-    elif dtype == torch.float32 and input_precision == "ieee":
-        key = ("tiled", "fp32", "ieee")
-    elif small:
-        key = ("small-tiled", "any", None)
-    else:
-        key = ("tiled", _DTYPE_NAME[dtype], input_precision if dtype == torch.float32 else None)
-    config = _CONFIGS.get(key)
-    if config is None:
-        if key == ("interpreter",):
-            config = KernelConfig(logits_block_b=64, logits_block_k=256, logits_block_d=64, grad_block_b=64,
-                                  grad_block_d=64, grad_block_k=256, rows_block=64, cols_block=512,
-                                  row_block_b=16, row_block_k=128, row_block_d=64)
-        else:
-            config = KernelConfig(**TUNED[key])
-        _CONFIGS[key] = config
-    return config
-
-
-def _input_precision(dtype: torch.dtype) -> str | None:
-    """Tiled regime: fp32 follows torch's matmul precision ("highest" → IEEE, else TF32); half dtypes: None."""
-    if dtype != torch.float32:
-        return None
-    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
-
-
-def _row_block_precision() -> str:
-    """Launch-bound regime: fp32 products always — IEEE under "highest", else 3×TF32 (fp32-accurate)."""
-    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32x3"
-
-
-_SM_COUNT: dict[int, int] = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNT[index]
-
-
-def _chunk_rows(batch: int, dim: int, num_classes: int, g_bytes: int, config: KernelConfig, sms: int) -> int:
-    """Rows per chunk: as many as ``chunk_bytes`` allows for z (4 B) + G (``g_bytes``; 0 when G overwrites z),
-    but at least enough that kernel 3 has two programs per SM, and a multiple of both row tiles."""
-    step = max(config.logits_block_b, config.grad_block_b, config.rows_block)
-    by_memory = config.chunk_bytes // max(1, num_classes * (4 + g_bytes))
-    to_fill = _cdiv(2 * sms, _cdiv(max(dim, 1), config.grad_block_d)) * config.grad_block_b
-    rows = max(by_memory, to_fill, step)
-    rows = _cdiv(rows, step) * step
-    return min(rows, batch)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -335,17 +175,6 @@ class _RowPlan:
     ticket: torch.Tensor  # int32, zero between launches (the last program resets it)
 
 
-@dataclasses.dataclass(frozen=True)
-class _TiledPlan:
-    config: KernelConfig
-    precision: str | None
-    upcast: bool
-    chunk: int
-    tiles_k: int
-    block_t: int
-    col_blocks: int
-
-
 _PLANS: dict[tuple, object] = {}
 
 
@@ -360,33 +189,6 @@ def _row_plan(batch, dim, classes, device, reduction, compute_grad, config) -> _
                 num_warps=config.row_warps)
     ticket = torch.zeros(1, dtype=torch.int32, device=device)
     return _RowPlan((programs,), numel, scratch, (off_rows, off_parts, batch * classes), meta, ticket)
-
-
-def _tiled_plan(batch, dim, classes, dtype, device, compute_grad, return_logits, config) -> _TiledPlan:
-    precision = _input_precision(dtype)
-    config = config or choose_config(batch, dim, classes, dtype, precision)
-    store_z = compute_grad or return_logits
-    g_in_place = dtype == torch.float32 and not return_logits
-    g_bytes = 0 if (g_in_place or not compute_grad) else torch.finfo(dtype).bits // 8
-    if return_logits or not store_z:
-        chunk = batch
-    else:
-        chunk = _chunk_rows(batch, dim, classes, g_bytes, config, _sm_count(device))
-    tiles_k = _cdiv(classes, config.logits_block_k)
-    return _TiledPlan(config, precision, _upcast_dot(dtype), chunk, tiles_k,
-                      min(_next_power_of_2(tiles_k), config.partials_block), _cdiv(classes, config.cols_block))
-
-
-class FusedOutput(NamedTuple):
-    loss: torch.Tensor  # fp32: scalar, or B values for reduction="none"
-    logits: torch.Tensor | None  # B × K fp32 when asked for
-    grad_features: torch.Tensor | None  # per-row dℓ_b/dh_b, unweighted (B × D, input dtype), when asked for
-    scale: torch.Tensor | None  # fp32 holding the batch weight of every row (1/#counted for a mean); None means 1
-    scale_offset: int = 0  # ... at this element (the row-block regime keeps it in its workspace: no view to make)
-
-    def scale_tensor(self) -> torch.Tensor | None:
-        """The batch weight as a (1,) tensor (a view), or None for 1."""
-        return None if self.scale is None else self.scale[self.scale_offset:self.scale_offset + 1]
 
 
 def _row_block_forward(plan: _RowPlan, features, prepared, table, target, alpha, ignore_index, reduction,
@@ -410,80 +212,6 @@ def _row_block_forward(plan: _RowPlan, features, prepared, table, target, alpha,
     return FusedOutput(loss, None, grad if compute_grad else None, scale, 1)
 
 
-def _tiled_forward(plan: _TiledPlan, features, prepared, table, target, alpha, ignore_index, reduction,
-                   compute_grad, return_logits, status) -> FusedOutput:
-    config = plan.config
-    batch, dim = features.shape
-    num_classes = prepared.weight.shape[0]
-    device, dtype = features.device, features.dtype
-    if features.stride(1) * config.logits_block_d >= 2**31:  # kernel 1 steps its pointers by an int32 product
-        features = features.contiguous()
-    chunk = plan.chunk
-    loss_rows = torch.empty(batch, device=device, dtype=torch.float32)
-    logits = torch.empty(batch, num_classes, device=device, dtype=torch.float32) if return_logits else None
-    grad = torch.empty(batch, dim, device=device, dtype=dtype) if compute_grad else None
-    store_z = compute_grad or return_logits
-    g_in_place = dtype == torch.float32 and not return_logits
-    z_buf = torch.empty(chunk, num_classes, device=device, dtype=torch.float32) if store_z and logits is None else None
-    g_buf = (z_buf if g_in_place else torch.empty(chunk, num_classes, device=device, dtype=dtype)) \
-        if compute_grad else None
-    tiles_k = plan.tiles_k
-    workspace = torch.empty(NUM_PARTIALS * chunk * tiles_k + chunk + batch, device=device, dtype=torch.float32)
-    partials = workspace[: NUM_PARTIALS * chunk * tiles_k].view(NUM_PARTIALS, chunk, tiles_k)
-    coef = workspace[NUM_PARTIALS * chunk * tiles_k:NUM_PARTIALS * chunk * tiles_k + chunk]
-    hnorm = workspace[NUM_PARTIALS * chunk * tiles_k + chunk:]
-    _launch_checked(status, device, K._row_norm_kernel, (_cdiv(batch, 32),), features, hnorm, status.word,
-                    batch, dim, features.stride(0), features.stride(1), BLOCK_B=32, BLOCK_D=64)
-    sms = _sm_count(device)
-    for start in range(0, batch, chunk):
-        rows = min(chunk, batch - start)
-        h = features[start:start + rows]
-        y = target[start:start + rows]
-        norms = hnorm[start:start + rows]
-        z = logits[start:start + rows] if logits is not None else (z_buf[:rows] if z_buf is not None else partials)
-        _launch(K._logits_stats_kernel, (_cdiv(rows, config.logits_block_b) * tiles_k,),
-                h, prepared.weight, prepared.inv_norm, table, y, norms, z, partials,
-                rows, dim, num_classes, tiles_k, ignore_index,
-                h.stride(0), h.stride(1), prepared.weight.stride(0), prepared.weight.stride(1), table.stride(0),
-                z.stride(0), partials.stride(0), partials.stride(1),
-                H_EPS=FEATURE_EPS, BLOCK_B=config.logits_block_b, BLOCK_K=config.logits_block_k,
-                BLOCK_D=config.logits_block_d, GROUP=config.group, INPUT_PRECISION=plan.precision,
-                UPCAST_DOT=plan.upcast, STORE_Z=store_z, num_warps=config.logits_warps,
-                num_stages=config.logits_stages)
-        row_blocks = _cdiv(rows, config.rows_block)
-        if compute_grad:  # enough column splits for ~4 programs per SM, each sweeping a contiguous class range
-            splits = max(1, min(plan.col_blocks, _cdiv(4 * sms, row_blocks)))
-            cols_per_program = _cdiv(plan.col_blocks, splits) * config.cols_block
-            splits = _cdiv(num_classes, cols_per_program)
-        else:
-            splits, cols_per_program = 1, config.cols_block
-        g = g_buf[:rows] if g_buf is not None else partials
-        _launch(K._softmax_grad_kernel, (row_blocks, splits),
-                z, g, partials, norms, prepared.inv_norm, table, y, loss_rows[start:start + rows], coef,
-                rows, num_classes, tiles_k, cols_per_program, alpha, ignore_index,
-                z.stride(0), g.stride(0), partials.stride(0), partials.stride(1), table.stride(0),
-                H_EPS=FEATURE_EPS, WRITE_G=compute_grad, BLOCK_R=config.rows_block, BLOCK_C=config.cols_block,
-                BLOCK_T=plan.block_t, num_warps=config.rows_warps)
-        if compute_grad and dim > 0:
-            dh = grad[start:start + rows]
-            _launch(K._grad_features_kernel, (_cdiv(rows, config.grad_block_b) * _cdiv(dim, config.grad_block_d),),
-                    g, prepared.weight, h, coef, dh, rows, dim, num_classes,
-                    g.stride(0), prepared.weight.stride(0), prepared.weight.stride(1), h.stride(0), h.stride(1),
-                    dh.stride(0), dh.stride(1),
-                    BLOCK_B=config.grad_block_b, BLOCK_D=config.grad_block_d, BLOCK_K=config.grad_block_k,
-                    GROUP=config.group, INPUT_PRECISION=plan.precision, UPCAST_DOT=plan.upcast,
-                    num_warps=config.grad_warps, num_stages=config.grad_stages)
-    scale = None
-    if reduction == "none":
-        loss = loss_rows
-    elif reduction == "sum":
-        loss = loss_rows.sum()
-    else:
-        scale = (target.long() != ignore_index).sum(dtype=torch.float32).clamp_min(1.0).reciprocal().reshape(1)
-        loss = loss_rows.sum() * scale[0]
-    return FusedOutput(loss, logits, grad, scale)
-
-
 def fused_frame_loss_forward(
     features, frame, target, similarity, alpha: float, reduction: str, ignore_index: int, *,
     compute_grad: bool, return_logits: bool = False, config: KernelConfig | None = None, unit_frame: bool = False,
@@ -498,14 +226,15 @@ def fused_frame_loss_forward(
     row_regime = (not return_logits and num_classes <= (config or _DEFAULT).row_block_max_classes
                   and batch * num_classes <= SMALL_PROBLEM_ELEMENTS)
     precision = torch.get_float32_matmul_precision()
-    key = (batch, dim, num_classes, dtype, device, reduction, compute_grad, return_logits, config, precision)
+    key = (batch, dim, num_classes, dtype, device, reduction, compute_grad, return_logits, config, precision,
+           None if row_regime else os.environ.get(VARIANT_ENV))  # the variant: tiled regime only
     plan = _PLANS.get(key)
     if plan is None:
         if row_regime:
             plan = _row_plan(batch, dim, num_classes, device, reduction, compute_grad,
                              config or choose_config(batch, dim, num_classes, dtype, None))
         else:
-            plan = _tiled_plan(batch, dim, num_classes, dtype, device, compute_grad, return_logits, config)
+            plan = tiled_plan(batch, dim, num_classes, dtype, device, compute_grad, return_logits, config)
         _PLANS[key] = plan
     table = _prepare_similarity(similarity)
     target = target if target.is_contiguous() else target.contiguous()
@@ -515,8 +244,8 @@ def fused_frame_loss_forward(
                                  compute_grad, status)
     else:
         prepared = _prepare_frame(frame, dtype, unit_frame)
-        out = _tiled_forward(plan, features, prepared, table, target, alpha, ignore_index, reduction,
-                             compute_grad, return_logits, status)
+        out = tiled_forward(plan, features, prepared, table, target, alpha, ignore_index, reduction,
+                            compute_grad, return_logits, status, _launch, _launch_checked)
     if device.type != "cuda":
         status.raise_if_set()
     return out

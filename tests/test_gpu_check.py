@@ -23,11 +23,14 @@ def test_gpu_check_dry_run_writes_both_files(tmp_path):
     loss = json.loads((tmp_path / "frame_loss_gpu.json").read_text())
     assert {"device", "torch", "triton", "rows"} <= set(loss)
     assert loss["errors"] == [] and loss["imported_forbidden"] == []
-    assert len(loss["rows"]) == 2 * 2  # two dry-run shapes × fp32, bf16
+    basic = [row for row in loss["rows"] if row["variant"] == "basic"]
+    others = [row for row in loss["rows"] if row["variant"] != "basic"]
+    assert len(basic) == 2 * 2  # two dry-run shapes × fp32, bf16
+    assert sorted(row["variant"] for row in others) == ["persistent"] * 2 + ["tma"] * 2  # one tiled shape × 2 dtypes
     for row in loss["rows"]:
         assert ROW_KEYS <= set(row), row
         assert row["dtype"] in ("fp32", "bf16") and len(row["shape"]) == 3
-        for path in ("eager", "compiled", "fused"):
+        for path in ("eager", "compiled", "fused") if row in basic else ("fused",):
             assert row[f"{path}_ms"] > 0, row
         assert row["eager_peak_mib"] is None and row["fused_peak_mib"] is None  # no CUDA allocator on CPU
     tests = loss["gpu_tests"]
