@@ -14,42 +14,15 @@ through the loss without a graph break.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 from typing import Literal, overload
 
 import torch
 from torch import nn
 
+from .backends import BACKEND_ENV, BACKENDS, resolve_backend
 from .frame_loss_inputs import parse_alpha
 
 __all__ = ["BACKENDS", "BACKEND_ENV", "FrameLoss", "frame_loss", "resolve_backend"]
-
-BACKENDS = ("auto", "triton", "reference")
-#: Environment variable that replaces ``backend="auto"`` (values: ``BACKENDS``).
-BACKEND_ENV = "HAF_BACKEND"
-#: Input dtypes the Triton kernels are built for (tl.dot operands); fp64 stays on the reference path.
-TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def resolve_backend(backend: str, features: torch.Tensor) -> str:
-    """Turn ``backend`` (and ``HAF_BACKEND`` for ``"auto"``) into ``"triton"`` or ``"reference"``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        from_env = os.environ.get(BACKEND_ENV, "").strip().lower()
-        if from_env and from_env not in BACKENDS:
-            raise ValueError(f"environment variable {BACKEND_ENV}={from_env!r} must be one of {BACKENDS}")
-        backend = from_env or "auto"
-    if backend == "auto":
-        fast = features.is_cuda and features.dtype in TRITON_DTYPES and _triton_importable()
-        backend = "triton" if fast else "reference"
-    return backend
-
 
 @overload
 def frame_loss(

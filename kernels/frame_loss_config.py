@@ -15,9 +15,10 @@ import os
 import torch
 
 from . import frame_loss_kernels as K
+from .backends import TRITON_DTYPES
 
-#: Input dtypes with a tl.dot path (fp64 stays on the reference).
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: Input dtypes with a tl.dot path (fp64 stays on the reference): the dispatch rule's list.
+SUPPORTED_DTYPES = TRITON_DTYPES
 NUM_PARTIALS = 5  # per-(row, class tile) partials of the tiled regime
 #: Launch-bound regime: at most this many z elements (B·K) and classes.
 SMALL_PROBLEM_ELEMENTS = 1 << 21

@@ -201,7 +201,7 @@ def tree_frame_loss(features: torch.Tensor, frame, target: torch.Tensor, alpha: 
                     return_logits: bool = False):
     """HAFrame loss on a tree frame, shaped like ``F.cross_entropy`` (module docstring); ``backend`` as in
     :func:`haf.kernels.frame_loss` ("auto": Triton for CUDA tensors, else the reference)."""
-    from .frame_loss import resolve_backend
+    from .backends import resolve_backend
 
     frame = as_tree_frame(frame, features.device)
     valid, alpha = _check(features, frame, target, alpha, reduction, ignore_index)
