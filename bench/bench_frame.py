@@ -17,10 +17,10 @@ import time
 import numpy as np
 import pytest
 
+from haf.frame import build_frame
 from haf.frame.dense import (
     _is_psd_cholesky,
     _is_psd_eigvalsh,
-    build_frame,
     find_s_min,
     find_s_min_full_scan,
     similarity_matrix,
