@@ -8,23 +8,27 @@ With a_v = g(v) − g(parent v) ≥ 0 (every non-root v) and c = g(root):
 
 T = F Fᵀ is positive definite (every leaf edge has a_leaf > 0). With x = T⁻¹1, u = Fᵀx (so F u = 1), q = u·u =
 1ᵀT⁻¹1 and β = (1 − √(1 + c·q))/q = −c/(1 + √(1 + c·q)), the frame W = F − β·1uᵀ has W Wᵀ = T − (2β − β²q)·11ᵀ = S
-and unit rows. S + τI is positive definite iff 1 + c·1ᵀ(T + τI)⁻¹1 > 0 (c < 0; always when c ≥ 0), which is the
-reference's "λ_min > −τ" PSD test, exactly; T + τI is T with τ added to every leaf edge.
-
-1ᵀT⁻¹1 and T⁻¹1 come from the pruning recursion (T is the covariance of Brownian motion on the tree with branch
-lengths a_v): bottom-up p_leaf = 0, 1/p_v = Σ_children 1/(p_c + a_c), so 1ᵀT⁻¹1 = 1/p_root; top-down, leaf i's
-entry of T⁻¹1 is (1/a_i)·Π p_w/(p_w + a_w) over the inner non-root nodes w on its path. Both are one pass per
-depth level. Nodes are numbered breadth first (parent index < child index, each depth a contiguous range).
+and unit rows. The tree as arrays: :mod:`haf.frame.tree_arrays`; the PSD test, the pruning recursion and the s_min
+search: :mod:`haf.frame.tree_psd`; derivation: docs/TREE_FRAME.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from haf.hierarchy.distance_conventions import check_convention
-
-from .grid import PSD_TOLERANCE, last_psd_index, reference_grid
+from .grid import PSD_TOLERANCE
+from .tree_arrays import TreeArrays, _level_sum
+from .tree_psd import (
+    _check_gamma,
+    _edges,
+    _node_distances,
+    _node_similarity,
+    _pruning,
+    find_s_min_tree,
+    find_s_min_tree_full_scan,
+    tree_is_psd,
+)
 
 __all__ = ["TreeArrays", "TreeFrame", "build_tree_frame", "find_s_min_tree", "find_s_min_tree_full_scan",
            "tree_is_psd"]
@@ -33,257 +37,6 @@ __all__ = ["TreeArrays", "TreeFrame", "build_tree_frame", "find_s_min_tree", "fi
 ALL_PAIRS_MAX_CLASSES = 4000
 #: Sampled pairs for the Gram check of a large frame.
 SAMPLED_PAIRS = 100_000
-
-
-def _level_sum(values: np.ndarray, parent: np.ndarray, lo: int, hi: int, plo: int, phi: int) -> np.ndarray:
-    """Σ of values[lo:hi] into their parents, which occupy [plo, phi) (one depth level up)."""
-    return np.bincount(parent[lo:hi] - plo, weights=values, minlength=phi - plo)
-
-
-@dataclass(frozen=True, eq=False)
-class TreeArrays:
-    """A rooted tree as integer arrays, nodes breadth first: ``parent[0] = −1``, ``parent[v] < v``.
-
-    ``leaf_node[i]`` is the node of class i; the leaves are exactly the classes. Derived on construction: depth,
-    the per-depth node ranges ``level_offsets``, subtree height, leaf count under each node.
-    """
-
-    parent: np.ndarray
-    leaf_node: np.ndarray
-    classes: tuple[str, ...] | None = None
-    depth: np.ndarray = field(init=False)
-    level_offsets: np.ndarray = field(init=False)
-    subtree_height: np.ndarray = field(init=False)
-    leaf_count: np.ndarray = field(init=False)
-    is_leaf: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        parent = np.ascontiguousarray(self.parent, dtype=np.int64)
-        leaf_node = np.ascontiguousarray(self.leaf_node, dtype=np.int64)
-        n = parent.size
-        if n < 2 or parent[0] != -1:
-            raise ValueError(f"tree: parent[0] must be -1 (the root) and the tree needs ≥ 2 nodes, got N = {n}")
-        bad = np.flatnonzero((parent[1:] < 0) | (parent[1:] >= np.arange(1, n)))
-        if bad.size:
-            v = int(bad[0]) + 1
-            raise ValueError(f"tree: parent[{v}] = {parent[v]} must lie in [0, {v}) (nodes breadth first)")
-        if np.any(np.diff(parent[1:]) < 0):
-            v = int(np.flatnonzero(np.diff(parent[1:]) < 0)[0]) + 2
-            raise ValueError(f"tree: parent[{v}] = {parent[v]} < parent[{v - 1}] = {parent[v - 1]}: nodes must be "
-                             "numbered breadth first, children grouped in their parents' order")
-        # With parents non-decreasing, depth level d + 1 is the run of nodes whose parents lie in level d.
-        depth = np.zeros(n, dtype=np.int64)
-        offsets = [0, 1]
-        while offsets[-1] < n:
-            hi = int(np.searchsorted(parent[1:], offsets[-1], side="left")) + 1
-            depth[offsets[-1]:hi] = len(offsets) - 1
-            offsets.append(hi)
-        level_offsets = np.array(offsets, dtype=np.int64)
-        child_count = np.bincount(parent[1:], minlength=n)
-        is_leaf = child_count == 0
-        k = leaf_node.size
-        if k != int(is_leaf.sum()) or k < 2:
-            raise ValueError(f"tree: {int(is_leaf.sum())} leaves but {k} classes; every leaf must be a class, K ≥ 2")
-        if np.any((leaf_node < 0) | (leaf_node >= n)) or not is_leaf[leaf_node].all() or \
-                np.unique(leaf_node).size != k:
-            raise ValueError("tree: leaf_node must list every leaf exactly once")
-        height = np.zeros(n, dtype=np.int64)
-        count = is_leaf.astype(np.int64)
-        levels = len(offsets) - 1
-        for level in range(levels - 1, 0, -1):
-            lo, hi, plo, phi = offsets[level], offsets[level + 1], offsets[level - 1], offsets[level]
-            np.maximum.at(height, parent[lo:hi], height[lo:hi] + 1)
-            count[plo:phi] += _level_sum(count[lo:hi].astype(np.float64), parent, lo, hi, plo, phi).astype(np.int64)
-        for name, value in (("parent", parent), ("leaf_node", leaf_node), ("depth", depth),
-                            ("level_offsets", level_offsets), ("subtree_height", height), ("leaf_count", count),
-                            ("is_leaf", is_leaf)):
-            value.setflags(write=False)
-            object.__setattr__(self, name, value)
-
-    @property
-    def num_nodes(self) -> int:
-        return self.parent.size
-
-    @property
-    def num_classes(self) -> int:
-        return self.leaf_node.size
-
-    @property
-    def height(self) -> int:
-        """H: the largest leaf depth."""
-        return int(self.depth[self.leaf_node].max())
-
-    def levels(self):
-        """(lo, hi, plo, phi) per depth level ≥ 1, shallowest first: nodes [lo, hi), their parents [plo, phi)."""
-        o = self.level_offsets
-        return [(int(o[d]), int(o[d + 1]), int(o[d - 1]), int(o[d])) for d in range(1, len(o) - 1)]
-
-    def ancestor_table(self) -> np.ndarray:
-        """K × (H + 1) nodes on each class's path, root first; −1 pads below a shallow leaf."""
-        h = self.height
-        table = np.full((self.num_classes, h + 1), -1, dtype=np.int64)
-        node = self.leaf_node.copy()
-        d = self.depth[node]
-        for level in range(h, -1, -1):
-            here = d >= level
-            table[here, level] = node[here]
-            node = np.where(here, self.parent[node], node)
-            d = np.where(here, d - 1, d)
-        return table
-
-    def lca(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """Lowest common ancestors of node pairs (vectorised; one step per depth level)."""
-        a, b = np.array(i, dtype=np.int64), np.array(j, dtype=np.int64)
-        da, db = self.depth[a], self.depth[b]
-        for _ in range(int(self.depth.max()) + 1):
-            deeper_a, deeper_b = da > db, db > da
-            a = np.where(deeper_a, self.parent[a], a)
-            b = np.where(deeper_b, self.parent[b], b)
-            da, db = self.depth[a], self.depth[b]
-        while np.any(a != b):
-            differ = a != b
-            a = np.where(differ, self.parent[a], a)
-            b = np.where(differ, self.parent[b], b)
-        return a
-
-    @classmethod
-    def from_hierarchy(cls, hierarchy) -> "TreeArrays":
-        """Arrays of a :class:`haf.hierarchy.Hierarchy`, classes in its class order."""
-        nodes = hierarchy.nodes
-        index = {name: v for v, name in enumerate(nodes)}
-        parent = np.array([index[p] if (p := hierarchy.parent(name)) is not None else -1 for name in nodes],
-                          dtype=np.int64)
-        leaf_node = np.array([index[c] for c in hierarchy.classes], dtype=np.int64)
-        return cls.from_parents(parent, leaf_node, tuple(hierarchy.classes))
-
-    @classmethod
-    def from_parents(cls, parent: np.ndarray, leaf_node: np.ndarray | None = None,
-                     classes: tuple[str, ...] | None = None) -> "TreeArrays":
-        """From any parent array (root −1, parents anywhere), renumbered breadth first. Classes: the leaves in
-        ``leaf_node`` order (default: increasing node number)."""
-        parent = np.asarray(parent, dtype=np.int64)
-        n = parent.size
-        roots = np.flatnonzero(parent < 0)
-        if roots.size != 1:
-            raise ValueError(f"tree: need exactly one root (parent −1), got {roots.size}")
-        if np.any(parent >= n):
-            raise ValueError("tree: a parent index is out of range")
-        # Depth by pointer jumping (O(N log H)): dist = edges from v to jump[v], jump doubling towards the root.
-        up = np.where(parent < 0, np.arange(n), parent)
-        jump, dist = up.copy(), (parent >= 0).astype(np.int64)
-        for _ in range(int(np.log2(max(n, 2))) + 2):
-            dist = dist + np.where(jump != roots[0], dist[jump], 0)
-            jump = jump[jump]
-        if np.any(jump != roots[0]):
-            raise ValueError("tree: the parent array has a cycle (some node never reaches the root)")
-        # Breadth first: level by level, each level stably sorted by its parents' new numbers.
-        by_depth = np.argsort(dist, kind="stable")
-        bounds = np.searchsorted(dist[by_depth], np.arange(int(dist.max()) + 2))
-        rank = np.empty(n, dtype=np.int64)
-        for d in range(int(dist.max()) + 1):
-            level = by_depth[bounds[d]:bounds[d + 1]]
-            if d:
-                level = level[np.argsort(rank[parent[level]], kind="stable")]
-            rank[level] = np.arange(bounds[d], bounds[d + 1])
-        new_parent = np.full(n, -1, dtype=np.int64)
-        new_parent[rank] = np.where(parent >= 0, rank[np.maximum(parent, 0)], -1)
-        if leaf_node is None:
-            leaf_node = np.flatnonzero(np.bincount(parent[parent >= 0], minlength=n) == 0)
-        return cls(new_parent, rank[np.asarray(leaf_node, dtype=np.int64)], classes)
-
-
-# ------------------------------------------------------------------------------------------ similarity per node
-
-
-def _node_distances(tree: TreeArrays, convention: str) -> tuple[np.ndarray, float]:
-    """d(v) per node under the convention (0 at leaves), clamped at d_max above the top branching node."""
-    check_convention(convention)
-    d = tree.subtree_height if convention == "lca-height" else tree.height - tree.depth
-    d = np.where(tree.is_leaf, 0, d).astype(np.float64)
-    # d_max = max over leaf pairs = d of the shallowest node with ≥ 2 children (unary nodes are no one's LCA).
-    branching = np.bincount(tree.parent[1:], minlength=tree.num_nodes) >= 2
-    d_max = float(d[np.flatnonzero(branching)[0]])
-    return np.minimum(d, d_max), d_max
-
-
-def _node_similarity(d: np.ndarray, d_max: float, is_leaf: np.ndarray, gamma: float, s_min: float) -> np.ndarray:
-    g = (1.0 - s_min) * np.exp(-gamma * d / d_max) + s_min
-    g[is_leaf] = 1.0
-    return g
-
-
-def _edges(tree: TreeArrays, g: np.ndarray) -> np.ndarray:
-    a = np.zeros_like(g)
-    a[1:] = g[1:] - g[tree.parent[1:]]
-    return a
-
-
-def _pruning(tree: TreeArrays, a: np.ndarray) -> tuple[np.ndarray, float]:
-    """Bottom-up p_v = 1/(1ᵀT_v⁻¹1) (0 at leaves) and q = 1ᵀT⁻¹1, for edges ``a`` (a_leaf > 0)."""
-    p = np.zeros_like(a)
-    levels = tree.levels()
-    q_root = 0.0
-    for lo, hi, plo, phi in reversed(levels):
-        r = 1.0 / (p[lo:hi] + a[lo:hi])
-        q = _level_sum(r, tree.parent, lo, hi, plo, phi)
-        inner = ~tree.is_leaf[plo:phi]
-        p[plo:phi][inner] = 1.0 / q[inner]
-        if plo == 0:
-            q_root = float(q[0])
-    return p, q_root
-
-
-def tree_is_psd(tree: TreeArrays, g: np.ndarray, tolerance: float = PSD_TOLERANCE) -> bool:
-    """λ_min(S) > −tolerance for S_ij = g(LCA(i, j)), in O(N) (module docstring)."""
-    a = _edges(tree, g)
-    a[tree.is_leaf] += tolerance
-    c = float(g[0])
-    if c >= 0:
-        return True
-    _, q = _pruning(tree, a)
-    return 1.0 + c * q > 0.0
-
-
-# ------------------------------------------------------------------------------------------------ s_min search
-
-
-def _check_gamma(gamma: float) -> float:
-    gamma = float(gamma)
-    if not np.isfinite(gamma) or gamma <= 0:
-        raise ValueError(f"gamma must be a positive finite number, got {gamma}")
-    return gamma
-
-
-def _psd_at(tree: TreeArrays, d: np.ndarray, d_max: float, gamma: float):
-    return lambda s: tree_is_psd(tree, _node_similarity(d, d_max, tree.is_leaf, gamma, s))
-
-
-def _no_psd_point(tree: TreeArrays, grid: np.ndarray, gamma: float) -> ValueError:
-    return ValueError(f"no s_min on the reference grid linspace({grid[0]:.6g}, -1, {len(grid)}) makes S positive "
-                      f"semi-definite for K = {tree.num_classes}, gamma = {gamma} (tree test)")
-
-
-def find_s_min_tree(tree: TreeArrays, gamma: float, convention: str) -> float:
-    """The reference's s_min (most negative PSD point of the 100-point grid) by bisection, O(N) per test."""
-    gamma = _check_gamma(gamma)
-    d, d_max = _node_distances(tree, convention)
-    grid = reference_grid(tree.num_classes)
-    index, _ = last_psd_index(_psd_at(tree, d, d_max, gamma), grid)
-    if index is None:
-        raise _no_psd_point(tree, grid, gamma)
-    return float(grid[index])
-
-
-def find_s_min_tree_full_scan(tree: TreeArrays, gamma: float, convention: str) -> float:
-    """The reference rule literally: all 100 grid points with the O(N) test; the most negative PSD one."""
-    gamma = _check_gamma(gamma)
-    d, d_max = _node_distances(tree, convention)
-    grid = reference_grid(tree.num_classes)
-    is_psd = _psd_at(tree, d, d_max, gamma)
-    psd = [float(s) for s in grid if is_psd(s)]
-    if not psd:
-        raise _no_psd_point(tree, grid, gamma)
-    return min(psd)
 
 
 # ------------------------------------------------------------------------------------------------------ frame
