@@ -6,10 +6,10 @@ With a_v = g(v) − g(parent v) ≥ 0 (every non-root v) and c = g(root):
 
     S = F Fᵀ + c·11ᵀ,    F[i, v] = √a_v if leaf i lies under v, else 0        (K × (N − 1))
 
-T = F Fᵀ is positive definite (every leaf edge has a_leaf > 0). With x = T⁻¹1, u = Fᵀx (so F u = 1), q = u·u =
-1ᵀT⁻¹1 and β = (1 − √(1 + c·q))/q = −c/(1 + √(1 + c·q)), the frame W = F − β·1uᵀ has W Wᵀ = T − (2β − β²q)·11ᵀ = S
-and unit rows. The tree as arrays: :mod:`haf.frame.tree_arrays`; the PSD test, the pruning recursion and the s_min
-search: :mod:`haf.frame.tree_psd`; derivation: docs/TREE_FRAME.md.
+T = F Fᵀ is positive definite (every leaf edge has a_leaf > 0). With x = T⁻¹1, u = Fᵀx (so F u = 1),
+q = u·u = 1ᵀT⁻¹1 and β = (1 − √(1 + c·q))/q = −c/(1 + √(1 + c·q)), the frame W = F − β·1uᵀ has
+W Wᵀ = T − (2β − β²q)·11ᵀ = S and unit rows. The tree as arrays: :mod:`haf.frame.tree_arrays`; the PSD test,
+the pruning recursion and the s_min search: :mod:`haf.frame.tree_psd`; derivation: docs/TREE_FRAME.md.
 """
 from __future__ import annotations
 
