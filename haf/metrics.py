@@ -1,37 +1,29 @@
 """Evaluation metrics of the hierarchical-classification field, streaming and DDP-mergeable.
 
-For scores s (B × K, higher is better), targets y and the class distance matrix d (K × K, d(i, i) = 0):
-
-* ``top1``              = 100 · mean_b [ŷ_b = y_b],  ŷ_b = argmax_j s_bj                      (percent)
-* ``mistake_severity``  = mean of d(ŷ_b, y_b) over the misclassified samples only (NaN when there are none:
-                          an average over an empty set; 0 would claim "mistakes of severity 0")
-* ``hierdist@k``        = mean_b (1/k) Σ_{j ∈ top-k(s_b)} d(j, y_b)                           (all samples)
-
-so ``hierdist@1 = mistake_severity · (1 − top1/100)``. On long-tailed data the same metrics are also split by the
-true class's training-image count n (:class:`GroupedHierarchicalMetrics`): many-shot n > 100, medium 20–100,
-few-shot n < 20. Keys for k > K are omitted. Ties in the scores are broken
-toward the lower class index (a stable sort), so every metric is a deterministic function of its inputs.
-
-CRM decoding (Karthik et al., ICLR 2021): ŷ = argmin_j Σ_i p_i d(i, j), the Bayes decision under the hierarchical
-cost; :func:`crm_scores` gives −Σ_i p_i d(i, j) so it ranks like any other score.
+For scores s (B × K, higher is better), targets y and class distances d: ``top1`` (%), ``mistake_severity`` (mean
+d(ŷ, y) over the misclassified samples only; NaN when there are none: an average over an empty set, where 0 would
+claim "mistakes of severity 0") and ``hierdist@k`` (mean over all samples of the mean d over the top k), as defined
+in docs/METHOD.md §7; keys for k > K are omitted. Ties in the scores are broken toward the lower class index (a
+stable sort), so every metric is a deterministic function of its inputs. On long-tailed data the same metrics are
+also split by the true class's training-image count n (:class:`GroupedHierarchicalMetrics`): many-shot n > 100,
+medium 20–100, few-shot n < 20.
 
 ``distances`` is a K × K matrix or, for very many classes, a :class:`haf.hierarchy.tree_distances.TreeDistances`
-(d read off the tree: HierDist@k needs only the B·k pairs, CRM one pass of subtree sums; no K × K array).
-
-Neural-collapse diagnostics (Liang & Davis, ICCV 2023, §5): the mean and std over class pairs i < j of
-|cos(μ_i, μ_j) − S_ij| for class means μ (raw for HAFrame, whose S has no centre; centred on the mean of class
-means for ETF / cross-entropy models, whose target geometry is the simplex around that centre), and self-duality
-‖W/‖W‖_F − M/‖M‖_F‖_F between the classifier W and the class means M.
+(d read off the tree: HierDist@k needs only the B·k pairs; no K × K array). CRM decoding and the neural-collapse
+diagnostics live in :mod:`haf.metrics_crm` and :mod:`haf.metrics_collapse` and are importable from here.
 """
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from haf.hierarchy.tree_distances import pair_distances
+from haf.metrics_collapse import ClassMeans, class_means, neural_collapse_metrics, self_duality
+from haf.metrics_crm import crm_predict, crm_scores
+from haf.metrics_inputs import as_distance_tensor, as_distances, is_tree_distances, normalise_ks, validate_batch
 
 __all__ = [
     "DEFAULT_KS",
@@ -51,72 +43,6 @@ __all__ = [
 ]
 
 DEFAULT_KS = (1, 5, 20)
-#: Floor for vector norms in cosines and in self-duality: a zero class mean gives cosine 0, not 0/0.
-_NORM_EPS = 1e-12
-
-
-def _is_tree(distances) -> bool:
-    from haf.hierarchy.tree_distances import TreeDistances
-
-    return isinstance(distances, TreeDistances)
-
-
-def _as_distance_tensor(distances, num_classes: int | None = None):
-    """A float64 K × K tensor, or the TreeDistances itself (checked against ``num_classes``)."""
-    if _is_tree(distances):
-        if num_classes is not None and distances.num_classes != num_classes:
-            raise ValueError(f"distances are over {distances.num_classes} classes but the scores have K = "
-                             f"{num_classes} columns")
-        return distances
-    d = torch.as_tensor(np.asarray(distances) if not isinstance(distances, torch.Tensor) else distances)
-    if d.dim() != 2 or d.shape[0] != d.shape[1]:
-        raise ValueError(f"distances must be a square K × K matrix, got shape {tuple(d.shape)}")
-    if num_classes is not None and d.shape[0] != num_classes:
-        raise ValueError(f"distances are {d.shape[0]} × {d.shape[0]} but the scores have K = {num_classes} columns")
-    d = d.to(torch.float64)
-    bad = ~torch.isfinite(d)
-    if bool(bad.any()):
-        i, j = (int(v) for v in torch.nonzero(bad)[0])
-        raise ValueError(f"distances[{i}, {j}] = {float(d[i, j])} is not finite")
-    return d
-
-
-def as_distances(distances):
-    """``distances`` as the metrics hold them: a K × K tensor (as given, no copy), or the TreeDistances."""
-    if _is_tree(distances) or isinstance(distances, torch.Tensor):
-        return distances
-    return torch.as_tensor(np.asarray(distances))
-
-
-def _normalise_ks(ks: Iterable[int]) -> tuple[int, ...]:
-    result: list[int] = []
-    for k in ks:
-        if isinstance(k, bool) or int(k) != k or int(k) < 1:
-            raise ValueError(f"every k in ks must be a positive integer, got {k!r}")
-        if int(k) not in result:
-            result.append(int(k))
-    if not result:
-        raise ValueError("ks must name at least one k (e.g. (1, 5, 20))")
-    return tuple(result)
-
-
-def _validate_batch(scores: torch.Tensor, targets: torch.Tensor, num_classes: int) -> None:
-    if scores.dim() != 2 or scores.shape[1] != num_classes:
-        raise ValueError(f"scores must be B × K with K = {num_classes}, got shape {tuple(scores.shape)}")
-    if not scores.is_floating_point():
-        raise ValueError(f"scores must be floating point, got dtype {scores.dtype}")
-    if targets.dim() != 1 or targets.shape[0] != scores.shape[0]:
-        raise ValueError(f"targets must have shape ({scores.shape[0]},) to match scores, got {tuple(targets.shape)}")
-    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise ValueError(f"targets must be integer class indices, got dtype {targets.dtype}")
-    bad = (targets < 0) | (targets >= num_classes)
-    if bool(bad.any()):
-        row = int(torch.nonzero(bad)[0, 0])
-        raise ValueError(f"targets[{row}] = {int(targets[row])} is not a class index in [0, {num_classes})")
-    nan_rows = torch.isnan(scores).any(dim=1)
-    if bool(nan_rows.any()):
-        row = int(torch.nonzero(nan_rows)[0, 0])
-        raise ValueError(f"scores row {row} contains NaN: a ranking of the classes is undefined")
 
 
 class HierarchicalMetrics:
@@ -128,10 +54,10 @@ class HierarchicalMetrics:
     """
 
     def __init__(self, distances, ks: Sequence[int] = DEFAULT_KS):
-        self.distances = _as_distance_tensor(distances)
+        self.distances = as_distance_tensor(distances)
         self.num_classes = int(self.distances.shape[0])
         # k > K has no top-k: those keys are omitted, as hierarchical_metrics does.
-        self.ks = tuple(k for k in _normalise_ks(ks) if k <= self.num_classes)
+        self.ks = tuple(k for k in normalise_ks(ks) if k <= self.num_classes)
         self.state = torch.zeros(3 + len(self.ks), dtype=torch.float64)
 
     # -- accumulation ------------------------------------------------------------------------------------------
@@ -147,7 +73,7 @@ class HierarchicalMetrics:
     def _batch(self, scores, targets) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The validated batch (targets as int64) with the accumulator moved to the scores' device; None if empty."""
         scores, targets = torch.as_tensor(scores), torch.as_tensor(targets)
-        _validate_batch(scores, targets, self.num_classes)
+        validate_batch(scores, targets, self.num_classes)
         if scores.shape[0] == 0:
             return None
         self._follow(scores.device)
@@ -200,8 +126,8 @@ class HierarchicalMetrics:
 
 
 def _same_distances(a, b) -> bool:
-    if _is_tree(a) or _is_tree(b):
-        return _is_tree(a) and a.same_as(b)
+    if is_tree_distances(a) or is_tree_distances(b):
+        return is_tree_distances(a) and a.same_as(b)
     return torch.equal(a.cpu(), b.cpu())
 
 
@@ -280,7 +206,7 @@ class GroupedHierarchicalMetrics:
     """
 
     def __init__(self, distances, groups, names: Sequence[str] = SHOT_GROUPS, ks: Sequence[int] = DEFAULT_KS):
-        self.distances = _as_distance_tensor(distances)
+        self.distances = as_distance_tensor(distances)
         self.num_classes = int(self.distances.shape[0])
         self.groups = torch.as_tensor(np.asarray(groups), dtype=torch.long)
         if self.groups.shape != (self.num_classes,):
@@ -288,7 +214,7 @@ class GroupedHierarchicalMetrics:
         self.names = tuple(names)
         if self.num_classes and not 0 <= int(self.groups.min()) <= int(self.groups.max()) < len(self.names):
             raise ValueError(f"group indices must lie in [0, {len(self.names)}) for names {self.names}")
-        self.ks = tuple(k for k in _normalise_ks(ks) if k <= self.num_classes)
+        self.ks = tuple(k for k in normalise_ks(ks) if k <= self.num_classes)
         self.state = torch.zeros(len(self.names), 3 + len(self.ks), dtype=torch.float64)
 
     @torch.no_grad()
@@ -326,120 +252,3 @@ def hierarchical_metrics(
     metric = HierarchicalMetrics(distances, ks)
     metric.update(scores, targets)
     return metric.compute()
-
-
-# ------------------------------------------------------------------------------------------------------- CRM
-
-
-def _expected_distance(probs: torch.Tensor, distances) -> torch.Tensor:
-    if probs.dim() != 2 or not probs.is_floating_point():
-        raise ValueError(f"probs must be a floating-point B × K tensor, got {tuple(probs.shape)} {probs.dtype}")
-    dtype = torch.float64 if probs.dtype == torch.float64 else torch.float32
-    if _is_tree(distances):
-        return _as_distance_tensor(distances, probs.shape[1]).expected(probs)
-    if isinstance(distances, torch.Tensor) and distances.device == probs.device and distances.dtype == dtype:
-        d = distances  # the per-batch fast path (eval loops pass a ready tensor): no validation copy
-        if d.dim() != 2 or d.shape != (probs.shape[1], probs.shape[1]):
-            raise ValueError(f"distances must be K × K with K = {probs.shape[1]}, got {tuple(d.shape)}")
-    else:
-        d = _as_distance_tensor(distances, probs.shape[1]).to(device=probs.device, dtype=dtype)
-    # E[d(ŷ = j)] = Σ_i p_i d(i, j): one (B × K)·(K × K) product, in fp32 (fp64 for fp64 probs).
-    return probs.to(dtype) @ d
-
-
-def crm_scores(probs: torch.Tensor, distances) -> torch.Tensor:
-    """−Σ_i p_i d(i, j) for every class j (B × K, higher is better): CRM as scores for the other metrics."""
-    return -_expected_distance(probs, distances)
-
-
-def crm_predict(probs: torch.Tensor, distances) -> torch.Tensor:
-    """CRM decision argmin_j Σ_i p_i d(i, j) (B int64; ties to the lower class index)."""
-    return torch.argmin(_expected_distance(probs, distances), dim=1)
-
-
-# ------------------------------------------------------------------------------------------- neural collapse
-
-
-def class_means(features: torch.Tensor, targets: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class feature means (K × D, fp32/fp64) and counts (K int64); a class without samples has mean 0."""
-    accumulator = ClassMeans(num_classes, features.shape[-1])
-    accumulator.update(features, targets)
-    return accumulator.compute()
-
-
-class ClassMeans:
-    """Streaming per-class feature sums and counts (mergeable like :class:`HierarchicalMetrics`)."""
-
-    def __init__(self, num_classes: int, dim: int):
-        self.num_classes, self.dim = int(num_classes), int(dim)
-        self.sums = torch.zeros(self.num_classes, self.dim, dtype=torch.float64)
-        self.counts = torch.zeros(self.num_classes, dtype=torch.int64)
-
-    @torch.no_grad()
-    def update(self, features: torch.Tensor, targets: torch.Tensor) -> None:
-        if features.dim() != 2 or features.shape[1] != self.dim:
-            raise ValueError(f"features must be B × D with D = {self.dim}, got shape {tuple(features.shape)}")
-        _validate_batch(features.new_zeros(features.shape[0], self.num_classes), targets, self.num_classes)
-        if self.sums.device != features.device:
-            self.sums, self.counts = self.sums.to(features.device), self.counts.to(features.device)
-        targets = targets.to(device=features.device, dtype=torch.long)
-        self.sums.index_add_(0, targets, features.to(torch.float64))
-        self.counts += torch.bincount(targets, minlength=self.num_classes)
-
-    def merge(self, other: "ClassMeans") -> "ClassMeans":
-        if (other.num_classes, other.dim) != (self.num_classes, self.dim):
-            raise ValueError(f"cannot merge class means of shape {(other.num_classes, other.dim)} into "
-                             f"{(self.num_classes, self.dim)}")
-        self.sums += other.sums.to(self.sums.device)
-        self.counts += other.counts.to(self.counts.device)
-        return self
-
-    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        means = self.sums / self.counts.clamp_min(1)[:, None].to(torch.float64)
-        return means, self.counts.clone()
-
-
-def neural_collapse_metrics(
-    means: torch.Tensor, similarity, centred: bool = False, counts: torch.Tensor | None = None
-) -> dict[str, float]:
-    """``{"nc_mean", "nc_std"}``: mean and (population) std over pairs i < j of |cos(μ_i, μ_j) − S_ij|.
-
-    Args:
-        means: class means μ, K × D (e.g. from :func:`class_means`).
-        similarity: the target cosines S (K × K): the HAFrame's S, or −1/(K−1) off the diagonal for an ETF.
-        centred: subtract the mean of the class means first (ETF / cross-entropy); False for HAFrame.
-        counts: per-class sample counts; classes with 0 samples are left out of the pairs.
-    """
-    if means.dim() != 2:
-        raise ValueError(f"means must be K × D, got shape {tuple(means.shape)}")
-    k = means.shape[0]
-    s = torch.as_tensor(np.asarray(similarity) if not isinstance(similarity, torch.Tensor) else similarity)
-    if s.shape != (k, k):
-        raise ValueError(f"similarity must be K × K with K = {k} (class means), got shape {tuple(s.shape)}")
-    mu = means.detach().to(torch.float64)
-    s = s.detach().to(device=mu.device, dtype=torch.float64)
-    present = torch.ones(k, dtype=torch.bool, device=mu.device) if counts is None else counts.to(mu.device) > 0
-    if int(present.sum()) < 2:
-        raise ValueError(f"neural-collapse diagnostics need at least 2 classes with samples, got {int(present.sum())}")
-    mu, s = mu[present], s[present][:, present]
-    if not bool(torch.isfinite(mu).all()):
-        raise ValueError("class means contain NaN or inf")
-    if centred:
-        mu = mu - mu.mean(dim=0, keepdim=True)
-    unit = mu / torch.linalg.vector_norm(mu, dim=1, keepdim=True).clamp_min(_NORM_EPS)
-    gaps = (unit @ unit.T - s).abs()
-    i, j = torch.triu_indices(mu.shape[0], mu.shape[0], offset=1, device=mu.device)
-    pair_gaps = gaps[i, j]
-    return {"nc_mean": float(pair_gaps.mean()), "nc_std": float(pair_gaps.std(correction=0))}
-
-
-def self_duality(frame: torch.Tensor, means: torch.Tensor) -> float:
-    """‖W/‖W‖_F − M/‖M‖_F‖_F: 0 when the class means are a scaled copy of the classifier (NC3), at most 2."""
-    w = torch.as_tensor(frame).detach().to(torch.float64)
-    m = torch.as_tensor(means).detach().to(device=w.device, dtype=torch.float64)
-    if w.shape != m.shape or w.dim() != 2:
-        raise ValueError(f"frame and means must both be K × D of the same shape, got {tuple(w.shape)} and "
-                         f"{tuple(m.shape)}")
-    w_unit = w / torch.linalg.matrix_norm(w).clamp_min(_NORM_EPS)
-    m_unit = m / torch.linalg.matrix_norm(m).clamp_min(_NORM_EPS)
-    return float(torch.linalg.matrix_norm(w_unit - m_unit))
