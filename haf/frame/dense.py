@@ -1,39 +1,18 @@
-"""The hierarchy-aware frame: similarity S, the reference's s_min, the HAFrame factorisation, the fixed ETF.
+"""The dense hierarchy-aware frame: similarity S, the reference's s_min, the HAFrame factorisation, the fixed ETF.
 
 Everything here is numpy float64 in and out (a K × K eigendecomposition in fp32 loses the 1e-6 PSD threshold).
 
-Similarity (Liang & Davis, ICCV 2023)::
+Similarity (Liang & Davis, ICCV 2023; docs/METHOD.md §2)::
 
     S_ij = (1 − s_min) · exp(−γ · d_ij / d_max) + s_min,       S_ii = 1,  d_max = max_ij d_ij
 
-s_min is the reference's choice on the 100-point grid ``linspace(−1/(K−1), −1, 100)``: the most negative grid value
-whose S is positive semi-definite, "PSD" meaning that no eigenvalue is ≤ −1e-6 (eigenvalues with |λ| < 1e-6 count
-as 0). :func:`find_s_min_full_scan` is that rule literally (100 eigensolves); :func:`find_s_min` gives the identical
-answer with at most 9 (the two ends, then ≤ 7 bisection steps), because the PSD grid points form a prefix of the grid:
+s_min is the most negative point of the reference's grid ``linspace(−1/(K−1), −1, 100)`` whose S is positive
+semi-definite (no eigenvalue ≤ −1e-6). :func:`find_s_min_full_scan` is that rule literally (100 eigensolves);
+:func:`find_s_min` gives the identical answer with at most 9 certified Cholesky tests, because the PSD grid points
+form a prefix (proof: :func:`haf.frame.grid.last_psd_index`; the test: :func:`_is_psd_cholesky`).
 
-    Write E = exp(−γD/d_max) and S(s) = (1 − s)·E + s·11ᵀ = (1 − s)·[E + t·11ᵀ] with t = s/(1 − s), which
-    increases with s on s < 1. 11ᵀ is PSD, so by Weyl's inequality every eigenvalue μ_k(t) of E + t·11ᵀ is
-    non-decreasing in t, hence in s. The thresholded test is monotone too: take s < s' with λ_min(S(s)) > −τ.
-    If μ_min(t') ≥ 0, S(s') is PSD outright; otherwise μ_min(t) ≤ μ_min(t') < 0 and 0 < 1 − s' < 1 − s, so
-    |λ_min(S(s'))| = (1 − s')·|μ_min(t')| < (1 − s)·|μ_min(t)| = |λ_min(S(s))| < τ. So "PSD at s" implies
-    "PSD at every larger s", and along the grid (which runs from −1/(K−1) down to −1) the PSD points are a prefix.
-
-    The first grid point is PSD for every tree: tree distances are ultrametric, so E = Σ_l w_l·B_l with w_l ≥ 0,
-    Σ w_l = 1 and B_l the 0/1 "same block at level l" matrices, and xᵀB_l x ≥ (1ᵀx)²/K gives K·E ⪰ 11ᵀ, i.e.
-    S(−1/(K−1)) = (K·E − 11ᵀ)/(K − 1) ⪰ 0. No PSD grid point therefore means the distances are not a tree's.
-
-The PSD test inside the bisection is a Cholesky factorisation (one is ~3–4× cheaper than ``eigvalsh`` at
-K = 1010 on a CPU; bench/bench_frame.py measures it) with a guard band: ``cholesky(S + (τ − δ)·I)`` succeeding proves λ_min > −τ, and
-``cholesky(S + (τ + δ)·I)`` failing proves λ_min ≤ −τ, where δ = 8·K·u·‖S‖_∞ bounds the rounding error of both
-Cholesky and the symmetric eigensolver (u = fp64 unit roundoff; backward errors of both are O(K·u·‖S‖)). Only a
-λ_min within δ of −τ is undecided, and then ``eigvalsh`` decides, so the choice is always the one the
-eigenvalue-threshold rule makes.
-
-Frame: with S = V Λ Vᵀ and a seeded random orthogonal Q, W = (Q Λ^{1/2} Vᵀ)ᵀ satisfies W Wᵀ = S with unit rows.
-We use the random orthogonal matrix Q' = Q_g V (Q_g from the QR of a seeded Gaussian, sign-fixed), i.e.
-W = V Λ^{1/2} Vᵀ Q_gᵀ = S^{1/2} Q_gᵀ. Q' is as Haar-random as Q_g, so this is the same construction, but W depends
-only on S and the seed, not on which eigenvector basis LAPACK returns inside a repeated eigenvalue's eigenspace
-(balanced trees have many): the same seed gives the same frame, to rounding, on every machine and BLAS.
+Frame (docs/METHOD.md §3): W = S^{1/2} Q_gᵀ with Q_g seeded orthogonal, so W Wᵀ = S with unit rows and W depends
+only on (S, seed) (:func:`hierarchy_frame`).
 """
 from __future__ import annotations
 
@@ -152,7 +131,14 @@ def _cholesky_succeeds(s: np.ndarray, shift: float) -> bool:
 
 
 def _is_psd_cholesky(s: np.ndarray) -> bool:
-    """λ_min(S) > −τ by Cholesky, certified outside a band of half-width δ around −τ, ``eigvalsh`` inside it."""
+    """λ_min(S) > −τ by Cholesky, certified outside a band of half-width δ around −τ, ``eigvalsh`` inside it.
+
+    One Cholesky is ~3–4× cheaper than ``eigvalsh`` at K = 1010 on a CPU (bench/bench_frame.py measures it).
+    ``cholesky(S + (τ − δ)·I)`` succeeding proves λ_min > −τ, and ``cholesky(S + (τ + δ)·I)`` failing proves
+    λ_min ≤ −τ, where δ = 8·K·u·‖S‖_∞ bounds the rounding error of both Cholesky and the symmetric eigensolver
+    (u = fp64 unit roundoff; backward errors of both are O(K·u·‖S‖)). Only a λ_min within δ of −τ is undecided,
+    and then ``eigvalsh`` decides, so the choice is always the one the eigenvalue-threshold rule makes.
+    """
     band = 8.0 * s.shape[0] * _UNIT_ROUNDOFF * float(np.abs(s).sum(axis=1).max())
     if band < PSD_TOLERANCE and _cholesky_succeeds(s, PSD_TOLERANCE - band):
         return True  # S + (τ − δ)I is positive definite even allowing for rounding: λ_min > −τ
@@ -191,7 +177,7 @@ def find_s_min_full_scan(distances: np.ndarray, gamma: float) -> float:
 
 
 def _bisect_grid(d: np.ndarray, d_max: float, gamma: float, psd_test: str) -> tuple[int, int]:
-    """Index of the last PSD grid point (the PSD points are a prefix, see the module docstring), and the count of
+    """Index of the last PSD grid point (the PSD points are a prefix, see :func:`last_psd_index`), and the count of
     PSD tests used: 2 for the ends, then ⌈log2(98)⌉ = 7 at most for the bisection."""
     try:
         is_psd = _PSD_TESTS[psd_test]
@@ -207,9 +193,9 @@ def _bisect_grid(d: np.ndarray, d_max: float, gamma: float, psd_test: str) -> tu
 def find_s_min(distances: np.ndarray, gamma: float, psd_test: str = "cholesky") -> float:
     """The reference's s_min (most negative PSD point of ``linspace(−1/(K−1), −1, 100)``) by bisection.
 
-    Identical to :func:`find_s_min_full_scan` with at most 9 PSD tests instead of 100 (module docstring: the PSD
-    grid points form a prefix). ``psd_test``: "cholesky" (default, fastest; certified, ``eigvalsh`` decides the
-    rare near-threshold case) or "eigvalsh".
+    Identical to :func:`find_s_min_full_scan` with at most 9 PSD tests instead of 100 (the PSD grid points form a
+    prefix: :func:`haf.frame.grid.last_psd_index`). ``psd_test``: "cholesky" (default, fastest; certified,
+    ``eigvalsh`` decides the rare near-threshold case) or "eigvalsh".
 
     Raises:
         ValueError: bad distances or gamma, or no grid point gives a PSD S (message names K, γ and the smallest
@@ -262,7 +248,11 @@ def hierarchy_frame(similarity: np.ndarray, seed: int = 0) -> np.ndarray:
     """HAFrame W (K × K) with W Wᵀ = S and unit rows: W = (Q Λ^{1/2} Vᵀ)ᵀ for S = V Λ Vᵀ, Q seeded orthogonal.
 
     Eigenvalues in (−1e-6, 0) are clipped to 0, and rows renormalised (a change below 1e-5); anything more
-    negative is a ValueError naming the eigenvalue. Deterministic in (S, seed) on every machine.
+    negative is a ValueError naming the eigenvalue. Deterministic in (S, seed) on every machine: we use the random
+    orthogonal matrix Q' = Q_g V (Q_g from the QR of a seeded Gaussian, sign-fixed), i.e.
+    W = V Λ^{1/2} Vᵀ Q_gᵀ = S^{1/2} Q_gᵀ. Q' is as Haar-random as Q_g, so this is the same construction, but W
+    depends only on S and the seed, not on which eigenvector basis LAPACK returns inside a repeated eigenvalue's
+    eigenspace (balanced trees have many): the same seed gives the same frame, to rounding, on every machine and BLAS.
     """
     return _factorise(similarity, int(seed))[0]
 
