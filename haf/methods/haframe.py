@@ -1,4 +1,4 @@
-"""HAFrame (Liang & Davis, ICCV 2023): a fixed hierarchy-aware frame as the last layer.
+"""HAFrame (Liang & Davis, ICCV 2023): a fixed hierarchy-aware frame as the last layer (docs/METHOD.md §3–4).
 
 The last layer is a fixed frame W (K × D, unit rows) whose Gram matrix is the class similarity
 S_ij = (1 − s_min)·exp(−γ·d_ij / d_max) + s_min (built once by :func:`haf.frame.build_frame` from the dataset's
@@ -8,17 +8,8 @@ distance matrix), and the features h are trained to collapse onto it with
     L = (1 − α)·CE(z, y) + α·(1/B) Σ_b Σ_i (cos(w_i, h_b) − S[i, y_b])²
 
 computed by :func:`haf.kernels.frame_loss` (fused Triton kernel on CUDA, plain PyTorch on CPU). Scores are z.
-
-W and S are persistent **buffers**: saved in checkpoints (the frame depends on a random rotation Q, so a resumed
-or evaluated model must use the stored one, not a rebuilt one), never in an optimizer, never weight-decayed.
-
-Feature width. The paper uses D = K: the type-II head ends in K channels and W is K × K, which is what this
-method requires (a different width is an error naming both numbers). A K × K frame embeds in any D > K as
-W Pᵀ with P (D × K) orthonormal, which keeps W Wᵀ = S; that generalisation is not part of the paper and is not
-offered here.
-
-:class:`FixedFrameMethod` holds the machinery shared by every fixed-frame method (the fixed ETF of
-``haf/methods/etf_ce.py`` is the same thing with another frame and α = 0).
+W and S are persistent buffers (:class:`FixedFrameMethod`, shared with the fixed ETF); the feature width is the
+paper's D = K (:class:`HAFrame`).
 """
 from __future__ import annotations
 
@@ -49,9 +40,13 @@ def _check_backend(backend: str) -> None:
 class FixedFrameMethod(FullPrecisionBuffersMethod):
     """A fixed frame W (K × D) and target similarity S (K × K) as buffers; z = h Wᵀ; loss = frame_loss(α).
 
-    Subclasses build (W, S) in ``__init__`` and call :meth:`install_frame`; they set ``loss_alpha`` and
-    ``loss_backend``. W and S follow device moves but are never rounded by a module-wide ``.half()`` /
-    ``.bfloat16()`` (DeepSpeed's low-precision weights mode): they define the target geometry, not weights.
+    The machinery shared by every fixed-frame method (the fixed ETF of ``haf/methods/etf_ce.py`` is the same thing
+    with another frame and α = 0). W and S are persistent **buffers**: saved in checkpoints (the frame depends on a
+    random rotation Q, so a resumed or evaluated model must use the stored one, not a rebuilt one), never in an
+    optimizer, never weight-decayed. Subclasses build (W, S) in ``__init__`` and call :meth:`install_frame`; they
+    set ``loss_alpha`` and ``loss_backend``. W and S follow device moves but are never rounded by a module-wide
+    ``.half()`` / ``.bfloat16()`` (DeepSpeed's low-precision weights mode): they define the target geometry, not
+    weights.
     """
 
     full_precision_buffers = ("frame", "similarity")
@@ -103,7 +98,13 @@ class FixedFrameMethod(FullPrecisionBuffersMethod):
 
 @register_method("haframe")
 class HAFrame(FixedFrameMethod):
-    """Fixed hierarchy-aware frame + (1 − α)·CE + α·cosine loss (Liang & Davis, ICCV 2023)."""
+    """Fixed hierarchy-aware frame + (1 − α)·CE + α·cosine loss (Liang & Davis, ICCV 2023).
+
+    Feature width. The paper uses D = K: the type-II head ends in K channels and W is K × K, which is what the dense
+    factorisation requires (a different width is an error naming both numbers). A K × K frame embeds in any D > K
+    as W Pᵀ with P (D × K) orthonormal, which keeps W Wᵀ = S; that generalisation is not part of the paper and is
+    not offered here. The tree factorisation puts a learnable projection D → N − 1 before its frame instead.
+    """
 
     @dataclass(frozen=True)
     class Options:
