@@ -1,25 +1,16 @@
 """Heads: backbone feature map (B × C × h × w) → feature vector h (B × D), found through a registry.
 
-The head is everything between the backbone and the method's last layer (docs/METHOD.md):
+The head is everything between the backbone and the method's last layer (docs/METHOD.md §5):
 
 * ``type1`` — the baseline head. ResNet-50: global **max** pool → BN1d(C) → Linear(C, 600) → BN1d(600) → ELU
   (D = 600). Wide-ResNet-28-8: the 512-d global **average**-pooled feature (``pool="avg", hidden_dim=None``).
 * ``type2`` — the HAFrame head: 1×1 conv C → K (no bias) → global average pool → BN1d(K) → two residual blocks,
   each ``x + f(x)`` with f = [Linear(K, K, no bias) → BN1d(K) → PReLU(K)] × 2 (D = K).
+* ``mlp`` — global average pool → Linear(C, width) → BN1d → PReLU → residual blocks at ``width`` (D = width,
+  fixed): its cost does not grow with K, so with the tree-factorised HAFrame (the method projects D → N − 1) the
+  head-to-frame path costs O(width·N) instead of the type-II head's O(K²).
 
-* ``mlp`` — global average pool → Linear(C, width) → BN1d → PReLU → residual blocks at ``width`` (D = width, fixed):
-  its cost does not grow with K. With the tree-factorised HAFrame the method projects D → N − 1 itself, so the
-  whole head-to-frame path costs O(width·N) instead of the type-II head's O(K²).
-
-Every head exposes ``out_features`` (D) and splits its parameters for the optimizer (see
-:meth:`haf.models.classifier.HierarchyClassifier.param_groups`):
-
-* :meth:`Head.backbone_modules` — trained like the backbone (the type-II 1×1 conv: the reference puts it in the
-  backbone's lr/10 group);
-* :meth:`Head.transformation_modules` — the "transformation layers" (type-I: BN–Linear–BN; type-II: the BN and
-  the residual blocks), which the iNat2019 / tieredImageNet-H recipe also trains at lr/10.
-
-Together the two lists cover every parameter of the head exactly once (checked by the tests).
+Every head exposes ``out_features`` (D) and splits its parameters for the optimizer (:class:`Head`).
 """
 from __future__ import annotations
 
@@ -78,7 +69,17 @@ def build_head(name: str, in_channels: int, num_classes: int, **options: Any) ->
 
 
 class Head(nn.Module):
-    """Base class: feature map → feature vector; subclasses set ``out_features`` and split their modules."""
+    """Base class: feature map → feature vector; subclasses set ``out_features`` and split their modules.
+
+    The split feeds :meth:`haf.models.classifier.HierarchyClassifier.param_groups`:
+
+    * :meth:`backbone_modules` — trained like the backbone (the type-II 1×1 conv: the reference puts it in the
+      backbone's lr/10 group);
+    * :meth:`transformation_modules` — the "transformation layers" (type-I: BN–Linear–BN; type-II: the BN and the
+      residual blocks), which the iNat2019 / tieredImageNet-H recipe also trains at lr/10.
+
+    Together the two lists cover every parameter of the head exactly once (checked by the tests).
+    """
 
     out_features: int
 
