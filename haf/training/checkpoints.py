@@ -10,12 +10,7 @@ survives a crash. A kill at any moment leaves either the old or the new checkpoi
 is then a hard link of ``last.pt`` renamed into place; a kill between the two leaves a ``last.pt`` whose
 ``best_epoch`` is its own epoch, which the resume links (:func:`reconcile_best`).
 
-Layout of a training checkpoint (``CHECKPOINT_FORMAT`` = 1)::
-
-    format, kind ("haf-train"), epoch (epochs completed), global_step, best_metric, best_epoch,
-    model (state dict incl. the frame buffer), optimizer (torch state dict: momentum buffers, param groups)
-    or None when DeepSpeed ZeRO keeps it in its own files, rng ({torch, numpy, python, cuda}),
-    config (plain dict), classes (list of class names), metrics (validation metrics of that epoch)
+Layout of a training checkpoint (``CHECKPOINT_FORMAT`` = 1): docs/ARCHITECTURE.md, "Training outputs".
 """
 from __future__ import annotations
 
