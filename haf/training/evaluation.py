@@ -8,21 +8,8 @@ of metrics.json.
 
 With ``collapse=True`` (the training loop's validations) the pass also accumulates the per-class sums of the
 method's input features h (one B × D ``index_add`` per batch, no second forward; sums and counts all-reduced over
-ranks) and reports the neural-collapse diagnostics of Liang & Davis (ICCV 2023, §5) for the class means μ_k
-(:func:`collapse_diagnostics`):
-
-* ``nc_mean``, ``nc_std``: mean and std over class pairs i < j of |cos(μ_i, μ_j) − S_ij|;
-* ``self_duality`` = ‖W/‖W‖_F − M/‖M‖_F‖_F for the classifier rows W and the class-mean matrix M.
-
-What S, W and M are comes from the method's one K-row classifier (``Method.classifier_weights``, see
-:func:`collapse_target`): a fixed frame W gives S_ij = cos(w_i, w_j) (HAFrame's S by construction), a learnable
-classifier (cross-entropy and relatives) the simplex-ETF target S_ij = −1/(K−1) that its collapse converges to
-(Papyan et al., PNAS 2020). Class means are centred on their mean (the global mean) for ETF targets and learnable
-classifiers and left raw for HAFrame, whose S has no centre (docs/METHOD.md). Methods without a single K-row
-classifier (Flamingo, HAFeature: one classifier per level) get no diagnostics (no keys). The means are always
-those of h, the head's output: for ETF dot-regression, whose frame meets BatchNorm(h), that is the feature before
-the method's own normalisation. A method whose frame acts on its own outputs (``collapse_on_outputs``: HAFrame's
-tree frame, after its projection into R^{N−1}) gets the means of those outputs.
+ranks) and reports the neural-collapse diagnostics ``nc_mean``, ``nc_std`` and ``self_duality`` of the class means
+(docs/METHOD.md §7; :func:`collapse_diagnostics`, against the target :func:`collapse_target` picks).
 """
 from __future__ import annotations
 
@@ -45,7 +32,7 @@ CENTRED_FRAME_TOL = 1e-4
 
 @dataclass(frozen=True)
 class CollapseTarget:
-    """What the class means of a method's input features are compared with (see the module docstring)."""
+    """What the class means of a method's input features are compared with (:func:`collapse_target`)."""
 
     weights: torch.Tensor  # W, K × D: the classifier's rows
     similarity: torch.Tensor  # S, K × K float64: the target cosines of the class means
@@ -58,7 +45,14 @@ def collapse_target(method: Any) -> CollapseTarget | None:
 
     Fixed W (a buffer): S_ij = cos(w_i, w_j), class means centred iff the frame is (Σ_k w_k = 0: the simplex ETF,
     for which centring leaves the target c·W unchanged); HAFrame's frame is not centred, so its means stay raw.
-    Learnable W (a parameter): S = the simplex ETF, 1 on the diagonal and −1/(K−1) elsewhere, means centred.
+    Learnable W (a parameter): S = the simplex ETF, 1 on the diagonal and −1/(K−1) elsewhere, means centred: the
+    target its collapse converges to (Papyan et al., PNAS 2020).
+
+    The classifier is the method's one K-row classifier (``Method.classifier_weights``); methods without one
+    (Flamingo, HAFeature: one classifier per level) get no diagnostics (no keys). The means are always those of h,
+    the head's output: for ETF dot-regression, whose frame meets BatchNorm(h), that is the feature before the
+    method's own normalisation. A method whose frame acts on its own outputs (``collapse_on_outputs``: HAFrame's
+    tree frame, after its projection into R^{N−1}) gets the means of those outputs.
     """
     getter = getattr(method, "classifier_weights", None)
     weights = getter() if callable(getter) else None
