@@ -9,12 +9,10 @@ Features h live in R^{N−1}, one coordinate per non-root node v (column v − 1
 Gradient (computed in the forward, like the fused dense kernels): with p = softmax(z),
     dz_i = (1 − α)(p_i − [i = y]) + (2α/n)(z_i/n − S_iy),   dℓ/dn = −(2α/n²)·Σ_i z_i (z_i/n − S_iy)
     dℓ/dh_v = √a_v·D_v − β·u_v·Σ_i dz_i + dℓ/dn · h_v/n,    D_v = Σ_{leaves i under v} dz_i (subtree sums)
-A feature without a direction (‖h‖ < FEATURE_EPS) follows the dense loss's rule: every cosine is 0, so its
-cosine term is the constant Σ_i S_iy² and adds nothing to dℓ/dh. S is never formed as a K × K matrix.
+S is never formed as a K × K matrix (docs/TREE_FRAME.md, "The loss").
 
-Backends: "reference" here (plain PyTorch, rows in chunks so temporaries stay chunk × N), "triton"
-(:mod:`haf.kernels.tree_frame_loss_triton`: class chunks, online logsumexp). :func:`tree_frame_loss_autograd` is
-the literal formula through autograd (B × K × depth temporaries), the oracle of the tests.
+Backends: "reference" here (plain PyTorch, rows in chunks of chunk × N temporaries), "triton"
+(:mod:`haf.kernels.tree_frame_loss_triton`); :func:`tree_frame_loss_autograd` is the tests' oracle.
 """
 from __future__ import annotations
 
@@ -128,7 +126,10 @@ def tree_frame_matrix(frame) -> torch.Tensor:
 def _rows_forward_backward(frame: TreeFrameTensors, h: torch.Tensor, y: torch.Tensor, alpha: float,
                            need_grad: bool = True):
     """Per-row loss and dℓ/dh for a chunk of rows (module docstring). Live temporaries: one chunk × N buffer and
-    at most four chunk × K ones (z, S rows, the residual, one op's output); the gradient is built in the buffer."""
+    at most four chunk × K ones (z, S rows, the residual, one op's output); the gradient is built in the buffer.
+
+    A feature without a direction (‖h‖ < FEATURE_EPS) follows the dense loss's rule: every cosine is 0, so its
+    cosine term is the constant Σ_i S_iy² and adds nothing to dℓ/dh."""
     u = frame.cast("u", h.dtype)[1:]
     norm = h.norm(dim=1)
     n = directionless_as_inf(norm)
@@ -224,7 +225,7 @@ def tree_frame_loss(features: torch.Tensor, frame, target: torch.Tensor, alpha: 
 def tree_frame_loss_autograd(features: torch.Tensor, frame, target: torch.Tensor, alpha: float = 0.5,
                              reduction: str = "mean", ignore_index: int = -100) -> torch.Tensor:
     """The literal formula through autograd: z by gathering √a·h along each class's path (B × K × depth), S[i, y]
-    from the LCA read off the two paths. For tests (small K)."""
+    from the LCA read off the two paths. The oracle of the tests (small K)."""
     frame = as_tree_frame(frame, features.device)
     valid, alpha = _check(features, frame, target, alpha, reduction, ignore_index)
     dtype = compute_dtype(features)
