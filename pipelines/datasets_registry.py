@@ -1,21 +1,10 @@
 """``load_dataset(kind, root, **options)``: one entry point over every dataset reader.
 
-Each kind names an on-disk format; its reader returns a :class:`~haf.pipelines.splits.DatasetSplits` (classes in
-one order, the hierarchy, the distances under the dataset's default convention, and the labelled splits). Readers
-are imported when chosen, so listing the kinds costs nothing. Options are the reader's keyword arguments; an
-unknown one is an error naming it and the valid ones.
-
-==================  =========================================================  ==========================
-kind                layout                                                     default distance convention
-==================  =========================================================  ==========================
-``image-folder``    ``<root>/{train,val,test}/<class>/<image>`` + hierarchy file  lca-height
-``fgvc-aircraft``   the original release (``images_variant_*.txt`` ...)         lca-height
-``inat2019``        ``train2019.json`` / ``val2019.json`` + images              lca-height
-``tiered-imagenet`` per-class split lists over an ImageNet tree + hierarchy     fixed-depth (docs/METHOD.md)
-``cifar100``        the python pickle batches (``train``, ``test``, ``meta``)   lca-height
-``demo``            the generated demo dataset (``haf demo-data``; see below)    lca-height
-``synthetic-tree``  a random K-class tree, tiny noisy images in memory (no files) lca-height
-==================  =========================================================  ==========================
+Each kind names an on-disk format (the kinds, their layouts and default distance conventions: docs/ARCHITECTURE.md,
+``haf.pipelines``); its reader returns a :class:`~haf.pipelines.splits.DatasetSplits` (classes in one order, the
+hierarchy, the distances under the dataset's default convention, and the labelled splits). Readers are imported
+when chosen, so listing the kinds costs nothing. Options are the reader's keyword arguments; an unknown one is an
+error naming it and the valid ones.
 
 The ``demo`` reader generates its dataset on first use only at the cache location ``.cache/demo-data``; any
 other missing root is an error naming it and the ``haf demo-data`` command that makes it.
@@ -52,7 +41,8 @@ def dataset_reader(kind: str) -> Callable[..., DatasetSplits]:
 
 
 def load_dataset(kind: str, root: str | os.PathLike, **options) -> DatasetSplits:
-    """Read the dataset of format ``kind`` at ``root``; see the module table for the kinds and their options."""
+    """Read the dataset of format ``kind`` at ``root`` with the reader's keyword ``options`` (kinds: module
+    docstring)."""
     reader = dataset_reader(kind)
     parameters = list(inspect.signature(reader).parameters.values())[1:]
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
