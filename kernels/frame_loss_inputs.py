@@ -136,7 +136,7 @@ def check_frame_values(frame: torch.Tensor, unit_frame: bool) -> None:
 _checked: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
-def _version(tensor: torch.Tensor) -> int | None:
+def tensor_version(tensor: torch.Tensor) -> int | None:
     try:
         return tensor._version
     except RuntimeError:  # inference-mode tensors carry no version counter
@@ -148,7 +148,7 @@ def check_constants(frame: torch.Tensor, similarity: torch.Tensor, unit_frame: b
     for key, check in (((frame, bool(unit_frame)), check_frame_values),
                        ((similarity, None), check_similarity_values)):
         tensor, option = key
-        version = _version(tensor)
+        version = tensor_version(tensor)
         seen = _checked.get(tensor) if version is not None else None
         if seen is not None and seen[0] == version and option in seen[1]:
             continue

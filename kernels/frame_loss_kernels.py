@@ -1,4 +1,5 @@
-"""Triton kernels of the fused HAFrame loss (host side: :mod:`haf.kernels.frame_loss_triton`).
+"""Triton kernels of the fused HAFrame loss (host side: :mod:`haf.kernels.frame_loss_triton`). One file over 400
+lines on purpose: both regimes' kernels share the jitted row math (``_row_targets``, ``_row_loss``, ``_grad_tile``).
 
 Per row b, with z = h Wᵀ, n = ‖h‖, r_i = 1 / max(‖w_i‖, ε), cos_i = r_i z_i / n (0 when n < FEATURE_EPS)::
 
@@ -9,10 +10,10 @@ Per row b, with z = h Wᵀ, n = ‖h‖, r_i = 1 / max(‖w_i‖, ε), cos_i = r
 
 cos − S is formed directly (nothing cancels near convergence); the softmax sum leaves the target out, so a confident
 row keeps CE = log1p(Σ_{i≠y} e^{z_i − z_y}) and p_y − 1 = −Σ_{i≠y} p_i to full precision. Kernels write the
-*unweighted* per-row gradient (the batch weight is applied in the backward).
-``_row_block_kernel``: the launch-bound regime, one program per row block, loss reduced by the last program.
-``_row_norm_kernel`` → ``_logits_stats_kernel`` → ``_softmax_grad_kernel`` → ``_grad_features_kernel``: the tiled
-regime (persistent schedules: :mod:`haf.kernels.frame_loss_persistent`). ``_scale_grad_kernel``: the backward.
+*unweighted* per-row gradient (the batch weight is applied in the backward). Launch-bound regime: ``_row_block_kernel``
+(one program per row block, loss reduced by the last program); tiled: ``_row_norm_kernel`` → ``_logits_stats_kernel``
+→ ``_softmax_grad_kernel`` → ``_grad_features_kernel`` (persistent: :mod:`haf.kernels.frame_loss_persistent`).
+``_scale_grad_kernel``: the backward.
 """
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def _row_block_kernel(
         h = h.to(tl.float32)
         sumsq += tl.sum(h * h, axis=1)
     bad = tl.max(((sumsq != sumsq) | (sumsq == float("inf"))).to(tl.int32), axis=0)
-    tl.store(status_ptr, 1, mask=bad > 0)  # NaN/inf features: read by the host (see _Status)
+    tl.store(status_ptr, 1, mask=bad > 0)  # NaN/inf features: read by the host (see StatusWord)
     hnorm = tl.sqrt_rn(sumsq)
     directed = hnorm >= H_EPS
     n = tl.maximum(hnorm, H_EPS)

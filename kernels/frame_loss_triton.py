@@ -15,15 +15,11 @@ kernels write: read after the launch on CPU, from pinned host memory at the next
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
-import warnings
-import weakref
 from typing import NamedTuple
 
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 from . import frame_loss_kernels as K
 from .frame_loss_config import (  # noqa: F401 (re-exported: tests and benchmarks reach them here)
@@ -34,6 +30,7 @@ from .frame_loss_config import (  # noqa: F401 (re-exported: tests and benchmark
 from .frame_loss_inputs import (
     check_frame_loss_inputs, check_frame_values, check_similarity_values, check_target_range,
 )
+from .frame_loss_memo import PreparedCache, StatusWord
 from .frame_loss_reference import COSINE_EPS, FEATURE_EPS
 from .frame_loss_tiled import FusedOutput, tiled_forward, tiled_plan
 
@@ -48,48 +45,9 @@ class _PreparedFrame(NamedTuple):
     inv_norm: torch.Tensor  # K fp32: 1 / max(‖w_i‖, ε) of exactly that copy
 
 
-class _PreparedCache:
-    """Prepared copies weak-keyed by their source tensor (an entry dies with it) and rebuilt on a new version, with
-    a one-entry front memo for the steady state (same tensor every step: one weak dereference instead of a weak
-    dictionary lookup). The memo's weak reference clears it when the tensor dies, so nothing outlives its tensor."""
-
-    def __init__(self) -> None:
-        self.entries: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self.last: tuple | None = None  # (weak ref, version, key, value)
-
-    def get(self, tensor: torch.Tensor, key, build):
-        last = self.last
-        if last is not None and last[0]() is tensor and last[2] == key and last[1] == tensor._version:
-            return last[3]
-        version = _version(tensor)
-        if version is None:
-            return build()
-        entries = self.entries.get(tensor)
-        if entries is None or entries[0] != version:
-            entries = (version, {})
-            self.entries[tensor] = entries
-        value = entries[1].get(key)
-        if value is None:
-            value = entries[1][key] = build()
-        self.last = (weakref.ref(tensor, self._forget), version, key, value)
-        return value
-
-    def _forget(self, ref) -> None:
-        last = self.last
-        if last is not None and last[0] is ref:
-            self.last = None
-
-
-_FRAMES = _PreparedCache()
-_TABLES = _PreparedCache()
+_FRAMES = PreparedCache()
+_TABLES = PreparedCache()
 _frames, _tables = _FRAMES.entries, _TABLES.entries
-
-
-def _version(tensor: torch.Tensor) -> int | None:
-    try:
-        return tensor._version
-    except RuntimeError:  # inference-mode tensors: no version counter, not cached
-        return None
 
 
 def _prepare_frame(frame: torch.Tensor, dtype: torch.dtype, unit_frame: bool = False) -> _PreparedFrame:
@@ -114,35 +72,13 @@ def _prepare_similarity(similarity: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # Status word (NaN/inf features) and launch plans
 # ----------------------------------------------------------------------------------------------------------------
-class _Status:
-    """One int32 word the kernels set to 1 on NaN/inf features, readable by the host without a synchronisation:
-    a CPU tensor under the interpreter, pinned (device-mapped) host memory on a GPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        pinned = device.type == "cuda"
-        self.word = torch.zeros(1, dtype=torch.int32, pin_memory=pinned)
-        self.view = ctypes.c_int32.from_address(self.word.data_ptr())  # host view of the word (no numpy needed)
-
-    def use_device_memory(self, device: torch.device) -> None:
-        warnings.warn("this Triton build cannot write to pinned host memory: NaN/inf features are no longer "
-                      "reported by haf.kernels.frame_loss on this device (the loss itself becomes NaN)", stacklevel=3)
-        self.word = torch.zeros(1, dtype=torch.int32, device=device)
-        self.view = None
-
-    def raise_if_set(self) -> None:
-        if self.view is not None and self.view.value:
-            self.view.value = 0
-            raise ValueError("features has non-finite values (NaN or inf, or a norm beyond fp32) in this or an "
-                             "earlier haf.kernels.frame_loss call on this device")
+_STATUS: dict[torch.device, StatusWord] = {}
 
 
-_STATUS: dict[torch.device, _Status] = {}
-
-
-def _status(device: torch.device) -> _Status:
+def _status(device: torch.device) -> StatusWord:
     status = _STATUS.get(device)
     if status is None:
-        status = _STATUS[device] = _Status(device)
+        status = _STATUS[device] = StatusWord(device)
     return status
 
 
@@ -151,7 +87,7 @@ def _launch(kernel, grid, *args, **meta) -> None:
     kernel[grid](*args, **meta)
 
 
-def _launch_checked(status: _Status, device: torch.device, kernel, grid, *args, **meta) -> None:
+def _launch_checked(status: StatusWord, device: torch.device, kernel, grid, *args, **meta) -> None:
     """A launch that writes the status word; a Triton that refuses pinned host memory gets device memory."""
     try:
         _launch(kernel, grid, *args, **meta)
