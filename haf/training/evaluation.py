@@ -125,7 +125,7 @@ def evaluate(
     Returns ``{"metrics": {top1, mistake_severity, hierdist@k...}, "crm": {...} or None, "collapse": {nc_mean,
     nc_std, self_duality} or None, "loss": mean loss, "images": count, "seconds": wall time}``; all merged over
     ranks. ``collapse``: also compute the neural-collapse diagnostics (None when the method has no single K-row
-    classifier; see the module docstring). ``class_groups``: each class's shot group (0 many, 1 medium, 2 few;
+    classifier; see :func:`collapse_target`). ``class_groups``: each class's shot group (0 many, 1 medium, 2 few;
     :func:`haf.metrics.shot_groups` of the training counts) adds ``"shots"``: ``{group: metrics}`` of the plain
     decoding, for the groups with samples (None without ``class_groups``).
     """
