@@ -300,3 +300,36 @@ def test_disk_full_while_appending_a_log_names_it(demo_root, tmp_path, monkeypat
         _train(demo_root, out)
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(out / "steps.jsonl")
     assert not (out / "last.pt").exists() and len(step_records(out)) == 1
+
+
+def _scalars(out: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar series of a run as TensorBoard shows it (purged events hidden)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    return {tag: sorted((e.step, round(e.value, 6)) for e in events.Scalars(tag)) for tag in events.Tags()["scalars"]
+            if not tag.endswith("images_per_s")}
+
+
+def test_tensorboard_after_a_kill_and_resume_shows_each_step_once(demo_root, tmp_path):
+    """Killed in epoch 2's logging (its steps already in TensorBoard, no epoch-2 checkpoint): the resumed run redoes
+    them, and TensorBoard shows each step once, with the values of an uninterrupted run."""
+    logging = {"logging": {"tensorboard": True}}
+    full = tmp_path / "full"
+    _train(demo_root, full, **logging)
+    out = tmp_path / "run"
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(tiny_run_dict(demo_root, out, **{**SECTIONS, **logging})))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                            "MASTER_PORT")}
+    env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", HAF_CRASH_AT="log-append@6")
+    killed = subprocess.run([sys.executable, "haf/train.py", "--config", str(config_path)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    interrupted = _scalars(out)
+    assert max(step for step, _ in interrupted["train_step/loss"]) > 2  # epoch 2's steps were logged before the kill
+    _train(demo_root, out, resume=True, **logging)
+    resumed, reference = _scalars(out), _scalars(full)
+    assert resumed == reference
+    steps = [step for step, _ in resumed["train_step/loss"]]
+    assert len(steps) == len(set(steps)) == len(reference["train_step/loss"])

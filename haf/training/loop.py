@@ -151,7 +151,8 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, overwr
         # After the resume checks: a refused resume leaves the run's config.yaml and logs as they were.
         atomic_write_text(config.to_yaml(), output_dir / CONFIG_NAME)
         truncate_logs(output_dir, start_epoch)  # the records of the epochs about to be (re)done go
-    logger = RunLogger(output_dir, config, enabled=main)
+    # On resume, steps after the checkpoint's are redone: TensorBoard hides what an interrupted run logged there.
+    logger = RunLogger(output_dir, config, enabled=main, purge_step=global_step + 1 if resume else None)
     show_progress = main and config.logging.progress
     # Micro-batches per epoch: whole optimizer steps only (a partial accumulation window would leak into the next).
     accumulation = config.deepspeed.gradient_accumulation_steps

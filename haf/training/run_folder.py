@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -147,7 +148,10 @@ class RunLogger:
     TensorBoard gets both (``<split>/<key>`` and ``train_step/<key>``) against the optimizer step.
     """
 
-    def __init__(self, output_dir: Path, config: RunConfig, enabled: bool) -> None:
+    def __init__(self, output_dir: Path, config: RunConfig, enabled: bool, purge_step: int | None = None) -> None:
+        """``purge_step``: a resumed run's first step to be redone; TensorBoard then hides the events an
+        interrupted run logged from that step on (``SummaryWriter(purge_step=...)``), as truncate_logs cuts the
+        JSONL logs, so every step is shown once."""
         self.enabled = enabled
         self.jsonl = None
         self.step_jsonl = None
@@ -163,7 +167,9 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(log_dir=str(output_dir / TENSORBOARD_DIR))
+                if purge_step is not None:
+                    _after_existing_event_files(output_dir / TENSORBOARD_DIR)
+                self.writer = SummaryWriter(log_dir=str(output_dir / TENSORBOARD_DIR), purge_step=purge_step)
             except ImportError:  # tensorboard is a requirement, but a missing one must not kill a training run
                 print("warning: tensorboard is not installed; logging to JSONL only", file=sys.stderr)
 
@@ -199,6 +205,15 @@ class RunLogger:
                 stream.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def _after_existing_event_files(folder: Path) -> None:
+    """Wait (under a second) until a new event file's name sorts after every existing one: TensorBoard reads the
+    files in name order (``events.out.tfevents.<unix seconds>...``) and honours a purge only in later files."""
+    stamps = [int(p.name.split(".")[3]) for p in folder.glob("events.out.tfevents.*")
+              if len(p.name.split(".")) > 3 and p.name.split(".")[3].isdigit()]
+    while stamps and int(time.time()) <= max(stamps) and max(stamps) - time.time() < 2:
+        time.sleep(0.05)
 
 
 def result_record(config: RunConfig, result: dict, *, epoch: int, checkpoint: str, split: str,
