@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 __all__ = ["BACKBONES", "POOLED_FEATURE_HEAD_DEFAULTS", "BackboneFactory", "check_factory_options",
-           "register_backbone"]
+           "register_backbone", "registrar"]
 
 BackboneFactory = Callable[..., nn.Module]
 BACKBONES: dict[str, BackboneFactory] = {}
@@ -34,10 +34,17 @@ def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]
     and import its module in :mod:`haf.models.backbones`.
     """
 
-    def decorate(factory: BackboneFactory) -> BackboneFactory:
-        if name in BACKBONES and BACKBONES[name] is not factory:
-            raise ValueError(f"backbone {name!r} is registered twice")
-        BACKBONES[name] = factory
+    return registrar(BACKBONES, "backbone", name)
+
+
+def registrar(table: dict[str, Callable[..., Any]], kind: str, name: str) -> Callable[[Callable], Callable]:
+    """The decorator that stores a factory as ``table[name]`` (backbones, heads); a second factory under one
+    name is an error naming the ``kind``."""
+
+    def decorate(factory: Callable[..., Any]) -> Callable[..., Any]:
+        if name in table and table[name] is not factory:
+            raise ValueError(f"{kind} {name!r} is registered twice")
+        table[name] = factory
         return factory
 
     return decorate

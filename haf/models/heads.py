@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from haf.models.backbones import check_factory_options
+from haf.models.backbone_registry import check_factory_options, registrar
 
 __all__ = [
     "Head",
@@ -44,14 +44,7 @@ CONV_INITS = ("default", "he-normal")  # PyTorch's default, or kaiming_normal_(f
 
 def register_head(name: str) -> Callable[[HeadFactory], HeadFactory]:
     """Register ``factory(in_channels, num_classes, **options) -> Head`` under ``name``."""
-
-    def decorate(factory: HeadFactory) -> HeadFactory:
-        if name in _HEADS and _HEADS[name] is not factory:
-            raise ValueError(f"head {name!r} is registered twice")
-        _HEADS[name] = factory
-        return factory
-
-    return decorate
+    return registrar(_HEADS, "head", name)
 
 
 def available_heads() -> list[str]:
