@@ -18,8 +18,14 @@ from __future__ import annotations
 
 import torch
 
-from .frame_loss_reference import FEATURE_EPS, compute_dtype
-from .tree_frame_tensors import TreeFrameTensors, as_tree_frame, directionless_as_inf, is_tree_frame
+from .frame_loss_reference import FEATURE_EPS, _reduce, compute_dtype
+from .tree_frame_tensors import (
+    TreeFrameTensors,
+    as_tree_frame,
+    directionless_as_inf,
+    is_tree_frame,
+    scale_saved_gradient,
+)
 
 __all__ = ["TreeFrameTensors", "as_tree_frame", "is_tree_frame", "tree_frame_loss", "tree_frame_loss_autograd",
            "tree_frame_matrix", "tree_logits"]
@@ -184,17 +190,7 @@ class _TreeFrameLoss(torch.autograd.Function):
         ctx.save_for_backward(grad)
         return losses
 
-    @staticmethod
-    def backward(ctx, grad_losses):
-        (grad,) = ctx.saved_tensors
-        # In place: the stored gradient is used once, and a second B × (N − 1) copy is what bounds memory.
-        return grad.mul_(grad_losses[:, None].to(grad.dtype)), None, None, None, None, None
-
-
-def _reduce(per_row: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
-    from .frame_loss_reference import _reduce as reduce_like_cross_entropy
-
-    return reduce_like_cross_entropy(per_row, valid, reduction)
+    backward = staticmethod(scale_saved_gradient)
 
 
 def tree_frame_loss(features: torch.Tensor, frame, target: torch.Tensor, alpha: float = 0.5,

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .frame_loss_reference import FEATURE_EPS
-from .tree_frame_tensors import TreeFrameTensors, directionless_as_inf
+from .tree_frame_tensors import TreeFrameTensors, directionless_as_inf, scale_saved_gradient
 
 __all__ = ["triton_tree_frame_rows"]
 
@@ -133,9 +133,10 @@ class _TritonTreeFrameLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, frame, target, valid, alpha, need_grad=True):
         features = features.contiguous()
-        tensors = {"anc": frame.anc.to(torch.int32).contiguous(), "sqrt_a": frame.sqrt_a.float().contiguous(),
-                   "g": frame.g.float().contiguous()}
-        u = frame.u[1:].float()
+        # Cached per frame and device (TreeFrameTensors.cast): no per-step copies of the tree's tables.
+        tensors = {"anc": frame.cast("anc", torch.int32), "sqrt_a": frame.cast("sqrt_a", torch.float32),
+                   "g": frame.cast("g", torch.float32)}
+        u = frame.cast("u", torch.float32)[1:]
         targets = torch.where(valid, target.long(), torch.zeros_like(target, dtype=torch.long))
         losses = torch.empty(features.shape[0], dtype=torch.float32, device=features.device)
         out = torch.empty_like(features) if need_grad else features.new_empty(0, 0)
@@ -169,11 +170,7 @@ class _TritonTreeFrameLoss(torch.autograd.Function):
         ctx.save_for_backward(out)
         return losses
 
-    @staticmethod
-    def backward(ctx, grad_losses):
-        (grad,) = ctx.saved_tensors
-        # In place: the stored gradient is used once, and a second B × (N − 1) copy is what bounds memory.
-        return grad.mul_(grad_losses[:, None].to(grad.dtype)), None, None, None, None, None
+    backward = staticmethod(scale_saved_gradient)
 
 
 def triton_tree_frame_rows(features: torch.Tensor, frame: TreeFrameTensors, target: torch.Tensor,

@@ -11,7 +11,7 @@ from torch import nn
 
 from .frame_loss_reference import FEATURE_EPS
 
-__all__ = ["TreeFrameTensors", "as_tree_frame", "directionless_as_inf", "is_tree_frame"]
+__all__ = ["TreeFrameTensors", "as_tree_frame", "directionless_as_inf", "is_tree_frame", "scale_saved_gradient"]
 
 
 class TreeFrameTensors(nn.Module):
@@ -45,7 +45,7 @@ class TreeFrameTensors(nn.Module):
         return self.num_nodes - 1
 
     def cast(self, name: str, dtype: torch.dtype) -> torch.Tensor:
-        """A float buffer in ``dtype`` (cached: the row chunks reuse it)."""
+        """A buffer in ``dtype`` (cached per device: the row chunks and training steps reuse it)."""
         key = (name, dtype)
         cached = self._casts.get(key)
         if cached is None or cached.device != self._buffers[name].device:
@@ -81,3 +81,10 @@ def directionless_as_inf(norm: torch.Tensor) -> torch.Tensor:
     """‖h‖ with the dense loss's rule for a feature without a direction (‖h‖ < FEATURE_EPS): n = ∞ there, so every
     cos = z/n is 0, the cosine term is the constant Σ_i S[i, y]², and its share of dℓ/dh (∝ 1/n) vanishes."""
     return torch.where(norm >= FEATURE_EPS, norm, torch.full_like(norm, float("inf")))
+
+
+def scale_saved_gradient(ctx, grad_losses: torch.Tensor):
+    """The backward of both tree-loss paths: dℓ_b/dh_b was computed in the forward; scale it by dL/dℓ_b. In place:
+    the stored gradient is used once, and a second B × (N − 1) copy is what bounds memory."""
+    (grad,) = ctx.saved_tensors
+    return grad.mul_(grad_losses[:, None].to(grad.dtype)), None, None, None, None, None

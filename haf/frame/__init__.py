@@ -21,7 +21,7 @@ from .dense import (
     similarity_matrix,
 )
 from .grid import GRID_POINTS, PSD_TOLERANCE, reference_grid
-from .tree import TreeArrays, TreeFrame, build_tree_frame, find_s_min_tree, find_s_min_tree_full_scan
+from .tree import TreeArrays, TreeFrame, build_tree_frame, find_s_min_tree
 from .tree_io import load_tree_frame, save_tree_frame
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
     "find_s_min",
     "find_s_min_full_scan",
     "find_s_min_tree",
-    "find_s_min_tree_full_scan",
     "fixed_etf",
     "hierarchy_frame",
     "load_tree_frame",

@@ -26,12 +26,10 @@ from .tree_psd import (
     _node_similarity,
     _pruning,
     find_s_min_tree,
-    find_s_min_tree_full_scan,
     tree_is_psd,
 )
 
-__all__ = ["TreeArrays", "TreeFrame", "build_tree_frame", "find_s_min_tree", "find_s_min_tree_full_scan",
-           "tree_is_psd"]
+__all__ = ["TreeArrays", "TreeFrame", "build_tree_frame", "find_s_min_tree", "tree_is_psd"]
 
 #: Exact all-pairs Gram check up to this K; beyond it, sampled pairs (sibling pairs included).
 ALL_PAIRS_MAX_CLASSES = 4000
@@ -106,11 +104,17 @@ class TreeFrame:
     def gram(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """W_i · W_j expanded term by term: Σ_{v ∈ path i ∩ path j} a_v − β(Σ_{path i} √a u + Σ_{path j} √a u)
         + β² u·u, with the path sums gathered along each class's ancestors (no identity F u = 1 assumed)."""
+        return self._gram(self._gram_tables(), i, j)
+
+    def _gram_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ancestor table, Σ_path √a·u per class, a along each path): built once per batch of pair chunks."""
         table = self.tree.ancestor_table()
-        sqrt_a = self.sqrt_a
-        weight = np.where(table > 0, sqrt_a[np.maximum(table, 0)] * self.u[np.maximum(table, 0)], 0.0)
-        path_u = weight.sum(axis=1)
-        edge = np.where(table > 0, self.a[np.maximum(table, 0)], 0.0)
+        at = np.maximum(table, 0)
+        path_u = np.where(table > 0, self.sqrt_a[at] * self.u[at], 0.0).sum(axis=1)
+        return table, path_u, np.where(table > 0, self.a[at], 0.0)
+
+    def _gram(self, tables: tuple[np.ndarray, np.ndarray, np.ndarray], i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        table, path_u, edge = tables
         i, j = np.asarray(i), np.asarray(j)
         shared = np.where((table[i] == table[j]) & (table[i] > 0), edge[i], 0.0).sum(axis=1)
         return shared - self.beta * (path_u[i] + path_u[j]) + self.beta**2 * float(self.u @ self.u)
@@ -131,10 +135,10 @@ class TreeFrame:
         same = parent_of[order[1:]] == parent_of[order[:-1]]
         i = np.concatenate([i, order[:-1][same], np.arange(k)])
         j = np.concatenate([j, order[1:][same], np.arange(k)])
-        error = 0.0
+        error, tables = 0.0, self._gram_tables()
         for start in range(0, i.size, 50_000):
             a, b = i[start:start + 50_000], j[start:start + 50_000]
-            error = max(error, float(np.abs(self.gram(a, b) - self.similarity(a, b)).max()))
+            error = max(error, float(np.abs(self._gram(tables, a, b) - self.similarity(a, b)).max()))
         return error, int(i.size)
 
 

@@ -22,7 +22,7 @@ class TreeArrays:
     """A rooted tree as integer arrays, nodes breadth first: ``parent[0] = −1``, ``parent[v] < v``.
 
     ``leaf_node[i]`` is the node of class i; the leaves are exactly the classes. Derived on construction: depth,
-    the per-depth node ranges ``level_offsets``, subtree height, leaf count under each node.
+    the per-depth node ranges ``level_offsets``, subtree height.
     """
 
     parent: np.ndarray
@@ -31,7 +31,6 @@ class TreeArrays:
     depth: np.ndarray = field(init=False)
     level_offsets: np.ndarray = field(init=False)
     subtree_height: np.ndarray = field(init=False)
-    leaf_count: np.ndarray = field(init=False)
     is_leaf: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -65,14 +64,12 @@ class TreeArrays:
                 np.unique(leaf_node).size != k:
             raise ValueError("tree: leaf_node must list every leaf exactly once")
         height = np.zeros(n, dtype=np.int64)
-        count = is_leaf.astype(np.int64)
         levels = len(offsets) - 1
         for level in range(levels - 1, 0, -1):
-            lo, hi, plo, phi = offsets[level], offsets[level + 1], offsets[level - 1], offsets[level]
+            lo, hi = offsets[level], offsets[level + 1]
             np.maximum.at(height, parent[lo:hi], height[lo:hi] + 1)
-            count[plo:phi] += _level_sum(count[lo:hi].astype(np.float64), parent, lo, hi, plo, phi).astype(np.int64)
         for name, value in (("parent", parent), ("leaf_node", leaf_node), ("depth", depth),
-                            ("level_offsets", level_offsets), ("subtree_height", height), ("leaf_count", count),
+                            ("level_offsets", level_offsets), ("subtree_height", height),
                             ("is_leaf", is_leaf)):
             value.setflags(write=False)
             object.__setattr__(self, name, value)
@@ -107,6 +104,15 @@ class TreeArrays:
             node = np.where(here, self.parent[node], node)
             d = np.where(here, d - 1, d)
         return table
+
+    def node_distance(self, convention: str) -> np.ndarray:
+        """d(v) per node, the distance of two distinct leaves whose LCA is v: the subtree height (``lca-height``)
+        or H − depth(v) (``fixed-depth``); 0 at the leaves (d(i, i) = 0; distinct leaves never meet at one)."""
+        from haf.hierarchy.distance_conventions import check_convention
+
+        check_convention(convention)
+        d = self.subtree_height if convention == "lca-height" else self.height - self.depth
+        return np.where(self.is_leaf, 0, d)
 
     def lca(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Lowest common ancestors of node pairs (vectorised; one step per depth level)."""

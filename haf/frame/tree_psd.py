@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from haf.hierarchy.distance_conventions import check_convention
-
 from .grid import PSD_TOLERANCE, last_psd_index, reference_grid
 from .tree_arrays import TreeArrays, _level_sum
 
-__all__ = ["find_s_min_tree", "find_s_min_tree_full_scan", "tree_is_psd"]
+__all__ = ["find_s_min_tree", "tree_is_psd"]
 
 
 # ------------------------------------------------------------------------------------------ similarity per node
@@ -23,9 +21,7 @@ __all__ = ["find_s_min_tree", "find_s_min_tree_full_scan", "tree_is_psd"]
 
 def _node_distances(tree: TreeArrays, convention: str) -> tuple[np.ndarray, float]:
     """d(v) per node under the convention (0 at leaves), clamped at d_max above the top branching node."""
-    check_convention(convention)
-    d = tree.subtree_height if convention == "lca-height" else tree.height - tree.depth
-    d = np.where(tree.is_leaf, 0, d).astype(np.float64)
+    d = tree.node_distance(convention).astype(np.float64)
     # d_max = max over leaf pairs = d of the shallowest node with ≥ 2 children (unary nodes are no one's LCA).
     branching = np.bincount(tree.parent[1:], minlength=tree.num_nodes) >= 2
     d_max = float(d[np.flatnonzero(branching)[0]])
@@ -98,15 +94,3 @@ def find_s_min_tree(tree: TreeArrays, gamma: float, convention: str) -> float:
     if index is None:
         raise _no_psd_point(tree, grid, gamma)
     return float(grid[index])
-
-
-def find_s_min_tree_full_scan(tree: TreeArrays, gamma: float, convention: str) -> float:
-    """The reference rule literally: all 100 grid points with the O(N) test; the most negative PSD one."""
-    gamma = _check_gamma(gamma)
-    d, d_max = _node_distances(tree, convention)
-    grid = reference_grid(tree.num_classes)
-    is_psd = _psd_at(tree, d, d_max, gamma)
-    psd = [float(s) for s in grid if is_psd(s)]
-    if not psd:
-        raise _no_psd_point(tree, grid, gamma)
-    return min(psd)

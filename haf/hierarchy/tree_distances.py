@@ -25,12 +25,8 @@ class TreeDistances:
     """Leaf distances of a class tree under a convention, as per-node tensors (``.to(device)`` moves them)."""
 
     def __init__(self, tree, convention: str) -> None:
-        from .distance_conventions import check_convention
-
-        check_convention(convention)
+        node_distance = tree.node_distance(convention)
         self.tree, self.convention = tree, convention
-        node_distance = tree.subtree_height if convention == "lca-height" else tree.height - tree.depth
-        node_distance = np.where(tree.is_leaf, 0, node_distance)  # d(i, i) = 0; distinct leaves never meet at a leaf
         self.levels = tree.levels()
         self.height = int(tree.depth.max())
         as_long = lambda a: torch.from_numpy(np.array(a, dtype=np.int64))  # noqa: E731

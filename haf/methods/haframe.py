@@ -182,7 +182,11 @@ class HAFrame(FixedFrameMethod):
         if context.hierarchy is None:
             raise ValueError("haframe: factorization 'tree' needs the class tree, but the dataset has only a distance "
                              "matrix; use factorization: dense")
-        tree = TreeArrays.from_hierarchy(context.hierarchy)
+        from haf.hierarchy.tree_distances import TreeDistances
+
+        # The dataset's tree distances already hold the tree as arrays; convert the hierarchy only without them.
+        tree = (context.distances.tree if isinstance(context.distances, TreeDistances)
+                else TreeArrays.from_hierarchy(context.hierarchy))
         if tree.classes != tuple(context.classes):
             raise ValueError("haframe: the hierarchy's class order differs from the dataset's")
         frame = build_tree_frame(tree, options.gamma, options.distance_convention, s_min=options.s_min)
@@ -245,11 +249,8 @@ def _check_tree_distances(frame, distances, convention: str, pairs: int = 4096) 
     if tuple(distances.shape) != (k, k):
         raise ValueError(f"haframe: context.distances must be K × K = {k} × {k}, got shape {tuple(distances.shape)}")
     rng = np.random.default_rng(0)
-    i, j = rng.integers(0, k, pairs), rng.integers(0, k, pairs)
-    tree = frame.tree
-    lca = tree.lca(tree.leaf_node[i], tree.leaf_node[j])
-    d = np.where(i == j, 0, tree.subtree_height[lca] if convention == "lca-height" else tree.height - tree.depth[lca])
+    i, j = (torch.from_numpy(rng.integers(0, k, pairs)) for _ in range(2))
     given = distances if isinstance(distances, TreeDistances) else torch.as_tensor(np.asarray(distances))
-    if not np.array_equal(d, pair_distances(given, torch.from_numpy(i), torch.from_numpy(j)).numpy()):
+    if not torch.equal(TreeDistances(frame.tree, convention).pairs(i, j), pair_distances(given, i, j).cpu().long()):
         raise ValueError(f"haframe: option distance_convention={convention!r} does not give the dataset's distances; "
                          "set it to the dataset's distance_convention")
