@@ -64,14 +64,19 @@ def run(args: argparse.Namespace) -> int:
                     shots.setdefault(result.method, {}).setdefault(key, []).append(value)
                 elif key.startswith("hierdist@"):
                     hierdist.setdefault(result.method, {}).setdefault(int(key.split("@")[1]), []).append(value)
+
+    def mean_ci(values: list[float]) -> tuple[float, float | None]:
+        summary = summarize(values)
+        return summary.mean, summary.ci
+
     curves = {}
     for method, by_k in hierdist.items():
-        curves[method] = {k: (summarize(values).mean, summarize(values).ci) for k, values in by_k.items()}
+        curves[method] = {k: mean_ci(values) for k, values in by_k.items()}
     written = [out / "hierdist_at_k.png"]
     plots.plot_hierdist_curves(curves, written[0])
     if shots:
         written.append(out / "shot_groups.png")
-        plots.plot_shot_groups({method: {key: (summarize(v).mean, summarize(v).ci) for key, v in by_key.items()}
+        plots.plot_shot_groups({method: {key: mean_ci(v) for key, v in by_key.items()}
                                 for method, by_key in shots.items()}, written[-1])
     if logs:
         written.append(out / "training_curves.png")

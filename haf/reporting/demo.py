@@ -148,11 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     from haf.reporting.report import make_report
+    from haf.safe_files import atomic_write_text
 
     markdown, csv_text = make_report([run.output_dir / METRICS_NAME for run in runs])
     differences = paired_differences(runs)
-    (output_dir / "results.md").write_text(markdown + ("\n```\n" + differences + "\n```\n" if differences else ""))
-    (output_dir / "results.csv").write_text(csv_text)
+    atomic_write_text(output_dir / "results.md",
+                      markdown + ("\n```\n" + differences + "\n```\n" if differences else ""))
+    atomic_write_text(output_dir / "results.csv", csv_text)
     plot_start = time.perf_counter()
     written = write_plots(runs, data, output_dir / "plots")
     plot_seconds = time.perf_counter() - plot_start

@@ -18,23 +18,30 @@ CURVE_NAME = "hierdist_curve.json"
 
 
 # ------------------------------------------------------------------------------------------- HierDist@k curves
-def test_scores(run_dir: Path, data: Any) -> dict[str, Any]:
+def _tested_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """(path, state) of the checkpoint the run's metrics.json names as the one it tested, loaded on the CPU."""
+    from haf.training.checkpoints import load_checkpoint
+
+    record = json.loads((run_dir / METRICS_NAME).read_text())
+    checkpoint = run_dir / record["run"]["checkpoint"]
+    return checkpoint, load_checkpoint(checkpoint, map_location="cpu")
+
+
+def test_scores(run_dir: Path, data: Any, tested: tuple[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Class scores of the run's tested checkpoint on the test split (CPU), and CRM scores for probabilistic methods.
 
     The run's metrics.json names the checkpoint it tested; the model is rebuilt from the config stored in it.
+    ``tested``: that checkpoint's (path, state) when the caller has already loaded it.
     """
     import torch
 
-    from haf.training.checkpoints import load_checkpoint
     from haf.training.evaluation import method_supports_crm
     from haf.metrics import crm_scores
     from haf.pipelines import make_loader
     from haf.training.run_config import config_from_dict
     from haf.training.assemble import build_model, transform_options
 
-    record = json.loads((run_dir / METRICS_NAME).read_text())
-    checkpoint = run_dir / record["run"]["checkpoint"]
-    state = load_checkpoint(checkpoint, map_location="cpu")
+    checkpoint, state = tested or _tested_checkpoint(run_dir)
     config = config_from_dict(state["config"], source=str(checkpoint))
     if list(state.get("classes") or data.dataset.classes) != list(data.dataset.classes):
         raise ValueError(f"{checkpoint}: trained on other classes than the demo dataset now holds; use --force")
@@ -59,33 +66,35 @@ def test_scores(run_dir: Path, data: Any) -> dict[str, Any]:
     return {"scores": torch.cat(scores), "crm": torch.cat(crm) if crm else None, "targets": torch.cat(targets)}
 
 
-def hierdist_curve(run_dir: Path, data: Any) -> dict[str, dict[int, float]]:
-    """{decoding: {k: HierDist@k}} for k = 1 … K, cached in the run folder next to the metrics it extends."""
+def hierdist_curve(run_dir: Path, data: Any,
+                   tested: tuple[Path, dict[str, Any]] | None = None) -> dict[str, dict[int, float]]:
+    """{decoding: {k: HierDist@k}} for k = 1 … K, cached in the run folder next to the metrics it extends.
+
+    ``tested``: the run's tested checkpoint as :func:`test_scores` takes it, when the caller has it loaded.
+    """
     from haf.metrics import hierarchical_metrics
+    from haf.safe_files import atomic_write_text
 
     cache = run_dir / CURVE_NAME
     metrics_mtime = (run_dir / METRICS_NAME).stat().st_mtime
     if cache.is_file() and cache.stat().st_mtime >= metrics_mtime:
         stored = json.loads(cache.read_text())
         return {name: {int(k): float(v) for k, v in points.items()} for name, points in stored.items()}
-    result = test_scores(run_dir, data)
+    result = test_scores(run_dir, data, tested)
     ks = tuple(range(1, result["scores"].shape[1] + 1))
     curves = {}
     for name, scores in (("plain", result["scores"]), ("crm", result["crm"])):
         if scores is not None:
             metrics = hierarchical_metrics(scores, result["targets"], data.distances, ks=ks)
             curves[name] = {k: float(metrics[f"hierdist@{k}"]) for k in ks}
-    cache.write_text(json.dumps(curves, indent=1) + "\n")
+    atomic_write_text(cache, json.dumps(curves, indent=1) + "\n")  # atomic: a torn cache would look fresh by its mtime
     return curves
 
 
 # --------------------------------------------------------------------------------------------------- plots
-def frame_of(run_dir: Path) -> tuple[Any, Any, list[str]]:
+def frame_of(run_dir: Path, tested: tuple[Path, dict[str, Any]] | None = None) -> tuple[Any, Any, list[str]]:
     """(W, distances, classes) of a HAFrame run's tested checkpoint: the very frame it was trained against."""
-    from haf.training.checkpoints import load_checkpoint
-
-    record = json.loads((run_dir / METRICS_NAME).read_text())
-    state = load_checkpoint(run_dir / record["run"]["checkpoint"], map_location="cpu")
+    _, state = tested or _tested_checkpoint(run_dir)
     frames = [value for key, value in state["model"].items() if key.split(".")[-1] == "frame"]
     if len(frames) != 1:
         raise ValueError(f"{run_dir}: expected one fixed-frame buffer in the checkpoint, found {len(frames)}")
@@ -98,9 +107,11 @@ def write_plots(runs: Sequence[PlannedRun], data: Any, plot_dir: Path) -> dict[s
 
     written: dict[str, Path] = {}
     frame_runs = [run for run in runs if run.method == "haframe"]
+    frame_run, frame_tested = None, None
     if frame_runs:
-        run = min(frame_runs, key=lambda r: r.seed)
-        frame, distances, classes = frame_of(run.output_dir)
+        run = frame_run = min(frame_runs, key=lambda r: r.seed)
+        frame_tested = _tested_checkpoint(run.output_dir)  # loaded once: the frame plot and its curve below
+        frame, distances, classes = frame_of(run.output_dir, frame_tested)
         gamma = resolved_config(run).method.options.get("gamma")
         path = plot_dir / "frame_vs_hierarchy.png"
         plots.plot_distance_vs_gram(distances, frame, path, classes=classes,
@@ -110,12 +121,17 @@ def write_plots(runs: Sequence[PlannedRun], data: Any, plot_dir: Path) -> dict[s
 
     values: dict[str, dict[int, list[float]]] = {}
     for run in runs:
-        for decoding, points in hierdist_curve(run.output_dir, data).items():
+        tested = frame_tested if run is frame_run else None
+        for decoding, points in hierdist_curve(run.output_dir, data, tested).items():
             label = run.method if decoding == "plain" else f"{run.method}+{decoding}"
             for k, value in points.items():
                 values.setdefault(label, {}).setdefault(k, []).append(value)
-    curves = {label: {k: (summarize(v).mean, summarize(v).ci) for k, v in by_k.items()}
-              for label, by_k in values.items()}
+
+    def mean_ci(seed_values: list[float]) -> tuple[float, float | None]:
+        summary = summarize(seed_values)
+        return summary.mean, summary.ci
+
+    curves = {label: {k: mean_ci(v) for k, v in by_k.items()} for label, by_k in values.items()}
     path = plot_dir / "hierdist_at_k.png"
     plots.plot_hierdist_curves(curves, path, title="HierDist@k on the demo test set (mean ± 95% CI over seeds)")
     written["HierDist@k"] = path
