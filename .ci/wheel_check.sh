@@ -13,15 +13,14 @@ trap 'rm -rf "$WORK"' EXIT
 WHEEL=$(ls "$WORK"/dist/haf-*.whl)
 
 # A fresh environment; the dependencies come from the project's environment through a .pth file (its
-# site-packages directories, minus this checkout), so nothing is downloaded.
+# site-packages directories; the checkout itself is not among them), so nothing is downloaded.
 "$PY" -m venv --without-pip "$WORK/venv"
 V="$WORK/venv/bin/python"
 SITE=$("$V" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-"$PY" - "$REPO" > "$SITE/_project_deps.pth" <<'PYEOF'
-import os, sys
-repo = os.path.realpath(sys.argv[1])
+"$PY" - > "$SITE/_project_deps.pth" <<'PYEOF'
+import sys
 for path in sys.path:
-    if path.endswith("site-packages") and not os.path.realpath(path).startswith(repo + os.sep + "haf"):
+    if path.endswith("site-packages"):  # packages only: the checkout itself is not on this list
         print(path)
 PYEOF
 "$PY" -m pip --python "$V" install -q --no-deps "$WHEEL" 2>/dev/null \
@@ -31,7 +30,7 @@ cd "$WORK"  # outside the checkout: only the installed wheel can be imported
 "$V" - <<'PYEOF'
 import importlib, pkgutil, sys
 import haf
-assert "site-packages" in haf.__file__ or "venv" in haf.__file__, f"haf imported from {haf.__file__}, not the wheel"
+assert haf.__file__.startswith(sys.prefix), f"haf imported from {haf.__file__}, not the wheel in {sys.prefix}"
 names = [m.name for m in pkgutil.walk_packages(haf.__path__, "haf.")]
 for name in names:
     importlib.import_module(name)

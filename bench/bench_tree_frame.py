@@ -116,13 +116,14 @@ def case_loss(num_leaves: int, batch: int, kind: str, repeats: int = 2, dtype: s
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        frame_loss(h, args[0], args[1], args[2], 0.4, backend="reference").backward()
+        loss = frame_loss(h, args[0], args[1], args[2], 0.4, backend="reference")
+        loss.backward()
         times.append(time.perf_counter() - start)
         h.grad = None
     features_mb = h.element_size() * h.numel() / 2**20
     extra = _rss_mb() - base
     return {"case": f"loss-{kind}", "K": tree.num_classes, "width": frame.width, "B": batch, "dtype": dtype,
-            "seconds": min(times), "extra_mb": extra, "peak_mb": _rss_mb(), "inputs_mb": features_mb,
+            "loss": float(loss), "seconds": min(times), "extra_mb": extra, "peak_mb": _rss_mb(), "inputs_mb": features_mb,
             "grad_mb": features_mb, "working_mb": extra - features_mb,
             "inputs_grad_working_mb": 2 * features_mb + extra - features_mb}
 
@@ -190,7 +191,8 @@ def test_smoke():
     """The bench's own cases at toy size (the figures are recorded by running the script)."""
     frame = case_frame(300, True)
     assert frame["same_s_min"] and frame["max_gram_error"] < 1e-12
-    assert case_loss(200, 8, "tree")["seconds"] > 0
+    tree, dense = case_loss(200, 8, "tree"), case_loss(200, 8, "dense")
+    assert tree["K"] == dense["K"] and abs(tree["loss"] - dense["loss"]) < 1e-4 * max(1.0, abs(dense["loss"]))
 
 
 if __name__ == "__main__":

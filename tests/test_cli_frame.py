@@ -176,3 +176,17 @@ def test_runs_as_a_console_command(files):
     )
     assert completed.returncode == 0, completed.stderr
     assert REQUIRED_KEYS <= set(json.loads(completed.stdout))
+
+
+def test_command_conventions_are_the_library_s_and_the_parser_stays_light():
+    """`haf frame --distance` offers exactly the library's conventions, and building the whole `haf` parser (what
+    `haf --help` and every command do first) imports neither numpy nor torch."""
+    from haf.commands import frame as command
+    from haf.hierarchy.distance_conventions import CONVENTIONS
+
+    assert command.CONVENTIONS == CONVENTIONS
+    probe = ("import sys; from haf.cli import build_parser; build_parser(); "
+             "print(sorted({'numpy', 'torch'} & set(sys.modules)))")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

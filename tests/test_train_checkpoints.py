@@ -12,9 +12,9 @@ from haf.training.checkpoints import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_KIND,
     atomic_torch_save,
-    atomic_write_text,
     load_checkpoint,
 )
+from haf.safe_files import atomic_write_text
 from haf.training.seeding import capture_rng_state, epoch_seed, restore_rng_state
 
 
@@ -39,7 +39,7 @@ def test_atomic_save_replaces_whole_file_and_survives_a_failed_write(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
     atomic_torch_save(_minimal(epoch=2), path)
     assert load_checkpoint(path)["epoch"] == 2
-    atomic_write_text('{"a": 1}\n', tmp_path / "m.json")
+    atomic_write_text(tmp_path / "m.json", '{"a": 1}\n')
     assert (tmp_path / "m.json").read_text() == '{"a": 1}\n'
 
 

@@ -43,7 +43,7 @@ def test_value_and_gradient_match_dense(num_leaves, seed, convention, batch, red
 def test_module_logits_fp32_and_edge_rows():
     frame, w, s = tree_and_dense(30, 4, "lca-height")
     module = FrameLoss(frame, alpha=0.5, backend="reference")
-    assert "width" in repr(module) or "num_classes=30" in repr(module)
+    assert "num_classes=30" in repr(module) and f"width={frame.width}" in repr(module)
     h = torch.randn(6, frame.width, dtype=torch.float32)
     h[1] = 0  # ‖h‖ < ε: the clamp, finite loss and gradient
     h.requires_grad_()

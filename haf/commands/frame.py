@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from haf.hierarchy.distance_conventions import CONVENTIONS
-
+# The distance conventions (haf.hierarchy.distance_conventions.CONVENTIONS, a test holds them equal), written out:
+# `haf --help` imports every command module, and importing haf.hierarchy would pull numpy into every command.
+CONVENTIONS = ("lca-height", "fixed-depth")
 HELP = "build the hierarchy-aware frame of a hierarchy file: s_min, eigenvalues, Gram error (--out saves it)"
 OUT_SUFFIXES = (".pt", ".pth", ".npz")
 
@@ -119,13 +120,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dense(args: argparse.Namespace):
+def _dense(args: argparse.Namespace, hierarchy=None, load_seconds: float = 0.0):
+    """The dense frame of ``args.file``, or of ``hierarchy`` when the caller has read the file already."""
     from haf.frame import build_frame
-    from haf.hierarchy import load_class_distances
+    from haf.hierarchy import ClassDistances, load_class_distances
 
     start = time.perf_counter()
-    distances = load_class_distances(args.file, classes=args.classes, convention=args.distance or "lca-height")
-    load_seconds = time.perf_counter() - start
+    convention = args.distance or "lca-height"
+    if hierarchy is not None:
+        distances = ClassDistances.from_hierarchy(hierarchy, convention, source=str(args.file))
+    else:
+        distances = load_class_distances(args.file, classes=args.classes, convention=convention)
+    load_seconds += time.perf_counter() - start
     if args.distance and distances.convention == "file":
         print(f"haf frame: note: {args.file} holds distances, not a tree; --distance {args.distance} does not "
               "apply (values are used as stored)", file=sys.stderr)
@@ -156,7 +162,7 @@ def _dense(args: argparse.Namespace):
 
 
 def _tree(args: argparse.Namespace):
-    from haf.frame import AUTO_TREE_MIN_CLASSES, TreeArrays, build_tree_frame, save_tree_frame
+    from haf.frame import TreeArrays, build_tree_frame, resolve_factorization, save_tree_frame
     from haf.hierarchy import load_hierarchy
 
     start = time.perf_counter()
@@ -171,8 +177,8 @@ def _tree(args: argparse.Namespace):
         return _dense(args)  # auto on a distance-only file
     tree = TreeArrays.from_hierarchy(hierarchy)
     load_seconds = time.perf_counter() - start
-    if args.factorization == "auto" and tree.num_classes <= AUTO_TREE_MIN_CLASSES:
-        return _dense(args)
+    if resolve_factorization(args.factorization, tree.num_classes, has_tree=True) == "dense":
+        return _dense(args, hierarchy=hierarchy, load_seconds=load_seconds)
     convention = args.distance or "lca-height"
     start = time.perf_counter()
     frame = build_tree_frame(tree, args.gamma, convention, s_min=args.s_min)

@@ -42,6 +42,7 @@ __all__ = [
     "hierarchy_frame",
     "load_tree_frame",
     "reference_grid",
+    "resolve_factorization",
     "save_tree_frame",
     "similarity_matrix",
 ]
@@ -50,6 +51,16 @@ FACTORIZATIONS = ("dense", "tree", "auto")
 #: ``factorization="auto"`` uses the tree above this many classes (the dense K × K eigensolve takes about a second
 #: at K = 1010 and grows as K³).
 AUTO_TREE_MIN_CLASSES = 2048
+
+
+def resolve_factorization(factorization: str, num_classes: int, has_tree: bool) -> str:
+    """"dense" or "tree" for ``factorization`` in :data:`FACTORIZATIONS`: "auto" takes the tree for a tree source of
+    more than :data:`AUTO_TREE_MIN_CLASSES` classes (the dense eigensolve grows as K³), else the dense frame."""
+    if factorization not in FACTORIZATIONS:
+        raise ValueError(f"factorization must be one of {FACTORIZATIONS}, got {factorization!r}")
+    if factorization == "auto":
+        return "tree" if has_tree and num_classes > AUTO_TREE_MIN_CLASSES else "dense"
+    return factorization
 
 
 def _tree_of(source) -> TreeArrays | None:
@@ -75,8 +86,8 @@ def build_frame(source, gamma: float, s_min: float | None = None, seed: int = 0,
     tree = _tree_of(source)
     if tree is not None and convention is None:
         raise ValueError("build_frame: a tree source needs convention='lca-height' or 'fixed-depth'")
-    if factorization == "auto":
-        factorization = "tree" if tree is not None and tree.num_classes > AUTO_TREE_MIN_CLASSES else "dense"
+    factorization = resolve_factorization(factorization, tree.num_classes if tree is not None else 0,
+                                          tree is not None)
     if factorization == "tree":
         if tree is None:
             raise ValueError("the tree factorisation needs the class tree (a Hierarchy), not only a distance "

@@ -19,13 +19,12 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import IO, Any, Mapping
+from typing import IO, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from haf import safe_files
 from haf.safe_files import atomic_write, naming
 from haf.training.crash_points import crash_point
 from haf.training.run_config import config_from_dict
@@ -45,11 +44,6 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         crash_point("checkpoint-temp-written")
 
     atomic_write(path, write)
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    """The same guarantee for small text files (metrics.json, config.yaml)."""
-    safe_files.atomic_write_text(path, text)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -219,8 +213,6 @@ def restore_training_state(engine: Any, state: dict, output_dir: Path) -> None:
                              "settings the run was started with")
         engine.load_sharded(str(output_dir / DEEPSPEED_DIR), tag)
     restore_rng_state(state["rng"])
-
-
 
 
 def check_resume_compatible(config: RunConfig, state: dict, path: Path) -> None:

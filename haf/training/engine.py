@@ -26,8 +26,6 @@ from haf.training.devices import autocast_factory, choose_device, input_dtype
 from haf.training.optimization import build_optimizer, deepspeed_config
 from haf.training.schema import RunConfig
 
-_ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
 
 @dataclass
 class DistributedContext:

@@ -233,7 +233,7 @@ def evaluate_loaded_checkpoint(model: torch.nn.Module, state: dict, path: Path, 
                                device: torch.device, rank: int = 0, world_size: int = 1,
                                dtype: torch.dtype = torch.float32, channels_last: bool = False, autocast: Any = None,
                                crm: bool = False, show_progress: bool = False, max_steps: int | None = None,
-                               checkpoint_name: str | None = None, output_dir: Path | None = None) -> tuple[dict, dict]:
+                               checkpoint_name: str | None = None) -> tuple[dict, dict]:
     """The one "model and loader from a checkpoint" path of the final test and ``haf eval``: check the classes,
     load the weights into ``model``, evaluate ``split``; returns (result of :func:`evaluate`, metrics.json record)."""
     from haf.training.assemble import make_split_loader
@@ -259,7 +259,7 @@ def evaluate_loaded_checkpoint(model: torch.nn.Module, state: dict, path: Path, 
     if bar is not None:
         bar.close()
     record = result_record(config, result, epoch=int(state["epoch"]), checkpoint=checkpoint_name or str(path),
-                           split=split, output_dir=output_dir or path.parent, method=getattr(model, "method", None))
+                           split=split, output_dir=path.parent, method=getattr(model, "method", None))
     return result, record
 
 
@@ -281,7 +281,8 @@ def evaluate_checkpoint(
     Returns ``{"record": metrics.json-style dict, "table": printable text, "json_path": Path}``.
     """
     from haf.training.assemble import build_model, prepare_dataset
-    from haf.training.checkpoints import atomic_write_text, load_checkpoint
+    from haf.safe_files import atomic_write_text
+    from haf.training.checkpoints import load_checkpoint
     from haf.training.devices import autocast_factory, choose_device, use_channels_last
     from haf.training.run_config import load_config
 
@@ -309,7 +310,7 @@ def evaluate_checkpoint(
         autocast=autocast_factory(config.deepspeed.precision, torch_device), crm=use_crm, show_progress=progress)
     record["loss"] = result["loss"]
     json_path = Path(json_out) if json_out is not None else path.parent / f"eval-{split}.json"
-    atomic_write_text(json.dumps(record, indent=2) + "\n", json_path)
+    atomic_write_text(json_path, json.dumps(record, indent=2) + "\n")
     table = format_metric_table({"plain": result["metrics"], "crm": result["crm"]},
                                 title=f"{path} (epoch {state['epoch']}) on {config.dataset.kind}/{split}, "
                                       f"{result['images']} images:")

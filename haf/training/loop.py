@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from haf.safe_files import atomic_write_text
 from haf.training.assemble import (
     PreparedData,
     build_model,
@@ -29,7 +30,6 @@ from haf.training.assemble import (
 )
 from haf.training.checkpoints import (
     TrainingDiverged,
-    atomic_write_text,
     check_resume_compatible,
     load_checkpoint,
     reconcile_best,
@@ -149,7 +149,7 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, overwr
 
     if main:
         # After the resume checks: a refused resume leaves the run's config.yaml and logs as they were.
-        atomic_write_text(config.to_yaml(), output_dir / CONFIG_NAME)
+        atomic_write_text(output_dir / CONFIG_NAME, config.to_yaml())
         truncate_logs(output_dir, start_epoch)  # the records of the epochs about to be (re)done go
     # On resume, steps after the checkpoint's are redone: TensorBoard hides what an interrupted run logged there.
     logger = RunLogger(output_dir, config, enabled=main, purge_step=global_step + 1 if resume else None)
@@ -225,8 +225,6 @@ def _restore_fixed_buffers(method: torch.nn.Module, fixed: dict[str, torch.Tenso
         owner = method.get_submodule(owner_name) if owner_name else method
         if owner._buffers[leaf].dtype != original.dtype:
             owner._buffers[leaf] = original.to(device)
-
-
 
 
 def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: DistributedContext, logger: RunLogger, *,
@@ -312,8 +310,6 @@ def _group_rates(engine: Any) -> dict[str, float]:
             for index, group in enumerate(engine.optimizer.param_groups)}
 
 
-
-
 def _final_test(engine: Any, config: RunConfig, data: PreparedData, context: DistributedContext, output_dir: Path,
                 best_epoch: int, channels_last: bool, logger: RunLogger, global_step: int) -> dict:
     """Evaluate the chosen checkpoint on the test split; write metrics.json (rank 0)."""
@@ -327,9 +323,9 @@ def _final_test(engine: Any, config: RunConfig, data: PreparedData, context: Dis
         rank=context.rank, world_size=context.world_size, dtype=engine.input_dtype, channels_last=channels_last,
         autocast=engine.autocast, crm=method_supports_crm(engine.module.method),
         show_progress=context.is_main and config.logging.progress, max_steps=config.train.max_eval_steps,
-        checkpoint_name=path.name, output_dir=output_dir)
+        checkpoint_name=path.name)
     if context.is_main:
-        atomic_write_text(json.dumps(record, indent=2) + "\n", output_dir / METRICS_NAME)
+        atomic_write_text(output_dir / METRICS_NAME, json.dumps(record, indent=2) + "\n")
         logger.log({"split": "test", "epoch": int(state["epoch"]), "step": global_step, **result["metrics"],
                     **shot_keys(result["shots"])}, global_step)
         print(format_metric_table({"plain": result["metrics"], "crm": result["crm"]},

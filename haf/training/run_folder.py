@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from haf.safe_files import naming
+from haf.safe_files import atomic_write_text, naming
 from haf.training.crash_points import armed, crash_point
 
 if TYPE_CHECKING:
@@ -113,8 +113,6 @@ def remove_stale_files(output_dir: Path) -> list[str]:
 def truncate_logs(output_dir: Path, epoch: int) -> None:
     """Keep the log records of epochs ≤ ``epoch`` (those the checkpoint holds), each once; drop test records
     (the test is rerun at the end) and a line torn by a kill. Rewritten atomically."""
-    from haf.safe_files import atomic_write_text
-
     for name, keep in ((LOG_NAME, lambda r: r.get("split") != "test"), (STEP_LOG_NAME, lambda r: True)):
         path = output_dir / name
         if not path.exists():
