@@ -11,7 +11,7 @@ import errno
 import importlib
 import pkgutil
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 import haf.commands
 
@@ -44,15 +44,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(modules[args.command])
+    return run_reporting_errors(f"haf {args.command}", lambda: module.run(args))
+
+
+def run_reporting_errors(prog: str, call: Callable[[], int | None],
+                         errors: tuple[type[BaseException], ...] = (ValueError, OSError, KeyError)) -> int:
+    """``call()``'s exit code; bad input or a user-caused OS error (missing folder, not a folder, disk full,
+    permission, a refused run folder, a diverging run) becomes one line naming the file/key/class at fault and
+    exit code 2, no traceback."""
     try:
-        return int(module.run(args) or 0)
-    except (ValueError, OSError, KeyError) as error:
-        # Bad input or a user-caused OS error (missing folder, not a folder, disk full, permission): one clear
-        # line naming the file/key/class at fault, no traceback.
+        return int(call() or 0)
+    except errors as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         if isinstance(error, OSError):
             message = os_error_message(error)
-        print(f"haf {args.command}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -16,20 +16,14 @@ from typing import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from haf.cli import os_error_message
+    from haf.cli import run_reporting_errors
     from haf.commands.train import add_train_arguments, run
 
     parser = argparse.ArgumentParser(prog="haf/train.py", description="Train a hierarchy-aware classifier: "
                                      "deepspeed|torchrun|python haf/train.py --config NAME_OR_FILE")
     add_train_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, OSError) as error:
-        # Bad input, a refused run folder, a diverging run, a full disk: one line, no traceback.
-        message = os_error_message(error) if isinstance(error, OSError) else error
-        print(f"haf/train.py: error: {message}", file=sys.stderr)
-        return 2
+    return run_reporting_errors("haf/train.py", lambda: run(args), errors=(ValueError, OSError))
 
 
 if __name__ == "__main__":
