@@ -246,8 +246,7 @@ def reflect_padded(data: np.ndarray, ops: SampleOps) -> tuple[np.ndarray, Sample
     """An H×W×C array reflect-padded by ``ops.reflect_pad`` and the ops re-expressed on it (region shifted)."""
     p = ops.reflect_pad
     padded = np.pad(data, ((p, p), (p, p), (0, 0)), mode="reflect")
-    top, left, h, w = ops.region
-    return padded, SampleOps((top + p, left + p, h, w), ops.resize, ops.crop, ops.flip)
+    return padded, ops.on_reflect_padded()
 
 
 def _ops_arrays(data: np.ndarray, ops: SampleOps, fused_crop: bool) -> dict[str, np.ndarray]:

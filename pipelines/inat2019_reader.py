@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from haf.hierarchy.builders import inat2019_hierarchy
+from haf.hierarchy.tree import Hierarchy
 
 from .reader_common import (
     check_convention,
@@ -125,16 +126,13 @@ def read_inat2019(
                 f"iNat2019 has no labelled split {split!r}; choose from {', '.join(INAT_SPLITS)} "
                 "(test2019 is unlabelled)"
             )
-    train_path = root / "train2019.json"
-    train_doc = load_annotations(train_path)
-    hierarchy = inat2019_hierarchy(train_doc, leaf_name=leaf_name)
+    train_path, train_doc, hierarchy = _train_hierarchy(root, leaf_name)
     classes = hierarchy.classes
     index = {c: i for i, c in enumerate(classes)}
     # Category id → class index: the builder names leaves by id or by species name, in id order.
     class_of_category = {}
     for category in train_doc["categories"]:
-        leaf = str(category["id"]) if leaf_name == "id" else str(category["name"]).strip()
-        class_of_category[category["id"]] = index[leaf]
+        class_of_category[category["id"]] = index[_leaf_of(category, leaf_name)]
 
     out = {}
     for split in splits:
@@ -150,11 +148,23 @@ def read_inat2019(
     return dataset_splits(name, classes, hierarchy, distances_of(hierarchy, convention, str(train_path)), out)
 
 
+def _leaf_of(category: Mapping, leaf_name: str) -> str:
+    """The hierarchy leaf (class name) of an annotation category: its id as text, or its species name."""
+    return str(category["id"]) if leaf_name == "id" else str(category["name"]).strip()
+
+
+def _train_hierarchy(root: Path, leaf_name: str) -> tuple[Path, Mapping, Hierarchy]:
+    """(path, document, hierarchy) of the release's train2019.json: the classes and tree of both layouts."""
+    train_path = root / "train2019.json"
+    train_doc = load_annotations(train_path)
+    return train_path, train_doc, inat2019_hierarchy(train_doc, leaf_name=leaf_name)
+
+
 def list_names(categories: list, leaf_name: str, index: Mapping[str, int]) -> dict[str, int]:
     """Class index of each accepted per-class list name: category id, ``nat<id>`` leaf name, species name."""
     names: dict[str, int] = {}
     for category in categories:
-        leaf = str(category["id"]) if leaf_name == "id" else str(category["name"]).strip()
+        leaf = _leaf_of(category, leaf_name)
         for alias in (str(category["id"]), f"{LEAF_PREFIX}{int(category['id']):04d}", str(category["name"]).strip()):
             names[alias] = index[leaf]
     return names
@@ -181,9 +191,7 @@ def _read_split_lists(
     for split in splits:
         if split not in LIST_SPLITS:
             raise ValueError(f"{lists_root}: unknown split {split!r}; choose from {', '.join(LIST_SPLITS)}")
-    train_path = root / "train2019.json"
-    train_doc = load_annotations(train_path)
-    hierarchy = inat2019_hierarchy(train_doc, leaf_name=leaf_name)
+    train_path, train_doc, hierarchy = _train_hierarchy(root, leaf_name)
     classes = hierarchy.classes
     class_of_list = list_names(train_doc["categories"], leaf_name, {c: i for i, c in enumerate(classes)})
     # Every annotated image of the release, by its file_name and by its bare file name.

@@ -16,6 +16,8 @@ from .splits import DatasetSplits, Split
 
 __all__ = ["LOADER_BACKENDS", "Loader", "LoaderOptions", "derive_augment", "make_loader"]
 
+# Output sizes at or below this get the CIFAR recipe (pad-4 crop + flip, fixed resize) when no augment is named:
+# RandomResizedCrop's 8%-area crops are a few pixels wide at such sizes (the 32-px demo dataset, CIFAR as files).
 SMALL_IMAGE_SIZE = 64
 
 

@@ -147,7 +147,3 @@ class Loader(ABC):
 
     @abstractmethod
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
-
-
-# Output sizes at or below this get the CIFAR recipe (pad-4 crop + flip, fixed resize) when no augment is named:
-# RandomResizedCrop's 8%-area crops are a few pixels wide at such sizes (the 32-px demo dataset, CIFAR as files).

@@ -26,11 +26,11 @@ from .transforms import SampleOps, TransformSpec, batch_uniforms, plan_sample
 
 def apply_ops(image: torch.Tensor, ops: SampleOps, spec: TransformSpec) -> torch.Tensor:
     """uint8 3×H×W → normalised float32 3×S×S, the reference definition of every step."""
-    top, left, h, w = ops.region
     if ops.reflect_pad:
         p = ops.reflect_pad
         image = F.pad(image, [p, p, p, p], padding_mode="reflect")
-        top, left = top + p, left + p
+        ops = ops.on_reflect_padded()
+    top, left, h, w = ops.region
     if (top, left, h, w) != (0, 0, image.shape[-2], image.shape[-1]):
         image = F.crop(image, top, left, h, w)  # zero-pads where the box leaves the image (pad-4 crops)
     if tuple(ops.resize) != (h, w):

@@ -177,6 +177,13 @@ class SampleOps:
     # coordinates stay those of the unpadded image, so it may start at −reflect_pad).
     reflect_pad: int = 0
 
+    def on_reflect_padded(self) -> SampleOps:
+        """These ops re-expressed on the image already reflect-padded by ``reflect_pad``: the region shifted by
+        the pad, nothing left to pad. Each backend pads with its own operator, then executes these."""
+        p = self.reflect_pad
+        top, left, h, w = self.region
+        return SampleOps((top + p, left + p, h, w), self.resize, self.crop, self.flip)
+
 
 def batch_uniforms(seed: int, epoch: int, rank: int, batch: int, size: int) -> np.ndarray:
     """``size × NUM_UNIFORMS`` uniforms in [0, 1) for batch ``batch`` of ``rank`` in ``epoch``.

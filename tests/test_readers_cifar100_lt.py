@@ -108,12 +108,18 @@ def test_selection_uses_the_seed0_legacy_stream():
     labels = np.repeat(np.arange(3), 6)[::-1].copy()  # descending file order: the shuffle must start from ascending
     counts = np.array([6, 4, 2])
     got = select_long_tail(labels, counts)
-    rng = np.random.RandomState(0)
-    want = []
-    for c, n in enumerate(counts):
-        idx = np.where(labels == c)[0]
-        rng.shuffle(idx)
-        want.append(idx[:n])
+    # The authors' IMBALANCECIFAR procedure: seed the global legacy generator once, then one
+    # np.random.shuffle per class in class order; the global state is put back afterwards.
+    saved = np.random.get_state()
+    try:
+        np.random.seed(0)
+        want = []
+        for c, n in enumerate(counts):
+            idx = np.where(labels == c)[0]
+            np.random.shuffle(idx)
+            want.append(idx[:n])
+    finally:
+        np.random.set_state(saved)
     assert np.array_equal(got, np.concatenate(want))
     assert not np.array_equal(got, select_long_tail(labels, counts, seed=1))  # another seed, another subset
     # the one stream runs on across classes: class 1 is not shuffled by a fresh seed-0 stream
