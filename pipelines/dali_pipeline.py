@@ -31,7 +31,6 @@ PREFETCH_QUEUE_DEPTH = 2
 
 def _dali():
     """Import DALI lazily: `import haf.pipelines` must not require it (or a GPU driver) to be importable."""
-    import nvidia.dali as dali  # noqa: F401
     from nvidia.dali import fn, pipeline_def, types
 
     return fn, pipeline_def, types
@@ -221,7 +220,7 @@ class _PlanSource:
                     try:
                         data = read_encoded(path)
                         height, width = encoded_size(data, path)
-                    except CorruptImageError as error:
+                    except CorruptImageError:
                         if o.on_error == "raise":
                             raise
                         loader.bad_files.add(path)
