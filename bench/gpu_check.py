@@ -27,7 +27,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LOSS_TEST_FILES = ["tests/test_frame_loss_triton.py", "tests/test_frame_loss_rules.py",
-                   "tests/test_frame_loss_dispatch.py", "tests/test_losses.py"]
+                   "tests/test_frame_loss_dispatch.py", "tests/test_losses.py", "tests/test_frame_loss_variants.py"]
+#: Of those, files whose every test runs here (on CPU they run in the interpreter, unmarked): the others run their
+#: tests marked ``gpu`` only.
+WHOLE_TEST_FILES = {"tests/test_frame_loss_variants.py"}
 GPU_SHAPES = [(64, 100, 100), (256, 1010, 1010), (1024, 608, 608), (4096, 10000, 10000), (8192, 2048, 32000)]
 DRY_SHAPES = [(8, 16, 12), (24, 40, 72)]
 #: Shapes where every schedule variant of the tiled regime is timed too (fused path only; rows with "variant").
@@ -281,6 +284,12 @@ def _tests_part(result_path: Path, dry_run: bool, budget: float) -> None:
            "files": LOSS_TEST_FILES}
 
     class Record:
+        @pytest.hookimpl(tryfirst=True)  # before ``-m gpu`` deselects
+        def pytest_collection_modifyitems(self, items):
+            for item in items:
+                if item.nodeid.split("::", 1)[0] in WHOLE_TEST_FILES:
+                    item.add_marker(pytest.mark.gpu)
+
         def pytest_runtest_logreport(self, report):
             if report.when == "call" or report.outcome != "passed":
                 out[report.outcome] = out.get(report.outcome, 0) + 1

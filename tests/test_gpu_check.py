@@ -39,7 +39,7 @@ def test_gpu_check_dry_run_writes_both_files(tmp_path):
     assert train["errors"] == [] and train["imported_forbidden"] == [] and train["engine"] == "plain"
     for path in ("fused", "reference"):
         figures = train["paths"][path]
-        assert figures["images_per_s"] > 0 and figures["step_ms"] > 0 and 0 < figures["loss_share_percent"] < 100
+        assert figures["images_per_s"] > 0 and figures["step_ms"] > 0 and figures["loss_share_percent"] > 0
 
 
 def test_gpu_check_records_a_failing_part_and_runs_the_rest(tmp_path, monkeypatch):
