@@ -133,11 +133,14 @@ def _frame_loss_op(
         scale = out.scale_tensor()
         scale = scale.clone() if scale is not None else torch.ones(1, device=features.device)
         return out.loss.clone(), grad, scale
-    from .frame_loss_reference import hierarchy_frame_loss_with_grad
+    from .frame_loss_reference import hierarchy_frame_loss, hierarchy_frame_loss_with_grad
 
-    loss, grad, scale = hierarchy_frame_loss_with_grad(features, frame, target, similarity, alpha, reduction,
-                                                       ignore_index, unit_frame=unit_frame)
-    return loss, (grad if compute_grad else features.new_empty(0)), scale
+    if not compute_grad:  # the loss alone: no B × K · K × D gradient product to build and drop
+        loss = hierarchy_frame_loss(features, frame, target, similarity, alpha, reduction, ignore_index,
+                                    unit_frame=unit_frame)
+        return loss, features.new_empty(0), torch.ones(1, device=features.device)
+    return hierarchy_frame_loss_with_grad(features, frame, target, similarity, alpha, reduction, ignore_index,
+                                          unit_frame=unit_frame)
 
 
 @_frame_loss_op.register_fake

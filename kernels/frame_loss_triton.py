@@ -28,7 +28,7 @@ from .frame_loss_config import (  # noqa: F401 (re-exported: tests and benchmark
     VARIANT_ENV, _row_block_precision, _sm_count, _upcast_dot, choose_config,
 )
 from .frame_loss_inputs import (
-    check_frame_loss_inputs, check_frame_values, check_similarity_values, check_target_range,
+    check_frame_loss_inputs, check_frame_values, check_similarity_values, check_target_range, parse_alpha,
 )
 from .frame_loss_memo import PreparedCache, StatusWord
 from .frame_loss_reference import COSINE_EPS, FEATURE_EPS
@@ -316,10 +316,10 @@ def triton_frame_loss(
     except (AttributeError, TypeError):  # not tensors, or unhashable arguments: the full checks name them
         known = False
     if not known:
-        _check_inputs(features, frame, target, similarity, alpha, reduction, ignore_index)
-        _CHECKED[key] = True
-    if type(alpha) is not float or not 0.0 <= alpha <= 1.0:
         alpha = _check_inputs(features, frame, target, similarity, alpha, reduction, ignore_index)
+        _CHECKED[key] = True
+    elif type(alpha) is not float or not 0.0 <= alpha <= 1.0:  # the rest is known valid: only α to parse
+        alpha = parse_alpha(alpha)
     if frame.requires_grad or similarity.requires_grad:
         for name, tensor in (("frame", frame), ("similarity", similarity)):
             if tensor.requires_grad and torch.is_grad_enabled():
