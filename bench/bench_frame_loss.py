@@ -318,17 +318,6 @@ def _cpu_name() -> str:
     return names[0] if names else (platform.processor() or platform.machine())
 
 
-def _host_problem(batch: int, dim: int, classes: int):
-    gen = torch.Generator().manual_seed(batch)
-    frame = F.normalize(torch.randn(classes, dim, generator=gen), dim=1)
-    similarity = (frame @ frame.T).clamp(-1, 1)
-    similarity = 0.5 * (similarity + similarity.T)
-    target = torch.randint(0, classes, (batch,), generator=gen)
-    target[::IGNORED_EVERY] = -100
-    features = torch.randn(batch, dim, generator=gen).bfloat16()
-    return features, frame, target, similarity
-
-
 def test_host_cost_fused_vs_eager(monkeypatch):
     """Host cost of one forward + backward, device work removed, at the three paper shapes.
 
@@ -353,8 +342,7 @@ def test_host_cost_fused_vs_eager(monkeypatch):
     rows, checks = [], []
     try:
         for batch, dim, classes in HOST_SHAPES:
-            features, frame, target, similarity = (t.to(DEVICE) for t in _host_problem(batch, dim, classes))
-            h = features.requires_grad_()
+            h, frame, target, similarity = _inputs(Shape("host", batch, dim, classes, "paper"), torch.bfloat16)
             options = (ALPHA, "mean", -100, False, None, False)
 
             def fused_step():
@@ -365,7 +353,7 @@ def test_host_cost_fused_vs_eager(monkeypatch):
                 h.grad = None
                 fused.FusedFrameLossFunction.apply(h, frame, target, similarity, options).backward()
 
-            x = features[:4, :4].detach().float().clone().requires_grad_()
+            x = h[:4, :4].detach().float().clone().requires_grad_()
             tiny = (frame[:4, :4], target[:4].clamp_min(0) % 4, similarity[:4, :4])
 
             def eager_step():

@@ -1,5 +1,5 @@
 """Tile sweep of the fused frame loss on a GPU; prints the winners in the format of ``TUNED`` in
-:mod:`haf.kernels.frame_loss_triton` (paste them there).
+:mod:`haf.kernels.frame_loss_config` (paste them there).
 
 For each table key — tiled regime per dtype (bf16, fp16, fp32 under TF32, fp32 IEEE) and the row-block regime —
 every candidate ``KernelConfig`` is timed on forward + backward at its shape (CUDA events, median), a candidate that
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -48,36 +46,19 @@ def candidates(fields: dict, limit: int | None) -> list[dict]:
     return combos[:limit] if limit else combos
 
 
-def _median_ms(step, cuda: bool, warmup: int, rounds: int) -> float:
-    import torch
-
-    for _ in range(warmup):
-        step()
-    samples = []
-    for _ in range(rounds):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            step()
-            samples.append(1e3 * (time.perf_counter() - begin))
-    return statistics.median(samples)
-
-
 def tune(key: str, dry_run: bool, limit: int | None) -> dict:
     """Time the candidates of one key; returns {"key", "best", "best_ms", "default_ms", "results"}."""
     import torch
     import torch.nn.functional as F
 
+    from haf.kernels import frame_loss_config as cfg
     from haf.kernels import frame_loss_triton as fused
+
+    from gpu_check import _Timer  # bench/ is on sys.path (main); CUDA events on a GPU, wall clock in the dry run
 
     table_key, dtype_name, precision, shape, fields = KEYS[key]
     cuda = torch.cuda.is_available() and not dry_run
+    median_ms = _Timer(cuda).median_ms
     device = "cuda" if cuda else "cpu"
     batch, dim, classes = DRY_SHAPE if dry_run else shape
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
@@ -92,7 +73,7 @@ def tune(key: str, dry_run: bool, limit: int | None) -> dict:
 
     def run(overrides: dict | None):
         """fwd + bwd with the table's current entry, ``overrides`` on top (the tiled keys force that regime)."""
-        fields_now = {**fused.TUNED.get(table_key, {}), **(overrides or {})}
+        fields_now = {**cfg.TUNED.get(table_key, {}), **(overrides or {})}
         if not row_regime:
             fields_now["row_block_max_classes"] = 0
         config = fused.KernelConfig(**fields_now)
@@ -107,7 +88,7 @@ def tune(key: str, dry_run: bool, limit: int | None) -> dict:
 
     default_step = run(None)
     reference = float(default_step().detach())
-    default_ms = _median_ms(default_step, cuda, 1, 3 if dry_run else 10)
+    default_ms = median_ms(default_step, 1, 3 if dry_run else 10)
     results, chosen = [], {}
     for group in fields:
         pool = candidates(group, 2 if dry_run else limit)
@@ -119,7 +100,7 @@ def tune(key: str, dry_run: bool, limit: int | None) -> dict:
                 value = float(step().detach())
                 if abs(value - reference) > 1e-3 * max(1.0, abs(reference)):
                     raise ValueError(f"loss {value} differs from the current entry's {reference}")
-                ms = _median_ms(step, cuda, 1, 3 if dry_run else 10)
+                ms = median_ms(step, 1, 3 if dry_run else 10)
                 group_results.append({"config": overrides, "ms": ms})
                 print(f"  [{key}] {index + 1}/{len(pool)} {ms:9.4f} ms  {choice}", flush=True)
             except Exception as error:  # does not compile (shared memory, registers) or is wrong: skipped
@@ -156,12 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"# {outcome['key']}: no candidate compiled")
             continue
         gain = outcome["default_ms"] / outcome["best_ms"]
-        from haf.kernels.frame_loss_triton import TUNED
+        from haf.kernels.frame_loss_config import TUNED
 
         entry = {**TUNED.get(outcome["key"], {}), **outcome["best"]}
         lines.append(f"    {outcome['key']!r}: {entry!r},  # {outcome['best_ms']:.4f} ms at "
                      f"{tuple(outcome['shape'])}, {gain:.2f}x the default")
-    print("TUNED entries (paste into haf/kernels/frame_loss_triton.py):")
+    print("TUNED entries (paste into haf/kernels/frame_loss_config.py):")
     print("\n".join(lines))
     return 0
 

@@ -24,8 +24,10 @@ import torch
 from . import frame_loss_kernels as kernels
 from . import frame_loss_persistent as persistent
 from . import frame_loss_triton as fused
+from .frame_loss_config import _DTYPE_NAME as _TRITON_DTYPE  # torch dtype → Triton's type name
+from .frame_loss_config import VARIANTS as SCHEDULES  # schedules of the tiled regime's GEMM kernels
+from .frame_loss_config import _cdiv
 
-_TRITON_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 #: Integer arguments of the kernels (sizes, strides, ignore_index): i32 at these shapes. Strides over features
 #: are 1 for the contiguous tensors the launcher passes, and Triton's JIT specialises the value 1 to a constant.
 _UNIT_STRIDES = {"stride_hd", "stride_wd", "stride_dd"}
@@ -103,7 +105,7 @@ def _forward_kernels(dtype, batch, dim, num_classes, capability, precision, redu
     small = num_classes <= fused.ROW_BLOCK_MAX_CLASSES and batch * num_classes <= fused.SMALL_PROBLEM_ELEMENTS
     config = fused.choose_config(batch, dim, num_classes, dtype, precision if dtype == torch.float32 else None)
     if small:
-        programs = -(-batch // config.row_block_b)
+        programs = _cdiv(batch, config.row_block_b)
         return [_compile(
             kernels._row_block_kernel,
             {"h_ptr": f"*{name}", "w_ptr": "*fp32", "inv_wnorm_ptr": "*fp32", "s_ptr": "*fp32", "y_ptr": "*i64",
@@ -187,10 +189,6 @@ SHAPES = {"paper (256, 1010, 1010)": (256, 1010, 1010), "large (8192, 2048, 3200
 #: (dtype, fp32 precision, reduction) variants built for every shape.
 VARIANTS = [(torch.bfloat16, None, "mean"), (torch.float16, None, "mean"), (torch.float32, "tf32", "mean"),
             (torch.float32, "ieee", "mean"), (torch.bfloat16, None, "sum"), (torch.bfloat16, None, "none")]
-
-#: Schedules of the tiled regime's GEMM kernels (``frame_loss_config.VARIANTS``), built at the large shape.
-SCHEDULES = ("basic", "persistent", "tma")
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
