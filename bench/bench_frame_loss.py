@@ -330,7 +330,7 @@ def test_host_cost_fused_vs_eager(monkeypatch):
     directly), which prices those checks. Triton's own launch cost (its Python launcher) is not included."""
     import json
 
-    from haf.kernels import frame_loss_triton as fused
+    from haf.kernels.dense import fused as fused
 
     if HAS_CUDA == fused.INTERPRETED:
         pytest.skip("the fused launcher needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1")

@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from haf.pipelines import make_loader
-from haf.pipelines.splits import DatasetSplits, Split
-from haf.pipelines.synthetic_jpegs import IMAGENET_LIKE_SIZE, write_jpegs
+from haf.pipelines.readers.splits import DatasetSplits, Split
+from haf.pipelines.demo.synthetic_jpegs import IMAGENET_LIKE_SIZE, write_jpegs
 
 NUM_IMAGES = int(os.environ.get("HAF_BENCH_PIPELINE_IMAGES", "256"))
 WORKERS = int(os.environ.get("HAF_BENCH_PIPELINE_WORKERS", str(len(os.sched_getaffinity(0)))))

@@ -94,7 +94,7 @@ def case_loss(num_leaves: int, batch: int, kind: str, repeats: int = 2, dtype: s
 
     from haf.frame import TreeArrays, build_tree_frame
     from haf.kernels import frame_loss
-    from haf.kernels.tree_frame_loss import TreeFrameTensors
+    from haf.kernels.tree.loss import TreeFrameTensors
 
     torch.set_num_threads(1)
     tree = TreeArrays.from_parents(random_tree(num_leaves, depth=4 if num_leaves < 20_000 else 6))

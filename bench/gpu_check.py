@@ -137,7 +137,7 @@ def _loss_part(result_path: Path, dry_run: bool, budget: float) -> None:
 
     import haf.losses as reference
     from haf.kernels import frame_loss
-    from haf.kernels.frame_loss_config import VARIANT_ENV
+    from haf.kernels.dense.config import VARIANT_ENV
 
     default_variant = os.environ.get(VARIANT_ENV, "").strip().lower() or "basic"
     deadline = time.monotonic() + budget - 10

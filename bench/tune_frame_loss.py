@@ -1,5 +1,5 @@
 """Tile sweep of the fused frame loss on a GPU; prints the winners in the format of ``TUNED`` in
-:mod:`haf.kernels.frame_loss_config` (paste them there).
+:mod:`haf.kernels.dense.config` (paste them there).
 
 For each table key — tiled regime per dtype (bf16, fp16, fp32 under TF32, fp32 IEEE) and the row-block regime —
 every candidate ``KernelConfig`` is timed on forward + backward at its shape (CUDA events, median), a candidate that
@@ -51,8 +51,8 @@ def tune(key: str, dry_run: bool, limit: int | None) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from haf.kernels import frame_loss_config as cfg
-    from haf.kernels import frame_loss_triton as fused
+    from haf.kernels.dense import config as cfg
+    from haf.kernels.dense import fused as fused
 
     from gpu_check import _Timer  # bench/ is on sys.path (main); CUDA events on a GPU, wall clock in the dry run
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"# {outcome['key']}: no candidate compiled")
             continue
         gain = outcome["default_ms"] / outcome["best_ms"]
-        from haf.kernels.frame_loss_config import TUNED
+        from haf.kernels.dense.config import TUNED
 
         entry = {**TUNED.get(outcome["key"], {}), **outcome["best"]}
         lines.append(f"    {outcome['key']!r}: {entry!r},  # {outcome['best_ms']:.4f} ms at "

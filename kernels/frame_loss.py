@@ -3,8 +3,8 @@
     ℓ_b = (1 − α) · CE(h_b Wᵀ, y_b) + α · Σ_i (cos(w_i, h_b) − S[i, y_b])²
 
 reduced over the batch like ``F.cross_entropy`` (reference: :mod:`haf.losses`). Backends: ``"reference"`` —
-:func:`haf.kernels.frame_loss_reference.hierarchy_frame_loss` (autograd, any device and dtype); ``"triton"`` —
-:mod:`haf.kernels.frame_loss_triton` (dL/dh computed in the forward, no B × K tensor kept; on CPU only through
+:func:`haf.kernels.dense.reference.hierarchy_frame_loss` (autograd, any device and dtype); ``"triton"`` —
+:mod:`haf.kernels.dense.fused` (dL/dh computed in the forward, no B × K tensor kept; on CPU only through
 Triton's interpreter, ``TRITON_INTERPRET=1``); ``"auto"`` — ``HAF_BACKEND`` if set, else Triton for CUDA tensors in
 fp32/bf16/fp16 and the reference otherwise. An explicit backend always wins over ``HAF_BACKEND``.
 
@@ -19,8 +19,8 @@ from typing import Literal, overload
 import torch
 from torch import nn
 
-from .backends import BACKEND_ENV, BACKENDS, resolve_backend
-from .frame_loss_inputs import parse_alpha
+from haf.kernels.backends import BACKEND_ENV, BACKENDS, resolve_backend
+from haf.kernels.dense.inputs import parse_alpha
 
 __all__ = ["BACKENDS", "BACKEND_ENV", "FrameLoss", "frame_loss", "resolve_backend"]
 
@@ -73,7 +73,7 @@ def frame_loss(
         The loss in fp32 (fp64 for fp64 inputs on the reference path), or ``(loss, logits)``.
     """
     if not isinstance(frame, torch.Tensor):  # a tree-factorised frame (haf.frame.TreeFrame): its own kernels
-        from .tree_frame_loss import is_tree_frame, tree_frame_loss
+        from haf.kernels.tree.loss import is_tree_frame, tree_frame_loss
 
         if is_tree_frame(frame):
             return tree_frame_loss(features, frame, target, alpha, reduction, ignore_index, backend,
@@ -87,7 +87,7 @@ def frame_loss(
             features, frame, target, similarity, alpha=alpha, reduction=reduction, ignore_index=ignore_index,
             return_logits=return_logits, unit_frame=unit_frame,
         )
-    from .frame_loss_reference import hierarchy_frame_loss
+    from haf.kernels.dense.reference import hierarchy_frame_loss
 
     loss = hierarchy_frame_loss(features, frame, target, similarity, alpha, reduction, ignore_index,
                                 unit_frame=unit_frame)
@@ -102,7 +102,7 @@ _TRITON_ENTRY = []
 def _triton_entry():
     """``triton_frame_loss``, imported on first use (importing Triton costs seconds) and kept."""
     if not _TRITON_ENTRY:
-        from .frame_loss_triton import triton_frame_loss
+        from haf.kernels.dense.fused import triton_frame_loss
 
         _TRITON_ENTRY.append(triton_frame_loss)
     return _TRITON_ENTRY[0]
@@ -124,7 +124,7 @@ def _frame_loss_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, per-row dℓ/dh or an empty tensor, batch weight (1,)): dL/dh = grad_output · weight · dℓ/dh."""
     if backend == "triton":
-        from .frame_loss_triton import fused_frame_loss_forward, triton_frame_loss_checks
+        from haf.kernels.dense.fused import fused_frame_loss_forward, triton_frame_loss_checks
 
         alpha = triton_frame_loss_checks(features, frame, target, similarity, alpha, reduction, ignore_index)
         out = fused_frame_loss_forward(features, frame, target, similarity, alpha, reduction, ignore_index,
@@ -133,7 +133,7 @@ def _frame_loss_op(
         scale = out.scale_tensor()
         scale = scale.clone() if scale is not None else torch.ones(1, device=features.device)
         return out.loss.clone(), grad, scale
-    from .frame_loss_reference import hierarchy_frame_loss, hierarchy_frame_loss_with_grad
+    from haf.kernels.dense.reference import hierarchy_frame_loss, hierarchy_frame_loss_with_grad
 
     if not compute_grad:  # the loss alone: no B × K · K × D gradient product to build and drop
         loss = hierarchy_frame_loss(features, frame, target, similarity, alpha, reduction, ignore_index,
@@ -194,7 +194,7 @@ class FrameLoss(nn.Module):
         unit_frame: bool = False,
     ) -> None:
         super().__init__()
-        from .tree_frame_tensors import TreeFrameTensors, is_tree_frame
+        from haf.kernels.tree.tensors import TreeFrameTensors, is_tree_frame
 
         if is_tree_frame(frame):
             if similarity is not None:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from haf.training.optimization import deepspeed_config, learning_rate, schedule_factor, set_learning_rate
-from haf.pipelines.backends import resolve_data_backend
+from haf.pipelines.loaders.backends import resolve_data_backend
 from haf.training.assemble import world_batch_split
 from haf.training.run_config import apply_override, config_from_dict, load_config
 from haf.training.schema import RunConfig

@@ -24,9 +24,9 @@ import torch
 
 pytest.importorskip("nvidia.dali")
 
-from haf.pipelines.encoded_images import CorruptImageError  # noqa: E402
-from haf.pipelines.splits import DatasetSplits, Split  # noqa: E402
-from haf.pipelines.synthetic_jpegs import write_jpegs  # noqa: E402
+from haf.pipelines.loaders.encoded_images import CorruptImageError  # noqa: E402
+from haf.pipelines.readers.splits import DatasetSplits, Split  # noqa: E402
+from haf.pipelines.demo.synthetic_jpegs import write_jpegs  # noqa: E402
 from test_torch_loader import CORRUPTIONS, N_FILES, collect, jpeg_dataset, make_loader, truncate  # noqa: E402
 
 ONE_LEVEL = 1.0 / (255.0 * 0.224) + 1e-5  # one uint8 level after dividing by the smallest ImageNet std
@@ -62,8 +62,8 @@ def test_eval_tensors_match_the_reference(dataset, image_size):
 def test_eval_parity_at_imagenet_size_with_roi_decoding(tmp_path):
     """500×375-class photos → 256 → centre 224: the DALI graph decodes only a window around the crop and
     resamples it straight to 224 (``fused_centre_crop``); the reference resizes the whole image, then crops."""
-    from haf.pipelines.dali_pipeline import fused_centre_crop
-    from haf.pipelines.transforms import TransformSpec, plan_sample
+    from haf.pipelines.loaders.dali_loader import fused_centre_crop
+    from haf.pipelines.loaders.transforms import TransformSpec, plan_sample
 
     files = tuple(write_jpegs(tmp_path, 3, size=(375, 500), jitter=0.1, seed=5, portrait_every=2))
     split = Split("val", np.arange(3), files=files, crop_bottom=7)  # odd banner crop: region ≠ whole image

@@ -112,7 +112,7 @@ def test_gpu_machine_gets_dali_and_valid_overrides(monkeypatch: pytest.MonkeyPat
 
     import torch
 
-    from haf.pipelines.backends import resolve_data_backend
+    from haf.pipelines.loaders.backends import resolve_data_backend
     from haf.training.run_config import load_config
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

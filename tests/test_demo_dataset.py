@@ -9,8 +9,8 @@ import pytest
 
 from haf.cli import main as haf_main
 from haf.hierarchy import load_hierarchy
-from haf.pipelines.datasets_registry import load_dataset
-from haf.pipelines.demo_dataset import (
+from haf.pipelines.readers.registry import load_dataset
+from haf.pipelines.demo.dataset import (
     DEFAULT_ROOT,
     DemoSpec,
     demo_classes,

@@ -1,7 +1,7 @@
 """The fused frame-loss kernels compile for a real GPU target (sm_90), on any machine, GPU or not.
 
 Triton's interpreter runs the arithmetic of the kernels but never their compiler; this test drives the real
-pipeline (Triton → PTX → ptxas → cubin) through :mod:`haf.kernels.frame_loss_aot` in a subprocess with
+pipeline (Triton → PTX → ptxas → cubin) through :mod:`haf.kernels.dense.aot` in a subprocess with
 ``TRITON_INTERPRET`` unset, at the tile choices of the paper regime (fp32 IEEE and bf16) and the large regime (bf16,
 fp32 TF32; in the basic, persistent and TMA schedules): no kernel spills and none has serialised wgmma (ptxas
 warning C7515). About a minute, hence ``slow``.
@@ -17,7 +17,7 @@ import pytest
 
 SCRIPT = r"""
 import json, torch
-from haf.kernels import frame_loss_aot as aot
+from haf.kernels.dense import aot as aot
 large = (8192, 2048, 32000)
 cases = [("bfloat16", large, None, "basic"), ("float32", large, "tf32", "basic"),
          ("float32", (256, 1010, 1010), "ieee", "basic"), ("bfloat16", (256, 1010, 1010), None, "basic"),

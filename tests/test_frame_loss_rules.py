@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from haf.kernels import frame_loss
-from haf.kernels import frame_loss_triton as fused
+from haf.kernels.dense import fused as fused
 from haf.losses import hierarchy_frame_loss
 
 DEVICE = "cpu" if fused.INTERPRETED else "cuda"

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from haf.kernels import frame_loss_config as cfg
-from haf.kernels import frame_loss_tiled as tiled
-from haf.kernels import frame_loss_triton as fused
+from haf.kernels.dense import config as cfg
+from haf.kernels.dense import tiled as tiled
+from haf.kernels.dense import fused as fused
 
 from test_frame_loss_triton import DEVICE, SMALL_TILES, assert_no_worse_than_torch, make_problem, run_fused
 

@@ -59,7 +59,7 @@ def test_tuning_script_dry_run_prints_a_table_entry():
     a valid KernelConfig."""
     import ast
 
-    from haf.kernels.frame_loss_triton import KernelConfig
+    from haf.kernels.dense.fused import KernelConfig
 
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "tune_frame_loss.py"), "--dry-run", "--keys",
                            "row-block"], capture_output=True, text=True, timeout=300, cwd=ROOT,

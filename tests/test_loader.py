@@ -12,10 +12,10 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from haf.pipelines import make_loader
-from haf.pipelines.epoch_plan import batch_slices, epoch_order, shard_indices
-from haf.pipelines.loader import LoaderOptions
-from haf.pipelines.splits import DatasetSplits, Split
-from haf.pipelines.transforms import (
+from haf.pipelines.loaders.epoch_plan import batch_slices, epoch_order, shard_indices
+from haf.pipelines.loaders.loader import LoaderOptions
+from haf.pipelines.readers.splits import DatasetSplits, Split
+from haf.pipelines.loaders.transforms import (
     NUM_UNIFORMS,
     TransformSpec,
     batch_uniforms,
@@ -145,7 +145,7 @@ def test_make_loader_names_missing_split_and_derives_defaults():
 def test_header_size_matches_pillow_for_every_layout(tmp_path):
     from PIL import Image
 
-    from haf.pipelines.encoded_images import CorruptImageError, encoded_size, read_encoded
+    from haf.pipelines.loaders.encoded_images import CorruptImageError, encoded_size, read_encoded
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)

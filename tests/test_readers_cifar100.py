@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from haf.hierarchy import Hierarchy
-from haf.pipelines.cifar100_reader import load_batch
-from haf.pipelines.datasets_registry import load_dataset
+from haf.pipelines.readers.cifar100 import load_batch
+from haf.pipelines.readers.registry import load_dataset
 
 FINE = ("apple", "bee", "maple_tree", "oak_tree", "whale")  # alphabetical, as the real fine_label_names
 COARSE = ("fruit", "insects", "trees", "aquatic_mammals")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from haf.pipelines.datasets_registry import load_dataset
-from haf.pipelines.long_tail import long_tail_counts, select_long_tail
+from haf.pipelines.readers.registry import load_dataset
+from haf.pipelines.readers.long_tail import long_tail_counts, select_long_tail
 from test_readers_cifar100 import py2_dumps
 
 K = 100

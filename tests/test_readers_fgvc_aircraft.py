@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from haf.pipelines.datasets_registry import load_dataset
+from haf.pipelines.readers.registry import load_dataset
 
 # variant -> (family, manufacturer); "F/A-18" and "Fokker 100" (variant and family share a name) as in the real lists.
 VARIANTS = {

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from haf.hierarchy import Hierarchy
-from haf.pipelines.datasets_registry import DATASET_KINDS, load_dataset
+from haf.pipelines.readers.registry import DATASET_KINDS, load_dataset
 
 # A 3-level tree: root → {birds, planes}; birds → {gull, owl}; planes → {jet, prop}; prop has one leaf only.
 EDGES = [("root", "birds"), ("root", "planes"), ("birds", "gull"), ("birds", "owl"), ("planes", "jet"),

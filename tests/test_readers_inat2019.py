@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from haf.pipelines.datasets_registry import load_dataset
+from haf.pipelines.readers.registry import load_dataset
 
 # Category ids deliberately not in file order.
 CATEGORIES = [

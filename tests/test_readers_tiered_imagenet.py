@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from haf.pipelines.datasets_registry import load_dataset
+from haf.pipelines.readers.registry import load_dataset
 
 # Unbalanced: n02 sits at depth 2, n03/n04 at depth 4 (height 4). n01 is a leaf of the full tree but not a class.
 EDGES = [("n00000001", "n10"), ("n00000001", "n11"), ("n10", "n01"), ("n10", "n02"), ("n11", "n12"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from haf.pipelines import transforms as T
+from haf.pipelines.loaders import transforms as T
 from haf.training.run_config import load_config
 from haf.training.schema import EvalTransform, TrainTransform
 

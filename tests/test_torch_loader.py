@@ -13,9 +13,9 @@ import functools
 
 from haf.pipelines import CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD
 from haf.pipelines import make_loader as _make_loader
-from haf.pipelines.encoded_images import CorruptImageError
-from haf.pipelines.splits import DatasetSplits, Split
-from haf.pipelines.synthetic_jpegs import write_jpegs
+from haf.pipelines.loaders.encoded_images import CorruptImageError
+from haf.pipelines.readers.splits import DatasetSplits, Split
+from haf.pipelines.demo.synthetic_jpegs import write_jpegs
 
 # The JPEG tests exercise the ImageNet recipe at small sizes (which would otherwise default to CIFAR's).
 make_loader = functools.partial(_make_loader, augment="imagenet")

@@ -10,9 +10,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from haf.pipelines import make_loader
-from haf.pipelines.splits import DatasetSplits, Split
-from haf.pipelines.synthetic_jpegs import write_jpegs
-from haf.pipelines.transforms import (
+from haf.pipelines.readers.splits import DatasetSplits, Split
+from haf.pipelines.demo.synthetic_jpegs import write_jpegs
+from haf.pipelines.loaders.transforms import (
     EVAL_TRANSFORMS,
     NUM_UNIFORMS,
     TRAIN_TRANSFORMS,

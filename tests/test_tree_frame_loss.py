@@ -7,7 +7,7 @@ import torch
 
 from haf.frame import build_frame
 from haf.kernels import FrameLoss, frame_loss
-from haf.kernels.tree_frame_loss import TreeFrameTensors, tree_frame_loss_autograd, tree_logits
+from haf.kernels.tree.loss import TreeFrameTensors, tree_frame_loss_autograd, tree_logits
 from haf.losses import hierarchy_frame_loss
 from test_tree_frame import random_hierarchy
 
@@ -79,7 +79,7 @@ def test_bad_input_and_chunking(monkeypatch):
         frame_loss(torch.tensor([[float("nan")] * frame.width, [0.0] * frame.width]), frame, y2, None)
     torch.testing.assert_close(frame_loss(h2, frame, y2, None, alpha=torch.tensor(0.25)),
                                frame_loss(h2, frame, y2, None, alpha=0.25))
-    import haf.kernels.tree_frame_loss as module
+    import haf.kernels.tree.loss as module
 
     h = torch.randn(37, frame.width, dtype=torch.float64)
     y = torch.randint(0, 11, (37,))
@@ -106,7 +106,7 @@ def test_bf16_features_accumulate_in_fp32():
 
 
 def test_no_grad_gives_the_same_losses(monkeypatch):
-    import haf.kernels.tree_frame_loss as module
+    import haf.kernels.tree.loss as module
 
     asked = []
     original = module._rows_forward_backward

@@ -6,7 +6,7 @@ import torch
 
 from haf.frame import build_frame
 from haf.kernels import frame_loss
-from haf.kernels import frame_loss_triton as fused
+from haf.kernels.dense import fused as fused
 from test_tree_frame import random_hierarchy
 
 DEVICE = "cpu" if fused.INTERPRETED else "cuda"
@@ -17,7 +17,7 @@ DEVICE = "cpu" if fused.INTERPRETED else "cuda"
     (40, 37, torch.bfloat16, "none", 16),  # row chunks of the fp32 gradient buffer, the last one short
 ])
 def test_fused_matches_reference(num_leaves, batch, dtype, reduction, chunk, monkeypatch):
-    from haf.kernels import tree_frame_loss_triton
+    from haf.kernels.tree import fused as tree_frame_loss_triton
 
     monkeypatch.setattr(tree_frame_loss_triton, "ROW_CHUNK", chunk)
     frame = build_frame(random_hierarchy(num_leaves, num_leaves, unary_root=True), 3.0, factorization="tree",

@@ -33,7 +33,7 @@ def test_haframe_tree_method_scores_and_loss():
     width = len(data.hierarchy.nodes) - 1
     assert method.projection.weight.shape == (width, 24) and method.collapse_on_outputs
     from haf.frame import similarity_matrix
-    from haf.kernels.tree_frame_loss import tree_frame_matrix
+    from haf.kernels.tree.loss import tree_frame_matrix
 
     w = tree_frame_matrix(method.tree_frame)  # float64; classifier_weights() is its fp32 copy (K ≤ 4096)
     s = similarity_matrix(data.distances.matrix, 5.0, method.frame_info["s_min"])

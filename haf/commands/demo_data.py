@@ -1,7 +1,7 @@
 """``haf demo-data ROOT``: generate the embedded demo dataset (JPEG folders + hierarchy.json) into ROOT.
 
 Idempotent: a complete dataset of the same seed and spec is left as is; generation is atomic (temporary folder,
-then rename). Options mirror ``haf.pipelines.demo_dataset.DemoSpec``.
+then rename). Options mirror ``haf.pipelines.demo.dataset.DemoSpec``.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from haf.pipelines.demo_dataset import DemoSpec, ensure_demo_dataset
+    from haf.pipelines.demo.dataset import DemoSpec, ensure_demo_dataset
 
     spec = DemoSpec(
         colours=args.colours,

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from haf.kernels.frame_loss_reference import compute_dtype  # noqa: F401  (one owner of the dtype policy)
+from haf.kernels.dense.reference import compute_dtype  # noqa: F401  (one owner of the dtype policy)
 
 
 def check_batch(name: str, tensor: torch.Tensor, target: torch.Tensor) -> None:

@@ -175,7 +175,7 @@ class HAFrame(FixedFrameMethod):
     # ------------------------------------------------------------------------------------ tree factorisation
     def _init_tree(self) -> None:
         from haf.frame import TreeArrays, build_tree_frame
-        from haf.kernels.tree_frame_loss import TreeFrameTensors
+        from haf.kernels.tree.loss import TreeFrameTensors
 
         context, options = self.context, self.options
         self._logged_no_collapse = False
@@ -215,7 +215,7 @@ class HAFrame(FixedFrameMethod):
                     "its K × (N − 1) frame and K × K similarity are not materialised", k, COLLAPSE_MAX_CLASSES)
                 self._logged_no_collapse = True
             return None
-        from haf.kernels.tree_frame_loss import tree_frame_matrix
+        from haf.kernels.tree.loss import tree_frame_matrix
 
         return tree_frame_matrix(self.tree_frame).to(torch.float32)
 
@@ -234,7 +234,7 @@ class HAFrame(FixedFrameMethod):
     def scores(self, outputs: torch.Tensor) -> torch.Tensor:
         if self.tree_frame is None:
             return super().scores(outputs)
-        from haf.kernels.tree_frame_loss import tree_logits
+        from haf.kernels.tree.loss import tree_logits
 
         with torch.autocast(device_type=outputs.device.type, enabled=False):
             return tree_logits(outputs.float(), self.tree_frame)

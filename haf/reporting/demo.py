@@ -1,6 +1,6 @@
 """`make demo` / ``python -m haf.reporting.demo``: HAFrame against its cross-entropy baseline, end to end, anywhere.
 
-On a fresh checkout, CPU only: generate the embedded hierarchical image dataset (``pipelines/demo_dataset.py``),
+On a fresh checkout, CPU only: generate the embedded hierarchical image dataset (``pipelines/demo/dataset.py``),
 train cross-entropy with the type-I head (``configs/demo-cross-entropy.yaml``) and HAFrame with the type-II head
 (``configs/demo.yaml``) for several seeds (``demo_runs``), then print the comparison table
 (:func:`haf.reporting.report.make_report`: mean ± t-based 95% CI over seeds, CE also decoded with CRM) and the

@@ -49,11 +49,11 @@ def accelerator_overrides() -> tuple[list[str], str]:
 
     The configs already choose the fast paths themselves: ``train.device: auto`` trains on the GPU, the HAFrame
     loss's ``backend: auto`` picks the fused Triton kernel for CUDA tensors, and ``data.backend: auto`` picks DALI
-    when it imports (:func:`haf.pipelines.backends.resolve_data_backend`). What is left is DALI's CPU threads.
+    when it imports (:func:`haf.pipelines.loaders.backends.resolve_data_backend`). What is left is DALI's CPU threads.
     """
     import torch
 
-    from haf.pipelines.backends import resolve_data_backend
+    from haf.pipelines.loaders.backends import resolve_data_backend
 
     if not torch.cuda.is_available():
         return [], "device: CPU (PyTorch DataLoader, reference HAFrame loss)"
@@ -103,7 +103,7 @@ def ensure_dataset(config_path: Path, overrides: Sequence[str]) -> tuple[Any, st
     from dataclasses import fields
 
     from haf.pipelines import ensure_demo_dataset
-    from haf.pipelines.demo_dataset import DemoSpec
+    from haf.pipelines.demo.dataset import DemoSpec
     from haf.training.run_config import load_config
     from haf.training.assemble import prepare_dataset
 

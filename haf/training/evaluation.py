@@ -1,7 +1,7 @@
 """Evaluation over a (sharded) loader: streaming hierarchical metrics, merged exactly across ranks.
 
 Each rank updates a :class:`haf.metrics.HierarchicalMetrics` on its shard (evaluation shards are disjoint and
-unpadded, see ``pipelines/epoch_plan.py``), and the accumulators' sums are all-reduced, so every rank returns the
+unpadded, see ``pipelines/loaders/epoch_plan.py``), and the accumulators' sums are all-reduced, so every rank returns the
 metrics of the whole split. For probabilistic methods (cross-entropy and its relatives) the same pass also scores
 CRM decoding (Karthik et al., ICLR 2021): the classes ranked by −Σ_i p_i d(i, j), which gives the "crm" section
 of metrics.json.

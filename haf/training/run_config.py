@@ -24,7 +24,7 @@ from haf.training.schema import NormalizeConfig, RunConfig, TransformsConfig, ch
 BASE_KEY = "base"  # composition key; removed after merging, never part of the validated object
 
 # Defaults of a dataset that names no transforms: small images (≤ 64 px, or CIFAR-100's arrays) the pad-4 crop,
-# larger ones the ImageNet convention; the statistics of haf.pipelines.transforms' presets.
+# larger ones the ImageNet convention; the statistics of haf.pipelines.loaders.transforms' presets.
 SMALL_IMAGE_SIZE = 64
 _TRANSFORM_DEFAULTS = {
     "small": ("pad-crop", "squash", [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),

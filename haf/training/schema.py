@@ -12,9 +12,9 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from haf.pipelines.backends import DATA_BACKENDS, DEFAULT_DATA_BACKEND
+from haf.pipelines.loaders.backends import DATA_BACKENDS, DEFAULT_DATA_BACKEND
 from haf.models.heads import available_heads
-from haf.pipelines.datasets_registry import DATASET_KINDS
+from haf.pipelines.readers.registry import DATASET_KINDS
 
 HEAD_NAMES = tuple(available_heads())  # every head registered in haf.models.heads
 
@@ -118,14 +118,14 @@ class DataConfig:
     augment: bool = True
     # Channels-last activations ("auto": on GPU only, where cuDNN's NHWC convolutions are faster).
     channels_last: Literal["auto", "on", "off"] = "auto"
-    # The named transforms of the train and eval splits (haf.pipelines.transforms.TRANSFORMS) and the per-channel
+    # The named transforms of the train and eval splits (haf.pipelines.loaders.transforms.TRANSFORMS) and the per-channel
     # normalisation; null: resolved from the dataset at load time (haf.training.run_config.resolve_data_defaults),
     # so the resolved config always states them.
     transforms: "TransformsConfig" = field(default_factory=lambda: TransformsConfig())
     normalize: "NormalizeConfig" = field(default_factory=lambda: NormalizeConfig())
 
 
-# Names of haf.pipelines.transforms' TRAIN_TRANSFORMS / EVAL_TRANSFORMS (a test keeps the two lists equal; this
+# Names of haf.pipelines.loaders.transforms' TRAIN_TRANSFORMS / EVAL_TRANSFORMS (a test keeps the two lists equal; this
 # module stays importable without torch).
 TrainTransform = Literal["random-resized-crop", "pad-crop", "reflect-pad-crop", "squash-pad-crop"]
 EvalTransform = Literal["resize-center-crop", "squash"]

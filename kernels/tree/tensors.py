@@ -1,0 +1,90 @@
+"""A tree-factorised frame (:class:`haf.frame.TreeFrame`) as device tensors, shared by both tree-loss paths.
+
+:class:`TreeFrameTensors` holds the tree's structure (int64) and values (float64) as buffers that follow
+``.to(device)``; :func:`directionless_as_inf` is the rule for a feature without a direction (as in the dense loss).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from haf.kernels.dense.reference import FEATURE_EPS
+
+__all__ = ["TreeFrameTensors", "as_tree_frame", "directionless_as_inf", "is_tree_frame", "scale_saved_gradient"]
+
+
+class TreeFrameTensors(nn.Module):
+    """A :class:`haf.frame.TreeFrame` as buffers (float64 values, int64 structure) that follow ``.to(device)``.
+
+    ``anc``: K × (H + 1) path of each class, root first, −1 below a shallow leaf. ``levels``: per depth ≥ 1 the
+    node range [lo, hi) and its parents' range [plo, phi) (nodes are breadth first).
+    """
+
+    def __init__(self, frame) -> None:
+        super().__init__()
+        tree = frame.tree
+        self.levels = tree.levels()
+        self.num_classes = tree.num_classes
+        self.num_nodes = tree.num_nodes
+        self.beta = float(frame.beta)
+        self.c = float(frame.c)
+        as_long = lambda a: torch.from_numpy(np.array(a, dtype=np.int64))  # noqa: E731
+        as_float = lambda a: torch.from_numpy(np.array(a, dtype=np.float64))  # noqa: E731
+        self.register_buffer("parent", as_long(np.maximum(tree.parent, 0)), persistent=False)
+        self.register_buffer("depth", as_long(tree.depth), persistent=False)
+        self.register_buffer("leaf_node", as_long(tree.leaf_node), persistent=False)
+        self.register_buffer("anc", as_long(tree.ancestor_table()), persistent=False)
+        self.register_buffer("sqrt_a", as_float(frame.sqrt_a), persistent=False)
+        self.register_buffer("g", as_float(frame.node_similarity), persistent=False)
+        self.register_buffer("u", as_float(frame.u), persistent=False)
+        self._casts: dict = {}
+
+    @property
+    def width(self) -> int:
+        return self.num_nodes - 1
+
+    def cast(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """A buffer in ``dtype`` (cached per device: the row chunks and training steps reuse it)."""
+        key = (name, dtype)
+        cached = self._casts.get(key)
+        if cached is None or cached.device != self._buffers[name].device:
+            cached = self._casts[key] = self._buffers[name].to(dtype)
+        return cached
+
+    def _apply(self, fn, recurse: bool = True) -> "TreeFrameTensors":
+        """Device moves apply; dtype casts (a module-wide ``.half()``) do not: the frame is the loss's target."""
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, original in before.items():
+            after = self._buffers[name]
+            if after.dtype != original.dtype:
+                self._buffers[name] = original.to(device=after.device)
+        return self
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, width={self.width}, depth={self.anc.shape[1] - 1}"
+
+
+def is_tree_frame(frame) -> bool:
+    from haf.frame import TreeFrame
+
+    return isinstance(frame, (TreeFrame, TreeFrameTensors))
+
+
+def as_tree_frame(frame, device: torch.device) -> TreeFrameTensors:
+    tensors = frame if isinstance(frame, TreeFrameTensors) else TreeFrameTensors(frame)
+    return tensors.to(device) if tensors.parent.device != device else tensors
+
+
+def directionless_as_inf(norm: torch.Tensor) -> torch.Tensor:
+    """‖h‖ with the dense loss's rule for a feature without a direction (‖h‖ < FEATURE_EPS): n = ∞ there, so every
+    cos = z/n is 0, the cosine term is the constant Σ_i S[i, y]², and its share of dℓ/dh (∝ 1/n) vanishes."""
+    return torch.where(norm >= FEATURE_EPS, norm, torch.full_like(norm, float("inf")))
+
+
+def scale_saved_gradient(ctx, grad_losses: torch.Tensor):
+    """The backward of both tree-loss paths: dℓ_b/dh_b was computed in the forward; scale it by dL/dℓ_b. In place:
+    the stored gradient is used once, and a second B × (N − 1) copy is what bounds memory."""
+    (grad,) = ctx.saved_tensors
+    return grad.mul_(grad_losses[:, None].to(grad.dtype)), None, None, None, None, None

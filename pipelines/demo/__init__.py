@@ -1,0 +1,1 @@
+"""Generated data: the hierarchical demo dataset (spec → render → dataset on disk) and synthetic JPEGs."""

@@ -1,0 +1,63 @@
+"""``load_dataset(kind, root, **options)``: one entry point over every dataset reader.
+
+Each kind names an on-disk format (the kinds, their layouts and default distance conventions: docs/ARCHITECTURE.md,
+``haf.pipelines``); its reader returns a :class:`~haf.pipelines.readers.splits.DatasetSplits` (classes in one order, the
+hierarchy, the distances under the dataset's default convention, and the labelled splits). Readers are imported
+when chosen, so listing the kinds costs nothing. Options are the reader's keyword arguments; an unknown one is an
+error naming it and the valid ones.
+
+The ``demo`` reader generates its dataset on first use only at the cache location ``.cache/demo-data``; any
+other missing root is an error naming it and the ``haf demo-data`` command that makes it.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from typing import Callable
+
+from haf.pipelines.readers.splits import DatasetSplits
+
+# kind -> (module in haf.pipelines, reader function)
+DATASET_READERS: dict[str, tuple[str, str]] = {
+    "image-folder": ("readers.image_folder", "read_image_folder"),
+    "fgvc-aircraft": ("readers.fgvc_aircraft", "read_fgvc_aircraft"),
+    "inat2019": ("readers.inat2019", "read_inat2019"),
+    "tiered-imagenet": ("readers.tiered_imagenet", "read_tiered_imagenet"),
+    "cifar100": ("readers.cifar100", "read_cifar100"),
+    "demo": ("demo.dataset", "read_demo"),
+    "synthetic-tree": ("readers.synthetic_tree", "read_synthetic_tree"),
+}
+DATASET_KINDS = tuple(DATASET_READERS)
+
+
+def dataset_reader(kind: str) -> Callable[..., DatasetSplits]:
+    """The reader function of ``kind``; an unknown kind is an error listing the known ones."""
+    if kind not in DATASET_READERS:
+        raise ValueError(f"unknown dataset kind {kind!r}; choose one of {', '.join(DATASET_KINDS)}")
+    module_name, function_name = DATASET_READERS[kind]
+    module = importlib.import_module(f"haf.pipelines.{module_name}")
+    return getattr(module, function_name)
+
+
+def load_dataset(kind: str, root: str | os.PathLike, **options) -> DatasetSplits:
+    """Read the dataset of format ``kind`` at ``root`` with the reader's keyword ``options`` (kinds: module
+    docstring)."""
+    reader = dataset_reader(kind)
+    parameters = list(inspect.signature(reader).parameters.values())[1:]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    known = [p.name for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    if kind == "demo":
+        # The demo reader forwards extra options to DemoSpec: check them against its fields.
+        from dataclasses import fields
+
+        from haf.pipelines.demo.dataset import DemoSpec
+
+        known = known + [f.name for f in fields(DemoSpec)]
+        takes_any = False
+    unknown = sorted(set(options) - set(known)) if not takes_any else []
+    if unknown:
+        raise ValueError(
+            f"dataset kind {kind!r}: unknown option {unknown[0]!r}; valid options: {', '.join(known)}"
+        )
+    return reader(root, **options)
