@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from haf.log_setup import add_verbosity_arguments
+
 HELP = "train a model from a config (same as `python haf/train.py`; for several GPUs use deepspeed/torchrun)"
 
 
@@ -24,6 +26,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     # The deepspeed launcher passes --local_rank (torch.distributed.launch --local-rank); the LOCAL_RANK
     # environment variable is what is used.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    add_verbosity_arguments(parser)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -8,15 +8,25 @@ world of one (a free localhost port), so the same code path runs everywhere. Bac
 out on their base class). DeepSpeed averages gradients over ranks and accumulation steps, so a rank's loss is the
 mean over its micro-batch and the update equals a one-process update on the global batch (up to per-rank
 BatchNorm statistics).
+
+Which engine (``deepspeed.enabled``, :func:`resolve_engine`): ``true`` / ``false``, or ``auto`` (the default):
+DeepSpeed when a launcher started several ranks (WORLD_SIZE > 1), when the ``deepspeed`` launcher started the run,
+or when the config needs a DeepSpeed feature (ZeRO ≥ 1, bf16/fp16 weights); otherwise the plain engine, so a
+one-process run needs neither DeepSpeed nor a compiler. Nothing is compiled on the CPU either way: DeepSpeed's
+shared-memory all-reduce (a C++ extension built on first use) is not loaded there, gloo reduces instead.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
+import importlib.util
+import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
@@ -24,7 +34,9 @@ from torch import nn
 
 from haf.training.devices import autocast_factory, choose_device, input_dtype
 from haf.training.optimization import build_optimizer, deepspeed_config
-from haf.training.schema import RunConfig
+from haf.training.schema import DeepSpeedConfig, RunConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,6 +60,37 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def launcher_world_size(environ: Mapping[str, str] = os.environ) -> int:
+    """The number of ranks a launcher (torchrun, deepspeed, mpirun) started; 1 without one."""
+    for key in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        value = environ.get(key, "")
+        if value.strip().isdigit():
+            return max(1, int(value))
+    return 1
+
+
+def resolve_engine(ds: DeepSpeedConfig, environ: Mapping[str, str] = os.environ) -> bool:
+    """``deepspeed.enabled`` as a decision: True for the DeepSpeed engine, False for the plain one.
+
+    ``auto`` picks DeepSpeed for several ranks, under the ``deepspeed`` launcher (it exports CROSS_SIZE), or for
+    ZeRO ≥ 1 / bf16 / fp16 weights; otherwise (one process started by python, torchrun --nproc_per_node 1, ...)
+    the plain engine. Several ranks without DeepSpeed installed fall back to the plain engine (DDP); a DeepSpeed
+    feature asked for without it is a one-line error.
+    """
+    installed = importlib.util.find_spec("deepspeed") is not None
+    needs = [what for what, wanted in (("deepspeed.zero_stage > 0", ds.zero_stage > 0),
+                                       (f"deepspeed.precision {ds.precision}", ds.precision in ("bf16", "fp16")),
+                                       ("deepspeed.enabled: true", ds.enabled is True)) if wanted]
+    if needs and ds.enabled is not False and not installed:
+        raise ValueError(f"{needs[0]} needs DeepSpeed, which is not installed (pip install deepspeed); or set "
+                         "deepspeed.enabled: false")
+    if ds.enabled != "auto":
+        return bool(ds.enabled)
+    if needs:
+        return True
+    return installed and ("CROSS_SIZE" in environ or launcher_world_size(environ) > 1)
+
+
 def setup_distributed(device: str = "auto", use_deepspeed: bool = True) -> DistributedContext:
     """Join (or, without a launcher, create) the process group; pick this rank's device."""
     env_set: list[str] = []
@@ -69,8 +112,9 @@ def setup_distributed(device: str = "auto", use_deepspeed: bool = True) -> Distr
         # A hung peer should fail the job within minutes, not the default half hour.
         timeout = datetime.timedelta(minutes=int(os.environ.get("HAF_DIST_TIMEOUT_MIN", "10")))
         if use_deepspeed:
-            import deepspeed
-
+            deepspeed = import_deepspeed()
+            if not use_cuda:
+                _skip_cpu_op_builds()
             deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
         else:
             dist.init_process_group(backend=backend, timeout=timeout)
@@ -78,6 +122,39 @@ def setup_distributed(device: str = "auto", use_deepspeed: bool = True) -> Distr
     rank, world_size = dist.get_rank(), dist.get_world_size()
     torch_device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     return DistributedContext(rank, world_size, local_rank, torch_device, backend, tuple(env_set), initialized_here)
+
+
+def import_deepspeed() -> Any:
+    """``import deepspeed`` with its log on stderr: DeepSpeed's logger writes to the stdout of its import time
+    (where results go), so the import runs with stdout pointed at stderr; its INFO lines show under --verbose."""
+    if "deepspeed" not in sys.modules:
+        with contextlib.redirect_stdout(sys.stderr):
+            import deepspeed  # noqa: F401
+    import deepspeed
+
+    ds_logger = logging.getLogger("DeepSpeed")
+    for handler in ds_logger.handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.__stdout__):
+            handler.setStream(sys.stderr)
+    ds_logger.setLevel(logging.DEBUG if logging.getLogger("haf").isEnabledFor(logging.DEBUG) else logging.WARNING)
+    return deepspeed
+
+
+def _skip_cpu_op_builds() -> None:
+    """DeepSpeed's CPU backend builds a shared-memory all-reduce extension with g++ the first time a process group
+    starts (1–3 minutes, a compiler needed), and probing which ops compile runs the compiler too. gloo's all-reduce
+    serves our gradient sizes; leave the extension unloaded."""
+    try:
+        # By module name: the attribute deepspeed.comm.torch is the torch package (star-imported there).
+        ds_torch = importlib.import_module("deepspeed.comm.torch")
+    except ImportError:  # pragma: no cover - another DeepSpeed layout: nothing of ours to skip
+        return
+    if hasattr(ds_torch, "build_shm_op"):
+        ds_torch.build_shm_op = _no_shm_op
+
+
+def _no_shm_op() -> None:
+    return None
 
 
 def teardown_distributed(context: DistributedContext, barrier: bool = True) -> None:
@@ -95,6 +172,8 @@ def teardown_distributed(context: DistributedContext, barrier: bool = True) -> N
 def _forget_deepspeed_groups() -> None:
     """DeepSpeed caches its backend and process groups in module globals; after the group is destroyed they point
     at dead groups, and a second run in the same process (tests, notebooks) would fail. Reset them."""
+    if "deepspeed.comm.comm" not in sys.modules:  # DeepSpeed never ran here: nothing cached (and no import)
+        return
     try:
         import deepspeed.comm.comm as ds_comm
         import deepspeed.utils.groups as ds_groups
@@ -155,7 +234,7 @@ class _EngineBase:
 
 class DeepSpeedTrainEngine(_EngineBase):
     def __init__(self, model: nn.Module, config: RunConfig, context: DistributedContext) -> None:
-        import deepspeed
+        deepspeed = import_deepspeed()
 
         self.freeze_batchnorm = config.model.freeze_batchnorm
         self.device = context.device
@@ -268,6 +347,6 @@ class PlainTrainEngine(_EngineBase):
 
 def build_engine(model: nn.Module, config: RunConfig, context: DistributedContext) -> DeepSpeedTrainEngine | PlainTrainEngine:
     model.to(context.device)
-    if config.deepspeed.enabled:
+    if resolve_engine(config.deepspeed):
         return DeepSpeedTrainEngine(model, config, context)
     return PlainTrainEngine(model, config, context)

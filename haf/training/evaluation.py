@@ -237,7 +237,8 @@ def evaluate_loaded_checkpoint(model: torch.nn.Module, state: dict, path: Path, 
     """The one "model and loader from a checkpoint" path of the final test and ``haf eval``: check the classes,
     load the weights into ``model``, evaluate ``split``; returns (result of :func:`evaluate`, metrics.json record)."""
     from haf.training.assemble import make_split_loader
-    from haf.training.run_folder import progress_bar, result_record
+    from haf.log_setup import progress_bar
+    from haf.training.run_folder import result_record
 
     stored_classes = list(state.get("classes") or [])
     if stored_classes and stored_classes != list(data.dataset.classes):

@@ -6,12 +6,16 @@ replays the epoch exactly); set every group's lr to lr_t · lr_scale (:mod:`haf.
 pass; validate (metrics merged over ranks); write ``last.pt`` atomically and link it as ``best.pt`` when
 validation top-1 improved. After the last epoch the chosen checkpoint (``train.test_checkpoint``) is tested and
 ``metrics.json`` written. The run folder's files are described in docs/ARCHITECTURE.md.
+
+Output: rank 0 prints the run folder (at the start and the end) and the test table on stdout; everything else goes
+to the ``haf`` logger (stderr).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,14 @@ from haf.training.checkpoints import (
     save_epoch_checkpoint,
 )
 from haf.training.devices import apply_tf32, use_channels_last
-from haf.training.engine import DistributedContext, build_engine, setup_distributed, teardown_distributed
+from haf.log_setup import progress_bar
+from haf.training.engine import (
+    DistributedContext,
+    build_engine,
+    resolve_engine,
+    setup_distributed,
+    teardown_distributed,
+)
 from haf.training.evaluation import (
     eval_steps,
     evaluate,
@@ -56,13 +67,16 @@ from haf.training.run_folder import (
     RunLogger,
     claim_run_folder,
     default_output_dir,
-    progress_bar,
+    new_folders,
     remove_stale_files,
+    remove_unused_folders,
     shot_keys,
     truncate_logs,
 )
 from haf.training.schema import RunConfig
 from haf.training.seeding import epoch_seed, seed_everything
+
+log = logging.getLogger(__name__)
 
 
 def run_training(config: RunConfig, *, resume: bool = False, overwrite: bool = False,
@@ -71,7 +85,9 @@ def run_training(config: RunConfig, *, resume: bool = False, overwrite: bool = F
 
     An output folder that holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (replace it).
     """
-    use_deepspeed = config.deepspeed.enabled
+    # deepspeed.enabled auto → the engine this launch gets; config.yaml and the checkpoints state the choice.
+    use_deepspeed = resolve_engine(config.deepspeed)
+    config = config.replace(deepspeed=dataclasses.replace(config.deepspeed, enabled=use_deepspeed))
     context = setup_distributed(config.train.device, use_deepspeed=use_deepspeed)
     try:
         result = _run(config, context, resume=resume, overwrite=overwrite, data=data)
@@ -91,17 +107,37 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, overwr
     if config.train.nonfinite_loss == "skip" and config.deepspeed.gradient_accumulation_steps != 1:
         raise ValueError(f"{config.source or '<config>'}: key 'train.nonfinite_loss': 'skip' needs "
                          "deepspeed.gradient_accumulation_steps 1")
-    refusal = None
+    refusal, made = None, []
     if main:
         try:
             claim_run_folder(output_dir, resume=resume, overwrite=overwrite)
+            made = new_folders(output_dir)
             output_dir.mkdir(parents=True, exist_ok=True)
             for name in remove_stale_files(output_dir):
-                print(f"removed {output_dir / name} (left by an interrupted run)", file=sys.stderr)
+                log.info(f"removed {output_dir / name} (left by an interrupted run)")
         except (ValueError, OSError) as error:
             refusal = error
+            remove_unused_folders(made)
     if not _same_on_all_ranks(refusal is None, context) or refusal is not None:
         raise refusal or ValueError(f"{output_dir}: refused on rank 0 (see its error)")
+    if main:
+        _say(f"run folder: {output_dir}")
+    try:
+        return _run_in_folder(config, context, output_dir, resume=resume, data=data, made=made)
+    except BaseException:
+        if main:
+            remove_unused_folders(made)  # a start that failed before writing anything leaves no empty folder
+        raise
+
+
+def _say(line: str) -> None:
+    """A line of the run's results on stdout (flushed: other ranks and the log interleave by line)."""
+    print(line, flush=True)
+
+
+def _run_in_folder(config: RunConfig, context: DistributedContext, output_dir: Path, *, resume: bool,
+                   data: PreparedData | None, made: list[Path]) -> dict | None:
+    main = context.is_main
     if data is None:
         # Rank 0 first: the demo dataset is generated on first use, and two ranks must not write it at once.
         if main:
@@ -125,8 +161,11 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, overwr
     train_loader = make_split_loader(config, data, "train", train=True, **shard)
     val_loader = make_split_loader(config, data, config.dataset.val_split, train=False, **shard)
 
+    if main:
+        log.info(f"engine: {'DeepSpeed' if config.deepspeed.enabled else 'plain PyTorch'} on {context.device}, "
+                 f"{context.world_size} rank(s)")
     if main and config.data.backend == "auto":
-        print(f"data.backend auto: {type(train_loader).__name__} on {context.device}", file=sys.stderr)
+        log.info(f"data.backend auto: {type(train_loader).__name__} on {context.device}")
     epochs = config.train.epochs
     start_epoch, global_step, best_metric, best_epoch = 0, 0, -math.inf, -1
     last_path = output_dir / LAST_NAME
@@ -143,13 +182,14 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, overwr
             if main:
                 reconcile_best(output_dir, state)
                 remove_unreferenced_shards(output_dir, state.get("deepspeed_tag"))
-                print(f"resumed from {last_path} after epoch {start_epoch} (step {global_step})", file=sys.stderr)
+                log.info(f"resumed from {last_path} after epoch {start_epoch} (step {global_step})")
         elif main:
-            print(f"--resume: no {last_path} yet, starting from scratch", file=sys.stderr)
+            log.info(f"--resume: no {last_path} yet, starting from scratch")
 
     if main:
         # After the resume checks: a refused resume leaves the run's config.yaml and logs as they were.
         atomic_write_text(output_dir / CONFIG_NAME, config.to_yaml())
+        made.clear()  # the folder holds the run from here on: kept whatever happens
         truncate_logs(output_dir, start_epoch)  # the records of the epochs about to be (re)done go
     # On resume, steps after the checkpoint's are redone: TensorBoard hides what an interrupted run logged there.
     logger = RunLogger(output_dir, config, enabled=main, purge_step=global_step + 1 if resume else None)
@@ -187,8 +227,8 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, overwr
                            **shot_keys(result["shots"])}
                 logger.log({"split": "val", "epoch": epoch + 1, "step": global_step, **metrics}, global_step)
                 if main:
-                    print(f"epoch {epoch + 1}/{epochs}: val " + ", ".join(
-                        f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)), file=sys.stderr)
+                    log.info(f"epoch {epoch + 1}/{epochs}: val " + ", ".join(
+                        f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
             is_best = metrics is not None and metrics["top1"] > best_metric
             if is_best:
                 best_metric, best_epoch = float(metrics["top1"]), epoch + 1
@@ -197,10 +237,15 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, overwr
             stop = config.train.stop_after_epoch
             if stop is not None and epoch + 1 >= stop and not is_last:
                 if main:
-                    print(f"stopping after epoch {epoch + 1} (train.stop_after_epoch={stop}); continue with --resume",
-                          file=sys.stderr)
+                    log.info(f"stopping after epoch {epoch + 1} (train.stop_after_epoch={stop}); continue with "
+                             "--resume")
+                    _say(f"run folder: {output_dir}")
                 return None
-        return _final_test(engine, config, data, context, output_dir, best_epoch, channels_last, logger, global_step)
+        record = _final_test(engine, config, data, context, output_dir, best_epoch, channels_last, logger,
+                             global_step)
+        if main:
+            _say(f"run folder: {output_dir}")
+        return record
     finally:
         logger.close()
 
@@ -257,8 +302,8 @@ def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: Distr
         if skip_nonfinite and not _all_finite(value := float(loss.detach()), context):
             skipped += 1
             if context.is_main:
-                print(f"epoch {epoch + 1}, step {global_step + 1}: training loss is {value}; update skipped "
-                      "(train.nonfinite_loss=skip)", file=sys.stderr)
+                log.warning(f"epoch {epoch + 1}, step {global_step + 1}: training loss is {value}; update skipped "
+                            "(train.nonfinite_loss=skip)")
             continue
         engine.backward(loss)
         engine.step()
@@ -328,6 +373,6 @@ def _final_test(engine: Any, config: RunConfig, data: PreparedData, context: Dis
         atomic_write_text(output_dir / METRICS_NAME, json.dumps(record, indent=2) + "\n")
         logger.log({"split": "test", "epoch": int(state["epoch"]), "step": global_step, **result["metrics"],
                     **shot_keys(result["shots"])}, global_step)
-        print(format_metric_table({"plain": result["metrics"], "crm": result["crm"]},
-                                  title=f"test ({path.name}, epoch {state['epoch']}):"), file=sys.stderr)
+        _say(format_metric_table({"plain": result["metrics"], "crm": result["crm"]},
+                                 title=f"test ({path.name}, epoch {state['epoch']}):"))
     return record

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import re
 import shutil
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -130,13 +130,23 @@ def truncate_logs(output_dir: Path, epoch: int) -> None:
         atomic_write_text(path, "".join(line + "\n" for line in kept.values()))
 
 
-def progress_bar(total: int, description: str, enabled: bool) -> Any:
-    """A tqdm bar on stderr, or None when disabled (callers check)."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+def new_folders(output_dir: Path) -> list[Path]:
+    """The folders that creating ``output_dir`` would make, deepest first (empty when it exists)."""
+    missing = []
+    for folder in (output_dir, *output_dir.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing.append(folder)
+    return missing
 
-    return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+def remove_unused_folders(folders: list[Path]) -> None:
+    """Remove the folders a failed start made (deepest first), each only while it is still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 class RunLogger:
@@ -169,7 +179,7 @@ class RunLogger:
                     _after_existing_event_files(output_dir / TENSORBOARD_DIR)
                 self.writer = SummaryWriter(log_dir=str(output_dir / TENSORBOARD_DIR), purge_step=purge_step)
             except ImportError:  # tensorboard is a requirement, but a missing one must not kill a training run
-                print("warning: tensorboard is not installed; logging to JSONL only", file=sys.stderr)
+                logging.getLogger(__name__).warning("tensorboard is not installed; logging to JSONL only")
 
     def log(self, record: dict, step: int) -> None:
         """One epoch's record of one split: must carry ``epoch`` and ``split`` (train / val / test)."""

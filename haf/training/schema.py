@@ -145,7 +145,10 @@ class NormalizeConfig:
 
 @dataclass(frozen=True)
 class DeepSpeedConfig:
-    enabled: bool = True  # false: the plain-PyTorch engine (DistributedDataParallel across ranks)
+    # true: the DeepSpeed engine; false: the plain-PyTorch engine (DistributedDataParallel across ranks); auto:
+    # DeepSpeed for several ranks, the deepspeed launcher, ZeRO >= 1 or bf16/fp16 weights, else the plain engine
+    # (haf.training.engine.resolve_engine; the run's config.yaml states the choice).
+    enabled: Union[bool, Literal["auto"]] = "auto"
     zero_stage: Literal[0, 1, 2] = 0
     # "bf16-autocast": fp32 weights, torch.autocast(bfloat16) around forward + loss (timm's "amp");
     # "bf16" / "fp16": DeepSpeed's low-precision weights with fp32 master copies (fp16 with dynamic loss scaling).
@@ -247,7 +250,7 @@ def check_semantics(config: RunConfig) -> None:
     if t.batch_size % ds.gradient_accumulation_steps:
         fail("train.batch_size", f"{t.batch_size} is not divisible by deepspeed.gradient_accumulation_steps="
                                  f"{ds.gradient_accumulation_steps}")
-    if ds.zero_stage > 0 and not ds.enabled:
+    if ds.zero_stage > 0 and ds.enabled is False:
         fail("deepspeed.zero_stage", "ZeRO needs deepspeed.enabled: true")
     reserved = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                 "zero_optimization", "bf16", "fp16", "gradient_clipping", "optimizer", "scheduler", "torch_autocast",

@@ -10,6 +10,7 @@ from typing import Mapping
 
 import numpy as np
 
+from haf.errors import MissingSplitError
 from haf.hierarchy import ClassDistances, Hierarchy
 
 
@@ -48,4 +49,5 @@ class DatasetSplits:
         try:
             return self.splits[split]
         except KeyError:
-            raise KeyError(f"dataset {self.name!r} has no split {split!r}; it has {sorted(self.splits)}") from None
+            raise MissingSplitError(f"dataset {self.name!r} has no split {split!r}; it has {sorted(self.splits)}") \
+                from None
