@@ -124,16 +124,21 @@ class LineProgress:
         self.last_time, self.written, self.last_written = now, self.written + 1, self.count
 
 
-def progress_bar(total: int, description: str, enabled: bool) -> Any:
+def progress_bar(total: int, description: str, enabled: bool, *, initial: int = 0, leave: bool = False,
+                 unit: str = "it") -> Any:
     """A progress reporter with tqdm's interface on stderr, or None when disabled (callers check): a tqdm bar
-    when stderr is a terminal, else :class:`LineProgress`."""
+    when stderr is a terminal, else :class:`LineProgress`. ``initial``: work already done (a resumed job)."""
     if not enabled:
         return None
     if not _is_terminal(sys.stderr):
-        return LineProgress(total, description)
+        progress = LineProgress(total, description)
+        progress.count = initial
+        progress.last_tenth = initial * LineProgress.STEPS // max(total, 1)
+        return progress
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, file=sys.stderr)
+    return tqdm(total=total, desc=description, initial=initial, leave=leave, unit=unit, dynamic_ncols=True,
+                file=sys.stderr)
 
 
 def _is_terminal(stream: Any) -> bool:

@@ -71,9 +71,11 @@ def plan_runs(output_dir: Path, seeds: Sequence[int], overrides: Sequence[str]) 
 
 
 def resolved_config(run: PlannedRun) -> Any:
+    from haf.training.engine import with_resolved_engine
     from haf.training.run_config import load_config
 
-    return load_config(run.config, run.overrides, output_dir=str(run.output_dir))
+    # As the run stores it: deepspeed.enabled auto decided for this launch (one process: the plain engine).
+    return with_resolved_engine(load_config(run.config, run.overrides, output_dir=str(run.output_dir)))
 
 
 def run_state(run: PlannedRun) -> str:

@@ -18,6 +18,7 @@ shared-memory all-reduce (a C++ extension built on first use) is not loaded ther
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import importlib
 import importlib.util
@@ -89,6 +90,12 @@ def resolve_engine(ds: DeepSpeedConfig, environ: Mapping[str, str] = os.environ)
     if needs:
         return True
     return installed and ("CROSS_SIZE" in environ or launcher_world_size(environ) > 1)
+
+
+def with_resolved_engine(config: RunConfig, environ: Mapping[str, str] = os.environ) -> RunConfig:
+    """``config`` with ``deepspeed.enabled`` decided (:func:`resolve_engine`): what a run stores and compares."""
+    enabled = resolve_engine(config.deepspeed, environ)
+    return config.replace(deepspeed=dataclasses.replace(config.deepspeed, enabled=enabled))
 
 
 def setup_distributed(device: str = "auto", use_deepspeed: bool = True) -> DistributedContext:

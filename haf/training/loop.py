@@ -12,7 +12,6 @@ to the ``haf`` logger (stderr).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -46,9 +45,10 @@ from haf.log_setup import progress_bar
 from haf.training.engine import (
     DistributedContext,
     build_engine,
-    resolve_engine,
+    launcher_world_size,
     setup_distributed,
     teardown_distributed,
+    with_resolved_engine,
 )
 from haf.training.evaluation import (
     eval_steps,
@@ -86,8 +86,11 @@ def run_training(config: RunConfig, *, resume: bool = False, overwrite: bool = F
     An output folder that holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (replace it).
     """
     # deepspeed.enabled auto → the engine this launch gets; config.yaml and the checkpoints state the choice.
-    use_deepspeed = resolve_engine(config.deepspeed)
-    config = config.replace(deepspeed=dataclasses.replace(config.deepspeed, enabled=use_deepspeed))
+    asked = config.deepspeed.enabled
+    config = with_resolved_engine(config)
+    use_deepspeed = bool(config.deepspeed.enabled)
+    log.debug(f"deepspeed.enabled {asked}: the {'DeepSpeed' if use_deepspeed else 'plain'} engine "
+              f"({launcher_world_size()} rank(s) started by the launcher)")
     context = setup_distributed(config.train.device, use_deepspeed=use_deepspeed)
     try:
         result = _run(config, context, resume=resume, overwrite=overwrite, data=data)

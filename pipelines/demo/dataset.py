@@ -61,6 +61,7 @@ def write_demo_dataset(out_dir: str | os.PathLike, spec: DemoSpec, seed: int = 0
     from PIL import Image
 
     from haf.hierarchy import Hierarchy
+    from haf.log_setup import progress_bar
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -68,11 +69,7 @@ def write_demo_dataset(out_dir: str | os.PathLike, spec: DemoSpec, seed: int = 0
     out.mkdir(parents=True, exist_ok=True)
     classes = demo_classes(spec)
     total = sum(spec.per_class(split) for split in SPLITS) * len(classes)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, desc="demo dataset", unit="img")
+    bar = progress_bar(total, "demo dataset", progress, leave=True, unit="img")
     for split in SPLITS:
         for leaf in classes:
             (out / split / leaf.name).mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from haf.log_setup import progress_bar
 from haf.safe_files import atomic_copy, atomic_write_text, naming
 
 from haf.pipelines.prepare.resize import (  # noqa: F401 - re-exported: the public names of haf.pipelines.prepare
@@ -156,11 +157,7 @@ def prepare_images(
     journal_path = dst_path / DONE_NAME
     with naming(journal_path):
         journal = open(journal_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(jobs), initial=report.skipped, unit="img", desc=f"prepare ({backend})")
+    bar = progress_bar(len(jobs), f"prepare ({backend})", progress, initial=report.skipped, leave=True, unit="img")
 
     if backend == "ffmpeg":
         # Threads suffice: each one waits on its own ffmpeg process.
