@@ -72,6 +72,7 @@ def demo_root(tmp_path_factory) -> Path:
     return ensure_demo_dataset(tmp_path_factory.mktemp("demo") / "data", **TINY_DEMO_OPTIONS)
 
 
+@pytest.mark.slow
 def test_one_process_run_never_imports_deepspeed(demo_root, tmp_path):
     """The default (auto) one-process run: the plain engine, DeepSpeed never imported (so nothing of it can
     compile), and the run's config.yaml states the engine it got."""

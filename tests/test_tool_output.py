@@ -36,6 +36,7 @@ def _tiny_config(demo_root: Path, tmp_path: Path, **sections) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_train_script_separates_results_from_diagnostics(demo_root, tmp_path):
     """``python haf/train.py`` with stderr a pipe: stdout holds the run folder (first and last line) and the test
     table, nothing else — DeepSpeed's own log lines included; stderr holds the per-epoch lines and plain progress

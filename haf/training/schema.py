@@ -165,7 +165,7 @@ class DeepSpeedConfig:
 class LoggingConfig:
     tensorboard: bool = True
     jsonl: bool = True
-    progress: bool = True  # tqdm bars with images/s on rank 0
+    progress: bool = True  # rank 0: a bar on a terminal, plain lines otherwise (haf.log_setup.progress_bar)
     log_every: int = 20  # steps between JSONL/TensorBoard training records
 
 
