@@ -69,8 +69,9 @@ def setup_distributed(device: str = "auto", use_deepspeed: bool = True) -> Distr
         # A hung peer should fail the job within minutes, not the default half hour.
         timeout = datetime.timedelta(minutes=int(os.environ.get("HAF_DIST_TIMEOUT_MIN", "10")))
         if use_deepspeed:
-            import deepspeed
+            from haf.extras import require
 
+            deepspeed = require("deepspeed", purpose="deepspeed.enabled: true (the DeepSpeed engine)")
             deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
         else:
             dist.init_process_group(backend=backend, timeout=timeout)
@@ -94,11 +95,12 @@ def teardown_distributed(context: DistributedContext, barrier: bool = True) -> N
 
 def _forget_deepspeed_groups() -> None:
     """DeepSpeed caches its backend and process groups in module globals; after the group is destroyed they point
-    at dead groups, and a second run in the same process (tests, notebooks) would fail. Reset them."""
-    try:
-        import deepspeed.comm.comm as ds_comm
-        import deepspeed.utils.groups as ds_groups
-    except ImportError:
+    at dead groups, and a second run in the same process (tests, notebooks) would fail. Reset them (only if
+    DeepSpeed was imported at all: a run that never loaded it has nothing stale, and importing it costs seconds)."""
+    import sys
+
+    ds_comm, ds_groups = sys.modules.get("deepspeed.comm.comm"), sys.modules.get("deepspeed.utils.groups")
+    if ds_comm is None or ds_groups is None:
         return
     ds_comm.cdb = None
     for name in ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP", "_TENSOR_MODEL_PARALLEL_GROUP",
@@ -155,8 +157,9 @@ class _EngineBase:
 
 class DeepSpeedTrainEngine(_EngineBase):
     def __init__(self, model: nn.Module, config: RunConfig, context: DistributedContext) -> None:
-        import deepspeed
+        from haf.extras import require
 
+        deepspeed = require("deepspeed", purpose="deepspeed.enabled: true (the DeepSpeed engine)")
         self.freeze_batchnorm = config.model.freeze_batchnorm
         self.device = context.device
         self.precision = config.deepspeed.precision
