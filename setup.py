@@ -2,7 +2,7 @@
 
 The top-level folders ``kernels/`` and ``pipelines/`` install as ``haf.kernels`` and ``haf.pipelines`` (as
 top-level packages those names would collide with other distributions); ``configs/`` and ``hierarchies/`` ship as
-package data under ``haf/configs`` and ``haf/hierarchies`` (found by ``haf.training.run_config.shipped_dir``).
+package data under ``haf/configs`` and ``haf/hierarchies`` (found by ``haf.shipped.shipped_dir``).
 """
 from setuptools import find_namespace_packages, find_packages, setup
 
