@@ -34,8 +34,9 @@ bench: setup
 gpu-check:
 	$(PYTHON) bench/gpu_check.py
 
+# Also rewrites docs/demo/results.md, the README's results block and docs/demo/*.png from this run.
 demo: setup
-	$(PY) -m haf.reporting.demo
+	$(PY) -m haf.reporting.demo --update-docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
