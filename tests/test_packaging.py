@@ -13,7 +13,7 @@ import pytest
 
 import haf
 from haf.cli import main, run_reporting_errors
-from haf.extras import EXTRAS, MissingExtraError, available, require
+from haf.optional_deps import EXTRAS, MissingExtraError, available, require
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -134,12 +134,12 @@ def test_dali_loader_reports_the_extra(monkeypatch):
 
 
 def test_optional_dependencies_are_imported_only_through_the_helper():
-    """Every ``import deepspeed`` / ``nvidia.dali`` / ``timm`` / ``onnx`` in the package goes through haf.extras,
+    """Every ``import deepspeed`` / ``nvidia.dali`` / ``timm`` / ``onnx`` in the package goes through haf.optional_deps,
     so a missing one always names its extra."""
     offenders = []
     for folder in ("haf", "kernels", "pipelines"):
         for path in (ROOT / folder).rglob("*.py"):
-            if path == ROOT / "haf" / "extras.py":
+            if path == ROOT / "haf" / "optional_deps.py":
                 continue
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 if isinstance(node, ast.Import):

@@ -69,7 +69,7 @@ def setup_distributed(device: str = "auto", use_deepspeed: bool = True) -> Distr
         # A hung peer should fail the job within minutes, not the default half hour.
         timeout = datetime.timedelta(minutes=int(os.environ.get("HAF_DIST_TIMEOUT_MIN", "10")))
         if use_deepspeed:
-            from haf.extras import require
+            from haf.optional_deps import require
 
             deepspeed = require("deepspeed", purpose="deepspeed.enabled: true (the DeepSpeed engine)")
             deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
@@ -157,7 +157,7 @@ class _EngineBase:
 
 class DeepSpeedTrainEngine(_EngineBase):
     def __init__(self, model: nn.Module, config: RunConfig, context: DistributedContext) -> None:
-        from haf.extras import require
+        from haf.optional_deps import require
 
         deepspeed = require("deepspeed", purpose="deepspeed.enabled: true (the DeepSpeed engine)")
         self.freeze_batchnorm = config.model.freeze_batchnorm

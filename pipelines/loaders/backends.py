@@ -24,6 +24,6 @@ def resolve_data_backend(backend: str, device: Any = None) -> str:
     on_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
     if not on_cuda:
         return "torch"
-    from haf.extras import available
+    from haf.optional_deps import available
 
     return "dali" if available("nvidia.dali") else "torch"

@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from haf.extras import require
+from haf.optional_deps import require
 from haf.pipelines.loaders.encoded_images import CorruptImageError, encoded_size, read_encoded
 from haf.pipelines.loaders.base import Loader, LoaderOptions
 from haf.pipelines.readers.splits import Split
