@@ -48,9 +48,14 @@ def test_requirements_txt_pins_the_test_environment_exactly():
     lines = [ln.strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()
              if ln.strip() and not ln.lstrip().startswith("#")]
     pinned = {_name(ln): ln for ln in lines}
-    assert pinned["torch"].startswith("torch==")
-    for name in ("torchvision", "triton", "deepspeed", "nvidia-dali-cuda130", "pytest-benchmark"):
-        assert "==" in pinned[name], pinned[name]
+    assert pinned["torch"].startswith("torch==2.13.0")
+    for line in lines:
+        assert "==" in line and ">" not in line, f"requirements.txt must pin exactly: {line}"
+    # It installs every requirement of the package and every extra (so the tests of each run).
+    project = PYPROJECT["project"]
+    wanted = {_name(r) for r in project["dependencies"]}
+    wanted |= {_name(r) for extra in project["optional-dependencies"].values() for r in extra}
+    assert wanted <= set(pinned), wanted - set(pinned)
 
 
 def test_one_version_source():
