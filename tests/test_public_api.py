@@ -97,6 +97,8 @@ def test_an_existing_path_wins_over_a_shipped_name(tmp_path, monkeypatch):
     own = load_hierarchy("fgvc_aircraft.json")
     assert own.num_classes == 2
     assert load_hierarchy("fgvc_aircraft").num_classes == 100  # the bare name is no file here: the shipped one
+    Path("cifar100_l5").mkdir()  # a dataset folder named like a shipped hierarchy is no hierarchy file
+    assert load_hierarchy("cifar100_l5").num_classes == 100
 
 
 def test_unknown_name_lists_the_shipped_ones_in_one_line(tmp_path):

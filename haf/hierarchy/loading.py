@@ -62,17 +62,21 @@ def list_hierarchies() -> list[str]:
 
 
 def resolve_hierarchy_path(name_or_path: str | os.PathLike) -> Path:
-    """The file ``name_or_path`` names: the path itself when it exists, else the shipped hierarchy of that name
+    """The file ``name_or_path`` names: the path itself when it is a file, else the shipped hierarchy of that name
     (``fgvc_aircraft``), file name (``fgvc_aircraft.json``) or config-style path (``hierarchies/fgvc_aircraft.json``).
     Anything else: FileNotFoundError naming the path and listing the shipped names."""
     path = Path(name_or_path).expanduser()
-    if path.exists():
+    if path.is_file():
         return path
     shipped = shipped_hierarchies()
     if not path.is_absolute() and path.parent.as_posix() in (".", SHIPPED_FOLDER):
         for name, file in shipped.items():
             if path.name in (name, file.name):
-                return file
+                return file  # also when a folder of that name is here (a dataset folder named like its hierarchy)
+    if path.exists():
+        return path  # not a regular file: the reader's own error names it
+    if path.suffix:
+        file_kind(path)  # a format no reader reads is the clearer error, whether or not the file exists
     raise FileNotFoundError(f"hierarchy file not found: {name_or_path} (nor a shipped hierarchy; shipped: "
                             f"{', '.join(shipped) or 'none'})")
 
