@@ -136,12 +136,15 @@ def test_frame_command_accepts_a_shipped_name(capsys, tmp_path, monkeypatch):
     assert report["K"] == 100 and abs(report["s_min"] + 0.6100) < 5e-5
 
 
-def test_image_folder_reader_takes_a_shipped_name(tmp_path):
+def test_readers_take_a_shipped_name_or_the_configs_path(tmp_path, monkeypatch):
     from haf.pipelines.readers.common import hierarchy_from_file
 
+    monkeypatch.chdir(tmp_path)  # no hierarchies/ folder here: the paper configs' paths resolve to the shipped files
     classes = list(load_hierarchy("fgvc_aircraft").classes)[:5]
     tree, distances = hierarchy_from_file("fgvc_aircraft", classes, "lca-height")
     assert tree.num_classes == 5 and distances.matrix.shape == (5, 5)
+    again, _ = hierarchy_from_file("hierarchies/fgvc_aircraft.json", classes, "lca-height")
+    assert again.classes == tree.classes
     assert np.all(np.diag(distances.matrix) == 0)
     with pytest.raises(FileNotFoundError, match="nor a shipped hierarchy"):
         hierarchy_from_file(tmp_path / "absent_isa.txt", classes, "lca-height")
