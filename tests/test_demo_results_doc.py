@@ -48,15 +48,15 @@ def test_readme_and_results_doc_hold_the_same_block():
 
 def test_render_on_a_fabricated_result_set():
     block = render_demo_results(TABLE, DIFFERENCES, MACHINE, wall_seconds=170.4, runs_trained=4, runs_total=6,
-                                date="2026-12-06")
+                                date="2026-12-06", schedule="2 at a time, 1 CPU thread(s) each")
     assert block.startswith(START + "\n") and block.rstrip().endswith(END)
     assert "### demo" not in block  # the documents give their own heading
     assert "| haframe (tiny_cnn/type2) | 3 | 43.56 ± 4.00 |" in block
-    assert "```\nhaframe − cross-entropy, paired by seed (3 seeds):\n  top1  -1.580 ± 4.000  (no clear difference)\n```" \
-        in block
+    differences = "haframe − cross-entropy, paired by seed (3 seeds):\n  top1  -1.580 ± 4.000  (no clear difference)"
+    assert f"```\n{differences}\n```" in block
     assert ("Produced by `make demo` on 2026-12-06: AMD EPYC 9654, 192 logical cores (2 usable), no GPU (CPU "
-            "training); torch 2.13.0, Python 3.11.7, Linux 6.8. Wall time 2 min 50 s (4 of 6 runs trained; 2 "
-            "finished run(s) reused).") in block
+            "training); torch 2.13.0, Python 3.11.7, Linux 6.8. Wall time 2 min 50 s (4 of 6 runs trained, 2 at a "
+            "time, 1 CPU thread(s) each; 2 finished run(s) reused).") in block
     gpu = render_demo_results(TABLE, "", Machine(**{**MACHINE.__dict__, "gpu": "NVIDIA H100"}), wall_seconds=59.6,
                               runs_trained=6, runs_total=6, date="2026-12-06")
     assert "GPU NVIDIA H100" in gpu and "Wall time 1 min 00 s (6 of 6 runs trained)." in gpu

@@ -86,7 +86,8 @@ def test_shipped_hierarchies_by_name_file_name_and_config_path(tmp_path, monkeyp
         tree = load_hierarchy(name)
         assert (tree.num_classes, tree.height) == (classes, height)
     by_file = resolve_hierarchy_path("inaturalist19_isa.txt")
-    assert by_file == resolve_hierarchy_path("inaturalist19") == resolve_hierarchy_path("hierarchies/inaturalist19_isa.txt")
+    by_config_path = resolve_hierarchy_path("hierarchies/inaturalist19_isa.txt")
+    assert by_file == resolve_hierarchy_path("inaturalist19") == by_config_path
     assert by_file.name == "inaturalist19_isa.txt" and by_file.is_file()
     assert load_class_distances("cifar100_l5").matrix.shape == (100, 100)
 

@@ -192,8 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from haf.reporting.demo_doc import render_demo_results, this_machine, write_demo_docs
 
+        schedule = f"{jobs} at a time" + (f", {threads} CPU thread(s) each" if threads else "")
         block = render_demo_results(markdown, differences, this_machine(gpu=on_gpu), wall_seconds=wall_seconds,
-                                    runs_trained=len(timings), runs_total=len(runs),
+                                    runs_trained=len(timings), runs_total=len(runs), schedule=schedule,
                                     date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"))
         try:
             for path in write_demo_docs(Path(args.docs_root), block, written):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-__all__ = ["END", "PLOT_NAMES", "README", "RESULTS_DOC", "START", "Machine", "check_docs_root", "extract_block", "format_duration",
-           "render_demo_results", "replace_block", "this_machine", "write_demo_docs"]
+__all__ = ["END", "PLOT_NAMES", "README", "RESULTS_DOC", "START", "Machine", "check_docs_root", "extract_block",
+           "format_duration", "render_demo_results", "replace_block", "this_machine", "write_demo_docs"]
 
 START = "<!-- demo-results:start -->"
 END = "<!-- demo-results:end -->"
@@ -82,9 +82,10 @@ def format_duration(seconds: float) -> str:
 
 
 def render_demo_results(table: str, differences: str, machine: Machine | None, *, wall_seconds: float | None,
-                        runs_trained: int, runs_total: int, date: str) -> str:
+                        runs_trained: int, runs_total: int, date: str, schedule: str = "") -> str:
     """The block, markers included: the report's table (its ``#`` heading dropped: the documents give their own),
-    the seed-paired differences, then which machine produced it, when, and in what wall time."""
+    the seed-paired differences, then which machine produced it, when, and in what wall time (``schedule``: how
+    the runs shared the machine, e.g. "2 at a time, 1 CPU thread each")."""
     lines = table.strip().splitlines()
     while lines and lines[0].startswith("#"):
         lines.pop(0)
@@ -95,8 +96,9 @@ def render_demo_results(table: str, differences: str, machine: Machine | None, *
         produced = "Produced by an earlier `make demo` that did not record its machine and wall time."
     else:
         reused = "" if runs_trained == runs_total else f"; {runs_total - runs_trained} finished run(s) reused"
+        shared = f", {schedule}" if schedule and runs_trained else ""
         produced = (f"Produced by `make demo` on {date}: {machine.describe()}. Wall time "
-                    f"{format_duration(wall_seconds)} ({runs_trained} of {runs_total} runs trained{reused}).")
+                    f"{format_duration(wall_seconds)} ({runs_trained} of {runs_total} runs trained{shared}{reused}).")
     parts += [produced, END]
     return "\n\n".join(parts) + "\n"
 
