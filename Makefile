@@ -9,8 +9,8 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP) system-deps
 
-# Reinstall when the pinned requirements or setup.py change; the stamp makes repeated runs instant.
-$(STAMP): requirements.txt setup.py
+# Reinstall when the pinned requirements or the packaging files change; the stamp makes repeated runs instant.
+$(STAMP): requirements.txt pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip setuptools wheel
 	$(PY) -m pip install -r requirements.txt
@@ -34,8 +34,9 @@ bench: setup
 gpu-check:
 	$(PYTHON) bench/gpu_check.py
 
+# Also rewrites docs/demo/results.md, the README's results block and docs/demo/*.png from this run.
 demo: setup
-	$(PY) -m haf.reporting.demo
+	$(PY) -m haf.reporting.demo --update-docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from haf.reporting import demo
+from haf.reporting import demo, demo_doc
 
 REQUIRED_KEYS = ("top1", "mistake_severity", "hierdist@1", "hierdist@5", "hierdist@20")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -57,9 +57,21 @@ def test_quick_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert path.read_bytes()[:8] == PNG_MAGIC, name
         assert str(path) in printed
 
-    # Re-running reuses every finished run (same resolved config), and reprints the same table.
-    assert demo.main(["--quick", "--cpu", "--quiet", "--output-dir", str(out)]) == 0
+    # Re-running reuses every finished run (same resolved config), and reprints the same table; --update-docs
+    # writes that table, the machine and the wall time into the docs of a repository (here a stand-in).
+    docs_root = tmp_path / "repo"
+    docs_root.mkdir()
+    (docs_root / "README.md").write_text(f"# r\n\n{demo_doc.START}\n{demo_doc.END}\n", encoding="utf-8")
+    assert demo.main(["--quick", "--cpu", "--quiet", "--output-dir", str(out), "--update-docs", "--docs-root",
+                      str(docs_root)]) == 0
     again = capsys.readouterr().out
+    results_doc = (docs_root / demo_doc.RESULTS_DOC).read_text(encoding="utf-8")
+    block = demo_doc.extract_block(results_doc, "results.md")
+    assert demo_doc.extract_block((docs_root / "README.md").read_text(encoding="utf-8"), "README.md") == block
+    assert "| haframe (tiny_cnn/type2) | 1 |" in block and "Produced by `make demo` on " in block
+    assert "(0 of 2 runs trained; 2 finished run(s) reused)" in block and "torch " in block
+    for name in demo_doc.PLOT_NAMES:
+        assert (docs_root / "docs" / "demo" / name).read_bytes() == (out / "plots" / name).read_bytes(), name
     assert again.count(": up to date in ") == 2 and "] training " not in again and "0 run(s) trained" in again
     assert again[again.index("### demo"):again.index("Mean ±")] == table[:table.index("Mean ±")]
 

@@ -27,7 +27,8 @@ OUT_SUFFIXES = (".pt", ".pth", ".npz")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="FILE", help="hierarchy file: .json, *_isa.txt, *_tree.pkl or *_distances.pkl.xz")
+    parser.add_argument("file", metavar="FILE", help="hierarchy file (.json, *_isa.txt, *_tree.pkl or "
+                        "*_distances.pkl.xz) or a shipped hierarchy's name (haf hierarchies)")
     parser.add_argument("--gamma", type=float, required=True, help="γ of S = (1−s_min)·exp(−γ·d/d_max) + s_min "
                         "(paper: FGVC 1, CIFAR-100 2, tieredImageNet-H 3, iNat2019 5)")
     parser.add_argument("--s-min", type=float, default=None, dest="s_min",

@@ -10,7 +10,8 @@ HELP = "draw the hierarchy beside its frame, or training / HierDist@k / neural-c
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
     frame = sub.add_parser("frame", help="distance matrix beside the frame's Gram matrix")
-    frame.add_argument("file", help="hierarchy file (JSON, *_isa.txt, *_tree.pkl, *_distances.pkl.xz)")
+    frame.add_argument("file", help="hierarchy file (JSON, *_isa.txt, *_tree.pkl, *_distances.pkl.xz) or "
+                       "a shipped hierarchy's name (haf hierarchies)")
     frame.add_argument("--gamma", type=float, required=True)
     frame.add_argument("--s-min", type=float, default=None)
     frame.add_argument("--seed", type=int, default=0)

@@ -6,8 +6,10 @@ train cross-entropy with the type-I head (``configs/demo-cross-entropy.yaml``) a
 (:func:`haf.reporting.report.make_report`: mean ± t-based 95% CI over seeds, CE also decoded with CRM) and the
 seed-paired differences HAFrame − CE, and draw the frame beside the hierarchy, HierDist@k for every k = 1 … K, the
 training curves and the neural-collapse curves when the runs logged them (``demo_results``). Re-running is cheap
-(finished runs are kept; ``--force`` retrains). On a machine with a GPU the configs' ``auto`` settings train there,
-with the fused Triton loss and DALI input when installed. The output folder's layout: docs/ARCHITECTURE.md.
+(finished runs are kept; ``--force`` retrains). ``--update-docs`` (``make demo``) also writes the results, the
+machine and the wall time to docs/demo/results.md and the README (``demo_doc``). On a machine with a GPU the
+configs' ``auto`` settings train there, with the fused Triton loss and DALI input when installed. The output
+folder's layout: docs/ARCHITECTURE.md.
 """
 from __future__ import annotations
 
@@ -85,6 +87,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="CPU runs trained at once (default: one per usable core; GPU runs go one at a time)")
     parser.add_argument("--quiet", action="store_true", help="write the training runs' own output to log files only")
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    parser.add_argument("--update-docs", action="store_true",
+                        help="also write the results (with this machine and the wall time) to docs/demo/results.md "
+                             "and the README's demo block, and copy the plots to docs/demo/ (`make demo` does)")
+    parser.add_argument("--docs-root", default=str(PACKAGE_PARENT),
+                        help="the repository whose docs --update-docs writes (default: this checkout)")
     return parser
 
 
@@ -99,6 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.jobs is not None and args.jobs < 1:
         print(f"haf.reporting.demo: error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
         return 2
+
+    if args.update_docs:  # before any training: a wrong docs root must not cost a whole demo
+        from haf.reporting.demo_doc import check_docs_root
+
+        try:
+            check_docs_root(Path(args.docs_root))
+        except (ValueError, OSError) as error:
+            print(f"haf.reporting.demo: error: {error}", file=sys.stderr)
+            return 2
 
     overrides = list(COMMON_OVERRIDES)
     if args.cpu:
@@ -170,7 +186,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"runs:   {output_dir}/<method>/seed<k>/ (metrics.json, metrics.jsonl, best.pt; "
           f"tensorboard --logdir {output_dir})")
     trained = sum(timings.values())
-    print(f"time:   {time.perf_counter() - started:.0f} s in all ({len(timings)} run(s) trained, {trained:.0f} s of "
+    wall_seconds = time.perf_counter() - started
+    if args.update_docs:
+        import datetime
+
+        from haf.reporting.demo_doc import render_demo_results, this_machine, write_demo_docs
+
+        schedule = f"{jobs} at a time" + (f", {threads} CPU thread(s) each" if threads else "")
+        block = render_demo_results(markdown, differences, this_machine(gpu=on_gpu), wall_seconds=wall_seconds,
+                                    runs_trained=len(timings), runs_total=len(runs), schedule=schedule,
+                                    date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"))
+        try:
+            for path in write_demo_docs(Path(args.docs_root), block, written):
+                print(f"docs:   {path}")
+        except (ValueError, OSError) as error:
+            print(f"haf.reporting.demo: error: {error}", file=sys.stderr)
+            return 2
+    print(f"time:   {wall_seconds:.0f} s in all ({len(timings)} run(s) trained, {trained:.0f} s of "
           f"run time; {len(runs) - len(timings)} up to date; dataset {data_seconds:.0f} s; plots {plot_seconds:.0f} s)")
     return 0
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from haf.training.run_config import shipped_dir
 from haf.training.schema import RunConfig
 from haf.training.seeding import seed_everything
 
@@ -47,7 +45,7 @@ def prepare_dataset(config: RunConfig, *, generate: bool = True) -> PreparedData
     from haf.pipelines import load_dataset
 
     ds = config.dataset
-    options = _with_shipped_hierarchy(ds.options)
+    options = dict(ds.options)  # a hierarchy option may name a shipped hierarchy: haf.hierarchy resolves it
     if ds.kind == "demo" and not generate:
         options["generate"] = False
     dataset = load_dataset(ds.kind, ds.root, **options)
@@ -59,15 +57,6 @@ def _wants_tree_distances(config: RunConfig) -> bool:
     from haf.methods import get_method
 
     return bool(get_method(config.method.name).wants_tree_distances(dict(config.method.options)))
-
-
-def _with_shipped_hierarchy(options: dict) -> dict:
-    """A relative ``hierarchy`` file missing from the working directory is taken from the shipped hierarchies."""
-    path = options.get("hierarchy")
-    if not isinstance(path, str) or Path(path).is_absolute() or Path(path).exists():
-        return dict(options)
-    shipped = shipped_dir("hierarchies") / Path(path).name
-    return {**options, "hierarchy": str(shipped)} if shipped.is_file() else dict(options)
 
 
 def distances_for(dataset: Any, convention: str | None, source: str | None = None, *, tree: bool = False) -> Any:

@@ -134,10 +134,10 @@ def setup_distributed(device: str = "auto", use_deepspeed: bool = True) -> Distr
 def import_deepspeed() -> Any:
     """``import deepspeed`` with its log on stderr: DeepSpeed's logger writes to the stdout of its import time
     (where results go), so the import runs with stdout pointed at stderr; its INFO lines show under --verbose."""
-    if "deepspeed" not in sys.modules:
-        with contextlib.redirect_stdout(sys.stderr):
-            import deepspeed  # noqa: F401
-    import deepspeed
+    from haf.optional_deps import require
+
+    with contextlib.redirect_stdout(sys.stderr):
+        deepspeed = require("deepspeed", purpose="the DeepSpeed engine (deepspeed.enabled)")
 
     ds_logger = logging.getLogger("DeepSpeed")
     for handler in ds_logger.handlers:
@@ -178,13 +178,10 @@ def teardown_distributed(context: DistributedContext, barrier: bool = True) -> N
 
 def _forget_deepspeed_groups() -> None:
     """DeepSpeed caches its backend and process groups in module globals; after the group is destroyed they point
-    at dead groups, and a second run in the same process (tests, notebooks) would fail. Reset them."""
-    if "deepspeed.comm.comm" not in sys.modules:  # DeepSpeed never ran here: nothing cached (and no import)
-        return
-    try:
-        import deepspeed.comm.comm as ds_comm
-        import deepspeed.utils.groups as ds_groups
-    except ImportError:
+    at dead groups, and a second run in the same process (tests, notebooks) would fail. Reset them (only if
+    DeepSpeed was imported at all: a run that never loaded it has nothing stale, and importing it costs seconds)."""
+    ds_comm, ds_groups = sys.modules.get("deepspeed.comm.comm"), sys.modules.get("deepspeed.utils.groups")
+    if ds_comm is None or ds_groups is None:
         return
     ds_comm.cdb = None
     for name in ("_WORLD_GROUP", "_ZERO_PARAM_INTRA_PARALLEL_GROUP", "_TENSOR_MODEL_PARALLEL_GROUP",
@@ -242,7 +239,6 @@ class _EngineBase:
 class DeepSpeedTrainEngine(_EngineBase):
     def __init__(self, model: nn.Module, config: RunConfig, context: DistributedContext) -> None:
         deepspeed = import_deepspeed()
-
         self.freeze_batchnorm = config.model.freeze_batchnorm
         self.device = context.device
         self.precision = config.deepspeed.precision

@@ -19,6 +19,7 @@ from typing import Any, Literal, Mapping, Sequence, Union
 
 import yaml
 
+from haf.shipped import shipped_dir  # noqa: F401  (re-exported: its home is haf.shipped)
 from haf.training.schema import NormalizeConfig, RunConfig, TransformsConfig, check_semantics
 
 BASE_KEY = "base"  # composition key; removed after merging, never part of the validated object
@@ -33,16 +34,6 @@ _TRANSFORM_DEFAULTS = {
 
 
 # ------------------------------------------------------------------------------------------ config names
-def shipped_dir(name: str) -> Path:
-    """A folder shipped with the package (``configs``, ``hierarchies``): ``haf/<name>`` in an installed wheel, the
-    repository's top-level ``<name>/`` in a checkout (editable install)."""
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / name, package.parent / name):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"no shipped '{name}' folder beside {package}")
-
-
 def list_configs() -> list[str]:
     """Names of the shipped run configs (``demo``, ``cifar100/haframe``, ...): fragments (``_*.yaml``) and
     ``base.yaml`` are composed by others, not run."""

@@ -24,8 +24,6 @@ def resolve_data_backend(backend: str, device: Any = None) -> str:
     on_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
     if not on_cuda:
         return "torch"
-    try:
-        import nvidia.dali  # noqa: F401  (the probe: installed and importable)
-    except ImportError:
-        return "torch"
-    return "dali"
+    from haf.optional_deps import available
+
+    return "dali" if available("nvidia.dali") else "torch"

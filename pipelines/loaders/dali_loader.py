@@ -20,6 +20,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from haf.optional_deps import require
 from haf.pipelines.loaders.encoded_images import CorruptImageError, encoded_size, read_encoded
 from haf.pipelines.loaders.base import Loader, LoaderOptions
 from haf.pipelines.readers.splits import Split
@@ -31,9 +32,10 @@ PREFETCH_QUEUE_DEPTH = 2
 
 def _dali():
     """Import DALI lazily: `import haf.pipelines` must not require it (or a GPU driver) to be importable."""
-    from nvidia.dali import fn, pipeline_def, types
-
-    return fn, pipeline_def, types
+    dali = require("nvidia.dali", purpose="data.backend: dali (the DALI input pipeline)")
+    require("nvidia.dali.fn", purpose="data.backend: dali (the DALI input pipeline)")
+    require("nvidia.dali.types", purpose="data.backend: dali (the DALI input pipeline)")
+    return dali.fn, dali.pipeline_def, dali.types
 
 
 ALL_COLUMNS = (
@@ -282,7 +284,8 @@ class DaliLoader(Loader):
         self.bad_files: set[str] = set()  # files found corrupt under on_error="skip": never fed again
 
     def _start(self, plan: list[np.ndarray], start: int):
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+        plugin = require("nvidia.dali.plugin.pytorch", purpose="data.backend: dali (the DALI input pipeline)")
+        DALIGenericIterator, LastBatchPolicy = plugin.DALIGenericIterator, plugin.LastBatchPolicy
 
         o = self.options
         source = _PlanSource(self, plan, start)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from haf.hierarchy import ClassDistances, Hierarchy, load_class_distances, load_hierarchy
+from haf.hierarchy import ClassDistances, Hierarchy, load_class_distances, load_hierarchy, resolve_hierarchy_path
 from haf.hierarchy.distance_conventions import check_convention
 
 from haf.pipelines.readers.splits import DatasetSplits, Split
@@ -47,15 +47,14 @@ def is_distance_file(path: str | os.PathLike) -> bool:
 def hierarchy_from_file(
     path: str | os.PathLike, classes: Sequence[str], convention: str
 ) -> tuple[Hierarchy | None, ClassDistances]:
-    """Tree (None for a distance-only file) and distances for ``classes``, in that order, from any hierarchy file.
+    """Tree (None for a distance-only file) and distances for ``classes``, in that order, from any hierarchy file
+    (or shipped hierarchy name).
 
     A class the file does not hold is an error naming the class and the file (raised by ``haf.hierarchy``).
     Distance-only files (``*_distances.pkl.xz``) give their stored values whatever ``convention`` says.
     """
-    path = Path(path).expanduser()
+    path = resolve_hierarchy_path(path)  # a path, or a shipped hierarchy's name
     check_convention(convention)
-    if not path.exists():
-        raise FileNotFoundError(f"hierarchy file not found: {path}")
     if is_distance_file(path):
         return None, load_class_distances(path, list(classes))
     hierarchy = load_hierarchy(path, list(classes))
