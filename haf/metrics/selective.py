@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["NodeTree", "calibrate_threshold", "climb", "coverage_at_accuracy", "node_probabilities",
-           "risk_coverage_curve", "selective_summary", "tight_thresholds", "path_table", "DEFAULT_TARGETS"]
+           "risk_coverage_curve", "selective_summary", "curve_from_paths", "path_records", "haurc", "tight_thresholds", "path_table", "DEFAULT_TARGETS"]
 
 DEFAULT_TARGETS = (0.9, 0.95, 0.99)
 
@@ -230,18 +230,24 @@ def _binomial_rank(n: int, accuracy: float, confidence: float) -> int:
     return n + 1
 
 
-def risk_coverage_curve(node_probs: np.ndarray, tree: NodeTree, leaves: np.ndarray, targets: np.ndarray
-                        ) -> dict[str, np.ndarray]:
-    """The exact curve of the climb over every θ: ``{"threshold", "coverage", "risk"}`` (float64 arrays).
-
-    Point 0 is θ = 0 (leaf predictions); point j > 0 is θ just above the j-th smallest breakpoint, where some
-    samples move one node up; the last point has every prediction at the root (coverage 0, risk 0)."""
+def path_records(node_probs: np.ndarray, tree: NodeTree, leaves: np.ndarray, targets: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sample and path node (leaf first, root last; B × (H + 1)): its probability, coverage and correctness.
+    All a risk–coverage curve needs; small enough to keep for a whole split and to gather over ranks."""
     paths = path_table(tree, leaves)
     b = paths.shape[0]
-    correct = _correct_table(tree, paths, np.asarray(targets, dtype=np.int64)).astype(np.float64)
-    cover = tree.coverage[paths]
+    correct = _correct_table(tree, paths, np.asarray(targets, dtype=np.int64))
     probs = node_probs[np.arange(b)[:, None], paths]
-    probs[:, -1] = np.inf  # nothing climbs past the root
+    return probs, tree.coverage[paths], correct
+
+
+def curve_from_paths(probs: np.ndarray, cover: np.ndarray, correct: np.ndarray) -> dict[str, np.ndarray]:
+    """The exact risk–coverage curve of the climb over every θ from :func:`path_records` (rows = samples).
+
+    ``{"threshold", "coverage", "risk"}``: point 0 is θ = 0 (leaf predictions); each further point is θ just
+    above a breakpoint, where some samples move one node up; the last has every prediction at the root."""
+    b = probs.shape[0]
+    correct = correct.astype(np.float64)
     # Climbing past path node j happens for θ > P(node j): the sample's (coverage, correct) change by the step.
     breaks = probs[:, :-1].reshape(-1)
     d_cover = (cover[:, 1:] - cover[:, :-1]).reshape(-1)
@@ -255,6 +261,12 @@ def risk_coverage_curve(node_probs: np.ndarray, tree: NodeTree, leaves: np.ndarr
     keep[0] = True
     return {"threshold": thresholds[keep], "coverage": np.clip(coverage[keep], 0.0, 1.0),
             "risk": np.clip(1.0 - accuracy[keep], 0.0, 1.0)}
+
+
+def risk_coverage_curve(node_probs: np.ndarray, tree: NodeTree, leaves: np.ndarray, targets: np.ndarray
+                        ) -> dict[str, np.ndarray]:
+    """The exact curve of the climb over every θ (:func:`curve_from_paths` of :func:`path_records`)."""
+    return curve_from_paths(*path_records(node_probs, tree, leaves, targets))
 
 
 def haurc(curve: dict[str, np.ndarray]) -> float:
