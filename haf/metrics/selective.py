@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["NodeTree", "calibrate_threshold", "climb", "coverage_at_accuracy", "node_probabilities",
-           "risk_coverage_curve", "selective_summary", "curve_from_paths", "path_records", "haurc", "tight_thresholds", "path_table", "DEFAULT_TARGETS"]
+           "risk_coverage_curve", "selective_summary", "node_correct", "curve_from_paths", "path_records", "haurc", "tight_thresholds", "path_table", "DEFAULT_TARGETS"]
 
 DEFAULT_TARGETS = (0.9, 0.95, 0.99)
 
@@ -177,6 +177,12 @@ def _correct_table(tree: NodeTree, paths: np.ndarray, targets: np.ndarray) -> np
     ok = steps >= 0
     ancestor = np.take_along_axis(truth, np.clip(steps, 0, truth.shape[1] - 1), axis=1)
     return ok & (ancestor == paths)
+
+
+def node_correct(tree: NodeTree, nodes: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per sample: is the predicted node an ancestor-or-self of the true class's leaf (bool)."""
+    nodes = np.asarray(nodes, dtype=np.int64)
+    return _correct_table(tree, nodes[:, None], np.asarray(targets, dtype=np.int64))[:, 0]
 
 
 def tight_thresholds(node_probs: np.ndarray, tree: NodeTree, leaves: np.ndarray, targets: np.ndarray) -> np.ndarray:
