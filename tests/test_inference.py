@@ -137,3 +137,37 @@ def test_load_classifier_predicts_like_eval_from_anywhere(run, tree_gone, tmp_pa
     assert all(r["class"] in classifier.classes for r in crm)
     with pytest.raises(ValueError, match="decode"):
         classifier.predict(str(files[0]), decode="best")
+
+
+def test_tree_frame_checkpoint_predicts_nodes(tmp_path):
+    """A tree-factorised HAFrame run (tree distances, no K × K matrix in the checkpoint): the classifier rebuilds
+    from the file, climbs on the tree, and eval's selective metrics come from the same tree."""
+    import numpy as np
+
+    from haf.hierarchy.tree_distances import TreeDistances
+    from haf.inference import load_classifier
+    from haf.pipelines import load_dataset
+    from haf.training.loop import run_training
+    from haf.training.run_config import load_config
+
+    options = {"num_classes": 300, "depth": 3, "image_size": 8, "train_per_class": 1, "val_per_class": 1,
+               "test_per_class": 1}
+    config = load_config("configs/synthetic/haframe-tree-10k.yaml", overrides=[
+        f"output_dir={tmp_path / 'run'}", *(f"dataset.options.{k}={v}" for k, v in options.items()),
+        "train.epochs=1", "train.device=cpu", "data.backend=torch", "deepspeed.enabled=false"])
+    run_training(config)
+    state = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert isinstance(state["distances"], dict) and state["hierarchy"]
+    classifier = load_classifier(tmp_path / "run" / "best.pt")
+    assert isinstance(classifier.distances, TreeDistances) and classifier.tree.num_classes == 300
+    data = load_dataset("synthetic-tree", "unused", **options)
+    arrays = list(data.splits["test"].arrays[:6])
+    records = classifier.predict(arrays, threshold=0.5)
+    assert len(records) == 6
+    for record in records:
+        assert record["node"] in record["path"] and record["path"][-1] == classifier.hierarchy.root
+        assert record["node_score"] >= 0.5 - 1e-9
+    crm = classifier.predict(arrays, decode="crm", threshold=0.5)
+    assert all(r["class"] in classifier.classes for r in crm)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert np.isfinite(metrics["selective"]["plain"]["haurc"])
