@@ -69,3 +69,25 @@ def test_plot_runs_draws_the_risk_coverage_curves(tmp_path):
     means = mean_curves(curves)
     assert set(means) == {"haframe", "haframe+crm"}
     np.testing.assert_allclose(means["haframe"][1], [0.25 * c for c in GRID], atol=1e-9)
+
+
+@pytest.mark.parametrize("haframe_values, verdict", [
+    ([0.10, 0.11, 0.12], "haframe hedges more cheaply"),
+    ([0.20, 0.10, 0.30], "no clear difference"),
+    ([0.30, 0.31, 0.32], "hedges more expensively"),
+])
+def test_demo_selective_section_states_what_it_measured(tmp_path, haframe_values, verdict):
+    from types import SimpleNamespace
+
+    from haf.reporting.demo_results import selective_section
+
+    runs = []
+    for seed, (ours, theirs) in enumerate(zip(haframe_values, [0.20, 0.21, 0.22])):
+        for method, value in (("haframe", ours), ("cross-entropy", theirs)):
+            write_run(tmp_path, f"{method}{seed}", method, seed, value, crm=method == "cross-entropy")
+            runs.append(SimpleNamespace(method=method, seed=seed, output_dir=tmp_path / f"{method}{seed}"))
+    text, written = selective_section(runs, tmp_path / "plots")
+    assert verdict in text and "cross-entropy+crm" in text
+    assert f"hAURC {np.mean(haframe_values):.4f}" in text
+    assert written["risk-coverage"].stat().st_size > 1000
+    assert selective_section([], tmp_path / "none") == ("", {})
