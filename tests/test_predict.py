@@ -105,7 +105,8 @@ def test_two_ranks_under_torchrun_merge_one_output(run, tmp_path):
     if not torchrun.exists():
         pytest.skip("torchrun not installed")
     single, merged = tmp_path / "single.json", tmp_path / "merged.json"
-    base = [str(run["run"] / "best.pt"), str(run["own"]), "--device", "cpu", "--batch-size", "4"]
+    base = [str(run["run"] / "best.pt"), str(run["own"]), "--device", "cpu", "--batch-size", "4",
+            "--target-accuracy", "0.9", "--calibration", str(run["data"] / "train")]
     from haf.cli import main
 
     assert main(["predict", *base, "--output", str(single)]) == 0
@@ -121,3 +122,4 @@ def test_two_ranks_under_torchrun_merge_one_output(run, tmp_path):
     assert [r["image"] for r in a] == [r["image"] for r in b]
     for x, y in zip(a, b):
         assert x["class"] == y["class"] and x["score"] == pytest.approx(y["score"], abs=1e-5)
+        assert x["node"] == y["node"] and x["threshold"] == y["threshold"]

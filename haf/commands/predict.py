@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from haf.inference import load_classifier
     from haf.inference.classifier import records_from_probabilities
     from haf.inference.images import find_images
-    from haf.inference.predict import calibrate, calibration_items, class_probabilities, start_ranks, write_records
+    from haf.inference.predict import (calibrate, calibration_items, calibration_paths, map_batches, start_ranks,
+                                       write_records)
 
     if args.top_k < 1:
         raise ValueError(f"--top-k must be ≥ 1, got {args.top_k}")
@@ -56,31 +57,37 @@ def run(args: argparse.Namespace) -> int:
 
         if Path(args.output).exists():
             raise FileExistsError(f"output file exists: {args.output} (pass --overwrite to replace it)")
-    rank, _, device, started = start_ranks(args.device)
+    rank, world, device, started = start_ranks(args.device)
     try:
         files = find_images(args.paths)
         classifier = load_classifier(args.checkpoint, device=device)
         progress = not args.no_progress and sys.stderr.isatty()
         threshold = None
+        batches = {"batch_size": args.batch_size, "num_workers": args.num_workers, "progress": progress}
         if args.target_accuracy is not None:
             items, labels, where = calibration_items(classifier, args.calibration, args.data_root)
-            probs = class_probabilities(classifier, items, batch_size=args.batch_size, num_workers=args.num_workers,
-                                        progress=progress, description="calibrate")
-            summary = None
+            paths = map_batches(classifier, items, calibration_paths(classifier, labels, args.decode),
+                                description="calibrate", **batches)
             if rank == 0:
-                summary = calibrate(classifier, probs, labels, args.target_accuracy, args.confidence, args.decode)
+                summary = calibrate(paths, args.target_accuracy, args.confidence)
                 threshold = summary["threshold"]
                 print(f"calibrated on {summary['images']} images of {where}: threshold {threshold:.6g} "
                       f"(accuracy there {summary['calibration_accuracy']:.4f}, coverage "
                       f"{summary['calibration_coverage']:.4f}; flat {summary['flat_accuracy']:.4f})",
                       file=sys.stderr)
-        probs = class_probabilities(classifier, files, batch_size=args.batch_size, num_workers=args.num_workers,
-                                    progress=progress)
-        if rank == 0:
+            if world > 1:
+                shared = [threshold]
+                dist.broadcast_object_list(shared, src=0)
+                threshold = shared[0]
+
+        def to_records(probs, indices):
             records = records_from_probabilities(classifier, probs, top_k=args.top_k, decode=args.decode,
                                                  threshold=threshold)
-            records = [{"image": f, **r, **({"threshold": threshold} if threshold is not None else {})}
-                       for f, r in zip(files, records)]
+            extra = {"threshold": threshold} if threshold is not None else {}
+            return [{"image": files[i], **r, **extra} for i, r in zip(indices, records)]
+
+        records = map_batches(classifier, files, to_records, **batches)
+        if rank == 0:
             written = write_records(records, args.format, args.output, overwrite=args.overwrite)
             if written:
                 print(f"wrote {len(records)} predictions to {written}", file=sys.stderr)

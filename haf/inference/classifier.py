@@ -88,7 +88,7 @@ def records_from_probabilities(classifier: HafClassifier, probs: torch.Tensor, *
                                decode: str = "argmax", threshold: float | None = None) -> list[dict]:
     """The records of :meth:`HafClassifier.predict` from B × K class probabilities."""
     from haf.metrics import crm_predict
-    from haf.metrics.selective import climb, node_probabilities
+    from haf.metrics.selective import climb, node_probabilities, row_chunks
 
     if decode not in DECODINGS:
         raise ValueError(f"decode={decode!r}; expected one of {', '.join(DECODINGS)}")
@@ -111,8 +111,10 @@ def records_from_probabilities(classifier: HafClassifier, probs: torch.Tensor, *
     if threshold is not None:
         if tree is None:
             raise ValueError("selective prediction needs the class tree; this checkpoint has distances only")
-        nodes = node_probabilities(probs_cpu.double().numpy(), tree)
-        chosen, conf = climb(nodes, tree, predicted, float(threshold))
+        chosen, conf = np.empty(len(predicted), dtype=np.int64), np.empty(len(predicted))
+        for rows in row_chunks(len(predicted), tree.num_nodes):  # B × N node probabilities, a chunk at a time
+            nodes = node_probabilities(probs_cpu[rows].double().numpy(), tree)
+            chosen[rows], conf[rows] = climb(nodes, tree, predicted[rows], float(threshold))
     records = []
     for row, cls in enumerate(predicted):
         cls = int(cls)

@@ -1,8 +1,8 @@
 """Batched prediction over image files, sharded over ranks, and the calibration of the climbing threshold.
 
-* :func:`class_probabilities`: a torch ``DataLoader`` over files (or H × W × 3 arrays) through the model's eval
-  transform; this rank's shard (items ``rank::world_size``) when ``torch.distributed`` runs several ranks, the
-  probabilities gathered on rank 0 in the original order.
+* :func:`map_batches`: a torch ``DataLoader`` over files (or H × W × 3 arrays) through the model's eval transform,
+  each batch's probabilities turned into small per-item results at once (records, calibration paths); this rank's
+  shard (items ``rank::world_size``) when ``torch.distributed`` runs several ranks, gathered on rank 0 in order.
 * :func:`calibrate` (docs/PREDICTION.md): the tight thresholds of a labelled calibration set (the checkpoint's
   validation split, or a folder ``<DIR>/<class name>/<images>``) and the threshold θ̂ of
   :func:`haf.metrics.selective.calibrate_threshold`.
@@ -16,7 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 
 from haf.inference.classifier import HafClassifier
 
-__all__ = ["CSV_COLUMNS", "FORMATS", "calibrate", "calibration_items", "class_probabilities", "write_records"]
+__all__ = ["CSV_COLUMNS", "FORMATS", "calibrate", "calibration_items", "calibration_paths", "map_batches",
+           "write_records"]
 
 FORMATS = ("json", "csv")
 CSV_COLUMNS = ("image", "class", "score", "path", "top_k", "node", "node_score", "node_path", "threshold")
@@ -38,10 +39,12 @@ def _world() -> tuple[int, int]:
 
 
 @torch.no_grad()
-def class_probabilities(classifier: HafClassifier, items: Sequence[Any], *, batch_size: int = 64,
-                        num_workers: int = 0, progress: bool = False, description: str = "predict"
-                        ) -> torch.Tensor | None:
-    """B × K fp32 probabilities of ``items`` (on rank 0, None elsewhere; every rank when single-process)."""
+def map_batches(classifier: HafClassifier, items: Sequence[Any], fn: Callable[[torch.Tensor, list[int]], list],
+                *, batch_size: int = 64, num_workers: int = 0, progress: bool = False, description: str = "predict"
+                ) -> list | None:
+    """``fn(probabilities B × K, item indices)`` → one result per item, batch by batch (so nothing K-wide is kept
+    for all items), over this rank's shard (items ``rank::world_size``); all results on rank 0 in item order, None
+    on the other ranks."""
     from haf.inference.images import PredictionImages
     from haf.training.run_folder import progress_bar
 
@@ -52,26 +55,26 @@ def class_probabilities(classifier: HafClassifier, items: Sequence[Any], *, batc
     shard = PredictionImages([items[i] for i in indices], classifier.transform)
     loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     bar = progress_bar(len(loader), description, progress and rank == 0)
-    parts = []
+    results: list = []
     device = classifier.device
-    for images, _ in loader:
-        parts.append(classifier.probabilities(images.to(device)).cpu())
+    for images, positions in loader:
+        probs = classifier.probabilities(images.to(device)).cpu()
+        results.extend(fn(probs, [indices[int(p)] for p in positions]))
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    local = torch.cat(parts) if parts else torch.zeros(0, len(classifier.classes))
     if world == 1:
-        return local
-    gathered: list = [None] * world if rank == 0 else None
-    dist.gather_object((indices, local), gathered, dst=0)
+        return results
+    gathered: list | None = [None] * world if rank == 0 else None
+    dist.gather_object((indices, results), gathered, dst=0)
     if rank != 0:
         return None
-    out = torch.empty(len(items), len(classifier.classes))
-    for shard_indices, shard_probs in gathered:
-        if shard_indices:
-            out[torch.tensor(shard_indices)] = shard_probs
-    return out
+    merged: list = [None] * len(items)
+    for shard_indices, shard_results in gathered:
+        for index, result in zip(shard_indices, shard_results):
+            merged[index] = result
+    return merged
 
 
 def calibration_items(classifier: HafClassifier, folder: str | None = None, data_root: str | None = None
@@ -135,23 +138,42 @@ def leaf_decisions(classifier: HafClassifier, probs: torch.Tensor, decode: str) 
     return probs.argmax(dim=1).cpu().numpy()
 
 
-def calibrate(classifier: HafClassifier, probs: torch.Tensor, labels: np.ndarray, target_accuracy: float,
-              confidence: float | None, decode: str = "argmax") -> dict:
-    """θ̂ for the climb from the ``decode`` prediction, with the calibration set's own accuracy and coverage."""
-    from haf.metrics.selective import (calibrate_threshold, climb, node_correct, node_probabilities, path_records,
-                                        tight_thresholds)
+def calibration_paths(classifier: HafClassifier, labels: np.ndarray, decode: str = "argmax"
+                      ) -> Callable[[torch.Tensor, list[int]], list]:
+    """The per-batch function of :func:`map_batches` for calibration: each item's climbing path record
+    (probabilities, coverages, correctness along the path; :func:`haf.metrics.selective.path_records`)."""
+    from haf.metrics.selective import node_probabilities, path_records, row_chunks
 
     if classifier.tree is None:
         raise ValueError("selective prediction needs the class tree; this checkpoint has distances only")
     tree = classifier.tree
-    leaves = leaf_decisions(classifier, probs, decode)
-    nodes = node_probabilities(probs.double().numpy(), tree)
-    threshold = calibrate_threshold(tight_thresholds(nodes, tree, leaves, labels), target_accuracy, confidence)
-    chosen, _ = climb(nodes, tree, leaves, threshold)
-    _, cover, correct = path_records(nodes, tree, leaves, labels)
+
+    def fn(probs: torch.Tensor, indices: list[int]) -> list:
+        leaves = leaf_decisions(classifier, probs, decode)
+        y = labels[np.asarray(indices, dtype=np.int64)]
+        out = []
+        for rows in row_chunks(len(indices), tree.num_nodes):
+            nodes = node_probabilities(probs[rows].double().numpy(), tree)
+            p, c, ok = path_records(nodes, tree, leaves[rows], y[rows])
+            out.extend(zip(p, c, ok))
+        return out
+
+    return fn
+
+
+def calibrate(paths: list, target_accuracy: float, confidence: float | None) -> dict:
+    """θ̂ from the calibration items' path records, with the calibration set's own accuracy and coverage at θ̂."""
+    from haf.metrics.selective import calibrate_threshold, climb_paths, tight_from_paths
+
+    probs = np.stack([p for p, _, _ in paths])
+    cover = np.stack([c for _, c, _ in paths])
+    correct = np.stack([ok for _, _, ok in paths])
+    threshold = calibrate_threshold(tight_from_paths(probs, correct), target_accuracy, confidence)
+    stop = climb_paths(probs, threshold)
+    rows = np.arange(probs.shape[0])
     return {"threshold": threshold, "target_accuracy": target_accuracy, "confidence": confidence,
-            "images": int(labels.size), "calibration_accuracy": float(node_correct(tree, chosen, labels).mean()),
-            "calibration_coverage": float(tree.coverage[chosen].mean()),
+            "images": int(probs.shape[0]), "calibration_accuracy": float(correct[rows, stop].mean()),
+            "calibration_coverage": float(cover[rows, stop].mean()),
             "flat_accuracy": float(correct[:, 0].mean()), "leaf_coverage": float(cover[:, 0].mean())}
 
 

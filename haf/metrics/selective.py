@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["NodeTree", "calibrate_threshold", "climb", "coverage_at_accuracy", "node_probabilities",
-           "risk_coverage_curve", "selective_summary", "node_correct", "curve_from_paths", "path_records", "haurc", "tight_thresholds", "path_table", "DEFAULT_TARGETS"]
+           "risk_coverage_curve", "selective_summary", "node_correct", "tight_from_paths", "climb_paths",
+           "row_chunks", "curve_from_paths", "path_records", "haurc", "tight_thresholds", "path_table", "DEFAULT_TARGETS"]
 
 DEFAULT_TARGETS = (0.9, 0.95, 0.99)
 
@@ -187,12 +188,28 @@ def node_correct(tree: NodeTree, nodes: np.ndarray, targets: np.ndarray) -> np.n
 
 def tight_thresholds(node_probs: np.ndarray, tree: NodeTree, leaves: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Per sample the largest wrong path probability P(c): the climb is right iff θ > it (0 for a right leaf)."""
-    paths = path_table(tree, leaves)
-    correct = _correct_table(tree, paths, np.asarray(targets, dtype=np.int64))
-    probs = node_probs[np.arange(paths.shape[0])[:, None], paths]
+    probs, _, correct = path_records(node_probs, tree, leaves, targets)
+    return tight_from_paths(probs, correct)
+
+
+def tight_from_paths(probs: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """:func:`tight_thresholds` from :func:`path_records`' probabilities and correctness."""
     wrong = np.where(correct, -np.inf, probs)
     out = wrong.max(axis=1)
     return np.where(np.isfinite(out), out, 0.0)
+
+
+def climb_paths(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Per row of :func:`path_records`' probabilities: the index along the path where the climb stops."""
+    passes = probs >= threshold
+    passes[:, -1] = True
+    return passes.argmax(axis=1)
+
+
+def row_chunks(rows: int, nodes: int, max_elements: int = 1 << 22):
+    """Row slices whose B × N float64 node-probability block stays under ``max_elements`` (32 MiB)."""
+    step = max(1, max_elements // max(nodes, 1))
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
 def calibrate_threshold(thresholds: np.ndarray, target_accuracy: float, confidence: float | None = None) -> float:

@@ -217,14 +217,16 @@ def evaluate(
 def _selective_update(paths: dict, tree: Any, probs: torch.Tensor, scores: torch.Tensor,
                       decoded_scores: torch.Tensor | None, targets: torch.Tensor) -> None:
     """Keep each sample's climbing path (probability, coverage, correctness per path node) for the curve."""
-    from haf.metrics.selective import node_probabilities, path_records
+    from haf.metrics.selective import node_probabilities, path_records, row_chunks
 
-    nodes = node_probabilities(probs.detach().cpu().double().numpy(), tree)
+    probs = probs.detach().cpu().double().numpy()
     y = targets.detach().cpu().numpy()
-    for name, leaf_scores in (("plain", scores), ("crm", decoded_scores)):
-        if leaf_scores is not None:
-            leaves = leaf_scores.argmax(dim=1).cpu().numpy()
-            paths[name].append(path_records(nodes, tree, leaves, y))
+    decided = {name: s.argmax(dim=1).cpu().numpy() for name, s in (("plain", scores), ("crm", decoded_scores))
+               if s is not None}
+    for rows in row_chunks(probs.shape[0], tree.num_nodes):  # B × N node probabilities, a chunk at a time
+        nodes = node_probabilities(probs[rows], tree)
+        for name, leaves in decided.items():
+            paths[name].append(path_records(nodes, tree, leaves[rows], y[rows]))
 
 
 def _selective_compute(paths: dict) -> dict | None:
