@@ -140,21 +140,11 @@ def load_classifier(checkpoint: str | os.PathLike, device: str | torch.device | 
     Needs nothing but the file (classes, tree, distances, frame and preprocessing are stored in it); a checkpoint
     written before it stored its tree is rebuilt from the dataset its config names. ``device``: None → CPU."""
     from haf.training.checkpoints import load_checkpoint
-    from haf.training.portable import hierarchy_from_state, model_from_checkpoint, preprocessing_of
+    from haf.training.portable import model_from_checkpoint, preprocessing_of
 
     path = Path(checkpoint)
     state = load_checkpoint(path)
-    model, config, dataset = model_from_checkpoint(state, path)
-    hierarchy = getattr(dataset, "hierarchy", None)
-    if hierarchy is None and "hierarchy" in state:
-        hierarchy = hierarchy_from_state(state, str(path))
-    from haf.training.portable import distances_from_state
-
-    distances = distances_from_state(state, str(path))
-    if distances is None:
-        from haf.training.assemble import prepare_dataset
-
-        distances = prepare_dataset(config, generate=False).distances
+    model, config, dataset, distances = model_from_checkpoint(state, path)
     preprocessing = state.get("preprocessing") or preprocessing_of(config)
-    classifier = HafClassifier(model, dataset.classes, hierarchy, distances, preprocessing, config)
+    classifier = HafClassifier(model, dataset.classes, dataset.hierarchy, distances, preprocessing, config)
     return classifier.to(torch.device(device) if device is not None else torch.device("cpu"))

@@ -97,8 +97,9 @@ class _StoredDataset:
     hierarchy: Any
 
 
-def model_from_checkpoint(state: dict, path: str | Path) -> tuple[torch.nn.Module, Any, Any]:
-    """(model with the checkpoint's weights, config, distances) from the checkpoint alone.
+def model_from_checkpoint(state: dict, path: str | Path) -> tuple[torch.nn.Module, Any, Any, Any]:
+    """(model with the checkpoint's weights, config, dataset-like (classes, hierarchy), distances) from the
+    checkpoint alone.
 
     A checkpoint without a stored tree (written before it carried one) is rebuilt from the dataset its config
     names; that dataset must then be readable."""
@@ -119,7 +120,7 @@ def model_from_checkpoint(state: dict, path: str | Path) -> tuple[torch.nn.Modul
         model.load_state_dict(state["model"])
     except RuntimeError as error:
         raise ValueError(f"{path}: weights do not fit the model its config describes: {error}") from None
-    return model, config, dataset
+    return model, config, dataset, distances
 
 
 def substitute_missing_hierarchy(config: Any, state: dict, folder: str | os.PathLike) -> tuple[Any, str | None]:
