@@ -208,3 +208,20 @@ def test_million_classes_without_a_node_by_class_matrix():
     level1 = nodes[:, 1:11]
     np.testing.assert_allclose(level1, probs.reshape(b, 10, -1).sum(2), rtol=1e-5)
     assert np.all((chosen >= 0) & (chosen < n)) and np.all(thresholds >= 0)
+
+
+def test_evaluation_keeps_no_selective_metrics_for_non_finite_probabilities():
+    import torch
+
+    from haf.training.evaluation import _selective_compute, _selective_update
+
+    tree = NodeTree.from_hierarchy(random_hierarchy(5))
+    k = tree.num_classes
+    paths = {"plain": [], "crm": []}
+    good = torch.softmax(torch.randn(4, k), dim=1)
+    _selective_update(paths, tree, good, good, None, torch.arange(4) % k)
+    assert set(_selective_compute(dict(paths))) == {"plain"}
+    bad = good.clone()
+    bad[1, 0] = float("nan")
+    _selective_update(paths, tree, bad, bad, None, torch.arange(4) % k)
+    assert _selective_compute(paths) is None

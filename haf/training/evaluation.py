@@ -220,6 +220,9 @@ def _selective_update(paths: dict, tree: Any, probs: torch.Tensor, scores: torch
     from haf.metrics.selective import node_probabilities, path_records, row_chunks
 
     probs = probs.detach().cpu().double().numpy()
+    if not np.isfinite(probs).all():  # a diverged model: no selective metrics for this evaluation (not a crash)
+        paths["nonfinite"] = True
+        return
     y = targets.detach().cpu().numpy()
     decided = {name: s.argmax(dim=1).cpu().numpy() for name, s in (("plain", scores), ("crm", decoded_scores))
                if s is not None}
@@ -233,15 +236,17 @@ def _selective_compute(paths: dict) -> dict | None:
     """Merge the kept paths over ranks (all_gather_object) and summarise each decoding's curve."""
     from haf.metrics.selective import curve_from_paths, selective_summary
 
+    nonfinite = bool(paths.pop("nonfinite", False))
     out = {}
     for name, parts in paths.items():
         local = tuple(np.concatenate([p[i] for p in parts]) for i in range(3)) if parts else None
         if dist.is_initialized() and dist.get_world_size() > 1:
             gathered: list = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, local)
-            pieces = [g for g in gathered if g is not None]
+            dist.all_gather_object(gathered, (nonfinite, local))
+            nonfinite = any(flag for flag, _ in gathered)
+            pieces = [g for _, g in gathered if g is not None]
             local = tuple(np.concatenate([g[i] for g in pieces]) for i in range(3)) if pieces else None
-        if local is not None and local[0].shape[0]:
+        if local is not None and local[0].shape[0] and not nonfinite:
             out[name] = selective_summary(curve_from_paths(*local))
     return out or None
 
