@@ -98,6 +98,11 @@ def test_bad_input_is_one_line(run, tmp_path, capsys):
     assert main(["predict", str(run["run"] / "best.pt"), str(run["own"]), "--confidence", "0.9"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--target-accuracy" in err
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    assert main(["predict", str(run["run"] / "best.pt"), str(broken), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(broken) in err
 
 
 def test_two_ranks_under_torchrun_merge_one_output(run, tmp_path):
