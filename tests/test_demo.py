@@ -29,7 +29,10 @@ def test_quick_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     for label in ("cross-entropy (tiny_cnn/type1)", "cross-entropy+crm (tiny_cnn/type1)", "haframe (tiny_cnn/type2)"):
         assert f"| {label} | 1 |" in table, label
     assert "haframe − cross-entropy, paired by seed" in printed
-    assert (out / "results.md").read_text().count("| haframe (tiny_cnn/type2) |") == 1
+    results = (out / "results.md").read_text()
+    main_table, _, selective_table = results.partition("### demo hierarchical selective")
+    assert main_table.count("| haframe (tiny_cnn/type2) |") == 1 and selective_table.count("| haframe (") == 1
+    assert "Hierarchical selective prediction" in results and (out / "plots" / "risk_coverage.png").is_file()
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0].startswith("dataset,method,runs,top1_mean")
     assert len(csv_lines) == 4  # header + CE + CE+CRM + HAFrame

@@ -1,8 +1,10 @@
 """``haf eval CHECKPOINT``: evaluate a training checkpoint on a split, print the metric table, write JSON.
 
-The checkpoint carries its config (dataset, model, method, seed) and the frame, so nothing else is needed; the
-dataset is read from the stored ``dataset.root`` unless ``--data-root`` or ``--set dataset.root=...`` says
-otherwise. The JSON has the layout of a training run's ``metrics.json`` (``haf report`` reads both).
+The checkpoint carries its config (dataset, model, method, seed), its classes, class tree, distances and the frame,
+so nothing else is needed: the dataset is read from the stored ``dataset.root`` unless ``--data-root`` or
+``--set dataset.root=...`` says otherwise, and a hierarchy file that is gone is replaced by the stored tree. A
+dataset whose classes or distances differ from the checkpoint's is refused (``--allow-hierarchy-change``: warned).
+Besides the flat metrics it reports hierarchical selective ones (hAURC, coverage at 90/95/99 % accuracy). The JSON has the layout of a training run's ``metrics.json`` (``haf report`` reads both).
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="also score CRM decoding (auto: for probabilistic methods such as cross-entropy)")
     parser.add_argument("--json", dest="json_out", default=None, metavar="FILE",
                         help="write the metrics as JSON here (default: eval-<split>.json beside the checkpoint)")
+    parser.add_argument("--allow-hierarchy-change", action="store_true",
+                        help="evaluate even when the dataset's hierarchy (class distances) differs from the "
+                             "checkpoint's, with a warning (default: refused, naming the first differing pair)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -32,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(
         args.checkpoint, split=args.split, data_root=args.data_root, overrides=args.overrides,
         batch_size=args.batch_size, device=args.device, crm=args.crm, json_out=args.json_out,
-        progress=not args.no_progress,
+        progress=not args.no_progress, allow_hierarchy_change=args.allow_hierarchy_change,
     )
     print(result["table"])
     print(f"wrote {result['json_path']}")

@@ -30,6 +30,31 @@ def _run_label(metrics_path: Path) -> str:
     return f"{run.get('method', metrics_path.parent.name)} seed {run.get('seed', '?')}"
 
 
+def _collect_selective(metrics_path: Path, into: dict) -> None:
+    """The risk-coverage curves of a metrics.json "selective" section, keyed like the report's rows."""
+    import json
+
+    data = json.loads(metrics_path.read_text())
+    method = data.get("run", {}).get("method", metrics_path.parent.name)
+    for decoding, section in (data.get("selective") or {}).items():
+        curve = section.get("curve") if isinstance(section, dict) else None
+        if isinstance(curve, dict) and curve.get("coverage") and curve.get("risk"):
+            label = method if decoding == "plain" else f"{method}+{decoding}"
+            into.setdefault(label, []).append((curve["coverage"], curve["risk"]))
+
+
+def mean_curves(curves: dict) -> dict:
+    """Per label: the common coverage grid and the mean risk over seeds (curves on other grids are left out)."""
+    import numpy as np
+
+    out = {}
+    for label, runs in curves.items():
+        grid = runs[0][0]
+        same = [risk for coverage, risk in runs if coverage == grid]
+        out[label] = (grid, list(np.mean(np.array(same, dtype=float), axis=0)))
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from haf.reporting import plots
 
@@ -56,11 +81,15 @@ def run(args: argparse.Namespace) -> int:
     logs: dict[str, list[dict]] = {}
     hierdist: dict[str, dict[int, list[float]]] = {}  # method -> k -> values over seeds
     shots: dict[str, dict[str, list[float]]] = {}  # method -> "<group>/<metric>" -> values over seeds
+    selective: dict[str, list[tuple[list, list]]] = {}  # method[+crm] -> risk-coverage curves over seeds
     for metrics_path in find_metric_files(args.runs):
         if (metrics_path.parent / LOG_NAME).exists():
             logs[_run_label(metrics_path)] = plots.read_jsonl(metrics_path.parent / LOG_NAME)
+        _collect_selective(metrics_path, selective)
         for result in load_run(metrics_path):
             for key, value in result.metrics.items():
+                if key.startswith("selective/"):
+                    continue
                 if "/" in key:
                     shots.setdefault(result.method, {}).setdefault(key, []).append(value)
                 elif key.startswith("hierdist@"):
@@ -79,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
         written.append(out / "shot_groups.png")
         plots.plot_shot_groups({method: {key: mean_ci(v) for key, v in by_key.items()}
                                 for method, by_key in shots.items()}, written[-1])
+    if selective:
+        written.append(out / "risk_coverage.png")
+        plots.plot_risk_coverage(mean_curves(selective), written[-1])
     if logs:
         written.append(out / "training_curves.png")
         plots.plot_training_curves(logs, written[-1])

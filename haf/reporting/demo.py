@@ -27,6 +27,7 @@ from .demo_results import (  # noqa: F401 - re-exported: the public names of haf
     frame_of,
     hierdist_curve,
     paired_differences,
+    selective_section,
     test_scores,
     write_plots,
 )
@@ -173,12 +174,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     atomic_write_text(output_dir / "results.csv", csv_text)
     plot_start = time.perf_counter()
     written = write_plots(runs, data, output_dir / "plots")
+    selective_text, selective_plots = selective_section(runs, output_dir / "plots")
+    written.update(selective_plots)
+    if selective_text:
+        atomic_write_text(output_dir / "results.md", (output_dir / "results.md").read_text()
+                          + "\n```\n" + selective_text + "\n```\n")
     plot_seconds = time.perf_counter() - plot_start
 
     print()
     print(markdown)
     if differences:
         print(differences)
+        print()
+    if selective_text:
+        print(selective_text)
         print()
     print(f"table:  {output_dir / 'results.md'}, {output_dir / 'results.csv'}")
     for name, path in written.items():

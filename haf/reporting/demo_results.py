@@ -176,3 +176,56 @@ def paired_differences(runs: Sequence[PlannedRun], baseline: str = "cross-entrop
     header = (f"{method} − {baseline}, paired by seed ({len(seeds)} seed{'s' if len(seeds) != 1 else ''}; "
               "mean ± 95% CI; lower is better except top-1):")
     return "\n".join([header, *cells])
+
+
+# ------------------------------------------------------------------------------ hierarchical selective prediction
+def selective_section(runs: Sequence[PlannedRun], plot_dir: Path, baseline: str = "cross-entropy",
+                      method: str = "haframe") -> tuple[str, dict[str, Path]]:
+    """Does a model that makes better mistakes also hedge more cheaply? The text and figure of the answer.
+
+    From each run's metrics.json "selective" section (climbing over all thresholds, docs/PREDICTION.md): hAURC and
+    coverage at 90 % accuracy per method (mean ± 95% CI over seeds), the paired difference HAFrame − CE and its
+    verdict, and the mean risk–coverage curves (``risk_coverage.png``). Empty when the runs have no section.
+    """
+    from haf.reporting import plots
+    from haf.reporting.report import summarize
+
+    records = {(run.method, run.seed): json.loads((run.output_dir / METRICS_NAME).read_text()) for run in runs}
+    per_label: dict[str, dict[int, dict]] = {}
+    for (name, seed), record in records.items():
+        for decoding, section in (record.get("selective") or {}).items():
+            if isinstance(section, dict) and "haurc" in section:
+                per_label.setdefault(name if decoding == "plain" else f"{name}+{decoding}", {})[seed] = section
+    if not per_label:
+        return "", {}
+    lines = ["Hierarchical selective prediction (climb to the first ancestor with probability ≥ θ, all θ; "
+             "hAURC: area under risk vs coverage, lower = cheaper hedging):"]
+    for label, by_seed in sorted(per_label.items()):
+        haurc = summarize([s["haurc"] for s in by_seed.values()])
+        cover = summarize([s.get("coverage@0.9", float("nan")) for s in by_seed.values()])
+        lines.append(f"  {label:<24} hAURC {haurc.format(4)}   coverage at 90% accuracy {cover.format(3)}")
+    ours, theirs = per_label.get(method, {}), per_label.get(baseline, {})
+    seeds = sorted(set(ours) & set(theirs))
+    if seeds:
+        diff = summarize([ours[s]["haurc"] - theirs[s]["haurc"] for s in seeds])
+        significant = diff.ci is not None and abs(diff.mean) > diff.ci
+        if not significant:
+            verdict = "no clear difference: the better mistakes do not (measurably) make hedging cheaper here"
+        elif diff.mean < 0:
+            verdict = f"{method} hedges more cheaply (lower risk at the same hierarchical coverage)"
+        else:
+            verdict = f"{method} hedges more expensively than {baseline} (higher risk at the same coverage)"
+        lines.append(f"  {method} − {baseline} hAURC, paired by seed ({len(seeds)}): {diff.format(4)} → {verdict}")
+    curves = {}
+    for label, by_seed in per_label.items():
+        grids = [s["curve"] for s in by_seed.values() if isinstance(s.get("curve"), dict)]
+        if grids and all(g["coverage"] == grids[0]["coverage"] for g in grids):
+            risk = [sum(g["risk"][i] for g in grids) / len(grids) for i in range(len(grids[0]["risk"]))]
+            curves[label] = (grids[0]["coverage"], risk)
+    written = {}
+    if curves:
+        path = plot_dir / "risk_coverage.png"
+        plots.plot_risk_coverage(curves, path, title="Hierarchical risk–coverage on the demo test set (mean over "
+                                                     "seeds)")
+        written["risk-coverage"] = path
+    return "\n".join(lines), written

@@ -132,6 +132,30 @@ def plot_shot_groups(results: Mapping[str, Mapping[str, float | tuple[float, flo
     return drawn
 
 
+def plot_risk_coverage(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path,
+                       title: str = "") -> dict[str, np.ndarray]:
+    """Hierarchical risk against hierarchical coverage (climbing over all thresholds), one line per label;
+    ``curves[label] = (coverage, risk)`` (a metrics.json ``selective.<decoding>.curve``, or its mean over seeds).
+    Returns per label the 2 × n array drawn."""
+    if not curves:
+        raise ValueError("no risk-coverage curves to plot")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    drawn = {}
+    for label, (coverage, risk) in sorted(curves.items()):
+        xy = np.array([coverage, risk], dtype=np.float64)
+        area = float(np.sum(np.diff(xy[0]) * (xy[1][1:] + xy[1][:-1]) / 2))
+        ax.plot(xy[0], xy[1], label=f"{label} (hAURC {area:.4f})")
+        drawn[label] = xy
+    ax.set_xlabel("hierarchical coverage (1 − ln|leaves| / ln K)")
+    ax.set_ylabel("risk (1 − accuracy of the node predictions)")
+    ax.set_title(title or "Hierarchical risk–coverage (climbing)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    return drawn
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Records of a metrics.jsonl log, each (epoch, split) once: a later record replaces an earlier one (a run
     resumed over a log it had not cut back), keeping the first one's place. A torn last line (no newline: a

@@ -32,6 +32,9 @@ HIGHER_IS_BETTER = {"top1": True}
 #: Columns of the shot-group table: "<group>/<metric>" for each group and metric.
 SHOT_METRICS = ("top1", "mistake_severity", "hierdist@1")
 SHOT_KEYS = tuple(f"{group}/{metric}" for metric in SHOT_METRICS for group in SHOT_GROUPS)
+#: Columns of the hierarchical selective table (a metrics.json "selective" section, docs/PREDICTION.md).
+SELECTIVE_PREFIX = "selective/"
+SELECTIVE_KEYS = tuple(f"{SELECTIVE_PREFIX}{k}" for k in ("haurc", "coverage@0.9", "coverage@0.95", "coverage@0.99"))
 
 
 @dataclass(frozen=True)
@@ -135,11 +138,29 @@ def load_run(path: str | Path, include_crm: bool = True) -> list[RunResult]:
             raise ValueError(f"{path}: key 'shots' should map a shot group to its metrics")
         for group, values in shots.items():
             metrics.update({f"{group}/{k}": v for k, v in _metrics_from(values, path, f"shots.{group}.").items()})
+    selective = data.get("selective") if isinstance(data.get("selective"), dict) else {}
+    metrics.update(_selective_metrics(selective.get("plain"), path, "selective.plain."))
     results = [RunResult(path, dataset, method, model, seed, metrics)]
     if include_crm and isinstance(data.get("crm"), dict):
         crm = _metrics_from(data["crm"], path, "crm.")
+        crm.update(_selective_metrics(selective.get("crm"), path, "selective.crm."))
         results.append(RunResult(path, dataset, method + CRM_SUFFIX, model, seed, crm))
     return results
+
+
+def _selective_metrics(section: object, path: Path, where: str) -> dict[str, float]:
+    """``selective/<key>`` numbers of one decoding's selective section (empty when there is none)."""
+    if not isinstance(section, dict):
+        return {}
+    out = {}
+    for key in SELECTIVE_KEYS:
+        value = section.get(key[len(SELECTIVE_PREFIX):])
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)):
+            raise ValueError(f"{path}: key {where}{key[len(SELECTIVE_PREFIX):]!r} should be a number, got {value!r}")
+        out[key] = float(value)
+    return out
 
 
 def find_metric_files(inputs: Iterable[str | Path]) -> list[Path]:
@@ -210,7 +231,7 @@ def build_table(groups: Sequence[Group], keys: Sequence[str] = METRIC_KEYS, pape
     return rows
 
 
-_HEADERS = {"top1": "top-1 (%)", "mistake_severity": "mistake severity"}
+_HEADERS = {"top1": "top-1 (%)", "mistake_severity": "mistake severity", "haurc": "hAURC"}
 
 
 def _header(key: str) -> str:
@@ -219,11 +240,14 @@ def _header(key: str) -> str:
     return f"{group}: {text}" if group else text
 
 
-def markdown_table(dataset: str, rows: Sequence[TableRow], keys: Sequence[str] = METRIC_KEYS) -> str:
+def markdown_table(dataset: str, rows: Sequence[TableRow], keys: Sequence[str] = METRIC_KEYS,
+                   digits: int | None = None) -> str:
     lines = [f"### {dataset}", "", "| method | runs | " + " | ".join(_header(k) for k in keys) + " |",
              "|---|---|" + "---|" * len(keys)]
     for row in rows:
-        lines.append(f"| {row.label.strip()} | {row.runs} | " + " | ".join(row.cells.get(k, "") for k in keys) + " |")
+        cells = row.cells if digits is None else {
+            k: v.format(digits) if isinstance(v, Summary) else row.cells.get(k, "") for k, v in row.values.items()}
+        lines.append(f"| {row.label.strip()} | {row.runs} | " + " | ".join(cells.get(k, "") for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -275,8 +299,24 @@ def make_report(inputs: Iterable[str | Path], *, paper: bool = False, include_cr
         tables = {d: [_with_shots(row, {r.label: r for r in shot_tables.get(d, [])}) for row in rows]
                   for d, rows in tables.items()}
         keys = (*keys, *shot_keys)
+    selective_keys = [k for k in SELECTIVE_KEYS if any(k in r.metrics for r in results)]
+    if selective_keys:
+        selective_tables = {dataset: build_table(group_runs([r for r in runs if any(k in r.metrics
+                                                                                       for k in selective_keys)],
+                                                            by_model), selective_keys)
+                            for dataset, runs in sorted(by_dataset.items())
+                            if any(k in r.metrics for r in runs for k in selective_keys)}
+        markdown += "\n" + "\n".join(markdown_table(f"{dataset} hierarchical selective", rows, selective_keys,
+                                                     digits=4) for dataset, rows in selective_tables.items())
+        tables = {d: [_with_shots(row, {r.label: r for r in selective_tables.get(d, [])}) for row in rows]
+                  for d, rows in tables.items()}
+        keys = (*keys, *selective_keys)
     note = ("\nMean ± t-based 95% confidence interval over seeds (t_{0.975,n−1}·s/√n); "
             "`+crm`: the same model decoded with CRM (argmin of expected hierarchical distance).\n")
     if shot_keys:
         note += ("Shot groups by training images per class: many > 100, medium 20–100, few < 20 (plain decoding).\n")
+    if selective_keys:
+        note += ("Hierarchical selective: climbing from the prediction to the first ancestor with probability ≥ θ "
+                 "over all θ; hAURC = area under risk vs coverage (coverage = 1 − ln|leaves| / ln K; lower is "
+                 "better); coverage@A = the largest coverage with accuracy ≥ A (docs/PREDICTION.md).\n")
     return markdown + note, csv_table(tables, keys)

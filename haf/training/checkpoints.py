@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from haf.safe_files import atomic_write, naming
 from haf.training.crash_points import crash_point
+from haf.training.portable import portable_fields
 from haf.training.run_config import config_from_dict
 from haf.training.run_folder import BEST_LINK_NAME, BEST_NAME, DEEPSPEED_DIR, LAST_NAME
 from haf.training.schema import RunConfig
@@ -84,6 +85,7 @@ def _checkpoint_payload(engine: Any, config: RunConfig, data: Any, *, epoch: int
         "config_source": config.source,
         "classes": list(data.dataset.classes),
         "distances": _distances_state(data.distances),
+        **portable_fields(config, data),  # the class tree and the preprocessing: usable without the dataset
         "metrics": metrics or {},
         "torch_version": str(torch.__version__),
     }

@@ -14,6 +14,7 @@ ranks) and reports the neural-collapse diagnostics ``nc_mean``, ``nc_std`` and `
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,7 @@ def evaluate(
     progress: Any = None,
     collapse: bool = False,
     class_groups: np.ndarray | None = None,
+    selective_tree: Any = None,
 ) -> dict:
     """Evaluate ``model`` (a HierarchyClassifier) on ``loader``.
 
@@ -127,7 +129,10 @@ def evaluate(
     ranks. ``collapse``: also compute the neural-collapse diagnostics (None when the method has no single K-row
     classifier; see :func:`collapse_target`). ``class_groups``: each class's shot group (0 many, 1 medium, 2 few;
     :func:`haf.metrics.shot_groups` of the training counts) adds ``"shots"``: ``{group: metrics}`` of the plain
-    decoding, for the groups with samples (None without ``class_groups``).
+    decoding, for the groups with samples (None without ``class_groups``). ``selective_tree``: a
+    :class:`haf.metrics.selective.NodeTree` of the classes adds ``"selective"``: hierarchical selective metrics
+    (hAURC, coverage at target accuracies, the risk–coverage curve) of climbing from the plain prediction and, with
+    ``crm``, from the CRM one (None without a tree).
     """
     from haf.metrics import ClassMeans, GroupedHierarchicalMetrics, HierarchicalMetrics, crm_scores
 
@@ -145,6 +150,7 @@ def evaluate(
     # h is needed separately: forward() = method(features(images)), so split it rather than run a second pass.
     target = collapse_target(method) if collapse and hasattr(model, "features") else None
     means = ClassMeans(distance_tensor.shape[0], target.weights.shape[1]) if target is not None else None
+    paths: dict[str, list] = {"plain": [], "crm": []} if selective_tree is not None else {}
     start = time.perf_counter()
     for step, (images, targets) in enumerate(loader):
         if max_steps is not None and step >= max_steps:
@@ -162,11 +168,16 @@ def evaluate(
         plain.update(scores, targets)
         if grouped is not None:
             grouped.update(scores, targets)
+        decoded_scores = None
         if decoded is not None:
             if crm_distances is None:
                 crm_distances = distance_tensor.to(scores.device, torch.float32)
             probs = model.probabilities(outputs).float()
-            decoded.update(crm_scores(probs, crm_distances), targets)
+            decoded_scores = crm_scores(probs, crm_distances)
+            decoded.update(decoded_scores, targets)
+        if paths:
+            _selective_update(paths, selective_tree, model.probabilities(outputs).float(), scores, decoded_scores,
+                              targets)
         batch = int(targets.shape[0])
         loss_sum += float(loss.detach().float()) * batch
         count += batch
@@ -190,15 +201,68 @@ def evaluate(
         diagnostics = collapse_diagnostics(*means.compute(), target) or None
     model.train(was_training)
     images_seen = int(totals[1].item())
+    selective = _selective_compute(paths) if paths else None
     return {
         "metrics": plain.compute(),
         "crm": decoded.compute() if decoded is not None else None,
         "collapse": diagnostics,
         "shots": grouped.compute() if grouped is not None else None,
+        "selective": selective,
         "loss": float(totals[0] / max(images_seen, 1)),
         "images": images_seen,
         "seconds": time.perf_counter() - start,
     }
+
+
+def _selective_update(paths: dict, tree: Any, probs: torch.Tensor, scores: torch.Tensor,
+                      decoded_scores: torch.Tensor | None, targets: torch.Tensor) -> None:
+    """Keep each sample's climbing path (probability, coverage, correctness per path node) for the curve."""
+    from haf.metrics.selective import node_probabilities, path_records, row_chunks
+
+    probs = probs.detach().cpu().double().numpy()
+    if not np.isfinite(probs).all():  # a diverged model: no selective metrics for this evaluation (not a crash)
+        paths["nonfinite"] = True
+        return
+    y = targets.detach().cpu().numpy()
+    decided = {name: s.argmax(dim=1).cpu().numpy() for name, s in (("plain", scores), ("crm", decoded_scores))
+               if s is not None}
+    for rows in row_chunks(probs.shape[0], tree.num_nodes):  # B × N node probabilities, a chunk at a time
+        nodes = node_probabilities(probs[rows], tree)
+        for name, leaves in decided.items():
+            paths[name].append(path_records(nodes, tree, leaves[rows], y[rows]))
+
+
+def _selective_compute(paths: dict) -> dict | None:
+    """Merge the kept paths over ranks (all_gather_object) and summarise each decoding's curve."""
+    from haf.metrics.selective import curve_from_paths, selective_summary
+
+    nonfinite = bool(paths.pop("nonfinite", False))
+    out = {}
+    for name, parts in paths.items():
+        local = tuple(np.concatenate([p[i] for p in parts]) for i in range(3)) if parts else None
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (nonfinite, local))
+            nonfinite = any(flag for flag, _ in gathered)
+            pieces = [g for _, g in gathered if g is not None]
+            local = tuple(np.concatenate([g[i] for g in pieces]) for i in range(3)) if pieces else None
+        if local is not None and local[0].shape[0] and not nonfinite:
+            out[name] = selective_summary(curve_from_paths(*local))
+    return out or None
+
+
+def selective_tree_of(data: Any) -> Any:
+    """The :class:`~haf.metrics.selective.NodeTree` of a prepared dataset (its class tree, or the tree of tree
+    distances), or None for a dataset with a distance matrix only."""
+    from haf.hierarchy.tree_distances import TreeDistances
+    from haf.metrics.selective import NodeTree
+
+    hierarchy = getattr(data.dataset, "hierarchy", None)
+    if hierarchy is not None:
+        return NodeTree.from_hierarchy(hierarchy)
+    if isinstance(data.distances, TreeDistances):
+        return NodeTree.from_tree_distances(data.distances)
+    return None
 
 
 def format_metric_table(results: dict[str, dict | None], title: str = "") -> str:
@@ -233,20 +297,23 @@ def evaluate_loaded_checkpoint(model: torch.nn.Module, state: dict, path: Path, 
                                device: torch.device, rank: int = 0, world_size: int = 1,
                                dtype: torch.dtype = torch.float32, channels_last: bool = False, autocast: Any = None,
                                crm: bool = False, show_progress: bool = False, max_steps: int | None = None,
-                               checkpoint_name: str | None = None) -> tuple[dict, dict]:
+                               checkpoint_name: str | None = None, allow_hierarchy_change: bool = False,
+                               selective: bool = True) -> tuple[dict, dict]:
     """The one "model and loader from a checkpoint" path of the final test and ``haf eval``: check the classes,
     load the weights into ``model``, evaluate ``split``; returns (result of :func:`evaluate`, metrics.json record)."""
     from haf.training.assemble import make_split_loader
     from haf.log_setup import progress_bar
     from haf.training.run_folder import result_record
 
-    stored_classes = list(state.get("classes") or [])
-    if stored_classes and stored_classes != list(data.dataset.classes):
-        first = next((i for i, (a, b) in enumerate(zip(stored_classes, data.dataset.classes)) if a != b),
-                     min(len(stored_classes), len(data.dataset.classes)))
-        raise ValueError(f"{path}: the checkpoint's classes differ from dataset {config.dataset.root!r} "
-                         f"({len(stored_classes)} vs {len(data.dataset.classes)} classes; first difference at "
-                         f"index {first}): evaluate on the dataset it was trained on")
+    from haf.training.portable import HierarchyChanged, check_same_hierarchy
+
+    try:
+        check_same_hierarchy(state, data.dataset.classes, data.distances, path=str(path), dataset=config.dataset.root)
+    except HierarchyChanged as error:
+        if not allow_hierarchy_change or "classes differ" in str(error):
+            raise
+        print(f"warning: {error}; evaluating with the dataset's hierarchy (--allow-hierarchy-change)".replace(
+            "; pass --allow-hierarchy-change to evaluate with the dataset's hierarchy", ""), file=sys.stderr)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
@@ -256,11 +323,13 @@ def evaluate_loaded_checkpoint(model: torch.nn.Module, state: dict, path: Path, 
     loader.set_epoch(0)
     bar = progress_bar(eval_steps(loader, max_steps), f"eval {split}", show_progress)
     result = evaluate(model, loader, data.distances, crm=crm, autocast=autocast, max_steps=max_steps, progress=bar,
-                      class_groups=data.class_groups)
+                      class_groups=data.class_groups, selective_tree=selective_tree_of(data) if selective else None)
     if bar is not None:
         bar.close()
     record = result_record(config, result, epoch=int(state["epoch"]), checkpoint=checkpoint_name or str(path),
                            split=split, output_dir=path.parent, method=getattr(model, "method", None))
+    if result.get("selective"):
+        record["selective"] = result["selective"]
     return result, record
 
 
@@ -276,6 +345,7 @@ def evaluate_checkpoint(
     json_out: str | Path | None = None,
     progress: bool = True,
     data: Any = None,
+    allow_hierarchy_change: bool = False,
 ) -> dict:
     """``haf eval``: evaluate a training checkpoint on one split in this process; write and return the metrics.
 
@@ -299,7 +369,13 @@ def evaluate_checkpoint(
     split = split or config.dataset.test_split
     torch_device = choose_device(device)
     if data is None:
-        data = prepare_dataset(config, generate=False)  # evaluation never creates a dataset
+        from haf.training.portable import substitute_missing_hierarchy, temporary_folder
+
+        with temporary_folder() as folder:
+            config, note = substitute_missing_hierarchy(config, state, folder)
+            if note:
+                print(note, file=sys.stderr)
+            data = prepare_dataset(config, generate=False)  # evaluation never creates a dataset
     model = build_model(config, data.dataset, data.distances)
     channels_last = use_channels_last(config.data.channels_last, torch_device)
     model = model.to(torch_device)
@@ -308,11 +384,20 @@ def evaluate_checkpoint(
     use_crm = method_supports_crm(model.method) if crm == "auto" else crm == "on"
     result, record = evaluate_loaded_checkpoint(
         model, state, path, config, data, split, device=torch_device, channels_last=channels_last,
-        autocast=autocast_factory(config.deepspeed.precision, torch_device), crm=use_crm, show_progress=progress)
+        autocast=autocast_factory(config.deepspeed.precision, torch_device), crm=use_crm, show_progress=progress,
+        allow_hierarchy_change=allow_hierarchy_change)
     record["loss"] = result["loss"]
     json_path = Path(json_out) if json_out is not None else path.parent / f"eval-{split}.json"
     atomic_write_text(json_path, json.dumps(record, indent=2) + "\n")
     table = format_metric_table({"plain": result["metrics"], "crm": result["crm"]},
                                 title=f"{path} (epoch {state['epoch']}) on {config.dataset.kind}/{split}, "
                                       f"{result['images']} images:")
+    if result.get("selective"):
+        table += "\n\n" + format_selective_table(result["selective"])
     return {"record": record, "table": table, "json_path": json_path}
+
+
+def format_selective_table(selective: dict) -> str:
+    """hAURC and coverage at the target accuracies per decoding (climbing; docs/PREDICTION.md)."""
+    rows = {name: {k: v for k, v in values.items() if k != "curve"} for name, values in selective.items()}
+    return format_metric_table(rows, title="hierarchical selective (climbing; coverage = 1 - ln|leaves| / ln K):")
