@@ -103,8 +103,8 @@ def _forward_kernels(dtype, batch, dim, num_classes, capability, precision, redu
         precision = "tf32"
     unit = {stride: 1 for stride in _UNIT_STRIDES}
     small = num_classes <= fused.ROW_BLOCK_MAX_CLASSES and batch * num_classes <= fused.SMALL_PROBLEM_ELEMENTS
-    config = fused.choose_config(batch, dim, num_classes, dtype, precision if dtype == torch.float32 else None)
     if small:
+        config = fused.choose_config(batch, dim, num_classes, dtype, None)
         programs = _cdiv(batch, config.row_block_b)
         return [_compile(
             kernels._row_block_kernel,
@@ -118,7 +118,9 @@ def _forward_kernels(dtype, batch, dim, num_classes, capability, precision, redu
              "WRITE_GRAD": True, "INPUT_PRECISION": "ieee" if precision == "ieee" else "tf32x3"},
             config.row_warps, 1, capability,
         )]
-    tiled_precision = precision if dtype == torch.float32 else None
+    tiled_precision = precision if dtype == torch.float32 else ("ieee" if precision == "ieee" else "tf32x3")
+    config = fused.choose_config(batch, dim, num_classes, dtype, tiled_precision)
+    upcast = dtype != torch.float32  # half feature tiles meet the fp32 frame and G (see config._upcast_dot)
     norms = _compile(kernels._row_norm_kernel, {"h_ptr": f"*{name}", "hnorm_ptr": "*fp32", "status_ptr": "*i32"},
                      set(), {"stride_hd": 1, "BLOCK_B": 32, "BLOCK_D": 64}, 4, 1, capability)
     tma = variant == "tma" and tiled_precision != "ieee"  # as the launcher: IEEE fp32 keeps pointer loads
@@ -128,19 +130,19 @@ def _forward_kernels(dtype, batch, dim, num_classes, capability, precision, redu
     logits = _compile(
         logits_kernel,
         {h_arg: _descriptor(name, config.logits_block_b, config.logits_block_d) if tma else operand,
-         w_arg: _descriptor(name, config.logits_block_k, config.logits_block_d) if tma else operand,
+         w_arg: _descriptor("fp32", config.logits_block_k, config.logits_block_d) if tma else "*fp32",
          "inv_wnorm_ptr": "*fp32", "table_ptr": "*fp32", "y_ptr": "*i64",
          "hnorm_ptr": "*fp32", "z_ptr": "*fp32", "part_ptr": "*fp32"},
         set(),
         {**{k: v for k, v in unit.items() if k in logits_kernel.arg_names},
          "H_EPS": fused.FEATURE_EPS, "BLOCK_B": config.logits_block_b, "BLOCK_K": config.logits_block_k,
          "BLOCK_D": config.logits_block_d, "GROUP": config.group, "INPUT_PRECISION": tiled_precision,
-         "UPCAST_DOT": False, "STORE_Z": True, **({} if variant == "basic" else {"TMA": tma})},
+         "UPCAST_DOT": upcast, "STORE_Z": True, **({} if variant == "basic" else {"TMA": tma})},
         config.logits_warps, config.logits_stages, capability,
     )
     softmax = _compile(
         kernels._softmax_grad_kernel,
-        {"z_ptr": "*fp32", "g_ptr": f"*{name}", "part_ptr": "*fp32", "hnorm_ptr": "*fp32", "inv_wnorm_ptr": "*fp32",
+        {"z_ptr": "*fp32", "g_ptr": "*fp32", "part_ptr": "*fp32", "hnorm_ptr": "*fp32", "inv_wnorm_ptr": "*fp32",
          "table_ptr": "*fp32", "y_ptr": "*i64", "loss_ptr": "*fp32", "coef_ptr": "*fp32"},
         {"alpha"},
         {"H_EPS": fused.FEATURE_EPS, "WRITE_G": True, "BLOCK_R": config.rows_block, "BLOCK_C": config.cols_block,
@@ -151,13 +153,13 @@ def _forward_kernels(dtype, batch, dim, num_classes, capability, precision, redu
     g_arg, w_arg = ("g_src", "w_src") if variant != "basic" else ("g_ptr", "w_ptr")
     grad = _compile(
         grad_kernel,
-        {g_arg: _descriptor(name, config.grad_block_b, config.grad_block_k) if tma else operand,
-         w_arg: _descriptor(name, config.grad_block_k, config.grad_block_d) if tma else operand,
+        {g_arg: _descriptor("fp32", config.grad_block_b, config.grad_block_k) if tma else "*fp32",
+         w_arg: _descriptor("fp32", config.grad_block_k, config.grad_block_d) if tma else "*fp32",
          "h_ptr": operand, "coef_ptr": "*fp32", "dh_ptr": operand, "split_ptr": "*fp32", "ticket_ptr": "*i32"},
         set(),
         {**{k: v for k, v in unit.items() if k in grad_kernel.arg_names},
          "BLOCK_B": config.grad_block_b, "BLOCK_D": config.grad_block_d, "BLOCK_K": config.grad_block_k,
-         "GROUP": config.group, "INPUT_PRECISION": tiled_precision, "UPCAST_DOT": False,
+         "GROUP": config.group, "INPUT_PRECISION": tiled_precision, "UPCAST_DOT": upcast,
          **({} if variant == "basic" else {"TMA": tma})},
         config.grad_warps, config.grad_stages_for(variant), capability,
     )

@@ -179,7 +179,7 @@ def fused_frame_loss_forward(
         out = _row_block_forward(plan, features, prepared, table, target, alpha, ignore_index, reduction,
                                  compute_grad, status)
     else:
-        prepared = _prepare_frame(frame, dtype, unit_frame)
+        prepared = _prepare_frame(frame, torch.float32, unit_frame)  # never rounded to half (see tiled)
         out = tiled_forward(plan, features, prepared, table, target, alpha, ignore_index, reduction,
                             compute_grad, return_logits, status, _launch, _launch_checked)
     if device.type != "cuda":

@@ -3,8 +3,9 @@ dH = G W + a h, rows in chunks that bound the transient z (fp32) and G buffers. 
 :mod:`haf.kernels.dense.kernels` (``basic``) and :mod:`haf.kernels.dense.persistent` (``persistent``,
 ``tma``); the variant is fixed in the plan (:func:`haf.kernels.dense.config.resolve_variant`).
 
-W is cast to the input dtype for the tensor cores and r_i = 1/‖w_i‖ is taken from that cast copy, so the cosines
-are those of the operands the GEMM used. Launches go through the ``launch`` callables handed in by
+W stays fp32 in every input dtype (r_i = 1/‖w_i‖ from that copy) and G is stored in fp32: half-precision feature
+tiles are upcast in registers and multiplied with fp32-accurate products (:func:`config._input_precision`), because
+near convergence cos − S ≈ 2⁻⁹ is the size of a half rounding of W or G. Launches go through the ``launch`` callables handed in by
 :mod:`haf.kernels.dense.fused` (the host benchmark counts and stubs them there).
 """
 from __future__ import annotations
@@ -56,8 +57,7 @@ def tiled_plan(batch, dim, classes, dtype, device, compute_grad, return_logits, 
     precision = _input_precision(dtype)
     config = config or choose_config(batch, dim, classes, dtype, precision)
     store_z = compute_grad or return_logits
-    g_in_place = dtype == torch.float32 and not return_logits
-    g_bytes = 0 if (g_in_place or not compute_grad) else torch.finfo(dtype).bits // 8
+    g_bytes = 0  # G (fp32) overwrites z in place whenever rows are chunked (z is returned only unchunked)
     if return_logits or not store_z:
         chunk = batch
     else:
@@ -69,6 +69,11 @@ def tiled_plan(batch, dim, classes, dtype, device, compute_grad, return_logits, 
     return TiledPlan(config, precision, _upcast_dot(dtype), chunk, tiles_k,
                      min(_next_power_of_2(tiles_k), config.partials_block), _cdiv(classes, config.cols_block),
                      variant, programs, tickets)
+
+
+def g_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of G (the per-class gradient fed to kernel 3): fp32 for every input dtype."""
+    return torch.float32
 
 
 def tail_split(tiles: int, programs: int, k_blocks: int, block_k: int) -> tuple[int, int, int]:
@@ -118,9 +123,8 @@ def tiled_forward(plan: TiledPlan, features, prepared, table, target, alpha, ign
     logits = torch.empty(batch, num_classes, device=device, dtype=torch.float32) if return_logits else None
     grad = torch.empty(batch, dim, device=device, dtype=dtype) if compute_grad else None
     store_z = compute_grad or return_logits
-    g_in_place = dtype == torch.float32 and not return_logits
     z_buf = torch.empty(chunk, num_classes, device=device, dtype=torch.float32) if store_z and logits is None else None
-    g_buf = (z_buf if g_in_place else torch.empty(chunk, num_classes, device=device, dtype=dtype)) \
+    g_buf = (z_buf if logits is None else torch.empty(chunk, num_classes, device=device, dtype=g_dtype(dtype))) \
         if compute_grad else None
     tiles_k = plan.tiles_k
     workspace = torch.empty(NUM_PARTIALS * chunk * tiles_k + chunk + batch, device=device, dtype=torch.float32)
