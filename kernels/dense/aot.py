@@ -102,7 +102,7 @@ def _forward_kernels(dtype, batch, dim, num_classes, capability, precision, redu
     if dtype == torch.float32 and precision is None:
         precision = "tf32"
     unit = {stride: 1 for stride in _UNIT_STRIDES}
-    small = num_classes <= fused.ROW_BLOCK_MAX_CLASSES and batch * num_classes <= fused.SMALL_PROBLEM_ELEMENTS
+    small = fused.row_block_regime(batch, dim, num_classes, False)
     if small:
         config = fused.choose_config(batch, dim, num_classes, dtype, None)
         programs = _cdiv(batch, config.row_block_b)
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capability", type=int, default=90, help="CUDA compute capability × 10 (default 90)")
     args = parser.parse_args(argv)
     for label, (batch, dim, classes) in SHAPES.items():
-        tiled = batch * classes > fused.SMALL_PROBLEM_ELEMENTS
+        tiled = not fused.row_block_regime(batch, dim, classes, False)
         for dtype, precision, reduction in VARIANTS:
             for schedule in SCHEDULES if tiled else ("basic",):
                 variant = f"{_TRITON_DTYPE[dtype]}{'/' + precision if precision else ''} {reduction} {schedule}"

@@ -20,9 +20,11 @@ from haf.kernels.backends import TRITON_DTYPES
 #: Input dtypes with a tl.dot path (fp64 stays on the reference): the dispatch rule's list.
 SUPPORTED_DTYPES = TRITON_DTYPES
 NUM_PARTIALS = 5  # per-(row, class tile) partials of the tiled regime
-#: Launch-bound regime: at most this many z elements (B·K) and classes.
+#: Launch-bound regime: at most this many z elements (B·K), classes, and multiply-adds (B·K·D): one program per 16
+#: rows walks every class and feature, so a wide D turns the launch-bound problem into a GEMM the tiles do better.
 SMALL_PROBLEM_ELEMENTS = 1 << 21
 ROW_BLOCK_MAX_CLASSES = 2048
+SMALL_PROBLEM_MACS = 1 << 30
 _REDUCE = {"none": 0, "sum": 1, "mean": 2}
 
 
@@ -104,6 +106,8 @@ class KernelConfig:
                 raise ValueError(f"KernelConfig.{name} must be ≥ 16 (tl.dot's smallest tile), got {getattr(self, name)}")
 
 
+_DEFAULT_CONFIG = KernelConfig()
+
 #: Tiles per (regime, dtype, fp32 precision) for sm_90 (H100/H200). Chosen by compiling every variant ahead of time
 #: (``python -m haf.kernels.dense.aot``: no spills, no serialised wgmma) and, on a GPU, by
 #: ``bench/tune_frame_loss.py``, which times the candidates it lists and prints the winner in this format.
@@ -149,6 +153,13 @@ def choose_config(
             config = KernelConfig(**TUNED[key])
         _CONFIGS[key] = config
     return config
+
+
+def row_block_regime(batch: int, dim: int, num_classes: int, return_logits: bool,
+                     config: KernelConfig | None = None) -> bool:
+    """The launch-bound regime (``_row_block_kernel``) or the tiled one: the one rule, for the launcher and AOT."""
+    return (not return_logits and num_classes <= (config or _DEFAULT_CONFIG).row_block_max_classes
+            and batch * num_classes <= SMALL_PROBLEM_ELEMENTS and batch * num_classes * dim <= SMALL_PROBLEM_MACS)
 
 
 def _input_precision(dtype: torch.dtype) -> str:

@@ -21,6 +21,7 @@ from haf.kernels.dense.config import (
     NUM_PARTIALS, KernelConfig, _cdiv, _chunk_rows, _input_precision, _next_power_of_2, _sm_count,
     _tensor_descriptor_class, _upcast_dot, choose_config, persistent_programs, resolve_variant,
 )
+from haf.kernels.dense.memo import TicketBook
 from haf.kernels.dense.reference import FEATURE_EPS
 
 #: Most class slices a tile of kernel 3's last round is split into.
@@ -50,7 +51,7 @@ class TiledPlan:
     col_blocks: int
     variant: str = "basic"  # see frame_loss_config.VARIANTS
     programs: int = 1  # persistent grid (one program per SM)
-    tickets: torch.Tensor | None = None  # int32 per split tile of kernel 3's last round, zero between launches
+    tickets: TicketBook | None = None  # int32 per split tile of kernel 3's last round, per stream / captured graph
 
 
 def tiled_plan(batch, dim, classes, dtype, device, compute_grad, return_logits, config) -> TiledPlan:
@@ -65,7 +66,7 @@ def tiled_plan(batch, dim, classes, dtype, device, compute_grad, return_logits, 
     tiles_k = _cdiv(classes, config.logits_block_k)
     variant = resolve_variant(device)
     programs = persistent_programs(device)
-    tickets = torch.zeros(programs, dtype=torch.int32, device=device) if variant != "basic" else None
+    tickets = TicketBook(programs, device) if variant != "basic" else None
     return TiledPlan(config, precision, _upcast_dot(dtype), chunk, tiles_k,
                      min(_next_power_of_2(tiles_k), config.partials_block), _cdiv(classes, config.cols_block),
                      variant, programs, tickets)
@@ -110,7 +111,7 @@ def _operands(plan: TiledPlan, a: torch.Tensor, a_block, b: torch.Tensor, b_bloc
 
 
 def tiled_forward(plan: TiledPlan, features, prepared, table, target, alpha, ignore_index, reduction,
-                  compute_grad, return_logits, status, launch, launch_checked) -> FusedOutput:
+                  compute_grad, return_logits, status, launch, launch_checked, tickets=None) -> FusedOutput:
     config = plan.config
     batch, dim = features.shape
     weight = prepared.weight
@@ -171,7 +172,8 @@ def tiled_forward(plan: TiledPlan, features, prepared, table, target, alpha, ign
                H_EPS=FEATURE_EPS, WRITE_G=compute_grad, BLOCK_R=config.rows_block, BLOCK_C=config.cols_block,
                BLOCK_T=plan.block_t, num_warps=config.rows_warps)
         if compute_grad and dim > 0:
-            _grad_features(plan, launch, g, weight, h, coef, grad[start:start + rows], rows, dim, num_classes)
+            _grad_features(plan, launch, g, weight, h, coef, grad[start:start + rows], rows, dim, num_classes,
+                           tickets)
     scale = None
     if reduction == "none":
         loss = loss_rows
@@ -183,7 +185,7 @@ def tiled_forward(plan: TiledPlan, features, prepared, table, target, alpha, ign
     return FusedOutput(loss, logits, grad, scale)
 
 
-def _grad_features(plan: TiledPlan, launch, g, weight, h, coef, dh, rows, dim, num_classes) -> None:
+def _grad_features(plan: TiledPlan, launch, g, weight, h, coef, dh, rows, dim, num_classes, tickets) -> None:
     """Kernel 3 for one chunk: dH = G W + a h, one program per tile, or persistent with a split last round."""
     config = plan.config
     strides = (weight.stride(0), weight.stride(1), h.stride(0), h.stride(1), dh.stride(0), dh.stride(1))
@@ -203,5 +205,5 @@ def _grad_features(plan: TiledPlan, launch, g, weight, h, coef, dh, rows, dim, n
     g_src, w_src, tma = _operands(plan, g, [config.grad_block_b, config.grad_block_k],
                                   weight, [config.grad_block_k, config.grad_block_d])
     launch(P._grad_features_persistent_kernel, (min(plan.programs, units),),
-           g_src, w_src, h, coef, dh, split_buf, plan.tickets, rows, dim, num_classes, full, splits, per_split,
+           g_src, w_src, h, coef, dh, split_buf, tickets, rows, dim, num_classes, full, splits, per_split,
            g.stride(0), *strides, TMA=tma, **meta)
