@@ -58,3 +58,38 @@ def test_tiled_plan_keeps_frame_and_g_in_fp32():
     plan = tiled.tiled_plan(64, 24, 70, torch.bfloat16, torch.device(DEVICE), True, False, INTERPRETER_TILED)
     assert plan.precision in ("tf32x3", "ieee") and plan.upcast
     assert tiled.g_dtype(torch.bfloat16) == torch.float32
+
+
+@pytest.mark.parametrize("regime", ["row-block", "tiled", "reference"])
+def test_finite_huge_features_give_finite_exact_results(regime):
+    """fp32 features of ~1e30 square to inf; norms are taken of rows scaled by their largest element, so the loss
+    and dL/dh stay finite and match float64 on the same values."""
+    gen = torch.Generator().manual_seed(12)
+    frame = F.normalize(torch.randn(30, 16, generator=gen, dtype=torch.float64), dim=1)
+    similarity = (frame @ frame.T).float()
+    target = torch.randint(0, 30, (12,), generator=gen)
+    features = (1e30 * torch.randn(12, 16, generator=gen)).float()
+    features[3] = frame[target[3]].float() * 3e30  # converged row: its cosine term is 0, not Σ S²
+    h = features.clone().to(DEVICE).requires_grad_()
+    args = (frame.float().to(DEVICE), target.to(DEVICE), similarity.to(DEVICE), 0.4, "none")
+    if regime == "reference":
+        loss = hierarchy_frame_loss(h, *args)
+    else:
+        loss = fused.triton_frame_loss(h, *args, config=INTERPRETER_TILED if regime == "tiled" else None)
+    weights = torch.rand(12, generator=gen, dtype=torch.float64)
+    (loss.double().cpu() * weights).sum().backward()
+    exact_h = features.double().requires_grad_()
+    exact = hierarchy_frame_loss(exact_h, frame, target, similarity.double(), 0.4, "none")
+    (exact * weights).sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(h.grad).all()
+    torch.testing.assert_close(loss.detach().double().cpu(), exact.detach(), rtol=1e-5, atol=1e-6)
+    # the cosine term itself (the loss is CE-dominated): the α-part of the converged row is ~0
+    assert float(loss.detach()[3]) <= 1e-5 * float(exact.abs().max())
+    assert (h.grad.cpu().double() - exact_h.grad).abs().max() <= 1e-4 * exact_h.grad.abs().max()
+
+
+def test_scaled_norm_of_the_reference():
+    from haf.kernels.dense.reference import scaled_norm
+
+    rows = torch.tensor([[3e30, 4e30], [0.0, 0.0], [3.0, -4.0]])
+    torch.testing.assert_close(scaled_norm(rows), torch.tensor([5e30, 0.0, 5.0]))
