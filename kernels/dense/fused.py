@@ -115,7 +115,7 @@ class _RowPlan:
     """Launch plan of the launch-bound regime (all host arithmetic done once)."""
 
     grid: tuple[int]
-    work_numel: int  # [loss, scale | B row losses | 2·P partials] (fp32)
+    work_numel: int  # [loss, scale | B row losses | 2·P partials] (fp32; kept by the backward for the scale)
     scratch_numel: int  # [z | G] (fp32, B × K each; transient, never kept for the backward)
     offsets: tuple[int, int, int]  # rows and partials in the workspace, G in the scratch
     meta: dict
@@ -223,12 +223,13 @@ def _scale_grad(grad: torch.Tensor, grad_loss: torch.Tensor, scale, scale_offset
 class FusedFrameLossFunction(torch.autograd.Function):
     """Forward runs the kernels and keeps the per-row dℓ/dh; backward scales it by grad_output (in place: the
     buffer is private to this node and handed over once, so a second backward through it is refused).
-    ``options`` = (alpha, reduction, ignore_index, return_logits, config, unit_frame), one argument so that
-    ``apply`` has little to bind."""
+    ``call`` = (frame, target, similarity, alpha, reduction, ignore_index, return_logits, config, unit_frame), one
+    argument so that ``apply`` has little to bind and to scan: none of them takes a gradient (the frame and S are
+    fixed, refused when they require grad)."""
 
     @staticmethod
-    def forward(ctx, features, frame, target, similarity, options):
-        alpha, reduction, ignore_index, return_logits, config, unit_frame = options
+    def forward(ctx, features, call):
+        frame, target, similarity, alpha, reduction, ignore_index, return_logits, config, unit_frame = call
         out = fused_frame_loss_forward(
             features, frame, target, similarity, alpha, reduction, ignore_index,
             compute_grad=True, return_logits=return_logits, config=config, unit_frame=unit_frame,
@@ -256,7 +257,18 @@ def _backward(ctx, grad_loss):
             "Use backend='reference' for that."
         )
     ctx.grad_features = None
-    return _scale_grad(grad, grad_loss, ctx.scale, ctx.scale_offset, ctx.reduction), None, None, None, None
+    return _scale_grad(grad, grad_loss, ctx.scale, ctx.scale_offset, ctx.reduction), None
+
+
+#: ``FusedFrameLossFunction.apply`` less its Python wrapper (default-argument binding, and the unwrapping of dead
+#: functorch wrappers, which only exist under functorch transforms: then the full ``apply`` runs).
+_C_APPLY = super(torch.autograd.Function, FusedFrameLossFunction).apply
+
+
+def _apply_fused(features: torch.Tensor, call: tuple):
+    if torch._C._are_functorch_transforms_active():
+        return FusedFrameLossFunction.apply(features, call)
+    return _C_APPLY(features, call)
 
 
 #: The backward under ``create_graph=True``; the plain backward runs with grad mode already off and skips the
@@ -295,8 +307,10 @@ def device_guard(features: torch.Tensor):
 def autocast_features(features: torch.Tensor) -> torch.Tensor:
     """fp32 features in the autocast dtype while autocast is on, so the product runs like an autocast matmul (and
     with that dtype's tiles): the eager entry and the compiled operator's caller both apply it."""
+    if features.dtype is not torch.float32:  # half features: no autocast question to ask (the common case)
+        return features
     device_type = features.device.type
-    if features.dtype == torch.float32 and torch.is_autocast_enabled(device_type):
+    if torch.is_autocast_enabled(device_type):
         return features.to(torch.get_autocast_dtype(device_type))
     return features
 
@@ -369,9 +383,8 @@ def triton_frame_loss(
         return (loss, empty) if return_logits else loss
 
     if features.requires_grad and torch.is_grad_enabled():
-        return FusedFrameLossFunction.apply(
-            features, frame, target, similarity, (alpha, reduction, ignore_index, return_logits, config, unit_frame)
-        )
+        return _apply_fused(
+            features, (frame, target, similarity, alpha, reduction, ignore_index, return_logits, config, unit_frame))
     out = fused_frame_loss_forward(
         features, frame, target, similarity, alpha, reduction, ignore_index,
         compute_grad=False, return_logits=return_logits, config=config, unit_frame=unit_frame,
