@@ -19,7 +19,7 @@ from typing import Literal, overload
 import torch
 from torch import nn
 
-from haf.kernels.backends import BACKEND_ENV, BACKENDS, resolve_backend
+from haf.kernels.backends import BACKEND_ENV, BACKENDS, autocast_features, resolve_backend
 from haf.kernels.dense.inputs import parse_alpha
 
 __all__ = ["BACKENDS", "BACKEND_ENV", "FrameLoss", "frame_loss", "resolve_backend"]
@@ -171,8 +171,6 @@ _frame_loss_op.register_autograd(_frame_loss_backward, setup_context=_frame_loss
 def _compiled_frame_loss(features, frame, target, similarity, alpha, reduction, ignore_index, backend,
                          return_logits, unit_frame):
     if backend == "triton":  # as the eager entry: fp32 features run in the autocast dtype, with its tiles
-        from haf.kernels.dense.fused import autocast_features
-
         features = autocast_features(features)
     compute_grad = features.requires_grad and torch.is_grad_enabled()
     loss = _frame_loss_op(features, frame, target, similarity, float(alpha), reduction, int(ignore_index), backend,

@@ -112,6 +112,7 @@ _DEFAULT_CONFIG = KernelConfig()
 #: (``python -m haf.kernels.dense.aot``: no spills, no serialised wgmma) and, on a GPU, by
 #: ``bench/tune_frame_loss.py``, which times the candidates it lists and prints the winner in this format.
 TUNED: dict[tuple[str, str, str | None], dict] = {
+    # half features on the fp32 frame (3×TF32): the fp32-TF32 tiles, checked spill-free by the AOT compile only
     ("tiled", "bf16", "tf32x3"): {"logits_block_d": 32, "grad_block_k": 32, "grad_stages": 3,
                                   "persistent_grad_stages": 2},
     ("tiled", "fp16", "tf32x3"): {"logits_block_d": 32, "grad_block_k": 32, "grad_stages": 3,

@@ -9,7 +9,8 @@ variants: :mod:`haf.kernels.dense.config`).
 
 Per call: a dictionary lookup of the checked arguments and of the plan, the prepared frame and S from a weak memo
 (value checks ran once), a few allocations and the launches; no host synchronisation, so forward + backward is
-CUDA-graph capturable once warm (host cost and budgets: bench/RESULTS.md). NaN/inf features set a status word the
+CUDA-graph capturable once warm (a first call during capture is refused: its plan, prepared copies and ticket
+words must not come from the graph's memory pool) (host cost and budgets: bench/RESULTS.md). NaN/inf features set a status word the
 kernels write: read after the launch on CPU, from pinned host memory at the next call on a GPU; both raise
 ``ValueError``.
 """
@@ -31,6 +32,7 @@ from haf.kernels.dense.config import (  # noqa: F401 (re-exported: tests and ben
 from haf.kernels.dense.inputs import (
     check_frame_loss_inputs, check_frame_values, check_similarity_values, check_target_range, parse_alpha,
 )
+from haf.kernels.backends import autocast_features
 from haf.kernels.dense.memo import PreparedCache, StatusWord, TicketBook, capturing, stream_key
 from haf.kernels.dense.reference import COSINE_EPS, FEATURE_EPS
 from haf.kernels.dense.tiled import FusedOutput, tiled_forward, tiled_plan
@@ -302,17 +304,6 @@ def device_guard(features: torch.Tensor):
     if features.is_cuda and features.device.index != torch.cuda.current_device():
         return torch.cuda.device(features.device)
     return contextlib.nullcontext()
-
-
-def autocast_features(features: torch.Tensor) -> torch.Tensor:
-    """fp32 features in the autocast dtype while autocast is on, so the product runs like an autocast matmul (and
-    with that dtype's tiles): the eager entry and the compiled operator's caller both apply it."""
-    if features.dtype is not torch.float32:  # half features: no autocast question to ask (the common case)
-        return features
-    device_type = features.device.type
-    if torch.is_autocast_enabled(device_type):
-        return features.to(torch.get_autocast_dtype(device_type))
-    return features
 
 
 _CHECKED: dict[tuple, bool] = {}

@@ -158,6 +158,14 @@ def _tree_children_sum(buf_ptr, stride_buf, first_child_ptr, child_count_ptr, ba
     tl.store(base + parents[None, :], acc, mask=mask)
 
 
+def _row_dot(h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """h u per row: cuBLAS, unless deterministic algorithms are asked for (cuBLAS then needs
+    CUBLAS_WORKSPACE_CONFIG); a product-and-sum in that case, which takes no workspace."""
+    if h.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return (h * u).sum(dim=1)
+    return torch.mv(h, u)
+
+
 def _row_stats(h: torch.Tensor, frame: TreeFrameTensors, y: torch.Tensor, shift: torch.Tensor, n: torch.Tensor,
                tensors: dict) -> tuple[torch.Tensor, ...]:
     """(lse, z_y, Σr², Σr, Σz·r) per row: the splits' partials merged in split order."""
@@ -214,7 +222,7 @@ class _TritonTreeFrameLoss(torch.autograd.Function):
             y, keep = targets[start:start + chunk].contiguous(), valid[start:start + chunk]
             norm = torch.linalg.vector_norm(h, dim=1, dtype=torch.float32)
             n = directionless_as_inf(norm).contiguous()
-            shift = (frame.beta * torch.mv(h.float() if h.dtype != torch.float32 else h, u)).contiguous()
+            shift = (frame.beta * _row_dot(h.float() if h.dtype != torch.float32 else h, u)).contiguous()
             lse, z_y, sum_r2, sum_r, sum_zr = _row_stats(h, frame, y, shift, n, tensors)
             losses[start:start + h.shape[0]] = torch.where(keep, (1 - alpha) * (lse - z_y) + alpha * sum_r2, 0.0)
             if not need_grad:
