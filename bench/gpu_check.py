@@ -189,7 +189,7 @@ class _Inputs:
             target[::17] = -100
             self.base[shape] = (features, frame, target, similarity)
         features, frame, target, similarity = self.base[shape]
-        return features.to(dtype).requires_grad_(), frame, target, similarity
+        return features.detach().to(dtype).requires_grad_(), frame, target, similarity  # a fresh leaf per cell
 
 
 def _empty_row(shape, dtype_name: str, variant: str) -> dict:

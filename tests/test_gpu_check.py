@@ -55,7 +55,8 @@ def test_inputs_are_built_once_per_shape_on_the_device():
     h32, frame, target, similarity = inputs.get((6, 8, 5), torch.float32)
     h16, frame_again, _, similarity_again = inputs.get((6, 8, 5), torch.bfloat16)
     assert frame_again is frame and similarity_again is similarity and len(inputs.base) == 1
-    assert torch.equal(similarity, similarity.T) and h16.dtype == torch.bfloat16 and h32.requires_grad
+    assert torch.equal(similarity, similarity.T) and h16.dtype == torch.bfloat16
+    assert h32.is_leaf and h16.is_leaf and h32.requires_grad and h16.requires_grad  # each cell's own leaf
     torch.testing.assert_close(h16.float(), h32.detach(), rtol=1e-2, atol=1e-2)
 
 
