@@ -29,10 +29,15 @@ test: setup
 bench: setup
 	$(PY) -m pytest bench/ -q
 
-# On a bare GPU machine (torch, Triton, pytest only; no venv, no install): loss tests, loss benchmark, train step.
-# Deliberately not depending on setup: it runs with whatever python3 has torch. Writes bench/results/*_gpu.json.
+# On a bare GPU machine (torch, Triton, pytest only; no venv, no install): kernel tests, loss benchmark, train step.
+# Deliberately not depending on setup: it runs with GPU_PYTHON if set, else the first of python3, python that
+# imports torch. Writes bench/results/*_gpu.json (≤ 8 min on one H100; `--plan` shows the cells and budgets).
 gpu-check:
-	$(PYTHON) bench/gpu_check.py
+	@py="$(GPU_PYTHON)"; \
+	if [ -z "$$py" ]; then for candidate in python3 python; do \
+	  if $$candidate -c "import torch" >/dev/null 2>&1; then py=$$candidate; break; fi; done; fi; \
+	if [ -z "$$py" ]; then echo "make gpu-check: error: neither python3 nor python imports torch" >&2; exit 2; fi; \
+	echo "$$py bench/gpu_check.py"; $$py bench/gpu_check.py
 
 # Also rewrites docs/demo/results.md, the README's results block and docs/demo/*.png from this run.
 demo: setup

@@ -343,7 +343,7 @@ def test_host_cost_fused_vs_eager(monkeypatch):
     try:
         for batch, dim, classes in HOST_SHAPES:
             h, frame, target, similarity = _inputs(Shape("host", batch, dim, classes, "paper"), torch.bfloat16)
-            options = (ALPHA, "mean", -100, False, None, False)
+            call = (frame, target, similarity, ALPHA, "mean", -100, False, None, False)
 
             def fused_step():
                 h.grad = None
@@ -351,7 +351,7 @@ def test_host_cost_fused_vs_eager(monkeypatch):
 
             def unchecked_step():
                 h.grad = None
-                fused.FusedFrameLossFunction.apply(h, frame, target, similarity, options).backward()
+                fused.FusedFrameLossFunction.apply(h, call).backward()
 
             x = h[:4, :4].detach().float().clone().requires_grad_()
             tiny = (frame[:4, :4], target[:4].clamp_min(0) % 4, similarity[:4, :4])

@@ -1,16 +1,23 @@
-"""One-command GPU check of the fused frame loss (``make gpu-check`` = ``python3 bench/gpu_check.py``).
+"""One-command GPU check of the fused frame loss (``make gpu-check`` = ``python bench/gpu_check.py``, whichever of
+``python3``/``python`` has torch; every child process runs under ``sys.executable``).
 
 Runs on a bare H100/H200 machine with this checkout and torch / Triton / pytest only (``haf`` imported through
-:mod:`haf_path`; DeepSpeed and DALI never imported). Three parts, each in its own process and time budget:
-``tests`` — ``pytest -m gpu`` on the loss's test files; ``loss`` — forward + backward at the five shapes, fp32
-(TF32) and bf16, eager / ``torch.compile`` / fused (CUDA-event median, peak ``max_memory_allocated`` above the
-start), plus the fused path's other schedule variants (``HAF_FRAME_LOSS_VARIANT``) at the two large shapes, each
-row naming its ``variant`` → ``bench/results/frame_loss_gpu.json``; ``train`` — ResNet-50 + type-II head + HAFrame,
-plain engine, bf16, batch 256 → ``bench/results/train_step_gpu.json``. A failing part records its error; the
-others still run.
+:mod:`haf_path`; DeepSpeed and DALI never imported; torch ≥ 2.11, Triton ≥ 3.6). Three parts, each in its own
+process and time budget (``BUDGETS``, ≤ 8 minutes in all):
 
-``--dry-run``: the same plumbing on CPU at tiny shapes (Triton's interpreter, ``torch.compile`` with its eager
-backend, no peak memory), written to ``--out``; the tests check its files.
+``tests`` — the whole kernel test suite on CUDA (``KERNEL_TEST_FILES``: odd shapes, reductions, dtypes, near
+convergence, variants, concurrency, tree loss; ``-m "not slow"``), outcome counts and failures written after each
+test; ``loss`` — forward + backward per cell (shape × dtype × path/variant), CUDA-event median and peak
+``max_memory_allocated`` above the start, inputs built once per shape on the GPU (S = W Wᵀ there), in the order of
+:func:`loss_plan`: eager and fused (``basic``) at every shape, then the ``persistent``/``tma`` variants at the large
+shapes, then ``torch.compile`` (whose compilation is the slowest part) — each cell with its own budget, its
+seconds and any skip recorded in its row → ``bench/results/frame_loss_gpu.json``; ``train`` — ResNet-50 + type-II
+head + HAFrame, plain engine, bf16, batch 256 → ``bench/results/train_step_gpu.json``. A failing part records its
+error; the others still run.
+
+``--plan`` prints the cell order and per-cell budgets and exits. ``--dry-run`` prints the plan, then runs the same
+plumbing on CPU at tiny shapes (Triton's interpreter, ``torch.compile`` with its eager backend, no peak memory, the
+tests part only collecting) into ``--out``; the tests check its files.
 """
 from __future__ import annotations
 
@@ -26,11 +33,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-LOSS_TEST_FILES = ["tests/test_frame_loss_triton.py", "tests/test_frame_loss_rules.py",
-                   "tests/test_frame_loss_dispatch.py", "tests/test_losses.py", "tests/test_frame_loss_variants.py"]
-#: Of those, files whose every test runs here (on CPU they run in the interpreter, unmarked): the others run their
-#: tests marked ``gpu`` only.
-WHOLE_TEST_FILES = {"tests/test_frame_loss_variants.py"}
+#: The kernel test suite, run whole on CUDA (the AOT compile test, marked slow, needs no GPU and is left out).
+KERNEL_TEST_PATTERNS = ("tests/test_frame_loss_*.py", "tests/test_tree_frame_loss*.py")
 GPU_SHAPES = [(64, 100, 100), (256, 1010, 1010), (1024, 608, 608), (4096, 10000, 10000), (8192, 2048, 32000)]
 DRY_SHAPES = [(8, 16, 12), (24, 40, 72)]
 #: Shapes where every schedule variant of the tiled regime is timed too (fused path only; rows with "variant").
@@ -38,8 +42,13 @@ VARIANT_SHAPES = [(4096, 10000, 10000), (8192, 2048, 32000)]
 DRY_VARIANT_SHAPES = [(8, 16, 2100)]  # K > 2048: the tiled regime
 OTHER_VARIANTS = ("persistent", "tma")
 DTYPES = ("fp32", "bf16")
-#: Seconds per part on a GPU (sum ≤ 8 minutes with start-up); the dry run gets the same budgets.
-BUDGETS = {"tests": 150, "loss": 210, "train": 90}
+#: Seconds per part on a GPU (sum 440 s: ≤ 8 minutes with the processes' start-up); the dry run gets the same.
+BUDGETS = {"tests": 180, "loss": 200, "train": 60}
+#: Seconds per loss cell: (small shapes, large shapes (B·K > 2²⁴)); compiled cells include their compilation. The
+#: cells' sum fits the loss part's budget less its start-up margin (:func:`loss_plan`).
+CELL_BUDGETS = {"eager": (2.0, 6.0), "fused": (2.0, 6.0), "variant": (6.0, 6.0), "compiled": (5.0, 9.0)}
+#: Seconds of the loss part kept for its process start-up and imports.
+LOSS_MARGIN = 12
 PATHS = ("eager", "compiled", "fused")
 FORBIDDEN = ("deepspeed", "nvidia.dali")
 
@@ -111,25 +120,82 @@ class _Timer:
 # ----------------------------------------------------------------------------------------------------------------
 # Part "loss"
 # ----------------------------------------------------------------------------------------------------------------
-def _loss_inputs(shape, dtype, device):
-    import torch
-    import torch.nn.functional as F
+def kernel_test_files() -> list[str]:
+    return sorted(str(path.relative_to(ROOT)) for pattern in KERNEL_TEST_PATTERNS for path in ROOT.glob(pattern)
+                  if path.name != "test_frame_loss_compile.py")
 
-    batch, dim, classes = shape
-    gen = torch.Generator().manual_seed(batch + classes)
-    frame = F.normalize(torch.randn(classes, dim, generator=gen), dim=1)
-    gram = (frame @ frame.T).clamp(-1.0, 1.0)
-    similarity = 0.5 * (gram + gram.T)
-    features = torch.randn(batch, dim, generator=gen)
-    target = torch.randint(0, classes, (batch,), generator=gen)
-    target[::17] = -100
-    return (features.to(device=device, dtype=dtype).requires_grad_(), frame.to(device), target.to(device),
-            similarity.to(device))
+
+def _large(shape) -> bool:
+    return shape[0] * shape[2] > (1 << 24)
+
+
+def loss_plan(dry_run: bool) -> list[dict]:
+    """The loss part's cells in run order, each with its budget: eager and fused (``basic``) at every shape, then
+    the other schedule variants of the fused path at the large shapes, then ``torch.compile`` — so the cells the
+    check exists for never wait behind compilation. Shapes are visited in order within each group."""
+    shapes = DRY_SHAPES if dry_run else GPU_SHAPES
+    variant_shapes = DRY_VARIANT_SHAPES if dry_run else VARIANT_SHAPES
+    cells = []
+
+    def add(shape, dtype_name, path, variant, kind):
+        cells.append({"shape": tuple(shape), "dtype": dtype_name, "path": path, "variant": variant,
+                      "budget_s": CELL_BUDGETS[kind][_large(shape)]})
+
+    for shape in shapes:
+        for dtype_name in DTYPES:
+            add(shape, dtype_name, "eager", "basic", "eager")
+            add(shape, dtype_name, "fused", "basic", "fused")
+    for variant in OTHER_VARIANTS:
+        for shape in variant_shapes:
+            for dtype_name in DTYPES:
+                add(shape, dtype_name, "fused", variant, "variant")
+    for shape in shapes:
+        for dtype_name in DTYPES:
+            add(shape, dtype_name, "compiled", "basic", "compiled")
+    return cells
+
+
+def format_plan(cells: list[dict]) -> str:
+    total = sum(cell["budget_s"] for cell in cells)
+    lines = [f"loss part: {len(cells)} cells, {total:.0f} s of cell budgets within the part's {BUDGETS['loss']} s "
+             f"(less {LOSS_MARGIN} s start-up); "
+             f"parts: " + ", ".join(f"{name} {budget} s" for name, budget in BUDGETS.items())
+             + f" (total {sum(BUDGETS.values())} s)"]
+    for index, cell in enumerate(cells, 1):
+        lines.append(f"{index:>3}. {cell['path']:<8} {cell['variant']:<10} {cell['dtype']:<4} "
+                     f"{'x'.join(map(str, cell['shape'])):<18} budget {cell['budget_s']:>4.0f} s")
+    return "\n".join(lines)
+
+
+class _Inputs:
+    """Loss inputs built once per shape on the device (S = W Wᵀ there: no CPU GEMM, no host copy), features cast
+    per dtype from one fp32 draw."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.base = device, {}
+
+    def get(self, shape, dtype):
+        import torch
+        import torch.nn.functional as F
+
+        if shape not in self.base:
+            batch, dim, classes = shape
+            gen = torch.Generator(device=self.device).manual_seed(batch + classes)
+            frame = F.normalize(torch.randn(classes, dim, generator=gen, device=self.device), dim=1)
+            gram = (frame @ frame.T).clamp_(-1.0, 1.0)
+            similarity = gram.add_(gram.T.clone()).mul_(0.5)  # symmetric bit for bit
+            features = torch.randn(batch, dim, generator=gen, device=self.device)
+            target = torch.randint(0, classes, (batch,), generator=gen, device=self.device)
+            target[::17] = -100
+            self.base[shape] = (features, frame, target, similarity)
+        features, frame, target, similarity = self.base[shape]
+        return features.detach().to(dtype).requires_grad_(), frame, target, similarity  # a fresh leaf per cell
 
 
 def _empty_row(shape, dtype_name: str, variant: str) -> dict:
     return {"shape": list(shape), "dtype": dtype_name, "variant": variant, "eager_ms": None, "compiled_ms": None,
-            "fused_ms": None, "eager_peak_mib": None, "fused_peak_mib": None, "compiled_peak_mib": None}
+            "fused_ms": None, "eager_peak_mib": None, "fused_peak_mib": None, "compiled_peak_mib": None,
+            "cells": {}}
 
 
 def _loss_part(result_path: Path, dry_run: bool, budget: float) -> None:
@@ -139,8 +205,8 @@ def _loss_part(result_path: Path, dry_run: bool, budget: float) -> None:
     from haf.kernels import frame_loss
     from haf.kernels.dense.config import VARIANT_ENV
 
-    default_variant = os.environ.get(VARIANT_ENV, "").strip().lower() or "basic"
-    deadline = time.monotonic() + budget - 10
+    part_start = time.monotonic()
+    deadline = part_start + budget - LOSS_MARGIN // 2
     cuda = torch.cuda.is_available() and not dry_run
     device = "cuda" if cuda else "cpu"
     torch.set_float32_matmul_precision("high")  # TF32 for fp32 on the GPU, in every path alike
@@ -148,16 +214,16 @@ def _loss_part(result_path: Path, dry_run: bool, budget: float) -> None:
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, 64)
     timer = _Timer(cuda)
-    shapes = DRY_SHAPES if dry_run else GPU_SHAPES
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    out = {**_environment(dry_run), "matmul_precision": "high", "rows": [], "errors": []}
-    rows = {(shape, dtype_name): _empty_row(shape, dtype_name, default_variant)
-            for shape in shapes for dtype_name in DTYPES}
-    variant_rows = {(shape, dtype_name, variant): _empty_row(shape, dtype_name, variant)
-                    for variant in OTHER_VARIANTS for shape in (DRY_VARIANT_SHAPES if dry_run else VARIANT_SHAPES)
-                    for dtype_name in DTYPES}
-    out["rows"] = list(rows.values()) + list(variant_rows.values())
+    plan = loss_plan(dry_run)
+    rows: dict = {}
+    for cell in plan:
+        key = (cell["shape"], cell["dtype"], "basic" if cell["path"] != "fused" else cell["variant"])
+        rows.setdefault(key, _empty_row(cell["shape"], cell["dtype"], key[2]))
+    out = {**_environment(dry_run), "matmul_precision": "high", "rows": list(rows.values()), "errors": [],
+           "plan": [{**cell, "shape": list(cell["shape"])} for cell in plan]}
     compile_backend = "eager" if dry_run else "inductor"
+    inputs = _Inputs(device)
 
     def loss_fn(path):
         if path == "eager":
@@ -167,43 +233,64 @@ def _loss_part(result_path: Path, dry_run: bool, budget: float) -> None:
             return torch.compile(reference.hierarchy_frame_loss, backend=compile_backend, dynamic=False)
         return lambda *args: frame_loss(*args, backend="triton")
 
-    # eager and fused first at every shape, then compiled (its compilation time must not starve the others), then
-    # the other schedule variants of the fused path at the large shapes (eager figures copied from the basic row)
-    cells = [(key, row, path) for paths in (("eager", "fused"), ("compiled",)) for key, row in rows.items()
-             for path in paths]
-    cells += [((shape, dtype_name), row, "fused") for (shape, dtype_name, _), row in variant_rows.items()]
-    for (shape, dtype_name), row, path in cells:
-        os.environ[VARIANT_ENV] = row["variant"]
-        if row is not rows.get((shape, dtype_name)):
-            for key in ("eager_ms", "compiled_ms", "eager_peak_mib", "compiled_peak_mib"):
-                row[key] = rows.get((shape, dtype_name), {}).get(key)
-        if time.monotonic() > deadline:
-            out["errors"].append(f"{path} {row['variant']} {shape} {dtype_name}: skipped, part budget of "
-                                 f"{budget:.0f} s spent")
+    for cell in plan:
+        shape, dtype_name, path, variant = cell["shape"], cell["dtype"], cell["path"], cell["variant"]
+        row = rows[(shape, dtype_name, variant if path == "fused" else "basic")]
+        label = f"{path} {variant} {shape} {dtype_name}"
+        record = row["cells"][path] = {"budget_s": cell["budget_s"], "seconds": 0.0, "rounds": 0, "skipped": None}
+        now = time.monotonic()
+        if now + min(cell["budget_s"], 2.0) > deadline:
+            record["skipped"] = f"part budget of {budget:.0f} s spent"
+            out["errors"].append(f"{label}: skipped, part budget of {budget:.0f} s spent")
+            _write_json(result_path, out)
             continue
+        os.environ[VARIANT_ENV] = variant
         try:
             fn = loss_fn(path)
-            inputs = _loss_inputs(shape, dtypes[dtype_name], device)
+            args = inputs.get(shape, dtypes[dtype_name])
 
             def step():
-                inputs[0].grad = None
-                fn(*inputs, 0.4).backward()
+                args[0].grad = None
+                fn(*args, 0.4).backward()
 
-            large = shape[0] * shape[2] > (1 << 24)
-            warmup, rounds = (1, 3) if dry_run else ((2, 5) if large else (10, 30))
-            row[f"{path}_ms"] = round(timer.median_ms(step, warmup, rounds), 4)
+            cell_deadline = min(now + cell["budget_s"], deadline)
+            rounds, warm_ms = _rounds_for(timer, step, cell_deadline, dry_run)
+            row[f"{path}_ms"] = round(timer.median_ms(step, 0, rounds), 4)
             peak = timer.peak_mib(step)
             row[f"{path}_peak_mib"] = None if peak is None else round(peak, 2)
-            del inputs
+            record["rounds"] = rounds
+            record["warmup_ms"] = round(warm_ms, 3)
         except Exception as error:  # recorded; the other cells still run
-            out["errors"].append(f"{path} {row['variant']} {shape} {dtype_name}: {type(error).__name__}: "
-                                 f"{error}"[:500])
+            record["skipped"] = f"{type(error).__name__}: {error}"[:300]
+            out["errors"].append(f"{label}: {type(error).__name__}: {error}"[:500])
         finally:
             if cuda:
                 torch.cuda.empty_cache()
+        record["seconds"] = round(time.monotonic() - now, 2)
         _write_json(result_path, out)
+    for row in rows.values():  # variant rows carry their shape's eager/compiled figures for the ratios
+        if row["variant"] != "basic":
+            base = rows.get((tuple(row["shape"]), row["dtype"], "basic"), {})
+            for key in ("eager_ms", "compiled_ms", "eager_peak_mib", "compiled_peak_mib"):
+                row[key] = base.get(key)
+    out["seconds"] = round(time.monotonic() - part_start, 1)
     out["imported_forbidden"] = [name for name in FORBIDDEN if name in sys.modules]
     _write_json(result_path, out)
+
+
+def _rounds_for(timer: "_Timer", step, cell_deadline: float, dry_run: bool) -> tuple[int, float]:
+    """One warm-up step (compilation included), then as many timed rounds as the cell's budget leaves (3 to 30;
+    the peak-memory step counts as one more)."""
+    begin = time.monotonic()
+    timer.median_ms(step, 0, 1)
+    warm = time.monotonic() - begin
+    if dry_run:
+        return 2, 1e3 * warm
+    begin = time.monotonic()
+    timer.median_ms(step, 0, 1)
+    per_step = max(time.monotonic() - begin, 1e-4)
+    left = cell_deadline - time.monotonic()
+    return max(3, min(30, int(left / per_step) - 1)), 1e3 * warm
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -280,17 +367,17 @@ def _tests_part(result_path: Path, dry_run: bool, budget: float) -> None:
     import pytest
 
     start = time.monotonic()
+    files = kernel_test_files()
     out = {"returncode": None, "passed": 0, "failed": 0, "skipped": 0, "failed_tests": [], "seconds": 0.0,
-           "files": LOSS_TEST_FILES}
+           "files": files, "selection": "-m gpu (collection only on CPU)" if dry_run else "-m 'not slow'",
+           "slowest": []}
+    durations: list = []
 
     class Record:
-        @pytest.hookimpl(tryfirst=True)  # before ``-m gpu`` deselects
-        def pytest_collection_modifyitems(self, items):
-            for item in items:
-                if item.nodeid.split("::", 1)[0] in WHOLE_TEST_FILES:
-                    item.add_marker(pytest.mark.gpu)
-
         def pytest_runtest_logreport(self, report):
+            if report.when == "call":
+                durations.append((round(report.duration, 2), report.nodeid))
+                out["slowest"] = sorted(durations, reverse=True)[:10]
             if report.when == "call" or report.outcome != "passed":
                 out[report.outcome] = out.get(report.outcome, 0) + 1
                 if report.outcome == "failed":
@@ -298,7 +385,7 @@ def _tests_part(result_path: Path, dry_run: bool, budget: float) -> None:
                 out["seconds"] = round(time.monotonic() - start, 1)
                 _write_json(result_path, out)
 
-    args = ["-q", "-m", "gpu", "-p", "no:cacheprovider", "-o", "addopts=-ra", *LOSS_TEST_FILES]
+    args = ["-q", "-m", "gpu" if dry_run else "not slow", "-p", "no:cacheprovider", "-o", "addopts=-ra", *files]
     out["returncode"] = int(pytest.main(args, plugins=[Record()]))
     out["seconds"] = round(time.monotonic() - start, 1)
     _write_json(result_path, out)
@@ -373,7 +460,9 @@ def _environment_from_parent(dry_run: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dry-run", action="store_true", help="CPU plumbing check at tiny shapes")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, then the CPU plumbing check at "
+                                                                   "tiny shapes")
+    parser.add_argument("--plan", action="store_true", help="print the loss cells' order and budgets, and exit")
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON files (default bench/results, "
                                                                   "a temporary folder with --dry-run)")
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of tests,loss,train")
@@ -388,6 +477,10 @@ def main(argv: list[str] | None = None) -> int:
         haf_path.install()
         PARTS[args.part](args.result, args.dry_run, args.budget)
         return 0
+    if args.plan or args.dry_run:
+        print(format_plan(loss_plan(dry_run=False)), flush=True)
+        if args.plan:
+            return 0
     parts = [part.strip() for part in args.parts.split(",") if part.strip()]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:

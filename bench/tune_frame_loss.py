@@ -29,8 +29,8 @@ _TILED_FIELDS = [
 ]
 _ROW_FIELDS = [{"row_block_b": (16, 32), "row_block_k": (32, 64, 128), "row_block_d": (32, 64), "row_warps": (4, 8)}]
 KEYS = {
-    "bf16": (("tiled", "bf16", None), "bf16", "high", (8192, 2048, 32000), _TILED_FIELDS),
-    "fp16": (("tiled", "fp16", None), "fp16", "high", (8192, 2048, 32000), _TILED_FIELDS),
+    "bf16": (("tiled", "bf16", "tf32x3"), "bf16", "high", (8192, 2048, 32000), _TILED_FIELDS),
+    "fp16": (("tiled", "fp16", "tf32x3"), "fp16", "high", (8192, 2048, 32000), _TILED_FIELDS),
     "fp32-tf32": (("tiled", "fp32", "tf32"), "fp32", "high", (8192, 2048, 32000), _TILED_FIELDS),
     "fp32-ieee": (("tiled", "fp32", "ieee"), "fp32", "highest", (4096, 2048, 8000), _TILED_FIELDS),
     # the row-block tiles live in the small-problem entry (merged into it when printed)

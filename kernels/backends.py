@@ -10,7 +10,7 @@ import os
 
 import torch
 
-__all__ = ["BACKENDS", "BACKEND_ENV", "TRITON_DTYPES", "resolve_backend"]
+__all__ = ["BACKENDS", "BACKEND_ENV", "TRITON_DTYPES", "autocast_features", "resolve_backend"]
 
 BACKENDS = ("auto", "triton", "reference")
 #: Environment variable that replaces ``backend="auto"`` (values: ``BACKENDS``).
@@ -36,3 +36,14 @@ def resolve_backend(backend: str, features: torch.Tensor) -> str:
         fast = features.is_cuda and features.dtype in TRITON_DTYPES and _triton_importable()
         backend = "triton" if fast else "reference"
     return backend
+
+
+def autocast_features(features: torch.Tensor) -> torch.Tensor:
+    """fp32 features in the autocast dtype while autocast is on, so the Triton path's product runs like an autocast
+    matmul (and with that dtype's tiles): the eager entry and the compiled operator's caller both apply it."""
+    if features.dtype is not torch.float32:  # half features: no autocast question to ask (the common case)
+        return features
+    device_type = features.device.type
+    if torch.is_autocast_enabled(device_type):
+        return features.to(torch.get_autocast_dtype(device_type))
+    return features

@@ -19,7 +19,7 @@ from typing import Literal, overload
 import torch
 from torch import nn
 
-from haf.kernels.backends import BACKEND_ENV, BACKENDS, resolve_backend
+from haf.kernels.backends import BACKEND_ENV, BACKENDS, autocast_features, resolve_backend
 from haf.kernels.dense.inputs import parse_alpha
 
 __all__ = ["BACKENDS", "BACKEND_ENV", "FrameLoss", "frame_loss", "resolve_backend"]
@@ -123,12 +123,13 @@ def _frame_loss_op(
     reduction: str, ignore_index: int, backend: str, unit_frame: bool, compute_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, per-row dℓ/dh or an empty tensor, batch weight (1,)): dL/dh = grad_output · weight · dℓ/dh."""
-    if backend == "triton":
-        from haf.kernels.dense.fused import fused_frame_loss_forward, triton_frame_loss_checks
+    if backend == "triton":  # the eager entry's checks, device guard and plan (autocast: the caller casts)
+        from haf.kernels.dense.fused import device_guard, fused_frame_loss_forward, triton_frame_loss_checks
 
         alpha = triton_frame_loss_checks(features, frame, target, similarity, alpha, reduction, ignore_index)
-        out = fused_frame_loss_forward(features, frame, target, similarity, alpha, reduction, ignore_index,
-                                       compute_grad=compute_grad, unit_frame=unit_frame)
+        with device_guard(features):
+            out = fused_frame_loss_forward(features, frame, target, similarity, alpha, reduction, ignore_index,
+                                           compute_grad=compute_grad, unit_frame=unit_frame)
         grad = out.grad_features if out.grad_features is not None else features.new_empty(0)
         scale = out.scale_tensor()
         scale = scale.clone() if scale is not None else torch.ones(1, device=features.device)
@@ -169,6 +170,8 @@ _frame_loss_op.register_autograd(_frame_loss_backward, setup_context=_frame_loss
 
 def _compiled_frame_loss(features, frame, target, similarity, alpha, reduction, ignore_index, backend,
                          return_logits, unit_frame):
+    if backend == "triton":  # as the eager entry: fp32 features run in the autocast dtype, with its tiles
+        features = autocast_features(features)
     compute_grad = features.requires_grad and torch.is_grad_enabled()
     loss = _frame_loss_op(features, frame, target, similarity, float(alpha), reduction, int(ignore_index), backend,
                           bool(unit_frame), compute_grad)[0]

@@ -71,7 +71,7 @@ def _check_tma_choice(dtype, monkeypatch):
         assert launched["_grad_features_persistent_kernel"][0] is aligned
         assert launched["_grad_features_persistent_kernel"][1] == (3,)  # 3 whole tiles + 2 slices on 3 programs
         plans = [p for p in fused._PLANS.values() if isinstance(p, tiled.TiledPlan) and p.variant == "tma"]
-        assert plans and all((p.tickets == 0).all() for p in plans)  # each split tile's last slice reset its ticket
+        assert plans and all((p.tickets.buffer == 0).all() for p in plans)  # each split tile's last slice reset its ticket
 
 
 def test_tail_split_covers_every_tile_and_class():

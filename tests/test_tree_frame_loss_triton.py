@@ -48,3 +48,94 @@ def test_fused_losses_without_grad():
     with torch.no_grad():
         without = frame_loss(h.requires_grad_(), frame, y, None, 0.4, "none", backend="triton")
     torch.testing.assert_close(without, with_grad.detach())
+
+
+def _problem(num_leaves=70, batch=19, seed=0):
+    frame = build_frame(random_hierarchy(num_leaves, seed + 3, unary_root=True), 3.0, factorization="tree",
+                        convention="fixed-depth")
+    gen = torch.Generator().manual_seed(seed)
+    h = (2 * torch.randn(batch, frame.width, generator=gen)).to(DEVICE)
+    y = torch.randint(0, num_leaves, (batch,), generator=gen).to(DEVICE)
+    return frame, h, y
+
+
+@pytest.mark.parametrize("splits", [1, 2, 5])
+def test_statistics_split_over_classes_match_reference(splits, monkeypatch):
+    """The statistics kernel's class splits (whole class blocks, the last one short) merged on the host."""
+    from haf.kernels.tree import fused as tree_fused
+
+    monkeypatch.setattr(tree_fused, "CLASS_SPLITS", splits)
+    monkeypatch.setattr(tree_fused, "BLOCK_K", 16)  # 70 classes: 5 blocks, so 2 splits are 3 + 2 blocks
+    frame, h, y = _problem()
+    fast_h, ref_h = h.clone().requires_grad_(), h.double().requires_grad_()
+    fast = frame_loss(fast_h, frame, y, None, 0.4, "none", backend="triton")
+    ref = frame_loss(ref_h, frame, y, None, 0.4, "none", backend="reference")
+    fast.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(fast.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_h.grad.double(), ref_h.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_backward_is_deterministic_and_uses_no_atomics():
+    """Subtree sums by leaf stores and per-level child sums in child order: two runs agree bit for bit, also under
+    torch.use_deterministic_algorithms(True), and no kernel of the path adds atomically."""
+    import inspect
+
+    from haf.kernels.tree import fused as tree_fused
+
+    assert "atomic_add" not in inspect.getsource(tree_fused)
+    frame, h, y = _problem(num_leaves=40, batch=23, seed=1)
+    grads = []
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(2):
+            x = h.clone().requires_grad_()
+            frame_loss(x, frame, y, None, 0.4, "mean", backend="triton").backward()
+            grads.append(x.grad)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_second_backward_with_retain_graph_and_double_backward(backend):
+    frame, h, y = _problem(num_leaves=30, batch=7, seed=2)
+    x = h.clone().requires_grad_()
+    loss = frame_loss(x, frame, y, None, 0.4, "mean", backend=backend)
+    loss.backward(retain_graph=True)
+    first = x.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(x.grad, 2 * first)  # the saved gradient was not scaled in place
+    x = h.clone().requires_grad_()
+    loss = frame_loss(x, frame, y, None, 0.4, "mean", backend=backend)
+    with pytest.raises(RuntimeError, match="^double backward through the tree frame loss is not supported$"):
+        torch.autograd.grad(loss, x, create_graph=True)
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_float_ignore_index_is_refused(backend):
+    frame, h, y = _problem(num_leaves=30, batch=7, seed=3)
+    with pytest.raises(TypeError, match="ignore_index must be an int, got float -100.0"):
+        frame_loss(h, frame, y, None, 0.4, "mean", -100.0, backend=backend)
+
+
+@pytest.mark.parametrize("field, message", [
+    ("sqrt_a", "sqrt_a has non-finite"), ("node_similarity", "g has non-finite"), ("u", "u has non-finite"),
+    ("beta", "beta = nan is not finite"),
+])
+def test_tree_frame_values_are_checked_where_they_enter(field, message):
+    import types
+
+    from haf.kernels.tree.tensors import TreeFrameTensors
+
+    frame = build_frame(random_hierarchy(12, 4), 3.0, factorization="tree", convention="fixed-depth")
+    fields = {name: getattr(frame, name) for name in ("tree", "beta", "c", "sqrt_a", "node_similarity", "u")}
+    if field == "beta":
+        fields[field] = float("nan")
+    else:
+        fields[field] = fields[field].copy()
+        fields[field][2] = float("nan")
+    with pytest.raises(ValueError, match=message):
+        TreeFrameTensors(types.SimpleNamespace(**fields))
+    TreeFrameTensors(frame)  # the real one passes

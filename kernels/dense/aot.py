@@ -4,8 +4,14 @@ Triton's interpreter (``TRITON_INTERPRET=1``) checks the kernels' arithmetic but
 dtype rules of ``tl.dot``, shared-memory budgets and register allocation only meet the real compiler. This module
 runs that compiler — Triton → PTX → ``ptxas`` (shipped inside the Triton wheel) → cubin — for a chosen
 architecture, from any machine. ``python -m haf.kernels.dense.aot`` (or ``-m haf.kernels.frame_loss_aot``) compiles
-every kernel for sm_90 at the tile choices of the paper and large regimes (the large one in every schedule variant: basic, persistent, tma)
-and prints ptxas' register and spill report for each.
+every kernel for sm_90 at the tile choices of the paper and large regimes (the large one in every schedule variant:
+basic, persistent, tma) and prints ptxas' register and spill report for each.
+
+It compiles what runs: the launcher's own host code (plan, chunks, workspaces, the backward) is run on ``meta``
+tensors (shapes and storage offsets, no memory) with its launches recorded instead of made, and each recorded
+launch is specialised by Triton's rules for its argument values (:func:`specialise`: i32/i64 by value, the value 1
+as a constant, divisibility by 16 of ints and of pointers — a base from the caching allocator plus the view's
+offset), exactly as ``JITFunction.run`` would on the GPU.
 
 The kernels must be real ``JITFunction``s, so this must run in a process where ``TRITON_INTERPRET`` is unset
 (the tests start a subprocess for it).
@@ -13,7 +19,10 @@ The kernels must be real ``JITFunction``s, so this must run in a process where `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import inspect
+import os
 import subprocess
 import sys
 import tempfile
@@ -21,16 +30,17 @@ from pathlib import Path
 
 import torch
 
-from haf.kernels.dense import kernels as kernels
-from haf.kernels.dense import persistent as persistent
 from haf.kernels.dense import fused as fused
+from haf.kernels.dense import tiled as tiled
 from haf.kernels.dense.config import _DTYPE_NAME as _TRITON_DTYPE  # torch dtype → Triton's type name
+from haf.kernels.dense.config import VARIANT_ENV
 from haf.kernels.dense.config import VARIANTS as SCHEDULES  # schedules of the tiled regime's GEMM kernels
-from haf.kernels.dense.config import _cdiv
 
-#: Integer arguments of the kernels (sizes, strides, ignore_index): i32 at these shapes. Strides over features
-#: are 1 for the contiguous tensors the launcher passes, and Triton's JIT specialises the value 1 to a constant.
-_UNIT_STRIDES = {"stride_hd", "stride_wd", "stride_dd"}
+#: SMs of the target (grid of the persistent kernels, chunk sizes): an H100 SXM.
+TARGET_SMS = 132
+_POINTER_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64",
+                  torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8",
+                  torch.bool: "i1"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,129 +49,185 @@ class CompiledKernel:
     shared_bytes: int
     ptx: str
     cubin: bytes
+    signature: str = ""  # the specialised signature, e.g. "h_ptr:*bf16/16 B:i32 stride_hd=1"
 
 
-def _descriptor(dtype_name: str, *block: int) -> str:
-    """Signature type of a host-side TMA descriptor argument with this block shape."""
-    return f"tensordesc<{dtype_name}[{','.join(map(str, block))}]>"
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """One recorded launch: the kernel, its arguments by name, and the launch options."""
+
+    kernel: object
+    args: dict
+    num_warps: int
+    num_stages: int
 
 
-def _signature(kernel, pointer_types: dict[str, str], float_args: set[str], constants: dict) -> dict[str, str]:
-    signature = {}
-    for name in kernel.arg_names:
-        if name in constants:
-            signature[name] = "constexpr"
-        elif name in pointer_types:
-            signature[name] = pointer_types[name]
-        elif name in float_args:
-            signature[name] = "fp32"
-        else:
-            signature[name] = "i32"
-    return signature
+def specialise(value) -> tuple[str, object]:
+    """(type, key) of one argument as Triton's launcher specialises it (``native_specialize_impl``): None and the int
+    1 become constants, other ints i32 when they fit (else i64, u64 at ≥ 2⁶³) with key "D" when divisible by 16,
+    floats fp32, bools u1, tensors ``*dtype`` with "D" when their address is 16-byte aligned."""
+    if value is None:
+        return "constexpr", None
+    if isinstance(value, bool):
+        return "u1", None
+    if isinstance(value, int):
+        if value == 1:
+            return "constexpr", 1
+        kind = "i32" if -2**31 <= value < 2**31 else ("u64" if value >= 2**63 else "i64")
+        return kind, "D" if value % 16 == 0 else ""
+    if isinstance(value, float):
+        return "fp32", None
+    if isinstance(value, torch.Tensor):
+        return f"*{_POINTER_TYPES[value.dtype]}", "D" if value.data_ptr() % 16 == 0 else ""
+    descriptor = _descriptor_type(value)
+    if descriptor is not None:
+        return descriptor, None
+    raise TypeError(f"no specialisation rule for a {type(value).__name__} argument")
 
 
-def _compile(kernel, pointer_types, float_args, constants, num_warps, num_stages, capability) -> CompiledKernel:
+def _descriptor_type(value) -> str | None:
+    base, block = getattr(value, "base", None), getattr(value, "block_shape", None)
+    if isinstance(base, torch.Tensor) and block is not None:
+        return f"tensordesc<{_POINTER_TYPES[base.dtype]}[{', '.join(map(str, block))}]>"
+    return None
+
+
+def kernel_params(kernel) -> list[tuple[str, bool]]:
+    """(name, is constexpr) of a kernel's parameters, from the ``JITFunction`` or, under the interpreter, from the
+    Python function's annotations (``tl.constexpr``, a string under postponed annotations)."""
+    if hasattr(kernel, "params"):
+        return [(param.name, bool(param.is_constexpr)) for param in kernel.params]
+    return [(name, "constexpr" in str(param.annotation))
+            for name, param in inspect.signature(kernel.fn).parameters.items()]
+
+
+def specialisation(launch: Launch) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) for ``ASTSource``, built as ``JITFunction._pack_args`` builds them."""
+    signature, constexprs, attrs = {}, {}, {}
+    for index, (name, is_constexpr) in enumerate(kernel_params(launch.kernel)):
+        value = launch.args[name]
+        kind, key = ("constexpr", value) if is_constexpr else specialise(value)
+        signature[name] = kind
+        if kind == "constexpr":
+            constexprs[(index,)] = value
+        elif isinstance(key, str):
+            attrs[(index,)] = [["tt.divisibility", 16]] if "D" in key else []
+    return signature, constexprs, attrs
+
+
+def describe(launch: Launch) -> str:
+    signature, constexprs, attrs = specialisation(launch)
+    parts = []
+    params = kernel_params(launch.kernel)
+    for index, (name, kind) in enumerate(signature.items()):
+        if kind == "constexpr":
+            if not params[index][1]:
+                parts.append(f"{name}={constexprs[(index,)]}")
+            continue
+        parts.append(f"{name}:{kind}{'/16' if attrs.get((index,)) else ''}")
+    return " ".join(parts)
+
+
+def _compile(launch: Launch, capability: int) -> CompiledKernel:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     if fused.INTERPRETED:
         raise RuntimeError("ahead-of-time compilation needs TRITON_INTERPRET unset when haf.kernels is imported")
-    signature = _signature(kernel, pointer_types, float_args, constants)
-    source = ASTSource(
-        fn=kernel, signature=signature,
-        constexprs={(kernel.arg_names.index(name),): value for name, value in constants.items()},
-    )
+    signature, constexprs, attrs = specialisation(launch)
+    source = ASTSource(fn=launch.kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(source, target=GPUTarget("cuda", capability, 32),
-                              options={"num_warps": num_warps, "num_stages": num_stages})
-    return CompiledKernel(kernel.__name__, compiled.metadata.shared, compiled.asm["ptx"], compiled.asm["cubin"])
+                              options={"num_warps": launch.num_warps, "num_stages": launch.num_stages})
+    return CompiledKernel(launch.kernel.__name__, compiled.metadata.shared, compiled.asm["ptx"],
+                          compiled.asm["cubin"], describe(launch))
+
+
+_MATMUL_PRECISION = {None: "high", "tf32": "high", "tf32x3": "high", "ieee": "highest"}
+
+
+@contextlib.contextmanager
+def _target(precision: str | None, variant: str, sms: int):
+    """The launcher as on the GPU: fp32 matmul precision, schedule variant and SM count fixed."""
+    saved = torch.get_float32_matmul_precision(), os.environ.get(VARIANT_ENV)
+    patched = [(tiled, "_sm_count", lambda device: sms), (tiled, "persistent_programs", lambda device: sms),
+               (tiled, "resolve_variant", lambda device: variant)]
+    originals = [(module, name, getattr(module, name)) for module, name, _ in patched]
+    torch.set_float32_matmul_precision(_MATMUL_PRECISION[precision])
+    os.environ[VARIANT_ENV] = variant
+    for module, name, value in patched:
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for module, name, value in originals:
+            setattr(module, name, value)
+        torch.set_float32_matmul_precision(saved[0])
+        if saved[1] is None:
+            os.environ.pop(VARIANT_ENV, None)
+        else:
+            os.environ[VARIANT_ENV] = saved[1]
+
+
+def record_launches(
+    dtype: torch.dtype, batch: int, dim: int, num_classes: int, precision: str | None = None,
+    reduction: str = "mean", variant: str = "basic", sms: int = TARGET_SMS,
+) -> list[Launch]:
+    """Every launch of one forward + backward with these shapes, recorded from the launcher's host code on meta
+    tensors (no kernel runs; addresses are the views' offsets from 16-byte aligned bases, as the CUDA caching
+    allocator gives). Duplicates (same kernel and specialisation, e.g. equal row chunks) are kept once."""
+    launches: list[Launch] = []
+
+    def record(kernel, grid, *args, **meta):
+        options = {name: meta.pop(name) for name in ("num_warps", "num_stages") if name in meta}
+        bound = inspect.signature(kernel.fn).bind(*args, **meta)
+        bound.apply_defaults()
+        launches.append(Launch(kernel, dict(bound.arguments), options.get("num_warps", 4),
+                               options.get("num_stages", 3)))
+
+    def record_checked(status, device, kernel, grid, *args, **meta):
+        record(kernel, grid, *args, **meta)
+
+    meta = torch.device("meta")
+    features = torch.empty(batch, dim, dtype=dtype, device=meta)
+    prepared = fused._PreparedFrame(torch.empty(num_classes, dim, device=meta), torch.empty(num_classes, device=meta))
+    table = torch.empty(num_classes, num_classes, device=meta)
+    target = torch.empty(batch, dtype=torch.int64, device=meta)
+    status = fused.StatusWord(torch.device("cpu"))  # pinned host memory on a GPU: an aligned allocation too
+    saved_launch = fused._launch
+    fused._launch = record
+    try:
+        with _target(precision, variant, sms):
+            if fused.row_block_regime(batch, dim, num_classes, False):
+                config = fused.choose_config(batch, dim, num_classes, dtype, None)
+                plan = fused._row_plan(batch, dim, num_classes, meta, reduction, True, config)
+                out = fused._row_block_forward(plan, features, prepared, table, target, 0.4, -100, reduction, True,
+                                               status, plan.tickets.get(None))
+            else:
+                plan = tiled.tiled_plan(batch, dim, num_classes, dtype, meta, True, False, None)
+                tickets = plan.tickets.get(None) if plan.tickets is not None else None
+                out = tiled.tiled_forward(plan, features, prepared, table, target, 0.4, -100, reduction, True, False,
+                                          status, record, record_checked, tickets)
+            grad_loss = torch.empty(batch if reduction == "none" else (), device=meta)
+            fused._scale_grad(out.grad_features, grad_loss, out.scale, out.scale_offset, reduction)
+    finally:
+        fused._launch = saved_launch
+    unique: dict = {}
+    for launch in launches:
+        unique.setdefault((launch.kernel.__name__, describe(launch), launch.num_warps, launch.num_stages), launch)
+    return list(unique.values())
 
 
 def compile_kernels(
     dtype: torch.dtype, batch: int, dim: int, num_classes: int, capability: int = 90,
     precision: str | None = None, reduction: str = "mean", variant: str = "basic",
 ) -> list[CompiledKernel]:
-    """Compile the kernels the launcher would run for this problem (row-block kernel in the launch-bound regime,
-    the four tiled kernels otherwise — kernels 1 and 3 in the schedule ``variant`` — then the backward's
-    elementwise kernel) with the tiles ``choose_config`` picks."""
-    return _forward_kernels(dtype, batch, dim, num_classes, capability, precision, reduction, variant) + [
-        _backward_kernel(dtype, capability, reduction)]
-
-
-def _backward_kernel(dtype: torch.dtype, capability: int, reduction: str) -> CompiledKernel:
-    return _compile(
-        kernels._scale_grad_kernel,
-        {"grad_ptr": f"*{_TRITON_DTYPE[dtype]}", "grad_loss_ptr": "*fp32", "scale_ptr": "*fp32"}, set(),
-        {"PER_ROW": reduction == "none", "HAS_SCALE": reduction == "mean", "BLOCK": fused._SCALE_BLOCK}, 4, 1, capability,
-    )
-
-
-def _forward_kernels(dtype, batch, dim, num_classes, capability, precision, reduction,
-                     variant="basic") -> list[CompiledKernel]:
-    name = _TRITON_DTYPE[dtype]
-    if dtype == torch.float32 and precision is None:
-        precision = "tf32"
-    unit = {stride: 1 for stride in _UNIT_STRIDES}
-    small = num_classes <= fused.ROW_BLOCK_MAX_CLASSES and batch * num_classes <= fused.SMALL_PROBLEM_ELEMENTS
-    config = fused.choose_config(batch, dim, num_classes, dtype, precision if dtype == torch.float32 else None)
-    if small:
-        programs = _cdiv(batch, config.row_block_b)
-        return [_compile(
-            kernels._row_block_kernel,
-            {"h_ptr": f"*{name}", "w_ptr": "*fp32", "inv_wnorm_ptr": "*fp32", "s_ptr": "*fp32", "y_ptr": "*i64",
-             "work_ptr": "*fp32", "scratch_ptr": "*fp32", "dh_ptr": f"*{name}", "ticket_ptr": "*i32",
-             "status_ptr": "*i32"},
-            {"alpha"},
-            {"stride_hd": 1, "H_EPS": fused.FEATURE_EPS, "BLOCK_B": config.row_block_b,
-             "BLOCK_K": config.row_block_k, "BLOCK_D": config.row_block_d,
-             "BLOCK_P": min(1024, fused._next_power_of_2(programs)), "REDUCE": fused._REDUCE[reduction],
-             "WRITE_GRAD": True, "INPUT_PRECISION": "ieee" if precision == "ieee" else "tf32x3"},
-            config.row_warps, 1, capability,
-        )]
-    tiled_precision = precision if dtype == torch.float32 else None
-    norms = _compile(kernels._row_norm_kernel, {"h_ptr": f"*{name}", "hnorm_ptr": "*fp32", "status_ptr": "*i32"},
-                     set(), {"stride_hd": 1, "BLOCK_B": 32, "BLOCK_D": 64}, 4, 1, capability)
-    tma = variant == "tma" and tiled_precision != "ieee"  # as the launcher: IEEE fp32 keeps pointer loads
-    operand = f"*{name}"
-    logits_kernel = kernels._logits_stats_kernel if variant == "basic" else persistent._logits_stats_persistent_kernel
-    h_arg, w_arg = ("h_src", "w_src") if variant != "basic" else ("h_ptr", "w_ptr")
-    logits = _compile(
-        logits_kernel,
-        {h_arg: _descriptor(name, config.logits_block_b, config.logits_block_d) if tma else operand,
-         w_arg: _descriptor(name, config.logits_block_k, config.logits_block_d) if tma else operand,
-         "inv_wnorm_ptr": "*fp32", "table_ptr": "*fp32", "y_ptr": "*i64",
-         "hnorm_ptr": "*fp32", "z_ptr": "*fp32", "part_ptr": "*fp32"},
-        set(),
-        {**{k: v for k, v in unit.items() if k in logits_kernel.arg_names},
-         "H_EPS": fused.FEATURE_EPS, "BLOCK_B": config.logits_block_b, "BLOCK_K": config.logits_block_k,
-         "BLOCK_D": config.logits_block_d, "GROUP": config.group, "INPUT_PRECISION": tiled_precision,
-         "UPCAST_DOT": False, "STORE_Z": True, **({} if variant == "basic" else {"TMA": tma})},
-        config.logits_warps, config.logits_stages, capability,
-    )
-    softmax = _compile(
-        kernels._softmax_grad_kernel,
-        {"z_ptr": "*fp32", "g_ptr": f"*{name}", "part_ptr": "*fp32", "hnorm_ptr": "*fp32", "inv_wnorm_ptr": "*fp32",
-         "table_ptr": "*fp32", "y_ptr": "*i64", "loss_ptr": "*fp32", "coef_ptr": "*fp32"},
-        {"alpha"},
-        {"H_EPS": fused.FEATURE_EPS, "WRITE_G": True, "BLOCK_R": config.rows_block, "BLOCK_C": config.cols_block,
-         "BLOCK_T": config.partials_block},
-        config.rows_warps, 1, capability,
-    )
-    grad_kernel = kernels._grad_features_kernel if variant == "basic" else persistent._grad_features_persistent_kernel
-    g_arg, w_arg = ("g_src", "w_src") if variant != "basic" else ("g_ptr", "w_ptr")
-    grad = _compile(
-        grad_kernel,
-        {g_arg: _descriptor(name, config.grad_block_b, config.grad_block_k) if tma else operand,
-         w_arg: _descriptor(name, config.grad_block_k, config.grad_block_d) if tma else operand,
-         "h_ptr": operand, "coef_ptr": "*fp32", "dh_ptr": operand, "split_ptr": "*fp32", "ticket_ptr": "*i32"},
-        set(),
-        {**{k: v for k, v in unit.items() if k in grad_kernel.arg_names},
-         "BLOCK_B": config.grad_block_b, "BLOCK_D": config.grad_block_d, "BLOCK_K": config.grad_block_k,
-         "GROUP": config.group, "INPUT_PRECISION": tiled_precision, "UPCAST_DOT": False,
-         **({} if variant == "basic" else {"TMA": tma})},
-        config.grad_warps, config.grad_stages_for(variant), capability,
-    )
-    return [norms, logits, softmax, grad]
+    """Compile the kernels the launcher runs for this problem, specialised as at run time (row-block kernel in the
+    launch-bound regime, the four tiled kernels otherwise — kernels 1 and 3 in the schedule ``variant`` — then the
+    backward's elementwise kernel). ``precision`` stands for torch's fp32 matmul precision: "ieee" → "highest",
+    otherwise "high"."""
+    return [_compile(launch, capability)
+            for launch in record_launches(dtype, batch, dim, num_classes, precision, reduction, variant)]
 
 
 def ptxas_report(kernel: CompiledKernel, capability: int = 90) -> str:
@@ -193,9 +259,10 @@ VARIANTS = [(torch.bfloat16, None, "mean"), (torch.float16, None, "mean"), (torc
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--capability", type=int, default=90, help="CUDA compute capability × 10 (default 90)")
+    parser.add_argument("--signatures", action="store_true", help="also print each kernel's specialised signature")
     args = parser.parse_args(argv)
     for label, (batch, dim, classes) in SHAPES.items():
-        tiled = batch * classes > fused.SMALL_PROBLEM_ELEMENTS
+        tiled = not fused.row_block_regime(batch, dim, classes, False)
         for dtype, precision, reduction in VARIANTS:
             for schedule in SCHEDULES if tiled else ("basic",):
                 variant = f"{_TRITON_DTYPE[dtype]}{'/' + precision if precision else ''} {reduction} {schedule}"
@@ -203,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                                               schedule):
                     print(f"{label:<26} {variant:<27} {kernel.name:<33} smem {kernel.shared_bytes:>6} B  "
                           f"{ptxas_report(kernel, args.capability)}", flush=True)
+                    if args.signatures:
+                        print(f"    {kernel.signature}", flush=True)
     return 0
 
 

@@ -20,9 +20,11 @@ from haf.kernels.backends import TRITON_DTYPES
 #: Input dtypes with a tl.dot path (fp64 stays on the reference): the dispatch rule's list.
 SUPPORTED_DTYPES = TRITON_DTYPES
 NUM_PARTIALS = 5  # per-(row, class tile) partials of the tiled regime
-#: Launch-bound regime: at most this many z elements (B·K) and classes.
+#: Launch-bound regime: at most this many z elements (B·K), classes, and multiply-adds (B·K·D): one program per 16
+#: rows walks every class and feature, so a wide D turns the launch-bound problem into a GEMM the tiles do better.
 SMALL_PROBLEM_ELEMENTS = 1 << 21
 ROW_BLOCK_MAX_CLASSES = 2048
+SMALL_PROBLEM_MACS = 1 << 30
 _REDUCE = {"none": 0, "sum": 1, "mean": 2}
 
 
@@ -45,9 +47,11 @@ INTERPRETED = _is_interpreted(K._row_block_kernel)
 
 
 def _upcast_dot(dtype: torch.dtype) -> bool:
-    """Triton 3.6–3.7's interpreter stores bf16 as uint16 and its tl.dot multiplies those integers, so under the
-    interpreter bf16 tiles are upcast to fp32 first (exact: the same products and fp32 sums as a bf16 MMA)."""
-    return INTERPRETED and dtype == torch.bfloat16
+    """Tiled regime: half-precision feature tiles are upcast to fp32 in registers before their product with the
+    fp32 frame (exact: every bf16/fp16 value is an fp32 value). The frame itself is never rounded to half: near
+    convergence cos − S is about 2⁻⁹, the size of a bf16 rounding of W, so a half frame turns the cosine term
+    into noise. (This also sidesteps Triton 3.6–3.7's interpreter, whose tl.dot multiplies bf16 bit patterns.)"""
+    return dtype != torch.float32
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -102,12 +106,17 @@ class KernelConfig:
                 raise ValueError(f"KernelConfig.{name} must be ≥ 16 (tl.dot's smallest tile), got {getattr(self, name)}")
 
 
+_DEFAULT_CONFIG = KernelConfig()
+
 #: Tiles per (regime, dtype, fp32 precision) for sm_90 (H100/H200). Chosen by compiling every variant ahead of time
 #: (``python -m haf.kernels.dense.aot``: no spills, no serialised wgmma) and, on a GPU, by
 #: ``bench/tune_frame_loss.py``, which times the candidates it lists and prints the winner in this format.
 TUNED: dict[tuple[str, str, str | None], dict] = {
-    ("tiled", "bf16", None): {},
-    ("tiled", "fp16", None): {},
+    # half features on the fp32 frame (3×TF32): the fp32-TF32 tiles, checked spill-free by the AOT compile only
+    ("tiled", "bf16", "tf32x3"): {"logits_block_d": 32, "grad_block_k": 32, "grad_stages": 3,
+                                  "persistent_grad_stages": 2},
+    ("tiled", "fp16", "tf32x3"): {"logits_block_d": 32, "grad_block_k": 32, "grad_stages": 3,
+                                  "persistent_grad_stages": 2},
     ("tiled", "fp32", "tf32"): {"logits_block_d": 32, "grad_block_k": 32, "grad_stages": 3,
                                 "persistent_grad_stages": 2},  # 3 spills 88 B/thread on the persistent grid
     ("tiled", "fp32", "ieee"): {"logits_block_b": 64, "logits_block_k": 64, "logits_block_d": 32, "logits_warps": 4,
@@ -129,12 +138,12 @@ def choose_config(
     small = batch * num_classes <= SMALL_PROBLEM_ELEMENTS
     if INTERPRETED:
         key: tuple = ("interpreter",)
-    elif dtype == torch.float32 and input_precision == "ieee":
+    elif input_precision == "ieee":  # fp32 operands on the FMA units, whatever the features' dtype
         key = ("tiled", "fp32", "ieee")
     elif small:
         key = ("small-tiled", "any", None)
     else:
-        key = ("tiled", _DTYPE_NAME[dtype], input_precision if dtype == torch.float32 else None)
+        key = ("tiled", _DTYPE_NAME[dtype], input_precision)
     config = _CONFIGS.get(key)
     if config is None:
         if key == ("interpreter",):
@@ -147,10 +156,19 @@ def choose_config(
     return config
 
 
-def _input_precision(dtype: torch.dtype) -> str | None:
-    """Tiled regime: fp32 follows torch's matmul precision ("highest" → IEEE, else TF32); half dtypes: None."""
+def row_block_regime(batch: int, dim: int, num_classes: int, return_logits: bool,
+                     config: KernelConfig | None = None) -> bool:
+    """The launch-bound regime (``_row_block_kernel``) or the tiled one: the one rule, for the launcher and AOT."""
+    return (not return_logits and num_classes <= (config or _DEFAULT_CONFIG).row_block_max_classes
+            and batch * num_classes <= SMALL_PROBLEM_ELEMENTS and batch * num_classes * dim <= SMALL_PROBLEM_MACS)
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    """Tiled regime's tl.dot precision. fp32 features follow torch's matmul precision ("highest" → IEEE, else
+    TF32, as ``h @ W.T`` would); half features meet the fp32 frame and G with fp32-accurate products (IEEE under
+    "highest", else 3×TF32), so the half regime is as exact near convergence as the launch-bound one."""
     if dtype != torch.float32:
-        return None
+        return _row_block_precision()
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 

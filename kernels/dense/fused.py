@@ -9,12 +9,14 @@ variants: :mod:`haf.kernels.dense.config`).
 
 Per call: a dictionary lookup of the checked arguments and of the plan, the prepared frame and S from a weak memo
 (value checks ran once), a few allocations and the launches; no host synchronisation, so forward + backward is
-CUDA-graph capturable once warm (host cost and budgets: bench/RESULTS.md). NaN/inf features set a status word the
+CUDA-graph capturable once warm (a first call during capture is refused: its plan, prepared copies and ticket
+words must not come from the graph's memory pool) (host cost and budgets: bench/RESULTS.md). NaN/inf features set a status word the
 kernels write: read after the launch on CPU, from pinned host memory at the next call on a GPU; both raise
 ``ValueError``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import NamedTuple
@@ -25,12 +27,13 @@ from haf.kernels.dense import kernels as K
 from haf.kernels.dense.config import (  # noqa: F401 (re-exported: tests and benchmarks reach them here)
     _DTYPE_NAME, _REDUCE, INTERPRETED, NUM_PARTIALS, ROW_BLOCK_MAX_CLASSES, SMALL_PROBLEM_ELEMENTS,
     SUPPORTED_DTYPES, TUNED, KernelConfig, _cdiv, _chunk_rows, _input_precision, _next_power_of_2,
-    VARIANT_ENV, _row_block_precision, _sm_count, _upcast_dot, choose_config,
+    VARIANT_ENV, _row_block_precision, _sm_count, _upcast_dot, choose_config, row_block_regime,
 )
 from haf.kernels.dense.inputs import (
     check_frame_loss_inputs, check_frame_values, check_similarity_values, check_target_range, parse_alpha,
 )
-from haf.kernels.dense.memo import PreparedCache, StatusWord
+from haf.kernels.backends import autocast_features
+from haf.kernels.dense.memo import PreparedCache, StatusWord, TicketBook, capturing, stream_key
 from haf.kernels.dense.reference import COSINE_EPS, FEATURE_EPS
 from haf.kernels.dense.tiled import FusedOutput, tiled_forward, tiled_plan
 
@@ -52,6 +55,7 @@ _frames, _tables = _FRAMES.entries, _TABLES.entries
 
 def _prepare_frame(frame: torch.Tensor, dtype: torch.dtype, unit_frame: bool = False) -> _PreparedFrame:
     def build() -> _PreparedFrame:
+        _refuse_in_capture(frame.device, "prepares a copy of the frame")
         check_frame_values(frame, unit_frame)
         weight = frame.detach().to(dtype).contiguous()
         norms = torch.linalg.vector_norm(weight.to(torch.float32), dim=1)
@@ -63,10 +67,18 @@ def _prepare_frame(frame: torch.Tensor, dtype: torch.dtype, unit_frame: bool = F
 def _prepare_similarity(similarity: torch.Tensor) -> torch.Tensor:
     """S in fp32, rows contiguous (S is symmetric — checked once — so row y holds S[i, y] over i)."""
     def build() -> torch.Tensor:
+        _refuse_in_capture(similarity.device, "prepares a copy of the similarity")
         check_similarity_values(similarity)
         return similarity.detach().to(torch.float32).contiguous()
 
     return _TABLES.get(similarity, "table", build)
+
+
+def _refuse_in_capture(device: torch.device, what: str) -> None:
+    """Cached device memory is never taken from a CUDA graph's pool (it would be reused once the graph dies)."""
+    if capturing(device):
+        raise RuntimeError(f"haf.kernels.frame_loss {what} on its first call with these shapes, which cannot run "
+                           "during CUDA-graph capture: make one call before capturing (the usual warm-up)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -78,6 +90,7 @@ _STATUS: dict[torch.device, StatusWord] = {}
 def _status(device: torch.device) -> StatusWord:
     status = _STATUS.get(device)
     if status is None:
+        _refuse_in_capture(device, "allocates its status word")
         status = _STATUS[device] = StatusWord(device)
     return status
 
@@ -104,11 +117,11 @@ class _RowPlan:
     """Launch plan of the launch-bound regime (all host arithmetic done once)."""
 
     grid: tuple[int]
-    work_numel: int  # [loss, scale | B row losses | 2·P partials] (fp32)
+    work_numel: int  # [loss, scale | B row losses | 2·P partials] (fp32; kept by the backward for the scale)
     scratch_numel: int  # [z | G] (fp32, B × K each; transient, never kept for the backward)
     offsets: tuple[int, int, int]  # rows and partials in the workspace, G in the scratch
     meta: dict
-    ticket: torch.Tensor  # int32, zero between launches (the last program resets it)
+    tickets: TicketBook  # one int32 word per stream / captured graph, zero between launches (the last program resets it)
 
 
 _PLANS: dict[tuple, object] = {}
@@ -123,12 +136,11 @@ def _row_plan(batch, dim, classes, device, reduction, compute_grad, config) -> _
                 BLOCK_D=config.row_block_d, BLOCK_P=min(1024, _next_power_of_2(programs)),
                 REDUCE=_REDUCE[reduction], WRITE_GRAD=compute_grad, INPUT_PRECISION=_row_block_precision(),
                 num_warps=config.row_warps)
-    ticket = torch.zeros(1, dtype=torch.int32, device=device)
-    return _RowPlan((programs,), numel, scratch, (off_rows, off_parts, batch * classes), meta, ticket)
+    return _RowPlan((programs,), numel, scratch, (off_rows, off_parts, batch * classes), meta, TicketBook(1, device))
 
 
 def _row_block_forward(plan: _RowPlan, features, prepared, table, target, alpha, ignore_index, reduction,
-                       compute_grad, status) -> FusedOutput:
+                       compute_grad, status, ticket) -> FusedOutput:
     batch, dim = features.shape
     device = features.device
     work = torch.empty(plan.work_numel, device=device, dtype=torch.float32)
@@ -137,7 +149,7 @@ def _row_block_forward(plan: _RowPlan, features, prepared, table, target, alpha,
     off_rows, off_parts, off_g = plan.offsets
     _launch_checked(
         status, device, K._row_block_kernel, plan.grid,
-        features, prepared.weight, prepared.inv_norm, table, target, work, scratch, grad, plan.ticket, status.word,
+        features, prepared.weight, prepared.inv_norm, table, target, work, scratch, grad, ticket, status.word,
         batch, dim, prepared.weight.shape[0], alpha, ignore_index, features.stride(0), features.stride(1),
         off_rows, off_parts, off_g, **plan.meta,
     )
@@ -159,13 +171,14 @@ def fused_frame_loss_forward(
     status = _status(device)
     if device.type == "cuda":
         status.raise_if_set()  # written by an earlier call's kernel (no synchronisation)
-    row_regime = (not return_logits and num_classes <= (config or _DEFAULT).row_block_max_classes
-                  and batch * num_classes <= SMALL_PROBLEM_ELEMENTS)
+    row_regime = row_block_regime(batch, dim, num_classes, return_logits, config)
     precision = torch.get_float32_matmul_precision()
     key = (batch, dim, num_classes, dtype, device, reduction, compute_grad, return_logits, config, precision,
            None if row_regime else os.environ.get(VARIANT_ENV))  # the variant: tiled regime only
     plan = _PLANS.get(key)
+    capture = capturing(device)
     if plan is None:
+        _refuse_in_capture(device, "makes its launch plan")
         if row_regime:
             plan = _row_plan(batch, dim, num_classes, device, reduction, compute_grad,
                              config or choose_config(batch, dim, num_classes, dtype, None))
@@ -177,17 +190,15 @@ def fused_frame_loss_forward(
     if row_regime:
         prepared = _prepare_frame(frame, torch.float32, unit_frame)
         out = _row_block_forward(plan, features, prepared, table, target, alpha, ignore_index, reduction,
-                                 compute_grad, status)
+                                 compute_grad, status, plan.tickets.get(stream_key(device), capture))
     else:
-        prepared = _prepare_frame(frame, dtype, unit_frame)
+        prepared = _prepare_frame(frame, torch.float32, unit_frame)  # never rounded to half (see tiled)
+        tickets = plan.tickets.get(stream_key(device), capture) if plan.tickets is not None else None
         out = tiled_forward(plan, features, prepared, table, target, alpha, ignore_index, reduction,
-                            compute_grad, return_logits, status, _launch, _launch_checked)
+                            compute_grad, return_logits, status, _launch, _launch_checked, tickets)
     if device.type != "cuda":
         status.raise_if_set()
     return out
-
-
-_DEFAULT = KernelConfig()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -214,12 +225,13 @@ def _scale_grad(grad: torch.Tensor, grad_loss: torch.Tensor, scale, scale_offset
 class FusedFrameLossFunction(torch.autograd.Function):
     """Forward runs the kernels and keeps the per-row dℓ/dh; backward scales it by grad_output (in place: the
     buffer is private to this node and handed over once, so a second backward through it is refused).
-    ``options`` = (alpha, reduction, ignore_index, return_logits, config, unit_frame), one argument so that
-    ``apply`` has little to bind."""
+    ``call`` = (frame, target, similarity, alpha, reduction, ignore_index, return_logits, config, unit_frame), one
+    argument so that ``apply`` has little to bind and to scan: none of them takes a gradient (the frame and S are
+    fixed, refused when they require grad)."""
 
     @staticmethod
-    def forward(ctx, features, frame, target, similarity, options):
-        alpha, reduction, ignore_index, return_logits, config, unit_frame = options
+    def forward(ctx, features, call):
+        frame, target, similarity, alpha, reduction, ignore_index, return_logits, config, unit_frame = call
         out = fused_frame_loss_forward(
             features, frame, target, similarity, alpha, reduction, ignore_index,
             compute_grad=True, return_logits=return_logits, config=config, unit_frame=unit_frame,
@@ -247,7 +259,18 @@ def _backward(ctx, grad_loss):
             "Use backend='reference' for that."
         )
     ctx.grad_features = None
-    return _scale_grad(grad, grad_loss, ctx.scale, ctx.scale_offset, ctx.reduction), None, None, None, None
+    return _scale_grad(grad, grad_loss, ctx.scale, ctx.scale_offset, ctx.reduction), None
+
+
+#: ``FusedFrameLossFunction.apply`` less its Python wrapper (default-argument binding, and the unwrapping of dead
+#: functorch wrappers, which only exist under functorch transforms: then the full ``apply`` runs).
+_C_APPLY = super(torch.autograd.Function, FusedFrameLossFunction).apply
+
+
+def _apply_fused(features: torch.Tensor, call: tuple):
+    if torch._C._are_functorch_transforms_active():
+        return FusedFrameLossFunction.apply(features, call)
+    return _C_APPLY(features, call)
 
 
 #: The backward under ``create_graph=True``; the plain backward runs with grad mode already off and skips the
@@ -274,6 +297,13 @@ def _check_inputs(features, frame, target, similarity, alpha, reduction, ignore_
                "backend='reference'")
         )
     return alpha
+
+
+def device_guard(features: torch.Tensor):
+    """The features' CUDA device made current for the launches (Triton launches on the current device)."""
+    if features.is_cuda and features.device.index != torch.cuda.current_device():
+        return torch.cuda.device(features.device)
+    return contextlib.nullcontext()
 
 
 _CHECKED: dict[tuple, bool] = {}
@@ -330,12 +360,10 @@ def triton_frame_loss(
     if not features.is_cuda:
         check_target_range(target, frame.shape[0], ignore_index)
     elif features.device.index != torch.cuda.current_device():  # kernels launch on the current device
-        with torch.cuda.device(features.device):
+        with device_guard(features):
             return triton_frame_loss(features, frame, target, similarity, alpha, reduction, ignore_index,
                                      return_logits=return_logits, config=config, unit_frame=unit_frame)
-    device_type = features.device.type
-    if torch.is_autocast_enabled(device_type) and features.dtype == torch.float32:
-        features = features.to(torch.get_autocast_dtype(device_type))  # the product runs like an autocast matmul
+    features = autocast_features(features)
 
     if features.shape[0] == 0:  # nothing to launch; same values as the reference (mean of nothing = 0)
         _prepare_frame(frame, torch.float32, unit_frame)
@@ -346,9 +374,8 @@ def triton_frame_loss(
         return (loss, empty) if return_logits else loss
 
     if features.requires_grad and torch.is_grad_enabled():
-        return FusedFrameLossFunction.apply(
-            features, frame, target, similarity, (alpha, reduction, ignore_index, return_logits, config, unit_frame)
-        )
+        return _apply_fused(
+            features, (frame, target, similarity, alpha, reduction, ignore_index, return_logits, config, unit_frame))
     out = fused_frame_loss_forward(
         features, frame, target, similarity, alpha, reduction, ignore_index,
         compute_grad=False, return_logits=return_logits, config=config, unit_frame=unit_frame,

@@ -17,7 +17,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = [
     "REDUCTIONS", "SIMILARITY_TOLERANCE", "UNIT_ROW_TOLERANCE", "TARGET_DTYPES", "check_constants",
-    "check_frame_loss_inputs", "check_frame_values", "check_similarity_values", "check_target", "check_target_range", "parse_alpha",
+    "check_frame_loss_inputs", "check_frame_values", "check_ignore_index", "check_similarity_values", "check_target", "check_target_range", "parse_alpha",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -74,6 +74,14 @@ def check_target_range(target: torch.Tensor, num_classes: int, ignore_index: int
     return valid
 
 
+def check_ignore_index(ignore_index) -> None:
+    """An int that fits int64 (a float such as −100.0 is refused: targets are compared by integer value)."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} {ignore_index!r}")
+    if not -(2**63) <= int(ignore_index) < 2**63:
+        raise ValueError(f"ignore_index {ignore_index} does not fit int64")
+
+
 def check_frame_loss_inputs(features, frame, target, similarity, alpha, reduction, ignore_index=-100) -> float:
     """Shapes, dtypes, devices, α, reduction and ignore_index of a call, without host synchronisation.
 
@@ -101,10 +109,7 @@ def check_frame_loss_inputs(features, frame, target, similarity, alpha, reductio
     check_target(target, features.shape[0])
     if target.device != features.device:
         raise ValueError(f"target is on {target.device} but features are on {features.device}")
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__} {ignore_index!r}")
-    if not -(2**63) <= int(ignore_index) < 2**63:
-        raise ValueError(f"ignore_index {ignore_index} does not fit int64")
+    check_ignore_index(ignore_index)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return parse_alpha(alpha)

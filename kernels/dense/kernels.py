@@ -68,7 +68,7 @@ def _row_loss(run_max, run_sum, z_y, sq, dc, hnorm, row_ok, counted, has_class, 
     target_grad = -tl.math.div_rn(others, total)
     n = tl.maximum(hnorm, H_EPS)
     row_loss = tl.where(counted, (1.0 - alpha) * cross_entropy + alpha * sq, 0.0) + poison
-    a = tl.where(hnorm >= H_EPS, tl.math.div_rn((-2.0 * alpha) * dc, n * n), 0.0)
+    a = tl.where(hnorm >= H_EPS, tl.math.div_rn(tl.math.div_rn((-2.0 * alpha) * dc, n), n), 0.0)  # n² may overflow
     coef = tl.where(counted, a, 0.0) + poison
     return row_loss, coef, row_max, log_sum, target_grad
 
@@ -103,15 +103,8 @@ def _row_block_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     h_rows = h_ptr + rows[:, None] * stride_hb
 
-    sumsq = tl.zeros((BLOCK_B,), dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        ds = d0 + offs_d
-        h = tl.load(h_rows + ds[None, :] * stride_hd, mask=row_ok[:, None] & (ds < D)[None, :], other=0.0)
-        h = h.to(tl.float32)
-        sumsq += tl.sum(h * h, axis=1)
-    bad = tl.max(((sumsq != sumsq) | (sumsq == float("inf"))).to(tl.int32), axis=0)
+    hnorm, bad = _scaled_row_norm(h_rows, row_ok, D, stride_hd, BLOCK_B, BLOCK_D)
     tl.store(status_ptr, 1, mask=bad > 0)  # NaN/inf features: read by the host (see StatusWord)
-    hnorm = tl.sqrt_rn(sumsq)
     directed = hnorm >= H_EPS
     n = tl.maximum(hnorm, H_EPS)
     n_tile = tl.broadcast_to(n[:, None], (BLOCK_B, BLOCK_K))
@@ -207,21 +200,36 @@ def _row_block_kernel(
 
 
 @triton.jit
+def _scaled_row_norm(h_rows, row_ok, D, stride_hd, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(‖h_b‖ fp32, 1 if any row is NaN/inf): each row divided by its largest |h| before squaring, so finite
+    features of any size (fp32 1e30) give a finite norm; a NaN/inf element makes its scaled square NaN."""
+    offs_d = tl.arange(0, BLOCK_D)
+    top = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + offs_d
+        h = tl.load(h_rows + ds[None, :] * stride_hd, mask=row_ok[:, None] & (ds < D)[None, :], other=0.0)
+        top = tl.maximum(top, tl.max(tl.abs(h.to(tl.float32)), axis=1))
+    scale = tl.where(top > 0.0, top, 1.0)
+    sumsq = tl.zeros((BLOCK_B,), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + offs_d
+        h = tl.load(h_rows + ds[None, :] * stride_hd, mask=row_ok[:, None] & (ds < D)[None, :], other=0.0)
+        h = h.to(tl.float32) / scale[:, None]
+        sumsq += tl.sum(h * h, axis=1)
+    hnorm = tl.sqrt_rn(sumsq) * scale
+    bad = tl.max(((sumsq != sumsq) | (hnorm == float("inf"))).to(tl.int32), axis=0)
+    return hnorm, bad
+
+
+@triton.jit
 def _row_norm_kernel(h_ptr, hnorm_ptr, status_ptr, B, D, stride_hb, stride_hd,
                      BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
     """‖h_b‖ (fp32) for BLOCK_B rows, outside the GEMM's main loop; flags NaN/inf features."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
-    offs_d = tl.arange(0, BLOCK_D)
-    sumsq = tl.zeros((BLOCK_B,), dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        ds = d0 + offs_d
-        h = tl.load(h_ptr + rows[:, None] * stride_hb + ds[None, :] * stride_hd,
-                    mask=row_ok[:, None] & (ds < D)[None, :], other=0.0).to(tl.float32)
-        sumsq += tl.sum(h * h, axis=1)
-    bad = tl.max(((sumsq != sumsq) | (sumsq == float("inf"))).to(tl.int32), axis=0)
+    hnorm, bad = _scaled_row_norm(h_ptr + rows[:, None] * stride_hb, row_ok, D, stride_hd, BLOCK_B, BLOCK_D)
     tl.store(status_ptr, 1, mask=bad > 0)
-    tl.store(hnorm_ptr + rows, tl.sqrt_rn(sumsq), mask=row_ok)
+    tl.store(hnorm_ptr + rows, hnorm, mask=row_ok)
 
 
 @triton.jit
@@ -261,7 +269,7 @@ def _logits_epilogue(acc, rows, cols, row_ok, col_ok, pid_k, inv_wnorm_ptr, tabl
     """The five row partials of one z tile (max, Σ_{i≠y} exp, z_y, Σ (cos − S)², Σ (cos − S) cos), stored at
     class tile ``pid_k``; padded classes are −inf in the max/exp and 0 in every sum."""
     hnorm = tl.load(hnorm_ptr + rows, mask=row_ok, other=1.0)
-    directed = hnorm >= H_EPS
+    directed = (hnorm >= H_EPS) & row_ok  # rows past B hold wrapped (% B) products: no cosine of those
     n = tl.maximum(hnorm, H_EPS)
     r = tl.load(inv_wnorm_ptr + cols, mask=col_ok, other=0.0)
     y, counted, has_class, poison = _row_targets(y_ptr, rows, row_ok, K, ignore_index)

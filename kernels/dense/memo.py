@@ -1,7 +1,9 @@
-"""Host-side state of the fused loss that outlives a call: prepared copies of the fixed tensors, the status word.
+"""Host-side state of the fused loss that outlives a call: prepared copies of the fixed tensors, the status word,
+the ticket words of the "last program reduces" kernels.
 
-Both exist so that a warm call neither re-checks nor re-copies the frame and S and never synchronises with the
-device (:mod:`haf.kernels.dense.fused` uses them).
+They exist so that a warm call neither re-checks nor re-copies the frame and S, never synchronises with the device
+and allocates no ticket (:mod:`haf.kernels.dense.fused` uses them). Nothing here is created during CUDA-graph
+capture: memory taken there belongs to the graph's pool and would be reused once the graph dies.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from haf.kernels.dense.inputs import tensor_version
 
-__all__ = ["PreparedCache", "StatusWord"]
+__all__ = ["PreparedCache", "StatusWord", "TicketBook", "capturing", "stream_key"]
 
 
 class PreparedCache:
@@ -69,3 +71,46 @@ class StatusWord:
             self.view.value = 0
             raise ValueError("features has non-finite values (NaN or inf, or a norm beyond fp32) in this or an "
                              "earlier haf.kernels.frame_loss call on this device")
+
+
+def capturing(device: torch.device) -> bool:
+    """True while the current CUDA stream is being captured into a graph (never on CPU)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def stream_key(device: torch.device):
+    """The current stream of ``device`` as a hashable key (None on CPU, where calls run in order)."""
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
+
+
+class TicketBook:
+    """Zeroed int32 ticket words of one launch plan, ``words`` per slot, all allocated when the plan is made.
+
+    A kernel counts its programs in a slot and its last program resets it to zero, so two launches may share a slot
+    only if they never overlap: eager calls on one stream share that stream's slot; every CUDA-graph capture takes a
+    slot of its own (a replay may overlap eager calls and other graphs). Slots are never freed (a graph may replay
+    for the process's life); a capture beyond the last slot is refused."""
+
+    SLOTS = 32
+
+    def __init__(self, words: int, device: torch.device, slots: int = SLOTS) -> None:
+        self.buffer = torch.zeros(slots, max(1, words), dtype=torch.int32, device=device)
+        self.slots = list(self.buffer.unbind(0))
+        self.by_stream: dict = {}
+        self.taken = 0
+
+    def _take(self) -> torch.Tensor:
+        if self.taken == len(self.slots):
+            raise RuntimeError(f"haf.kernels.frame_loss: all {len(self.slots)} ticket slots of this launch plan are "
+                               "taken by streams and CUDA-graph captures; capture fewer graphs of this shape")
+        self.taken += 1
+        return self.slots[self.taken - 1]
+
+    def get(self, key, capturing: bool = False) -> torch.Tensor:
+        """The slot for an eager call on stream ``key``, or a fresh one for a capture."""
+        if capturing:
+            return self._take()
+        slot = self.by_stream.get(key)
+        if slot is None:
+            slot = self.by_stream[key] = self._take()
+        return slot

@@ -74,9 +74,19 @@ def _prepare(features, frame, target, similarity, alpha, reduction, ignore_index
     return features.to(dtype), frame.to(dtype), similarity.to(dtype), safe_target, valid, alpha
 
 
+def scaled_norm(h: torch.Tensor) -> torch.Tensor:
+    """‖h_b‖ per row, each row divided by its largest |h| before squaring: finite for every finite row whose norm
+    is representable (fp32 features of 1e30 square to inf, scaled ones do not)."""
+    if h.shape[1] == 0:
+        return torch.linalg.vector_norm(h, dim=1)
+    scale = h.detach().abs().amax(dim=1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.linalg.vector_norm(h / scale[:, None], dim=1) * scale
+
+
 def _directed(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(‖h‖ clamped to FEATURE_EPS, mask of rows with a direction) — the FEATURE_EPS rule."""
-    norm = torch.linalg.vector_norm(h, dim=1)
+    norm = scaled_norm(h)
     return norm.clamp_min(FEATURE_EPS), norm >= FEATURE_EPS
 
 
@@ -217,7 +227,7 @@ def hierarchy_frame_loss_with_grad(
     loss = _reduce((1.0 - alpha) * ce + alpha * diff.square().sum(dim=1), valid, reduction)
     p = torch.softmax(logits, dim=1) - F.one_hot(safe_target, w.shape[0]).to(h.dtype)
     g = (1.0 - alpha) * p + torch.where(directed[:, None], 2.0 * alpha * diff * inv_w / h_norm[:, None], 0.0)
-    a = torch.where(directed, -2.0 * alpha * (diff * cosine).sum(dim=1) / h_norm.square(), 0.0)
+    a = torch.where(directed, -2.0 * alpha * (diff * cosine).sum(dim=1) / h_norm / h_norm, 0.0)
     grad = torch.where(valid[:, None], g @ w + a[:, None] * h, 0.0).to(features.dtype)
     count = valid.sum().clamp_min(1).to(torch.float32)
     scale = (1.0 / count if reduction == "mean" else torch.ones((), device=h.device)).reshape(1).float()

@@ -3,8 +3,9 @@ dH = G W + a h, rows in chunks that bound the transient z (fp32) and G buffers. 
 :mod:`haf.kernels.dense.kernels` (``basic``) and :mod:`haf.kernels.dense.persistent` (``persistent``,
 ``tma``); the variant is fixed in the plan (:func:`haf.kernels.dense.config.resolve_variant`).
 
-W is cast to the input dtype for the tensor cores and r_i = 1/‖w_i‖ is taken from that cast copy, so the cosines
-are those of the operands the GEMM used. Launches go through the ``launch`` callables handed in by
+W stays fp32 in every input dtype (r_i = 1/‖w_i‖ from that copy) and G is stored in fp32: half-precision feature
+tiles are upcast in registers and multiplied with fp32-accurate products (:func:`config._input_precision`), because
+near convergence cos − S ≈ 2⁻⁹ is the size of a half rounding of W or G. Launches go through the ``launch`` callables handed in by
 :mod:`haf.kernels.dense.fused` (the host benchmark counts and stubs them there).
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from haf.kernels.dense.config import (
     NUM_PARTIALS, KernelConfig, _cdiv, _chunk_rows, _input_precision, _next_power_of_2, _sm_count,
     _tensor_descriptor_class, _upcast_dot, choose_config, persistent_programs, resolve_variant,
 )
+from haf.kernels.dense.memo import TicketBook
 from haf.kernels.dense.reference import FEATURE_EPS
 
 #: Most class slices a tile of kernel 3's last round is split into.
@@ -49,15 +51,14 @@ class TiledPlan:
     col_blocks: int
     variant: str = "basic"  # see frame_loss_config.VARIANTS
     programs: int = 1  # persistent grid (one program per SM)
-    tickets: torch.Tensor | None = None  # int32 per split tile of kernel 3's last round, zero between launches
+    tickets: TicketBook | None = None  # int32 per split tile of kernel 3's last round, per stream / captured graph
 
 
 def tiled_plan(batch, dim, classes, dtype, device, compute_grad, return_logits, config) -> TiledPlan:
     precision = _input_precision(dtype)
     config = config or choose_config(batch, dim, classes, dtype, precision)
     store_z = compute_grad or return_logits
-    g_in_place = dtype == torch.float32 and not return_logits
-    g_bytes = 0 if (g_in_place or not compute_grad) else torch.finfo(dtype).bits // 8
+    g_bytes = 0  # G (fp32) overwrites z in place whenever rows are chunked (z is returned only unchunked)
     if return_logits or not store_z:
         chunk = batch
     else:
@@ -65,10 +66,15 @@ def tiled_plan(batch, dim, classes, dtype, device, compute_grad, return_logits, 
     tiles_k = _cdiv(classes, config.logits_block_k)
     variant = resolve_variant(device)
     programs = persistent_programs(device)
-    tickets = torch.zeros(programs, dtype=torch.int32, device=device) if variant != "basic" else None
+    tickets = TicketBook(programs, device) if variant != "basic" else None
     return TiledPlan(config, precision, _upcast_dot(dtype), chunk, tiles_k,
                      min(_next_power_of_2(tiles_k), config.partials_block), _cdiv(classes, config.cols_block),
                      variant, programs, tickets)
+
+
+def g_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of G (the per-class gradient fed to kernel 3): fp32 for every input dtype."""
+    return torch.float32
 
 
 def tail_split(tiles: int, programs: int, k_blocks: int, block_k: int) -> tuple[int, int, int]:
@@ -105,7 +111,7 @@ def _operands(plan: TiledPlan, a: torch.Tensor, a_block, b: torch.Tensor, b_bloc
 
 
 def tiled_forward(plan: TiledPlan, features, prepared, table, target, alpha, ignore_index, reduction,
-                  compute_grad, return_logits, status, launch, launch_checked) -> FusedOutput:
+                  compute_grad, return_logits, status, launch, launch_checked, tickets=None) -> FusedOutput:
     config = plan.config
     batch, dim = features.shape
     weight = prepared.weight
@@ -118,9 +124,8 @@ def tiled_forward(plan: TiledPlan, features, prepared, table, target, alpha, ign
     logits = torch.empty(batch, num_classes, device=device, dtype=torch.float32) if return_logits else None
     grad = torch.empty(batch, dim, device=device, dtype=dtype) if compute_grad else None
     store_z = compute_grad or return_logits
-    g_in_place = dtype == torch.float32 and not return_logits
     z_buf = torch.empty(chunk, num_classes, device=device, dtype=torch.float32) if store_z and logits is None else None
-    g_buf = (z_buf if g_in_place else torch.empty(chunk, num_classes, device=device, dtype=dtype)) \
+    g_buf = (z_buf if logits is None else torch.empty(chunk, num_classes, device=device, dtype=g_dtype(dtype))) \
         if compute_grad else None
     tiles_k = plan.tiles_k
     workspace = torch.empty(NUM_PARTIALS * chunk * tiles_k + chunk + batch, device=device, dtype=torch.float32)
@@ -167,7 +172,8 @@ def tiled_forward(plan: TiledPlan, features, prepared, table, target, alpha, ign
                H_EPS=FEATURE_EPS, WRITE_G=compute_grad, BLOCK_R=config.rows_block, BLOCK_C=config.cols_block,
                BLOCK_T=plan.block_t, num_warps=config.rows_warps)
         if compute_grad and dim > 0:
-            _grad_features(plan, launch, g, weight, h, coef, grad[start:start + rows], rows, dim, num_classes)
+            _grad_features(plan, launch, g, weight, h, coef, grad[start:start + rows], rows, dim, num_classes,
+                           tickets)
     scale = None
     if reduction == "none":
         loss = loss_rows
@@ -179,7 +185,7 @@ def tiled_forward(plan: TiledPlan, features, prepared, table, target, alpha, ign
     return FusedOutput(loss, logits, grad, scale)
 
 
-def _grad_features(plan: TiledPlan, launch, g, weight, h, coef, dh, rows, dim, num_classes) -> None:
+def _grad_features(plan: TiledPlan, launch, g, weight, h, coef, dh, rows, dim, num_classes, tickets) -> None:
     """Kernel 3 for one chunk: dH = G W + a h, one program per tile, or persistent with a split last round."""
     config = plan.config
     strides = (weight.stride(0), weight.stride(1), h.stride(0), h.stride(1), dh.stride(0), dh.stride(1))
@@ -199,5 +205,5 @@ def _grad_features(plan: TiledPlan, launch, g, weight, h, coef, dh, rows, dim, n
     g_src, w_src, tma = _operands(plan, g, [config.grad_block_b, config.grad_block_k],
                                   weight, [config.grad_block_k, config.grad_block_d])
     launch(P._grad_features_persistent_kernel, (min(plan.programs, units),),
-           g_src, w_src, h, coef, dh, split_buf, plan.tickets, rows, dim, num_classes, full, splits, per_split,
+           g_src, w_src, h, coef, dh, split_buf, tickets, rows, dim, num_classes, full, splits, per_split,
            g.stride(0), *strides, TMA=tma, **meta)

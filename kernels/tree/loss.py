@@ -48,7 +48,7 @@ def _check(features: torch.Tensor, frame: TreeFrameTensors, target: torch.Tensor
            ignore_index: int) -> tuple[torch.Tensor, float]:
     """(rows that count, α as a float): the dense loss's rules for target, α and reduction, and finite features
     (one host read: the O(B·N) tree passes dwarf it)."""
-    from haf.kernels.dense.inputs import REDUCTIONS, check_target, check_target_range, parse_alpha
+    from haf.kernels.dense.inputs import REDUCTIONS, check_ignore_index, check_target, check_target_range, parse_alpha
 
     if features.dim() != 2 or features.shape[1] != frame.width:
         raise ValueError(f"features must be B × {frame.width} (the tree frame's width N − 1), got "
@@ -56,6 +56,7 @@ def _check(features: torch.Tensor, frame: TreeFrameTensors, target: torch.Tensor
     if not features.is_floating_point():
         raise ValueError(f"features must be a floating-point tensor, got dtype {features.dtype}")
     check_target(target, features.shape[0])
+    check_ignore_index(ignore_index)
     alpha = parse_alpha(alpha)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")

@@ -38,7 +38,36 @@ class TreeFrameTensors(nn.Module):
         self.register_buffer("sqrt_a", as_float(frame.sqrt_a), persistent=False)
         self.register_buffer("g", as_float(frame.node_similarity), persistent=False)
         self.register_buffer("u", as_float(frame.u), persistent=False)
+        self._check_values()
+        first_child, child_count, self.level_max_children = _children(self.parent, self.levels, self.num_nodes)
+        self.register_buffer("first_child", first_child, persistent=False)
+        self.register_buffer("child_count", child_count, persistent=False)
         self._casts: dict = {}
+
+    def _check_values(self) -> None:
+        """What the kernels assume, checked once where the tree enters: finite values, consistent structure."""
+        nodes, classes = self.num_nodes, self.num_classes
+        for name, value in (("beta", self.beta), ("c", self.c)):
+            if not np.isfinite(value):
+                raise ValueError(f"tree frame: {name} = {value} is not finite")
+        for name in ("sqrt_a", "g", "u"):
+            tensor = self._buffers[name]
+            if tensor.shape != (nodes,):
+                raise ValueError(f"tree frame: {name} has shape {tuple(tensor.shape)}, expected ({nodes},) (one per node)")
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"tree frame: {name} has non-finite values (NaN or inf)")
+        if bool((self.sqrt_a < 0).any()):
+            raise ValueError("tree frame: sqrt_a has negative values (square roots of the level weights)")
+        if self.leaf_node.shape != (classes,) or bool(((self.leaf_node < 1) | (self.leaf_node >= nodes)).any()):
+            raise ValueError(f"tree frame: leaf_node must hold {classes} node indices in [1, {nodes})")
+        if self.parent.shape != (nodes,) or bool((self.parent[1:] >= torch.arange(1, nodes)).any()):
+            raise ValueError("tree frame: parent must give every non-root node a parent numbered before it")
+        anc = self.anc
+        if anc.shape[0] != classes or bool((anc[:, 0] != 0).any()) or bool((anc >= nodes).any()):
+            raise ValueError(f"tree frame: anc must be {classes} × (H + 1) paths from the root (node 0)")
+        last = anc.gather(1, (anc >= 0).sum(dim=1, keepdim=True) - 1)[:, 0]
+        if not bool((last == self.leaf_node).all()):
+            raise ValueError("tree frame: anc does not end at leaf_node for every class")
 
     @property
     def width(self) -> int:
@@ -66,6 +95,23 @@ class TreeFrameTensors(nn.Module):
         return f"num_classes={self.num_classes}, width={self.width}, depth={self.anc.shape[1] - 1}"
 
 
+def _children(parent: torch.Tensor, levels, nodes: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(first child, child count) per node and the most children of a parent per level: nodes are breadth first
+    with children grouped in their parents' order, so each parent's children are one contiguous range."""
+    first = torch.zeros(nodes, dtype=torch.int64)
+    count = torch.zeros(nodes, dtype=torch.int64)
+    most = []
+    for lo, hi, plo, phi in levels:
+        parents = parent[lo:hi]
+        if bool((parents[1:] < parents[:-1]).any()):
+            raise ValueError(f"tree frame: parent of nodes [{lo}, {hi}) is not grouped in parent order")
+        per = torch.bincount(parents - plo, minlength=phi - plo)
+        count[plo:phi] = per
+        first[plo:phi] = lo + torch.cumsum(per, 0) - per
+        most.append(int(per.max()) if per.numel() else 0)
+    return first, count, most
+
+
 def is_tree_frame(frame) -> bool:
     from haf.frame import TreeFrame
 
@@ -84,7 +130,10 @@ def directionless_as_inf(norm: torch.Tensor) -> torch.Tensor:
 
 
 def scale_saved_gradient(ctx, grad_losses: torch.Tensor):
-    """The backward of both tree-loss paths: dℓ_b/dh_b was computed in the forward; scale it by dL/dℓ_b. In place:
-    the stored gradient is used once, and a second B × (N − 1) copy is what bounds memory."""
+    """The backward of both tree-loss paths: dℓ_b/dh_b was computed in the forward; scale it by dL/dℓ_b. Out of
+    place, so the saved gradient survives for another backward (``retain_graph=True``). The saved gradient is a
+    constant of the forward, so a derivative of this backward (``create_graph=True``) is refused."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("double backward through the tree frame loss is not supported")
     (grad,) = ctx.saved_tensors
-    return grad.mul_(grad_losses[:, None].to(grad.dtype)), None, None, None, None, None
+    return grad * grad_losses[:, None].to(grad.dtype), None, None, None, None, None
