@@ -47,11 +47,13 @@ def recipe_rows() -> dict[tuple[str, str], dict[str, str]]:
 
 
 ROWS = recipe_rows()
+# The normalisation of Yang et al.'s CIFAR loaders (datasets/cifar10.py), which their CIFAR-100 code reuses.
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
 def test_the_table_covers_every_dataset_config():
     assert {(p.parent.name, p.stem) for p in DATASET_CONFIGS} == set(ROWS)
-    assert len(DATASET_CONFIGS) == 36
+    assert len(DATASET_CONFIGS) == 44  # 11 methods (type-II Flamingo and HAFeature included) × 4 datasets
 
 
 def test_only_the_dataset_sections_are_parsed():
@@ -66,8 +68,9 @@ def test_long_tail_configs_keep_the_authors_crop(path):
     CIFAR-100 recipe's reflect padding that the LT configs' base would otherwise give them."""
     config = load_config(path)
     assert (config.data.transforms.train, config.data.transforms.eval) == ("pad-crop", "squash")
-    assert config.data.normalize.mean == pytest.approx(T.CIFAR100_MEAN)
-    assert config.data.normalize.std == pytest.approx(T.CIFAR100_STD)
+    # The authors' constants: their CIFAR-100 loader reuses CIFAR-10's statistics (CIFAR-100's own: an option).
+    assert config.data.normalize.mean == pytest.approx(CIFAR10_MEAN)
+    assert config.data.normalize.std == pytest.approx(CIFAR10_STD)
     assert config.deepspeed.precision == "fp32" and config.dataset.test_split != config.dataset.val_split
 
 
@@ -141,10 +144,67 @@ def test_config_matches_the_recipe_table(path):
         expected = list(range(int(levels.group(1)), int(levels.group(2)) + 1)) if levels else None
         assert options["hinge_levels"] == expected
         assert (options["dissimilarity_margin"], options["jsd_weight"]) == (3.0, 1.0)
-    if dataset == "tiered-imagenet":
+    if config.method.name == "flamingo":
+        widths = re.search(r"chunks ([\d, ]+\d)", text)
+        assert options["chunk_widths"] == ([int(w) for w in widths.group(1).split(", ")] if widths else None)
+    if dataset == "tiered-imagenet" and config.model.backbone == "resnet50":
         assert config.model.pretrained == "pretrained/pass_moco_v2_800ep_resnet50.pth"
     if dataset == "inat2019":
         assert config.dataset.options["splits_dir"] == "splits_inat19"
+
+
+def test_recipe_text_states_the_transformation_lr_rule():
+    """Only iNat2019 and tieredImageNet-H type-II runs pass --larger-backbone (transformation layers at lr/10);
+    every FGVC-Aircraft run keeps them at lr."""
+    for (dataset, stem), row in ROWS.items():
+        _, transformation, _ = parse_groups(row["lr groups"])
+        if row["head"] == "type2":
+            assert transformation == (1.0 if dataset == "fgvc-aircraft" else 0.1), (dataset, stem)
+        elif transformation is not None and "Adam" not in row["optimiser, lr, wd, schedule"]:
+            assert transformation == 1.0, (dataset, stem)
+    assert "never pass it" in (ROOT / "docs" / "RECIPES.md").read_text()
+
+
+def test_cifar_flamingo_classifiers_have_the_reference_input_widths():
+    """The reference's WRN Flamingo: Linear(512), Linear(410), Linear(308), Linear(206), Linear(103), coarse → fine;
+    its type-II Flamingo: chunks of K // 5 = 20 (inputs 100, 80, 60, 40, 20)."""
+    from haf.methods import MethodContext, get_method
+    from test_method_configs import synthetic_tree
+
+    level_labels, distances = synthetic_tree(100, 5)
+    context = MethodContext(classes=tuple(f"c{k}" for k in range(100)), distances=distances,
+                            level_labels=level_labels)
+    for name, width, expected in (("flamingo", 512, [512, 410, 308, 206, 103]),
+                                  ("flamingo-type2", 100, [100, 80, 60, 40, 20])):
+        options = load_config(CONFIGS / "cifar100" / f"{name}.yaml").method.options
+        method = get_method("flamingo")(width, context, get_method("flamingo").Options(**options))
+        assert [c.in_features for c in method.classifiers] == expected
+
+
+def test_long_tail_etf_and_baseline_follow_the_authors_code():
+    """Per-batch class rescaling on every step; the frozen baseline classifier with a kaiming-normal weight."""
+    import torch
+
+    from haf.methods import MethodContext, get_method
+    from test_method_configs import synthetic_tree
+
+    etf = load_config(CONFIGS / "cifar100-lt" / "etf-dot-regression.yaml")
+    assert etf.method.options["class_rescaling"] is True and etf.method.options["normalize_features"] is True
+    ce = load_config(CONFIGS / "cifar100-lt" / "cross-entropy.yaml")
+    assert ce.method.options["frozen_classifier"] is True and ce.method.options["classifier_init"] == "kaiming-normal"
+    level_labels, distances = synthetic_tree(64, 3)
+    context = MethodContext(classes=tuple(f"c{k}" for k in range(64)), distances=distances,
+                            level_labels=level_labels)
+    torch.manual_seed(0)
+    cls = get_method("cross-entropy")
+    kaiming = cls(512, context, cls.Options(**ce.method.options)).classifier
+    default = cls(512, context, cls.Options()).classifier
+    assert not any(p.requires_grad for p in kaiming.parameters())
+    # N(0, 2/D): std √(2/512) = 0.0625; nn.Linear's U(±1/√D): std 1/√(3·512) ≈ 0.0255
+    assert abs(kaiming.weight.std().item() - (2 / 512) ** 0.5) < 0.003
+    assert abs(default.weight.std().item() - (1 / (3 * 512)) ** 0.5) < 0.002
+    with pytest.raises(ValueError, match="classifier_init"):
+        cls.Options(classifier_init="xavier")
 
 
 def test_bf16_autocast_is_one_set_away():
@@ -226,6 +286,10 @@ def test_config_trains_two_steps_and_tests_on_the_test_split(path, fake_roots, t
         overrides += [f"dataset.root={root}"] + [f"dataset.options.{k}={v}" for k, v in tiny.items()]
     if base.model.backbone not in ("tiny_cnn",):
         overrides += ["model.backbone=tiny_cnn", "model.backbone_options={width: 8, depth: 2}"]
+        if base.method.name == "flamingo" and base.model.head == "type2":  # K-d feature; the fakes have K < levels
+            overrides += ["model.head_options={out_features: 16}"]
+        if base.method.options.get("chunk_widths"):  # widths of the real 512-d feature: checked on it above
+            overrides += ["method.options.chunk_widths=null"]
     if base.train.steps is not None:
         overrides += ["train.steps=2"]  # the step budget path: epochs = round(2 / steps per epoch) ≥ 1
     config = load_config(path, overrides)
