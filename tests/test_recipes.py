@@ -120,6 +120,7 @@ def test_config_matches_the_recipe_table(path):
     assert config.deepspeed.precision == "fp32" and config.deepspeed.tf32
     assert config.dataset.test_split == "test" and config.dataset.val_split == "val"
     assert config.train.test_checkpoint == "best"
+    assert config.train.val_drop_last  # the reference's validation loader (drop_last at the training batch)
     assert config.model.head == row["head"]
     o, opt = config.optim, parse_optimiser(row["optimiser, lr, wd, schedule"])
     assert (o.name, o.lr, o.weight_decay, o.schedule, o.amsgrad) == (
@@ -205,6 +206,40 @@ def test_long_tail_etf_and_baseline_follow_the_authors_code():
     assert abs(default.weight.std().item() - (1 / (3 * 512)) ** 0.5) < 0.002
     with pytest.raises(ValueError, match="classifier_init"):
         cls.Options(classifier_init="xavier")
+
+
+def test_validation_drops_the_last_partial_batch_like_the_reference():
+    """The val loader that picks the checkpoint reads the first ⌊N/B⌋·B images at the training batch size B, on any
+    number of ranks; every other loader (the test) reads every image."""
+    import numpy as np
+    import torch
+
+    from haf.pipelines.loaders.loader import leading_whole_batches
+    from haf.pipelines.readers.splits import Split
+    from haf.training.assemble import make_split_loader
+
+    split = Split("val", np.arange(10) % 3, arrays=np.zeros((10, 8, 8, 3), np.uint8))
+    assert leading_whole_batches(split, 4).labels.tolist() == split.labels[:8].tolist()
+    assert leading_whole_batches(split, 5) is split
+    with pytest.raises(ValueError, match="less than one batch of 11"):
+        leading_whole_batches(split, 11)
+    assert not load_config(CONFIGS / "cifar100-lt" / "haframe.yaml").train.val_drop_last
+
+    class Data:  # the two fields make_split_loader reads
+        from haf.pipelines.readers.splits import DatasetSplits
+
+        dataset = DatasetSplits("toy", ("a", "b", "c"), distances=None, hierarchy=None,
+                                splits={"val": split, "test": split})
+
+    config = load_config(CONFIGS / "cifar100" / "haframe.yaml", ["train.batch_size=4", "train.eval_batch_size=3",
+                                                                  "data.backend=torch", "data.workers=0",
+                                                                  "data.image_size=8"])
+    for world_size in (1, 2):
+        seen = {name: sum(len(labels) for rank in range(world_size) for _, labels in make_split_loader(
+                    config, Data, name, train=False, validation=name == "val", rank=rank, world_size=world_size,
+                    device=torch.device("cpu")))
+                for name in ("val", "test")}
+        assert seen == {"val": 8, "test": 10}
 
 
 def test_bf16_autocast_is_one_set_away():

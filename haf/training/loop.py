@@ -123,7 +123,7 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, overwr
     shard = dict(rank=context.rank, world_size=context.world_size, device=context.device, dtype=engine.input_dtype,
                  channels_last=channels_last)
     train_loader = make_split_loader(config, data, "train", train=True, **shard)
-    val_loader = make_split_loader(config, data, config.dataset.val_split, train=False, **shard)
+    val_loader = make_split_loader(config, data, config.dataset.val_split, train=False, validation=True, **shard)
 
     if main and config.data.backend == "auto":
         print(f"data.backend auto: {type(train_loader).__name__} on {context.device}", file=sys.stderr)

@@ -97,6 +97,10 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     # Drop the partial last training batch (true) or train on it too (false: the CIFAR-LT code's loader).
     drop_last: bool = True
+    # Validate on the val split without its last partial batch of train.batch_size images (the reference's
+    # validation loader: drop_last at the training batch size), so the checkpoint is picked on that set; the test
+    # always evaluates every image. The paper configs set it; false: every val image.
+    val_drop_last: bool = False
     device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: this rank's GPU when there is one
     # A step budget instead: epochs = max(1, round(steps / optimizer steps per epoch)), resolved when the
     # dataset is read (Making Better Mistakes trains 200,000 steps). null: train.epochs as given.
