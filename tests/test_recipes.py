@@ -96,12 +96,13 @@ def parse_optimiser(text: str) -> dict:
     if text.startswith("SGD"):
         momentum, lr, wd, schedule = re.fullmatch(r"SGD ([\d.]+), ([\d.e-]+), ([\d.e-]+), (\w+)", text).groups()
         return {"name": "sgd", "momentum": float(momentum), "lr": float(lr), "weight_decay": float(wd),
-                "schedule": schedule, "amsgrad": False, "steps": None, "validate_every": 1}
-    match = re.fullmatch(r"Adam-AMSGrad, ([\d.e-]+), ([\d.e-]+), (\w+); ([\d,]+) steps, validate every (\d+) epochs",
-                         text)
-    lr, wd, schedule, steps, every = match.groups()
+                "schedule": schedule, "amsgrad": False, "steps": None, "validate_every": 1, "loss_fit_window": None}
+    match = re.fullmatch(r"Adam-AMSGrad, ([\d.e-]+), ([\d.e-]+), (\w+); ([\d,]+) steps, validate every (\d+) epochs"
+                         r"(?:; test epoch by loss fit over (\d+)–(\d+))?", text)
+    lr, wd, schedule, steps, every, first, last = match.groups()
     return {"name": "adam", "lr": float(lr), "weight_decay": float(wd), "schedule": schedule, "amsgrad": True,
-            "steps": int(steps.replace(",", "")), "validate_every": int(every)}
+            "steps": int(steps.replace(",", "")), "validate_every": int(every),
+            "loss_fit_window": [int(first), int(last)] if first else None}
 
 
 def parse_groups(text: str) -> tuple[float, float | None, float]:
@@ -119,7 +120,6 @@ def test_config_matches_the_recipe_table(path):
     assert config.data.normalize.mean == pytest.approx(mean) and config.data.normalize.std == pytest.approx(std)
     assert config.deepspeed.precision == "fp32" and config.deepspeed.tf32
     assert config.dataset.test_split == "test" and config.dataset.val_split == "val"
-    assert config.train.test_checkpoint == "best"
     assert config.train.val_drop_last  # the reference's validation loader (drop_last at the training batch)
     assert config.model.head == row["head"]
     o, opt = config.optim, parse_optimiser(row["optimiser, lr, wd, schedule"])
@@ -128,6 +128,9 @@ def test_config_matches_the_recipe_table(path):
     if o.name == "sgd":
         assert o.momentum == opt["momentum"] and not o.nesterov
     assert (config.train.steps, config.train.validate_every) == (opt["steps"], opt["validate_every"])
+    # The paper tests the best-validation-top-1 checkpoint; MBM the epoch of the fitted validation-loss minimum.
+    assert (config.train.test_checkpoint, config.train.loss_fit_window) == (
+        ("val-loss-fit", opt["loss_fit_window"]) if opt["loss_fit_window"] else ("best", None))
     assert config.train.epochs == 100  # with train.steps, replaced by round(steps / steps per epoch) at run start
     backbone, transformation, last = parse_groups(row["lr groups"])
     assert o.backbone_lr_scale == backbone and last == 1.0
@@ -145,6 +148,13 @@ def test_config_matches_the_recipe_table(path):
         expected = list(range(int(levels.group(1)), int(levels.group(2)) + 1)) if levels else None
         assert options["hinge_levels"] == expected
         assert (options["dissimilarity_margin"], options["jsd_weight"]) == (3.0, 1.0)
+    if "ResNet-18" in text:  # MBM's network: ResNet-18, average pool, the method's Linear (+ dropout)
+        assert config.model.backbone == "resnet18"
+        assert dict(config.model.head_options) == {"pool": "avg", "hidden_dim": None}
+        expected = "pretrained/resnet18_imagenet1k_v1.pth" if dataset == "tiered-imagenet" else "IMAGENET1K_V1"
+        assert config.model.pretrained == expected
+    dropout = re.search(r"dropout ([\d.]+)", text)
+    assert options.get("dropout", 0.0) == (float(dropout.group(1)) if dropout else 0.0)
     if config.method.name == "flamingo":
         widths = re.search(r"chunks ([\d, ]+\d)", text)
         assert options["chunk_widths"] == ([int(w) for w in widths.group(1).split(", ")] if widths else None)
@@ -347,3 +357,69 @@ def test_missing_pretrained_checkpoint_is_named(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="pass_moco_v2_800ep_resnet50.pth"):
         build_backbone("resnet18", weights=config.model.pretrained)  # same loader as resnet50, smaller
+
+
+# ----------------------------------------------------------------------------- Making Better Mistakes' recipe
+def test_loss_fit_epoch_is_the_argmin_of_the_degree4_fit():
+    """MBM's selection (scripts/plot_tradeoffs.py: np.polyfit(epochs, losses, 4)): the fit's minimum, not the
+    noisiest low point; restricted to the window; fewer points than coefficients: the measured minimum."""
+    import numpy as np
+
+    from haf.training.model_selection import LOSS_FIT_DEGREE, loss_fit_epoch
+
+    assert LOSS_FIT_DEGREE == 4
+    epochs = list(range(5, 205, 5))
+    smooth = [1e-4 * (e - 120) ** 2 + 1.0 for e in epochs]
+    noisy = list(smooth)
+    noisy[epochs.index(40)] -= 0.8  # one lucky epoch far from the trend's minimum
+    assert min(zip(noisy, epochs))[1] == 40
+    assert loss_fit_epoch(epochs, noisy) == 120
+    reference = np.polyval(np.polyfit(epochs, noisy, 4), epochs)
+    assert loss_fit_epoch(epochs, noisy) == epochs[int(np.argmin(reference))]
+    assert loss_fit_epoch(epochs, smooth, window=[130, 200]) == 130
+    assert loss_fit_epoch([5, 10, 15], [3.0, 1.0, 2.0]) == 10  # 3 points < 5 coefficients
+    assert loss_fit_epoch([5, 10, 15], [3.0, 1.0, 2.0], window=[50, 60]) == 10  # none inside: all of them
+    with pytest.raises(ValueError, match="one validation loss per epoch"):
+        loss_fit_epoch([5, 10], [1.0])
+
+
+@pytest.mark.usefixtures("single_torch_thread")
+def test_val_loss_fit_tests_the_snapshot_of_the_fitted_epoch(tmp_path):
+    """Every validated epoch keeps a snapshot; the test reads the one the fit of the logged losses picks."""
+    from haf.pipelines import ensure_demo_dataset
+    from haf.training.loop import run_training
+    from haf.training.model_selection import loss_fit_epoch, validation_losses
+    from train_fixtures import TINY_DEMO_OPTIONS, tiny_run_dict
+
+    root, out = ensure_demo_dataset(tmp_path / "data", **TINY_DEMO_OPTIONS), tmp_path / "run"
+    config = load_config(None, data=tiny_run_dict(
+        root, out, train={"epochs": 6, "test_checkpoint": "val-loss-fit", "loss_fit_window": [1, 6]},
+        deepspeed={"enabled": False}))
+    run_training(config)
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == [f"epoch-{e:04d}.pt" for e in range(1, 7)]
+    chosen = loss_fit_epoch(*validation_losses(out), window=[1, 6])
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["run"]["checkpoint"].endswith(f"epoch-{chosen:04d}.pt")
+    with pytest.raises(ValueError, match="train.loss_fit_window"):
+        load_config(None, data=tiny_run_dict(root, out, train={"loss_fit_window": [5, 2]}))
+
+
+def test_mbm_hxe_dropout_acts_in_training_only():
+    import torch
+
+    from haf.methods import MethodContext, get_method
+    from test_method_configs import synthetic_tree
+
+    options = load_config(CONFIGS / "inat2019" / "hierarchical-ce.yaml").method.options
+    assert options["dropout"] == 0.5
+    level_labels, distances = synthetic_tree(16, 3)
+    context = MethodContext(classes=tuple(f"c{k}" for k in range(16)), distances=distances,
+                            level_labels=level_labels)
+    method = get_method("hierarchical-ce")(32, context, get_method("hierarchical-ce").Options(**options))
+    features = torch.randn(64, 32)
+    torch.manual_seed(0)
+    assert not torch.equal(method(features), method(features))  # a different mask each call
+    method.eval()
+    torch.testing.assert_close(method(features), method.classifier(features))
+    with pytest.raises(ValueError, match="dropout"):
+        get_method("hierarchical-ce").Options(dropout=1.0)
