@@ -84,9 +84,9 @@ def _tiny_demo_sets(root: Path) -> list[str]:
     return [arg for s in sets for arg in ("--set", s)]
 
 
-def _sweep_command(output_root: Path, sets: list[str]) -> list[str]:
+def _sweep_command(output_root: Path, sets: list[str], report: bool = False) -> list[str]:
     return [sys.executable, "-m", "haf.cli", "sweep", "demo", "--seeds", "0-2", "--output-root", str(output_root),
-            "--no-report", *sets]
+            *([] if report else ["--no-report"]), *sets]
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:
@@ -115,11 +115,12 @@ def test_demo_sweep_killed_and_rerun_skips_finished_runs(tmp_path):
     assert not (folders[1] / "metrics.json").exists() and not (folders[2] / "metrics.json").exists()
     finished = {path: path.stat().st_mtime_ns for path in folders[0].rglob("*") if path.is_file()}
 
-    rerun = subprocess.run(_sweep_command(output_root, sets), cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=600)
+    rerun = subprocess.run(_sweep_command(output_root, sets, report=True), cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "seed 0: finished, skipped" in rerun.stderr and "seed 1: resuming" in rerun.stderr
     assert {path: path.stat().st_mtime_ns for path in finished} == finished  # seed 0 untouched
+    assert "haframe" in rerun.stdout and "top-1" in rerun.stdout  # the report over the sweep's three runs
     for seed, folder in enumerate(folders):
         record = json.loads((folder / "metrics.json").read_text())
         assert record["run"]["seed"] == seed and record["run"]["epochs"] == 2
