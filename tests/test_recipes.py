@@ -155,6 +155,8 @@ def test_config_matches_the_recipe_table(path):
         assert config.model.pretrained == expected
     dropout = re.search(r"dropout ([\d.]+)", text)
     assert options.get("dropout", 0.0) == (float(dropout.group(1)) if dropout else 0.0)
+    if config.method.name == "hierarchical-ce":  # MBM's code normalises the edge weights (get_weighting)
+        assert options["normalize_weights"] == (row["source"] == "MBM")
     if config.method.name == "flamingo":
         widths = re.search(r"chunks ([\d, ]+\d)", text)
         assert options["chunk_widths"] == ([int(w) for w in widths.group(1).split(", ")] if widths else None)
