@@ -58,17 +58,23 @@ def test_seed_overrides_are_refused_and_bad_configs_named(tmp_path):
 
 
 def test_one_child_per_gpu_with_its_own_device(tmp_path, monkeypatch):
-    """Several visible GPUs: runs go in parallel, each child sees one device (CUDA_VISIBLE_DEVICES)."""
-    script = ("import json, os, sys, time; out = sys.argv[1]; time.sleep(0.5); "
+    """Several visible GPUs: runs go in parallel, each child sees one device (CUDA_VISIBLE_DEVICES). Each fake run
+    marks its start and waits (up to 60 s) until two runs have started: the first two only see each other if they
+    run at the same time."""
+    markers = tmp_path / "started"
+    markers.mkdir()
+    script = ("import json, os, sys, time; out = sys.argv[1]; marks = sys.argv[2]; "
+              "open(os.path.join(marks, os.path.basename(out)), 'w').close(); deadline = time.monotonic() + 60\n"
+              "while len(os.listdir(marks)) < 2 and time.monotonic() < deadline: time.sleep(0.05)\n"
               "open(os.path.join(out, 'metrics.json'), 'w').write(json.dumps("
-              "{'device': os.environ.get('CUDA_VISIBLE_DEVICES'), 'start': time.time()}))")
+              "{'device': os.environ.get('CUDA_VISIBLE_DEVICES'), 'together': len(os.listdir(marks)) >= 2}))")
     monkeypatch.setattr(sweep_module, "_child_command",
-                        lambda run: [sys.executable, "-c", script, str(run.output_dir)])
-    runs = plan_sweep(["demo"], [0, 1, 2, 3], tmp_path)
+                        lambda run: [sys.executable, "-c", script, str(run.output_dir), str(markers)])
+    runs = plan_sweep(["demo"], [0, 1, 2, 3], tmp_path / "runs")
     assert run_sweep(runs, devices=["3", "5"], report=lambda line: None) == []
     records = [json.loads((run.output_dir / "metrics.json").read_text()) for run in runs]
     assert [r["device"] for r in records[:2]] == ["3", "5"] and {r["device"] for r in records} == {"3", "5"}
-    assert abs(records[0]["start"] - records[1]["start"]) < 0.5  # the first two ran at the same time
+    assert records[0]["together"] and records[1]["together"]  # the first two ran at the same time
     failing = plan_sweep(["demo"], [7], tmp_path / "failing")
     monkeypatch.setattr(sweep_module, "_child_command", lambda run: [sys.executable, "-c", "raise SystemExit(3)"])
     assert run_sweep(failing, devices=[], report=lambda line: None) == failing
