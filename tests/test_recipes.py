@@ -359,6 +359,9 @@ def test_missing_pretrained_checkpoint_is_named(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="pass_moco_v2_800ep_resnet50.pth"):
         build_backbone("resnet18", weights=config.model.pretrained)  # same loader as resnet50, smaller
+    mbm = load_config(CONFIGS / "tiered-imagenet" / "soft-labels.yaml")  # MBM: ImageNet ResNet-18, a local file
+    with pytest.raises(FileNotFoundError, match="resnet18_imagenet1k_v1.pth"):
+        build_backbone(mbm.model.backbone, weights=mbm.model.pretrained)
 
 
 # ----------------------------------------------------------------------------- Making Better Mistakes' recipe
