@@ -428,3 +428,18 @@ def test_mbm_hxe_dropout_acts_in_training_only():
     torch.testing.assert_close(method(features), method.classifier(features))
     with pytest.raises(ValueError, match="dropout"):
         get_method("hierarchical-ce").Options(dropout=1.0)
+
+
+def test_a_resumed_run_drops_the_snapshots_it_redoes(tmp_path):
+    from haf.training.model_selection import keep_snapshot, prune_snapshots, snapshot_path
+
+    import os
+
+    for epoch in range(1, 7):  # last.pt is replaced by a rename each epoch (atomic_torch_save), never rewritten
+        (tmp_path / "new.pt").write_text(f"epoch {epoch}")
+        os.replace(tmp_path / "new.pt", tmp_path / "last.pt")
+        keep_snapshot(tmp_path, epoch)
+    (tmp_path / "snapshots" / ".epoch-0007.pt.link").write_text("torn")  # a kill between link and rename
+    assert snapshot_path(tmp_path, 2).read_text() == "epoch 2"  # each snapshot keeps its own epoch's file
+    prune_snapshots(tmp_path, after_epoch=3)
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == [f"epoch-{e:04d}.pt" for e in (1, 2, 3)]
