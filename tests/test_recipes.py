@@ -203,6 +203,18 @@ def test_long_tail_etf_and_baseline_follow_the_authors_code():
 
     etf = load_config(CONFIGS / "cifar100-lt" / "etf-dot-regression.yaml")
     assert etf.method.options["class_rescaling"] is True and etf.method.options["normalize_features"] is True
+    from haf.methods.etf_dot_regression import batch_class_rescaling, dot_regression_loss
+
+    level_labels, distances = synthetic_tree(16, 3)
+    small = MethodContext(classes=tuple(f"c{k}" for k in range(16)), distances=distances, level_labels=level_labels)
+    method = get_method("etf-dot-regression")(20, small, get_method("etf-dot-regression").Options(
+        **etf.method.options))
+    targets = torch.tensor([0, 0, 0, 1, 5, 5, 9, 9])
+    outputs = method(torch.randn(8, 20))
+    rows = method.frame * batch_class_rescaling(targets, 16)[:, None]
+    torch.testing.assert_close(method.loss(outputs, targets), dot_regression_loss(outputs, rows, targets))
+    method.eval()  # the authors' validate() regresses onto the plain rows
+    torch.testing.assert_close(method.loss(outputs, targets), dot_regression_loss(outputs, method.frame, targets))
     ce = load_config(CONFIGS / "cifar100-lt" / "cross-entropy.yaml")
     assert ce.method.options["frozen_classifier"] is True and ce.method.options["classifier_init"] == "kaiming-normal"
     level_labels, distances = synthetic_tree(64, 3)
