@@ -47,11 +47,13 @@ def recipe_rows() -> dict[tuple[str, str], dict[str, str]]:
 
 
 ROWS = recipe_rows()
+# The normalisation of Yang et al.'s CIFAR loaders (datasets/cifar10.py), which their CIFAR-100 code reuses.
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
 def test_the_table_covers_every_dataset_config():
     assert {(p.parent.name, p.stem) for p in DATASET_CONFIGS} == set(ROWS)
-    assert len(DATASET_CONFIGS) == 36
+    assert len(DATASET_CONFIGS) == 44  # 11 methods (type-II Flamingo and HAFeature included) × 4 datasets
 
 
 def test_only_the_dataset_sections_are_parsed():
@@ -66,8 +68,9 @@ def test_long_tail_configs_keep_the_authors_crop(path):
     CIFAR-100 recipe's reflect padding that the LT configs' base would otherwise give them."""
     config = load_config(path)
     assert (config.data.transforms.train, config.data.transforms.eval) == ("pad-crop", "squash")
-    assert config.data.normalize.mean == pytest.approx(T.CIFAR100_MEAN)
-    assert config.data.normalize.std == pytest.approx(T.CIFAR100_STD)
+    # The authors' constants: their CIFAR-100 loader reuses CIFAR-10's statistics (CIFAR-100's own: an option).
+    assert config.data.normalize.mean == pytest.approx(CIFAR10_MEAN)
+    assert config.data.normalize.std == pytest.approx(CIFAR10_STD)
     assert config.deepspeed.precision == "fp32" and config.dataset.test_split != config.dataset.val_split
 
 
@@ -93,12 +96,13 @@ def parse_optimiser(text: str) -> dict:
     if text.startswith("SGD"):
         momentum, lr, wd, schedule = re.fullmatch(r"SGD ([\d.]+), ([\d.e-]+), ([\d.e-]+), (\w+)", text).groups()
         return {"name": "sgd", "momentum": float(momentum), "lr": float(lr), "weight_decay": float(wd),
-                "schedule": schedule, "amsgrad": False, "steps": None, "validate_every": 1}
-    match = re.fullmatch(r"Adam-AMSGrad, ([\d.e-]+), ([\d.e-]+), (\w+); ([\d,]+) steps, validate every (\d+) epochs",
-                         text)
-    lr, wd, schedule, steps, every = match.groups()
+                "schedule": schedule, "amsgrad": False, "steps": None, "validate_every": 1, "loss_fit_window": None}
+    match = re.fullmatch(r"Adam-AMSGrad, ([\d.e-]+), ([\d.e-]+), (\w+); ([\d,]+) steps, validate every (\d+) epochs"
+                         r"(?:; test epoch by loss fit over (\d+)–(\d+))?", text)
+    lr, wd, schedule, steps, every, first, last = match.groups()
     return {"name": "adam", "lr": float(lr), "weight_decay": float(wd), "schedule": schedule, "amsgrad": True,
-            "steps": int(steps.replace(",", "")), "validate_every": int(every)}
+            "steps": int(steps.replace(",", "")), "validate_every": int(every),
+            "loss_fit_window": [int(first), int(last)] if first else None}
 
 
 def parse_groups(text: str) -> tuple[float, float | None, float]:
@@ -116,7 +120,7 @@ def test_config_matches_the_recipe_table(path):
     assert config.data.normalize.mean == pytest.approx(mean) and config.data.normalize.std == pytest.approx(std)
     assert config.deepspeed.precision == "fp32" and config.deepspeed.tf32
     assert config.dataset.test_split == "test" and config.dataset.val_split == "val"
-    assert config.train.test_checkpoint == "best"
+    assert config.train.val_drop_last  # the reference's validation loader (drop_last at the training batch)
     assert config.model.head == row["head"]
     o, opt = config.optim, parse_optimiser(row["optimiser, lr, wd, schedule"])
     assert (o.name, o.lr, o.weight_decay, o.schedule, o.amsgrad) == (
@@ -124,6 +128,9 @@ def test_config_matches_the_recipe_table(path):
     if o.name == "sgd":
         assert o.momentum == opt["momentum"] and not o.nesterov
     assert (config.train.steps, config.train.validate_every) == (opt["steps"], opt["validate_every"])
+    # The paper tests the best-validation-top-1 checkpoint; MBM the epoch of the fitted validation-loss minimum.
+    assert (config.train.test_checkpoint, config.train.loss_fit_window) == (
+        ("val-loss-fit", opt["loss_fit_window"]) if opt["loss_fit_window"] else ("best", None))
     assert config.train.epochs == 100  # with train.steps, replaced by round(steps / steps per epoch) at run start
     backbone, transformation, last = parse_groups(row["lr groups"])
     assert o.backbone_lr_scale == backbone and last == 1.0
@@ -141,10 +148,122 @@ def test_config_matches_the_recipe_table(path):
         expected = list(range(int(levels.group(1)), int(levels.group(2)) + 1)) if levels else None
         assert options["hinge_levels"] == expected
         assert (options["dissimilarity_margin"], options["jsd_weight"]) == (3.0, 1.0)
-    if dataset == "tiered-imagenet":
+    if "ResNet-18" in text:  # MBM's network: ResNet-18, average pool, the method's Linear (+ dropout)
+        assert config.model.backbone == "resnet18"
+        assert dict(config.model.head_options) == {"pool": "avg", "hidden_dim": None}
+        expected = "pretrained/resnet18_imagenet1k_v1.pth" if dataset == "tiered-imagenet" else "IMAGENET1K_V1"
+        assert config.model.pretrained == expected
+    dropout = re.search(r"dropout ([\d.]+)", text)
+    assert options.get("dropout", 0.0) == (float(dropout.group(1)) if dropout else 0.0)
+    if config.method.name == "hierarchical-ce":  # MBM's code normalises the edge weights (get_weighting)
+        assert options["normalize_weights"] == (row["source"] == "MBM")
+    if config.method.name == "flamingo":
+        widths = re.search(r"chunks ([\d, ]+\d)", text)
+        assert options["chunk_widths"] == ([int(w) for w in widths.group(1).split(", ")] if widths else None)
+    if dataset == "tiered-imagenet" and config.model.backbone == "resnet50":
         assert config.model.pretrained == "pretrained/pass_moco_v2_800ep_resnet50.pth"
     if dataset == "inat2019":
         assert config.dataset.options["splits_dir"] == "splits_inat19"
+
+
+def test_recipe_text_states_the_transformation_lr_rule():
+    """Only iNat2019 and tieredImageNet-H type-II runs pass --larger-backbone (transformation layers at lr/10);
+    every FGVC-Aircraft run keeps them at lr."""
+    for (dataset, stem), row in ROWS.items():
+        _, transformation, _ = parse_groups(row["lr groups"])
+        if row["head"] == "type2":
+            assert transformation == (1.0 if dataset == "fgvc-aircraft" else 0.1), (dataset, stem)
+        elif transformation is not None and "Adam" not in row["optimiser, lr, wd, schedule"]:
+            assert transformation == 1.0, (dataset, stem)
+    assert "never pass it" in (ROOT / "docs" / "RECIPES.md").read_text()
+
+
+def test_cifar_flamingo_classifiers_have_the_reference_input_widths():
+    """The reference's WRN Flamingo: Linear(512), Linear(410), Linear(308), Linear(206), Linear(103), coarse → fine;
+    its type-II Flamingo: chunks of K // 5 = 20 (inputs 100, 80, 60, 40, 20)."""
+    from haf.methods import MethodContext, get_method
+    from test_method_configs import synthetic_tree
+
+    level_labels, distances = synthetic_tree(100, 5)
+    context = MethodContext(classes=tuple(f"c{k}" for k in range(100)), distances=distances,
+                            level_labels=level_labels)
+    for name, width, expected in (("flamingo", 512, [512, 410, 308, 206, 103]),
+                                  ("flamingo-type2", 100, [100, 80, 60, 40, 20])):
+        options = load_config(CONFIGS / "cifar100" / f"{name}.yaml").method.options
+        method = get_method("flamingo")(width, context, get_method("flamingo").Options(**options))
+        assert [c.in_features for c in method.classifiers] == expected
+
+
+def test_long_tail_etf_and_baseline_follow_the_authors_code():
+    """Per-batch class rescaling on every step; the frozen baseline classifier with a kaiming-normal weight."""
+    import torch
+
+    from haf.methods import MethodContext, get_method
+    from test_method_configs import synthetic_tree
+
+    etf = load_config(CONFIGS / "cifar100-lt" / "etf-dot-regression.yaml")
+    assert etf.method.options["class_rescaling"] is True and etf.method.options["normalize_features"] is True
+    from haf.methods.etf_dot_regression import batch_class_rescaling, dot_regression_loss
+
+    level_labels, distances = synthetic_tree(16, 3)
+    small = MethodContext(classes=tuple(f"c{k}" for k in range(16)), distances=distances, level_labels=level_labels)
+    method = get_method("etf-dot-regression")(20, small, get_method("etf-dot-regression").Options(
+        **etf.method.options))
+    targets = torch.tensor([0, 0, 0, 1, 5, 5, 9, 9])
+    outputs = method(torch.randn(8, 20))
+    rows = method.frame * batch_class_rescaling(targets, 16)[:, None]
+    torch.testing.assert_close(method.loss(outputs, targets), dot_regression_loss(outputs, rows, targets))
+    method.eval()  # the authors' validate() regresses onto the plain rows
+    torch.testing.assert_close(method.loss(outputs, targets), dot_regression_loss(outputs, method.frame, targets))
+    ce = load_config(CONFIGS / "cifar100-lt" / "cross-entropy.yaml")
+    assert ce.method.options["frozen_classifier"] is True and ce.method.options["classifier_init"] == "kaiming-normal"
+    level_labels, distances = synthetic_tree(64, 3)
+    context = MethodContext(classes=tuple(f"c{k}" for k in range(64)), distances=distances,
+                            level_labels=level_labels)
+    torch.manual_seed(0)
+    cls = get_method("cross-entropy")
+    kaiming = cls(512, context, cls.Options(**ce.method.options)).classifier
+    default = cls(512, context, cls.Options()).classifier
+    assert not any(p.requires_grad for p in kaiming.parameters())
+    # N(0, 2/D): std √(2/512) = 0.0625; nn.Linear's U(±1/√D): std 1/√(3·512) ≈ 0.0255
+    assert abs(kaiming.weight.std().item() - (2 / 512) ** 0.5) < 0.003
+    assert abs(default.weight.std().item() - (1 / (3 * 512)) ** 0.5) < 0.002
+    with pytest.raises(ValueError, match="classifier_init"):
+        cls.Options(classifier_init="xavier")
+
+
+def test_validation_drops_the_last_partial_batch_like_the_reference():
+    """The val loader that picks the checkpoint reads the first ⌊N/B⌋·B images at the training batch size B, on any
+    number of ranks; every other loader (the test) reads every image."""
+    import numpy as np
+    import torch
+
+    from haf.pipelines.loaders.loader import leading_whole_batches
+    from haf.pipelines.readers.splits import Split
+    from haf.training.assemble import make_split_loader
+
+    split = Split("val", np.arange(10) % 3, arrays=np.zeros((10, 8, 8, 3), np.uint8))
+    assert leading_whole_batches(split, 4).labels.tolist() == split.labels[:8].tolist()
+    assert leading_whole_batches(split, 5) is split
+    with pytest.raises(ValueError, match="less than one batch of 11"):
+        leading_whole_batches(split, 11)
+    assert not load_config(CONFIGS / "cifar100-lt" / "haframe.yaml").train.val_drop_last
+
+    class Data:  # the two fields make_split_loader reads
+        from haf.pipelines.readers.splits import DatasetSplits
+
+        dataset = DatasetSplits("toy", ("a", "b", "c"), distances=None, hierarchy=None,
+                                splits={"val": split, "test": split})
+
+    config = load_config(CONFIGS / "cifar100" / "haframe.yaml", ["train.batch_size=4", "train.eval_batch_size=3",
+                                                                  "data.backend=torch", "data.workers=0",
+                                                                  "data.image_size=8"])
+    for world_size in (1, 2):
+        seen = {name: sum(len(labels) for rank in range(world_size) for _, labels in make_split_loader(
+                    config, Data, name, train=False, validation=name == "val", rank=rank, world_size=world_size,
+                    device=torch.device("cpu")))
+                for name in ("val", "test")}
+        assert seen == {"val": 8, "test": 10}
 
 
 def test_bf16_autocast_is_one_set_away():
@@ -226,6 +345,10 @@ def test_config_trains_two_steps_and_tests_on_the_test_split(path, fake_roots, t
         overrides += [f"dataset.root={root}"] + [f"dataset.options.{k}={v}" for k, v in tiny.items()]
     if base.model.backbone not in ("tiny_cnn",):
         overrides += ["model.backbone=tiny_cnn", "model.backbone_options={width: 8, depth: 2}"]
+        if base.method.name == "flamingo" and base.model.head == "type2":  # K-d feature; the fakes have K < levels
+            overrides += ["model.head_options={out_features: 16}"]
+        if base.method.options.get("chunk_widths"):  # widths of the real 512-d feature: checked on it above
+            overrides += ["method.options.chunk_widths=null"]
     if base.train.steps is not None:
         overrides += ["train.steps=2"]  # the step budget path: epochs = round(2 / steps per epoch) ≥ 1
     config = load_config(path, overrides)
@@ -248,3 +371,87 @@ def test_missing_pretrained_checkpoint_is_named(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="pass_moco_v2_800ep_resnet50.pth"):
         build_backbone("resnet18", weights=config.model.pretrained)  # same loader as resnet50, smaller
+    mbm = load_config(CONFIGS / "tiered-imagenet" / "soft-labels.yaml")  # MBM: ImageNet ResNet-18, a local file
+    with pytest.raises(FileNotFoundError, match="resnet18_imagenet1k_v1.pth"):
+        build_backbone(mbm.model.backbone, weights=mbm.model.pretrained)
+
+
+# ----------------------------------------------------------------------------- Making Better Mistakes' recipe
+def test_loss_fit_epoch_is_the_argmin_of_the_degree4_fit():
+    """MBM's selection (scripts/plot_tradeoffs.py: np.polyfit(epochs, losses, 4)): the fit's minimum, not the
+    noisiest low point; restricted to the window; fewer points than coefficients: the measured minimum."""
+    import numpy as np
+
+    from haf.training.model_selection import LOSS_FIT_DEGREE, loss_fit_epoch
+
+    assert LOSS_FIT_DEGREE == 4
+    epochs = list(range(5, 205, 5))
+    smooth = [1e-4 * (e - 120) ** 2 + 1.0 for e in epochs]
+    noisy = list(smooth)
+    noisy[epochs.index(40)] -= 0.8  # one lucky epoch far from the trend's minimum
+    assert min(zip(noisy, epochs))[1] == 40
+    assert loss_fit_epoch(epochs, noisy) == 120
+    reference = np.polyval(np.polyfit(epochs, noisy, 4), epochs)
+    assert loss_fit_epoch(epochs, noisy) == epochs[int(np.argmin(reference))]
+    assert loss_fit_epoch(epochs, smooth, window=[130, 200]) == 130
+    assert loss_fit_epoch([5, 10, 15], [3.0, 1.0, 2.0]) == 10  # 3 points < 5 coefficients
+    assert loss_fit_epoch([5, 10, 15], [3.0, 1.0, 2.0], window=[50, 60]) == 10  # none inside: all of them
+    with pytest.raises(ValueError, match="one validation loss per epoch"):
+        loss_fit_epoch([5, 10], [1.0])
+
+
+@pytest.mark.usefixtures("single_torch_thread")
+def test_val_loss_fit_tests_the_snapshot_of_the_fitted_epoch(tmp_path):
+    """Every validated epoch keeps a snapshot; the test reads the one the fit of the logged losses picks."""
+    from haf.pipelines import ensure_demo_dataset
+    from haf.training.loop import run_training
+    from haf.training.model_selection import loss_fit_epoch, validation_losses
+    from train_fixtures import TINY_DEMO_OPTIONS, tiny_run_dict
+
+    root, out = ensure_demo_dataset(tmp_path / "data", **TINY_DEMO_OPTIONS), tmp_path / "run"
+    config = load_config(None, data=tiny_run_dict(
+        root, out, train={"epochs": 6, "test_checkpoint": "val-loss-fit", "loss_fit_window": [1, 6]},
+        deepspeed={"enabled": False}))
+    run_training(config)
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == [f"epoch-{e:04d}.pt" for e in range(1, 7)]
+    chosen = loss_fit_epoch(*validation_losses(out), window=[1, 6])
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["run"]["checkpoint"].endswith(f"epoch-{chosen:04d}.pt")
+    with pytest.raises(ValueError, match="train.loss_fit_window"):
+        load_config(None, data=tiny_run_dict(root, out, train={"loss_fit_window": [5, 2]}))
+
+
+def test_mbm_hxe_dropout_acts_in_training_only():
+    import torch
+
+    from haf.methods import MethodContext, get_method
+    from test_method_configs import synthetic_tree
+
+    options = load_config(CONFIGS / "inat2019" / "hierarchical-ce.yaml").method.options
+    assert options["dropout"] == 0.5
+    level_labels, distances = synthetic_tree(16, 3)
+    context = MethodContext(classes=tuple(f"c{k}" for k in range(16)), distances=distances,
+                            level_labels=level_labels)
+    method = get_method("hierarchical-ce")(32, context, get_method("hierarchical-ce").Options(**options))
+    features = torch.randn(64, 32)
+    torch.manual_seed(0)
+    assert not torch.equal(method(features), method(features))  # a different mask each call
+    method.eval()
+    torch.testing.assert_close(method(features), method.classifier(features))
+    with pytest.raises(ValueError, match="dropout"):
+        get_method("hierarchical-ce").Options(dropout=1.0)
+
+
+def test_a_resumed_run_drops_the_snapshots_it_redoes(tmp_path):
+    from haf.training.model_selection import keep_snapshot, prune_snapshots, snapshot_path
+
+    import os
+
+    for epoch in range(1, 7):  # last.pt is replaced by a rename each epoch (atomic_torch_save), never rewritten
+        (tmp_path / "new.pt").write_text(f"epoch {epoch}")
+        os.replace(tmp_path / "new.pt", tmp_path / "last.pt")
+        keep_snapshot(tmp_path, epoch)
+    (tmp_path / "snapshots" / ".epoch-0007.pt.link").write_text("torn")  # a kill between link and rename
+    assert snapshot_path(tmp_path, 2).read_text() == "epoch 2"  # each snapshot keeps its own epoch's file
+    prune_snapshots(tmp_path, after_epoch=3)
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == [f"epoch-{e:04d}.pt" for e in (1, 2, 3)]

@@ -6,7 +6,8 @@ BatchNorm1d (the authors' ``BN_H``) and, in their CIFAR variant, L2 normalisatio
 
     ℓ_b = ½ (h_bᵀ w_{y_b} − ‖w_{y_b}‖·‖h_b‖)² / ‖h_b‖,     ‖h‖, ‖w‖ detached,   w_c = m_c  or  E_w[c]·m_c
 
-(:func:`dot_regression_loss`; E_w with ``class_rescaling``: :func:`batch_class_rescaling`). Prediction:
+(:func:`dot_regression_loss`; E_w with ``class_rescaling``, on training steps only — the authors' validation
+regresses onto the plain rows: :func:`batch_class_rescaling`). Prediction:
 argmax_c h·m_c (= max cosine, the rows sharing one norm). The loss trains only the direction of h and fits no
 likelihood, so CRM decodes softmax(s · cos(h, m_c)), s the NormFace scale of ``target_probability`` (our choice,
 the paper gives no probabilities; :func:`haf.methods._loss_common.normface_scale`), and only with ``report_crm``.
@@ -39,7 +40,8 @@ class ETFDotRegression(FullPrecisionBuffersMethod):
         normalize_features: bool = False
         # The authors' BN_H on the features before the ETF; off only for ablations.
         batch_norm: bool = True
-        # Per-batch class lengths E_w (the authors' long-tailed setting); balanced data does not need them.
+        # Per-batch class lengths E_w on every training step (the authors' long-tailed setting: their train.py
+        # applies produce_Ew to each batch); balanced data does not need them.
         class_rescaling: bool = False
         # Probability a perfectly collapsed sample gets under softmax(s·cos) for CRM decoding (see module doc).
         target_probability: float = 0.99
@@ -73,7 +75,7 @@ class ETFDotRegression(FullPrecisionBuffersMethod):
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         vectors = self.frame
-        if self.options.class_rescaling:
+        if self.options.class_rescaling and self.training:  # training steps only, as the authors' train()
             vectors = vectors * batch_class_rescaling(targets, self.context.num_classes).to(vectors)[:, None]
         return dot_regression_loss(outputs, vectors, targets)
 

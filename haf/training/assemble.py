@@ -150,8 +150,12 @@ def resolve_epochs(config: RunConfig, train_size: int, world_size: int) -> RunCo
 
 def make_split_loader(config: RunConfig, data: PreparedData, split: str, *, train: bool, rank: int = 0,
                       world_size: int = 1, device: torch.device, dtype: torch.dtype = torch.float32,
-                      channels_last: bool = False) -> Any:
-    """This rank's loader over ``split``: the global (eval) batch split over ranks, ``data.backend`` resolved."""
+                      channels_last: bool = False, validation: bool = False) -> Any:
+    """This rank's loader over ``split``: the global (eval) batch split over ranks, ``data.backend`` resolved.
+
+    ``validation``: the loader that picks the checkpoint; with ``train.val_drop_last`` it reads only the first
+    ⌊N/B⌋·B images, B = ``train.batch_size`` (the reference's validation loader drops its last partial batch).
+    """
     from haf.pipelines import make_loader
 
     global_batch = config.train.batch_size if train else config.train.eval_batch_size
@@ -166,4 +170,5 @@ def make_split_loader(config: RunConfig, data: PreparedData, split: str, *, trai
         batch_size=micro, image_size=config.data.image_size, workers=config.data.workers, rank=rank,
         world_size=world_size, seed=config.seed, device=device, dtype=dtype, channels_last=channels_last,
         shuffle=train, drop_last=train and config.train.drop_last, **transform_options(config),
+        whole_batches_of=config.train.batch_size if validation and config.train.val_drop_last else None,
     )

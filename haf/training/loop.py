@@ -58,6 +58,14 @@ from haf.training.evaluation import (
     method_supports_crm,
 )
 from haf.training.mixup import mix_batch, mixed_loss, mixup_generator
+from haf.training.model_selection import (
+    LOSS_FIT_DEGREE,
+    keep_snapshot,
+    loss_fit_epoch,
+    prune_snapshots,
+    snapshot_path,
+    validation_losses,
+)
 from haf.training.optimization import learning_rate, set_learning_rate
 from haf.training.run_folder import (
     BEST_NAME,
@@ -162,7 +170,7 @@ def _run_in_folder(config: RunConfig, context: DistributedContext, output_dir: P
     shard = dict(rank=context.rank, world_size=context.world_size, device=context.device, dtype=engine.input_dtype,
                  channels_last=channels_last)
     train_loader = make_split_loader(config, data, "train", train=True, **shard)
-    val_loader = make_split_loader(config, data, config.dataset.val_split, train=False, **shard)
+    val_loader = make_split_loader(config, data, config.dataset.val_split, train=False, validation=True, **shard)
 
     if main:
         log.info(f"engine: {'DeepSpeed' if config.deepspeed.enabled else 'plain PyTorch'} on {context.device}, "
@@ -194,6 +202,7 @@ def _run_in_folder(config: RunConfig, context: DistributedContext, output_dir: P
         atomic_write_text(output_dir / CONFIG_NAME, config.to_yaml())
         made.clear()  # the folder holds the run from here on: kept whatever happens
         truncate_logs(output_dir, start_epoch)  # the records of the epochs about to be (re)done go
+        prune_snapshots(output_dir, start_epoch)
     # On resume, steps after the checkpoint's are redone: TensorBoard hides what an interrupted run logged there.
     logger = RunLogger(output_dir, config, enabled=main, purge_step=global_step + 1 if resume else None)
     show_progress = main and config.logging.progress
@@ -237,6 +246,8 @@ def _run_in_folder(config: RunConfig, context: DistributedContext, output_dir: P
                 best_metric, best_epoch = float(metrics["top1"]), epoch + 1
             save_epoch_checkpoint(engine, config, data, context, output_dir, epoch=epoch + 1, global_step=global_step,
                                   best_metric=best_metric, best_epoch=best_epoch, metrics=metrics, is_best=is_best)
+            if main and metrics is not None and config.train.test_checkpoint == "val-loss-fit":
+                keep_snapshot(output_dir, epoch + 1)
             stop = config.train.stop_after_epoch
             if stop is not None and epoch + 1 >= stop and not is_last:
                 if main:
@@ -365,6 +376,12 @@ def _final_test(engine: Any, config: RunConfig, data: PreparedData, context: Dis
     path = output_dir / (BEST_NAME if which == "best" and best_epoch > 0 else LAST_NAME)
     if dist.is_initialized():
         dist.barrier()
+    if which == "val-loss-fit":  # every rank reads the same log (the output folder is shared, as for --resume)
+        chosen = loss_fit_epoch(*validation_losses(output_dir), window=config.train.loss_fit_window)
+        path = snapshot_path(output_dir, chosen)
+        if context.is_main:
+            print(f"val-loss-fit: testing epoch {chosen} (degree-{LOSS_FIT_DEGREE} fit of the validation loss)",
+                  file=sys.stderr)
     state = load_checkpoint(path, map_location="cpu")
     result, record = evaluate_loaded_checkpoint(
         engine.module, state, path, config, data, config.dataset.test_split, device=context.device,

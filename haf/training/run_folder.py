@@ -32,10 +32,11 @@ LAST_NAME = "last.pt"
 BEST_NAME = "best.pt"
 DEEPSPEED_DIR = "deepspeed"  # DeepSpeed's own shards (ZeRO ≥ 1, bf16/fp16 weights)
 TENSORBOARD_DIR = "tensorboard"
+SNAPSHOT_DIR = "snapshots"  # the model of every validated epoch (train.test_checkpoint: val-loss-fit)
 SPLITS = ("train", "val", "test")  # the values of a metrics.jsonl record's "split"
 # Files whose presence means the folder holds a run; with the folders below, what --overwrite removes.
 RUN_FILES = (CONFIG_NAME, LAST_NAME, BEST_NAME, METRICS_NAME, LOG_NAME, STEP_LOG_NAME)
-RUN_DIRS = (TENSORBOARD_DIR, DEEPSPEED_DIR)
+RUN_DIRS = (TENSORBOARD_DIR, DEEPSPEED_DIR, SNAPSHOT_DIR)
 BEST_LINK_NAME = f".{BEST_NAME}.link"  # best.pt's hard link before it is renamed into place
 REPLACED_PREFIX = ".replaced-"  # an overwritten run's files on their way out
 # Temporary files of our atomic writes (".<name>.<random>.tmp"); only a kill leaves one behind.

@@ -91,12 +91,20 @@ class TrainConfig:
     max_eval_steps: Union[int, None] = None
     grad_clip_norm: Union[float, None] = None  # DeepSpeed's gradient_clipping; null: off (the reference)
     validate_every: int = 1  # epochs between validations (the last epoch is always validated)
-    test_checkpoint: Literal["best", "last"] = "best"  # the paper tests the best-validation-top-1 checkpoint
+    # "best": the best validation top-1 (the paper); "last"; "val-loss-fit": the epoch where a degree-4 polynomial
+    # fitted to the validation loss is lowest (Making Better Mistakes; haf.training.model_selection).
+    test_checkpoint: Literal["best", "last", "val-loss-fit"] = "best"
+    # "val-loss-fit": fit over the validated epochs in [first, last] (1-based, inclusive); null: all of them.
+    loss_fit_window: Union[list[int], None] = None
     # Mixup (Zhang et al., ICLR 2018) for every method: λ ~ Beta(α, α), x ← λx + (1−λ)x[perm], loss λL(y) +
     # (1−λ)L(y[perm]) on one forward pass (haf.training.mixup). 0: off.
     mixup_alpha: float = 0.0
     # Drop the partial last training batch (true) or train on it too (false: the CIFAR-LT code's loader).
     drop_last: bool = True
+    # Validate on the val split without its last partial batch of train.batch_size images (the reference's
+    # validation loader: drop_last at the training batch size), so the checkpoint is picked on that set; the test
+    # always evaluates every image. The paper configs set it; false: every val image.
+    val_drop_last: bool = False
     device: Literal["auto", "cuda", "cpu"] = "auto"  # auto: this rank's GPU when there is one
     # A step budget instead: epochs = max(1, round(steps / optimizer steps per epoch)), resolved when the
     # dataset is read (Making Better Mistakes trains 200,000 steps). null: train.epochs as given.
@@ -262,6 +270,12 @@ def check_semantics(config: RunConfig) -> None:
                                 "optim.*); set them there")
     if not config.method.name:
         fail("method.name", "must name a method")
+    window = t.loss_fit_window
+    if window is not None and (len(window) != 2 or not 1 <= window[0] <= window[1]):
+        fail("train.loss_fit_window", f"must be [first, last] epochs with 1 <= first <= last, or null; got {window}")
+    if t.test_checkpoint == "val-loss-fit" and not lg.jsonl:
+        fail("train.test_checkpoint", "val-loss-fit reads the validation losses from metrics.jsonl: needs "
+                                      "logging.jsonl: true")
     if t.steps is not None and t.steps < 1:
         fail("train.steps", f"must be >= 1 or null, got {t.steps}")
     if config.dataset.test_split == config.dataset.val_split:

@@ -8,13 +8,15 @@ however many workers, and a run resumed at epoch e replays it exactly.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from haf.pipelines.loaders.backends import DEFAULT_DATA_BACKEND, LOADER_BACKENDS, resolve_data_backend
 from haf.pipelines.loaders.base import Loader, LoaderOptions
 from haf.pipelines.readers.splits import DatasetSplits, Split
 
-__all__ = ["LOADER_BACKENDS", "Loader", "LoaderOptions", "derive_augment", "make_loader"]
+__all__ = ["LOADER_BACKENDS", "Loader", "LoaderOptions", "derive_augment", "leading_whole_batches", "make_loader"]
 
 # Output sizes at or below this get the CIFAR recipe (pad-4 crop + flip, fixed resize) when no augment is named:
 # RandomResizedCrop's 8%-area crops are a few pixels wide at such sizes (the 32-px demo dataset, CIFAR as files).
@@ -48,6 +50,7 @@ def make_loader(
     dali_device: str | None = None,
     transforms: tuple[str, str] | None = None,
     normalize: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None,
+    whole_batches_of: int | None = None,
 ) -> Loader:
     """A loader over ``dataset[split]`` (see the module docstring).
 
@@ -59,8 +62,12 @@ def make_loader(
     ``on_error``: "raise" → a ``ValueError`` naming the corrupt file; "skip" → the sample is dropped from its
     batch and listed in ``loader.skipped_files``. ``transforms`` = (train, eval) transform names and
     ``normalize`` = (mean, std) override the ``augment`` preset (a run's ``data.transforms`` / ``data.normalize``).
+    ``whole_batches_of`` = B keeps only the first ⌊N/B⌋·B images of the split, in its order: what a single-process
+    loader of batch B with ``drop_last`` sees (the reference's validation), independent of the world size.
     """
     the_split = dataset[split]
+    if whole_batches_of is not None:
+        the_split = leading_whole_batches(the_split, whole_batches_of)
     device = torch.device(device)
     backend = resolve_data_backend(backend, device)
     options = LoaderOptions(
@@ -92,3 +99,18 @@ def make_loader(
     from haf.pipelines.loaders.torch_loader import TorchLoader
 
     return TorchLoader(the_split, options)
+
+
+def leading_whole_batches(split: Split, batch_size: int) -> Split:
+    """The first ⌊N/B⌋·B images of ``split`` (its last partial batch of B dropped), as a split of its own."""
+    if batch_size < 1:
+        raise ValueError(f"split {split.name!r}: batch size must be >= 1, got {batch_size}")
+    keep = len(split) // batch_size * batch_size
+    if keep == 0:
+        raise ValueError(f"split {split.name!r}: {len(split)} images are less than one batch of {batch_size}; "
+                         "nothing is left once the partial batch is dropped")
+    if keep == len(split):
+        return split
+    return dataclasses.replace(split, labels=split.labels[:keep],
+                               files=None if split.files is None else split.files[:keep],
+                               arrays=None if split.arrays is None else split.arrays[:keep])
