@@ -98,6 +98,8 @@ def test_missing_extra_is_one_line_naming_it(monkeypatch, module, extra):
 
 
 def test_missing_submodule_names_the_extra(monkeypatch):
+    for name in [name for name in sys.modules if name.startswith("nvidia.dali.")]:  # loaded by earlier tests
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
     with pytest.raises(MissingExtraError, match=r"haf\[dali\]"):
         require("nvidia.dali.plugin.pytorch", purpose="the DALI loader")
@@ -137,6 +139,8 @@ def test_command_line_prints_a_missing_extra_as_one_line(monkeypatch, capsys):
 def test_dali_loader_reports_the_extra(monkeypatch):
     from haf.pipelines.loaders import dali_loader
 
+    for name in [name for name in sys.modules if name.startswith("nvidia.dali.")]:  # loaded by earlier tests
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
     with pytest.raises(MissingExtraError, match=r"pip install 'haf\[dali\]'"):
         dali_loader._dali()

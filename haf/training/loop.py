@@ -380,8 +380,7 @@ def _final_test(engine: Any, config: RunConfig, data: PreparedData, context: Dis
         chosen = loss_fit_epoch(*validation_losses(output_dir), window=config.train.loss_fit_window)
         path = snapshot_path(output_dir, chosen)
         if context.is_main:
-            print(f"val-loss-fit: testing epoch {chosen} (degree-{LOSS_FIT_DEGREE} fit of the validation loss)",
-                  file=sys.stderr)
+            log.info(f"val-loss-fit: testing epoch {chosen} (degree-{LOSS_FIT_DEGREE} fit of the validation loss)")
     state = load_checkpoint(path, map_location="cpu")
     result, record = evaluate_loaded_checkpoint(
         engine.module, state, path, config, data, config.dataset.test_split, device=context.device,

@@ -12,9 +12,9 @@ can be tested after training.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +22,8 @@ import numpy as np
 
 from haf.safe_files import naming
 from haf.training.run_folder import LAST_NAME, LOG_NAME, SNAPSHOT_DIR
+
+log = logging.getLogger(__name__)
 
 #: The degree of MBM's fit (``np.polyfit(fit_epochs, fit_losses, 4)`` in its ``scripts/plot_tradeoffs.py``).
 LOSS_FIT_DEGREE = 4
@@ -36,8 +38,8 @@ def loss_fit_epoch(epochs: Sequence[int], losses: Sequence[float], window: Seque
     finite = [(int(e), float(v)) for e, v in zip(epochs, losses) if np.isfinite(v)]
     pairs = [(e, v) for e, v in finite if window is None or window[0] <= e <= window[1]]
     if not pairs:  # a shorter run than the window was made for (a smoke test, another batch size): fit them all
-        print(f"loss fit: no validated epoch in the window {list(window or [])}; fitting all of them "
-              f"({[e for e, _ in finite]})", file=sys.stderr)
+        log.warning(f"loss fit: no validated epoch in the window {list(window or [])}; fitting all of them "
+                    f"({[e for e, _ in finite]})")
         pairs = finite
     if not pairs:
         raise ValueError(f"loss fit: no finite validation loss (validated epochs {list(epochs)})")

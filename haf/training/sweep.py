@@ -10,6 +10,7 @@ the run folder.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -79,8 +80,8 @@ def plan_sweep(configs: Sequence[str], seeds: Sequence[int], output_root: str | 
     for name in configs:
         config = load_config(name, list(overrides))
         if config.output_dir is not None:
-            print(f"haf sweep: {name}: output_dir {config.output_dir} is replaced by the sweep's folder",
-                  file=sys.stderr)
+            logging.getLogger(__name__).warning(
+                f"haf sweep: {name}: output_dir {config.output_dir} is replaced by the sweep's folder")
         stem = Path(config.source).stem if config.source else Path(name).stem
         for seed in seeds:
             folder = Path(output_root) / config.dataset.kind / f"{stem}-seed{seed}"
