@@ -91,7 +91,10 @@ def distances_for(dataset: Any, convention: str | None, source: str | None = Non
 def build_model(config: RunConfig, dataset: Any, distances: Any) -> torch.nn.Module:
     """backbone → head → method from the registries; the frame rotation is seeded by ``config.seed``."""
     from haf.methods import MethodContext
+    from haf.models.backbone_registry import import_backbone_module
     from haf.models.classifier import build_classifier
+
+    import_backbone_module(config.model.backbone_module)
 
     hierarchy = dataset.hierarchy
     context = MethodContext(

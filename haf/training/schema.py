@@ -26,7 +26,7 @@ class DatasetConfig:
 
     kind: Literal[DATASET_KINDS] = "demo"  # the dataset registry's kinds
     root: str = ".cache/demo-data"
-    # Reader-specific keyword arguments, passed through verbatim (the reader validates them).
+    # Reader-specific keyword arguments: checked on load against the reader's signature (names and types).
     options: dict = field(default_factory=dict)
     # How the reader's hierarchy becomes a distance matrix (docs/METHOD.md): "lca-height" (siblings at 1) or
     # "fixed-depth" (tieredImageNet-H's H − depth(LCA)); null keeps the reader's/file's own convention.
@@ -39,7 +39,11 @@ class DatasetConfig:
 class ModelConfig:
     """Backbone + head; the method on top is the ``method`` section."""
 
-    backbone: str = "resnet50"  # checked against the backbone registry when the model is built
+    # A registered name (haf.models.backbones), or "timm:<model>" with the optional timm package; checked on load.
+    backbone: str = "resnet50"
+    # The module that registers a backbone of your own (@haf.models.backbone_registry.register_backbone): a dotted
+    # module name, or a .py file (relative to the config file's folder when it is there); imported before lookup.
+    backbone_module: Union[str, None] = None
     # The head registry's names (docs/METHOD.md "Heads"): type-I baseline, type-II HAFrame head, fixed-width mlp.
     head: Literal[HEAD_NAMES] = "type2"
     # Backbone initialisation: null (from scratch), a torchvision weights name ("IMAGENET1K_V1", "DEFAULT"), or a
