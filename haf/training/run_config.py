@@ -4,7 +4,8 @@
 Loading is strict: an unknown key, a wrong type or a value outside its choices raises ``ValueError`` naming the
 file, the dotted key and the valid keys/choices. ``base: other.yaml`` (or a list, relative to the including file)
 is loaded first and the including file deep-merged on top (mappings key by key, everything else replaced), except
-that ``method.options`` do not outlive a change of ``method.name``. A config, and each ``base:``, is named by a file
+that a choice's options do not outlive a change of the choice (``method.options`` of ``method.name``,
+``model.backbone_options`` of ``model.backbone``, ``dataset.options`` of ``dataset.kind``: :func:`merge_layer`). A config, and each ``base:``, is named by a file
 path (a ``base:`` relative to the including file's folder) or by its name among the shipped configs (``demo``,
 ``cifar100/haframe``); a file that exists wins (:func:`resolve_config_path`). In a config file of your own the
 dataset's files (:data:`FILE_RELATIVE_KEYS`) are relative to that file's folder when they exist there, else to the
@@ -230,20 +231,34 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict:
     return merged
 
 
+#: (section, choice key) → the keys of that section that belong to one choice: a layer that changes the choice does
+#: not inherit them (they are validated against that one method / backbone / head / reader).
+CHOICE_DEPENDENT_KEYS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("method", "name"): ("options",),
+    ("model", "backbone"): ("backbone_options", "pretrained"),
+    ("model", "head"): ("head_options",),
+    ("dataset", "kind"): ("options",),
+}
+
+
 def merge_layer(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict:
-    """:func:`deep_merge` of one config layer over another, except that ``method.options`` do not outlive a change
-    of ``method.name`` (they are validated against one method's ``Options``)."""
-    return deep_merge(_without_other_methods_options(base, top), top)
+    """:func:`deep_merge` of one config layer over another, except that a choice's own keys
+    (:data:`CHOICE_DEPENDENT_KEYS`: ``method.options``, ``model.backbone_options``, ...) do not outlive a change of
+    that choice."""
+    return deep_merge(_without_other_choices_keys(base, top), top)
 
 
-def _without_other_methods_options(base: Mapping[str, Any], top: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``base`` minus its ``method.options`` when ``top`` names another method than ``base`` does."""
-    base_method, top_method = base.get("method"), top.get("method")
-    if not (isinstance(base_method, Mapping) and isinstance(top_method, Mapping)):
-        return base
-    if "name" not in top_method or top_method["name"] == base_method.get("name"):
-        return base
-    return {**base, "method": {k: v for k, v in base_method.items() if k != "options"}}
+def _without_other_choices_keys(base: Mapping[str, Any], top: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``base`` minus the keys of each choice that ``top`` changes (another method, backbone, head or reader)."""
+    out = dict(base)
+    for (section, choice), dependent in CHOICE_DEPENDENT_KEYS.items():
+        base_section, top_section = out.get(section), top.get(section)
+        if not (isinstance(base_section, Mapping) and isinstance(top_section, Mapping)):
+            continue
+        if choice not in top_section or top_section[choice] == base_section.get(choice):
+            continue
+        out[section] = {k: v for k, v in base_section.items() if k not in dependent}
+    return out
 
 
 def apply_override(raw: dict, override: str) -> dict:
@@ -258,9 +273,9 @@ def apply_override(raw: dict, override: str) -> dict:
     except yaml.YAMLError:
         value = text  # not YAML: keep the literal string (e.g. a path with ':' in it)
     parts = key.split(".")
-    if parts == ["method", "name"]:
-        # Another method does not inherit this one's options (see the module docstring).
-        raw = dict(_without_other_methods_options(raw, {"method": {"name": value}}))
+    if len(parts) == 2 and tuple(parts) in CHOICE_DEPENDENT_KEYS:
+        # Another method (backbone, head, reader) does not inherit this one's options (see merge_layer).
+        raw = _without_other_choices_keys(raw, {parts[0]: {parts[1]: value}})
     out = deep_merge({}, raw)
     node = out
     for i, part in enumerate(parts[:-1]):
