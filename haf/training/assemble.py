@@ -167,6 +167,7 @@ def make_split_loader(config: RunConfig, data: PreparedData, split: str, *, trai
                       channels_last: bool = False) -> Any:
     """This rank's loader over ``split``: the global (eval) batch split over ranks, ``data.backend`` resolved."""
     from haf.pipelines import make_loader
+    from haf.pipelines.loaders.augment_list import augment_items
 
     global_batch = config.train.batch_size if train else config.train.eval_batch_size
     if train:
@@ -176,7 +177,8 @@ def make_split_loader(config: RunConfig, data: PreparedData, split: str, *, trai
         micro = max(1, math.ceil(global_batch / world_size))
     # Without augmentation the training split takes the evaluation transform, still shuffled, full batches only.
     return make_loader(
-        data.dataset, split, backend=config.data.backend, train=train and config.data.augment,
+        data.dataset, split, backend=config.data.backend, train=train and config.data.augment is not False,
+        augment_list=augment_items(config.data.augment) if train else None,
         batch_size=micro, image_size=config.data.image_size, workers=config.data.workers, rank=rank,
         world_size=world_size, seed=config.seed, device=device, dtype=dtype, channels_last=channels_last,
         shuffle=train, drop_last=train and config.train.drop_last, **transform_options(config),

@@ -400,8 +400,9 @@ def _check_value(hint: Any, value: Any, key: str, where: str, source: str) -> An
 
 
 def check_dataset_and_backbone(config: RunConfig) -> None:
-    """``dataset.options`` against the reader's options (names and types, from its signature) and
-    ``model.backbone`` / ``model.backbone_options`` against the backbone registry; one line naming the key."""
+    """``dataset.options`` against the reader's options (names and types, from its signature), a ``data.augment``
+    list against torchvision's transforms, and ``model.backbone`` / ``model.backbone_options`` against the backbone
+    registry; one line naming the key."""
     from haf.models.backbones import backbone_factory, check_factory_options, import_backbone_module
     from haf.pipelines.readers.registry import reader_options
 
@@ -418,6 +419,17 @@ def check_dataset_and_backbone(config: RunConfig) -> None:
             raise ValueError(f"{where}: unknown key '{key}' for dataset kind {ds.kind!r}"
                              f"{close_matches(name, list(accepted))}; valid options: {', '.join(accepted)}")
         _check_value(accepted[name], value, key, where, where)
+    augment = config.data.augment
+    if not isinstance(augment, bool):
+        from haf.pipelines.loaders.augment_list import check_augment
+
+        if config.data.backend == "dali":
+            raise ValueError(f"{where}: key 'data.augment': a list of torchvision transforms runs on the torch "
+                             "backend only; set data.backend: torch (or auto)")
+        try:
+            check_augment(augment, config.data.image_size)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
     try:
         import_backbone_module(model.backbone_module)
     except (ValueError, FileNotFoundError) as error:

@@ -117,9 +117,12 @@ class DataConfig:
     backend: Literal[DATA_BACKENDS] = DEFAULT_DATA_BACKEND
     image_size: int = 224
     workers: int = 4  # per rank
-    # Random training augmentation (crop/flip). false: the training split gets the deterministic evaluation
-    # transform (still shuffled) — for debugging, and for comparing runs sample for sample across world sizes.
-    augment: bool = True
+    # Random training augmentation. true: the built-in crop/flip (data.transforms.train). false: the training split
+    # gets the deterministic evaluation transform (still shuffled) — for debugging, and for comparing runs sample
+    # for sample across world sizes. A list of torchvision.transforms.v2 transforms, e.g.
+    # [{RandomResizedCrop: {size: 32, scale: [0.5, 1.0]}}, {RandomHorizontalFlip: {}}]: those instead of the
+    # built-in one, then normalisation (torch backend; haf.pipelines.loaders.augment_list).
+    augment: Union[bool, list] = True
     # Channels-last activations ("auto": on GPU only, where cuDNN's NHWC convolutions are faster).
     channels_last: Literal["auto", "on", "off"] = "auto"
     # The named transforms of the train and eval splits (haf.pipelines.loaders.transforms.TRANSFORMS) and the per-channel

@@ -48,6 +48,7 @@ def make_loader(
     dali_device: str | None = None,
     transforms: tuple[str, str] | None = None,
     normalize: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None,
+    augment_list: list | None = None,
 ) -> Loader:
     """A loader over ``dataset[split]`` (see the module docstring).
 
@@ -59,9 +60,16 @@ def make_loader(
     ``on_error``: "raise" → a ``ValueError`` naming the corrupt file; "skip" → the sample is dropped from its
     batch and listed in ``loader.skipped_files``. ``transforms`` = (train, eval) transform names and
     ``normalize`` = (mean, std) override the ``augment`` preset (a run's ``data.transforms`` / ``data.normalize``).
+    ``augment_list``: torchvision transforms instead of the training transform (a run's ``data.augment`` list,
+    :mod:`haf.pipelines.loaders.augment_list`): the torch backend only ("auto" picks it, "dali" is refused).
     """
     the_split = dataset[split]
     device = torch.device(device)
+    if augment_list and train:
+        if backend == "dali":
+            raise ValueError("key 'data.augment': a list of torchvision transforms runs on the torch backend only; "
+                             "set data.backend: torch (or auto)")
+        backend = "torch"
     backend = resolve_data_backend(backend, device)
     options = LoaderOptions(
         backend=backend,
@@ -84,6 +92,7 @@ def make_loader(
         eval_transform=transforms[1] if transforms else None,
         mean=tuple(normalize[0]) if normalize else None,
         std=tuple(normalize[1]) if normalize else None,
+        augment_list=tuple(augment_list) if augment_list and train else None,
     )
     if backend == "dali":
         from haf.pipelines.loaders.dali_loader import DaliLoader
