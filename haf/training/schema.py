@@ -12,6 +12,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from haf.hierarchy.distance_conventions import Convention
 from haf.pipelines.loaders.backends import DATA_BACKENDS, DEFAULT_DATA_BACKEND
 from haf.models.heads import available_heads
 from haf.pipelines.readers.registry import DATASET_KINDS
@@ -28,9 +29,10 @@ class DatasetConfig:
     root: str = ".cache/demo-data"
     # Reader-specific keyword arguments: checked on load against the reader's signature (names and types).
     options: dict = field(default_factory=dict)
-    # How the reader's hierarchy becomes a distance matrix (docs/METHOD.md): "lca-height" (siblings at 1) or
-    # "fixed-depth" (tieredImageNet-H's H − depth(LCA)); null keeps the reader's/file's own convention.
-    distance_convention: Union[Literal["lca-height", "fixed-depth"], None] = None
+    # How the reader's hierarchy becomes a distance matrix (haf.hierarchy.distance_conventions, docs/METHOD.md):
+    # "lca-height" (siblings at 1) or "fixed-depth" (tieredImageNet-H's H − depth(LCA)); null keeps the
+    # reader's/file's own convention.
+    distance_convention: Union[Convention, None] = None
     val_split: str = "val"
     test_split: str = "test"
 
