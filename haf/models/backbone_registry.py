@@ -70,8 +70,9 @@ def backbone_factory(name: str) -> BackboneFactory:
     prefix, sep, model = name.partition(":")
     if sep:
         if prefix not in BACKBONE_FAMILIES:
-            raise ValueError(f"unknown backbone family {prefix!r} in {name!r}{close_matches(prefix, sorted(BACKBONE_FAMILIES))}"
-                             f"; families: {', '.join(sorted(BACKBONE_FAMILIES)) or '(none)'}")
+            families = sorted(BACKBONE_FAMILIES)
+            raise ValueError(f"unknown backbone family {prefix!r} in {name!r}{close_matches(prefix, families)}; "
+                             f"families: {', '.join(families) or '(none)'}")
         if not model:
             raise ValueError(f"backbone {name!r}: name a model after '{prefix}:'")
         return BACKBONE_FAMILIES[prefix](model)

@@ -5,18 +5,20 @@ Loading is strict: an unknown key, a wrong type or a value outside its choices r
 file, the dotted key and the valid keys/choices. ``base: other.yaml`` (or a list, relative to the including file)
 is loaded first and the including file deep-merged on top (mappings key by key, everything else replaced), except
 that a choice's options do not outlive a change of the choice (``method.options`` of ``method.name``,
-``model.backbone_options`` of ``model.backbone``, ``dataset.options`` of ``dataset.kind``: :func:`merge_layer`). A config, and each ``base:``, is named by a file
-path (a ``base:`` relative to the including file's folder) or by its name among the shipped configs (``demo``,
-``cifar100/haframe``); a file that exists wins (:func:`resolve_config_path`). In a config file of your own the
-dataset's files (:data:`FILE_RELATIVE_KEYS`) are relative to that file's folder when they exist there, else to the
-working directory. ``dataset.options`` are checked against the reader's signature and ``model.backbone`` against
-the backbone registry (:func:`check_dataset_and_backbone`). Keys a config
+``model.backbone_options`` of ``model.backbone``, ``dataset.options`` of ``dataset.kind``: :func:`merge_layer`).
+A config, and each ``base:``, is named by a file path (a ``base:`` relative to the including file's folder) or by
+its name among the shipped configs (``demo``, ``cifar100/haframe``); a file that exists wins
+(:func:`resolve_config_path`). In a config file of your own the paths of :data:`FILE_RELATIVE_KEYS` are relative
+to that file's folder when they exist there, else to the working directory. ``dataset.options`` are checked
+against the reader's signature, a ``data.augment`` list against torchvision and ``model.backbone`` against the
+backbone registry (:func:`check_dataset_and_backbone`). Keys a config
 leaves to its dataset (``data.transforms`` / ``data.normalize``: null) are resolved on load
 (:func:`resolve_data_defaults`), so a loaded config always states them.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -72,14 +74,13 @@ def _shipped_config(name: str) -> Path | None:
 
 
 def _close_configs(name: str) -> str:
-    """``; did you mean a, b?`` over the shipped config names, or nothing when none is close."""
-    from haf.models.backbone_registry import close_matches
-
+    """``; did you mean a, b?`` over the shipped config names (difflib), or nothing when none is close."""
     try:
         names = list_configs()
     except FileNotFoundError:
         return ""
-    return close_matches(name.removesuffix(".yaml"), names).replace(" (", "; ").rstrip(")")
+    close = difflib.get_close_matches(name.removesuffix(".yaml"), names, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:

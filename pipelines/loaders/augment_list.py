@@ -5,7 +5,7 @@
 (``data.transforms.train``) of the training split:
 
     decoded uint8 image (3 × H × W, ``crop_bottom`` rows removed) → the listed transforms, in order
-    → 3 × S × S (S = ``data.image_size``; a list that gives another size is an error naming it) → x / 255 → normalise
+    → 3 × S × S (S = ``data.image_size``; another size is an error naming it) → x / 255 → normalise
 
 so normalisation (``data.normalize``) stays after augmentation. The transforms draw from torch's generator, seeded
 per sample from the loader's (seed, epoch, rank, batch) uniforms (:func:`augment_image`): a resumed run replays
