@@ -27,6 +27,17 @@ def test_a_valid_list_loads_and_is_kept_as_written():
     assert config.data.augment == AUGMENT
 
 
+def test_the_readme_s_list_validates(tmp_path):
+    import yaml
+
+    from test_own_data import readme_section_block
+
+    block = yaml.safe_load(readme_section_block("yaml", 1))
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"base": "demo", **block}))
+    assert load_config(path).data.augment == block["data"]["augment"]
+
+
 @pytest.mark.parametrize("augment, message", [
     ([{"RandomHorizontalFlp": {}}], r"key 'data.augment\[0\]': unknown transform 'RandomHorizontalFlp' \(did you "
                                     r"mean RandomHorizontalFlip"),

@@ -27,6 +27,8 @@ def my_net(*, width: int = 8, weights=None) -> nn.Module:
 
 @pytest.fixture
 def registry_restored():
+    import haf.models.backbones  # noqa: F401  (the shipped backbones registered before the snapshot)
+
     before = dict(BACKBONES)
     yield
     BACKBONES.clear()
@@ -47,10 +49,13 @@ def write_config(folder, demo_root, **model):
     return path
 
 
-def test_a_py_file_beside_the_yaml_registers_the_backbone_the_config_names(tmp_path, demo_root, registry_restored,
-                                                                        monkeypatch):
-    (tmp_path / "my_backbones.py").write_text(MODULE.format(name="my_net_file"))
-    path = write_config(tmp_path, demo_root, backbone="my_net_file", backbone_module="my_backbones.py",
+def test_the_readme_s_py_file_beside_the_yaml_registers_the_backbone_the_config_names(tmp_path, demo_root,
+                                                                                   registry_restored, monkeypatch):
+    from test_own_data import readme_section_block
+
+    BACKBONES.pop("my_net", None)
+    (tmp_path / "my_backbones.py").write_text(readme_section_block("python"))
+    path = write_config(tmp_path, demo_root, backbone="my_net", backbone_module="my_backbones.py",
                         backbone_options={"width": 6})
     monkeypatch.chdir(tmp_path.parent)  # the module resolves against the YAML's folder, not the working directory
     config = load_config(path)
@@ -62,9 +67,10 @@ def test_a_py_file_beside_the_yaml_registers_the_backbone_the_config_names(tmp_p
     assert model(torch.rand(2, 3, 16, 16)).shape[0] == 2
 
     # A config that forgets the module cannot find the name: one line with the valid choices.
-    BACKBONES.pop("my_net_file")
-    bare = write_config(tmp_path / "..", demo_root, backbone="my_net_file")
-    with pytest.raises(ValueError, match=r"key 'model.backbone': unknown backbone 'my_net_file'"):
+    BACKBONES.pop("my_net")
+    (tmp_path / "bare").mkdir()
+    bare = write_config(tmp_path / "bare", demo_root, backbone="my_net")
+    with pytest.raises(ValueError, match=r"key 'model.backbone': unknown backbone 'my_net'"):
         load_config(bare)
 
 
