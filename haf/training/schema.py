@@ -48,8 +48,8 @@ class ModelConfig:
     backbone_module: Union[str, None] = None
     # The head registry's names (docs/METHOD.md "Heads"): type-I baseline, type-II HAFrame head, fixed-width mlp.
     head: Literal[HEAD_NAMES] = "type2"
-    # Backbone initialisation: null (from scratch), a torchvision weights name ("IMAGENET1K_V1", "DEFAULT"), or a
-    # path to a (self-supervised) checkpoint file. Passed as the backbone's ``weights`` option.
+    # Backbone initialisation: null (from scratch), a torchvision weights name ("IMAGENET1K_V1", "DEFAULT"; for a
+    # timm: backbone "timm"), or a path to a (self-supervised) checkpoint file. Passed as the backbone's ``weights``.
     pretrained: Union[str, None] = None
     backbone_options: dict = field(default_factory=dict)  # keyword options of the backbone factory
     head_options: dict = field(default_factory=dict)  # keyword options of the head factory

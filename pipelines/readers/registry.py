@@ -45,7 +45,8 @@ def dataset_reader(kind: str) -> Callable[..., DatasetSplits]:
 
 def reader_options(kind: str) -> dict[str, Any]:
     """The options of ``kind``'s reader, name -> type hint, read off its signature (after ``root``) and, for a
-    reader that forwards ``**options``, off the dataclass it forwards them to (:data:`FORWARDED_OPTIONS`)."""
+    reader that forwards ``**options``, off the dataclass it forwards them to (:data:`FORWARDED_OPTIONS`). A reader
+    that takes any other ``**options`` gets the entry ``"**"`` (no name is then unknown)."""
     reader = dataset_reader(kind)
     hints = typing.get_type_hints(reader)
     parameters = list(inspect.signature(reader).parameters.values())[1:]
