@@ -23,6 +23,10 @@ def test_base_by_shipped_name_with_a_path_taking_precedence(tmp_path):
     write(tmp_path / "demo.yaml", "base: demo-cross-entropy\nseed: 7\n")
     config = load_config(top)
     assert (config.seed, config.method.name, config.train.epochs) == (7, "cross-entropy", 2)
+    # A file never bases itself: a user's own demo.yaml may build on the shipped demo.
+    (tmp_path / "own").mkdir()
+    own = load_config(write(tmp_path / "own" / "demo.yaml", "base: demo\nseed: 4\n"))
+    assert (own.seed, own.model.backbone) == (4, "tiny_cnn")
     # ".yaml" may be left off a path as on a name.
     write(tmp_path / "chain.yaml", "base: mine\nseed: 9\n")
     assert load_config(tmp_path / "chain.yaml").seed == 9

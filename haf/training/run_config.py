@@ -96,10 +96,11 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 
 
 def _resolve_base(including: Path, base: str) -> Path:
-    """A ``base:`` entry: a file relative to the including file's folder when it exists, else a shipped config."""
+    """A ``base:`` entry: a file relative to the including file's folder when it exists (other than the including
+    file itself: ``demo.yaml`` may say ``base: demo``), else a shipped config."""
     candidate = including.parent / base
     for path in (candidate, candidate.with_name(candidate.name + ".yaml")):
-        if path.is_file():
+        if path.is_file() and path.resolve() != including.resolve():
             return path
     shipped = _shipped_config(base)
     if shipped is not None:
