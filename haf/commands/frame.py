@@ -19,9 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-# The distance conventions (haf.hierarchy.distance_conventions.CONVENTIONS, a test holds them equal), written out:
-# `haf --help` imports every command module, and importing haf.hierarchy would pull numpy into every command.
-CONVENTIONS = ("lca-height", "fixed-depth")
 HELP = "build the hierarchy-aware frame of a hierarchy file: s_min, eigenvalues, Gram error (--out saves it)"
 OUT_SUFFIXES = (".pt", ".pth", ".npz")
 
@@ -34,7 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--s-min", type=float, default=None, dest="s_min",
                         help="use this s_min instead of the reference's grid choice")
     parser.add_argument("--seed", type=int, default=0, help="seed of the frame's random rotation (default 0)")
-    parser.add_argument("--distance", choices=CONVENTIONS, default=None,
+    # No argparse choices: `haf --help` imports every command module, and haf.hierarchy (where the conventions
+    # live) would pull numpy into each; run() checks the name against haf.hierarchy.distance_conventions.
+    parser.add_argument("--distance", default=None, metavar="CONVENTION",
                         help="tree distance: lca-height (default; height of the LCA's subtree) or fixed-depth "
                         "(H − depth of the LCA, the tieredImageNet-H files' scale); distance files are taken as "
                         "stored")
@@ -121,13 +120,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convention(args: argparse.Namespace) -> str:
+    """``--distance`` checked, or the library's default."""
+    from haf.hierarchy.distance_conventions import DEFAULT_CONVENTION, check_convention
+
+    return check_convention(args.distance) if args.distance else DEFAULT_CONVENTION
+
+
 def _dense(args: argparse.Namespace, hierarchy=None, load_seconds: float = 0.0):
     """The dense frame of ``args.file``, or of ``hierarchy`` when the caller has read the file already."""
     from haf.frame import build_frame
     from haf.hierarchy import ClassDistances, load_class_distances
 
     start = time.perf_counter()
-    convention = args.distance or "lca-height"
+    convention = _convention(args)
     if hierarchy is not None:
         distances = ClassDistances.from_hierarchy(hierarchy, convention, source=str(args.file))
     else:
@@ -180,7 +186,7 @@ def _tree(args: argparse.Namespace):
     load_seconds = time.perf_counter() - start
     if resolve_factorization(args.factorization, tree.num_classes, has_tree=True) == "dense":
         return _dense(args, hierarchy=hierarchy, load_seconds=load_seconds)
-    convention = args.distance or "lca-height"
+    convention = _convention(args)
     start = time.perf_counter()
     frame = build_tree_frame(tree, args.gamma, convention, s_min=args.s_min)
     seconds = time.perf_counter() - start

@@ -15,7 +15,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     frame.add_argument("--gamma", type=float, required=True)
     frame.add_argument("--s-min", type=float, default=None)
     frame.add_argument("--seed", type=int, default=0)
-    frame.add_argument("--distance", choices=("lca-height", "fixed-depth"), default="lca-height")
+    frame.add_argument("--distance", default=None, metavar="CONVENTION",
+                       help="tree distance convention: lca-height (default) or fixed-depth")
     frame.add_argument("--classes", help="file with one class name a line (needed for distance files)")
     frame.add_argument("--out", required=True, help="PNG to write")
     runs = sub.add_parser("runs", help="curves from run folders (metrics.jsonl, metrics.json)")
@@ -65,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
         classes = None
         if args.classes:
             classes = [ln.strip() for ln in Path(args.classes).read_text().splitlines() if ln.strip()]
-        dist = load_class_distances(args.file, classes=classes, convention=args.distance)
+        from haf.hierarchy.distance_conventions import DEFAULT_CONVENTION, check_convention
+
+        convention = check_convention(args.distance) if args.distance else DEFAULT_CONVENTION
+        dist = load_class_distances(args.file, classes=classes, convention=convention)
         result = build_frame(dist.matrix, args.gamma, s_min=args.s_min, seed=args.seed)
         plots.plot_distance_vs_gram(dist.matrix, result.W, args.out, classes=dist.classes,
                                     title=f"{Path(args.file).name}: γ = {args.gamma:g}, s_min = {result.s_min:.4f}")

@@ -85,7 +85,9 @@ def build_frame(source, gamma: float, s_min: float | None = None, seed: int = 0,
         raise ValueError(f"factorization must be one of {FACTORIZATIONS}, got {factorization!r}")
     tree = _tree_of(source)
     if tree is not None and convention is None:
-        raise ValueError("build_frame: a tree source needs convention='lca-height' or 'fixed-depth'")
+        from haf.hierarchy.distance_conventions import CONVENTIONS
+
+        raise ValueError(f"build_frame: a tree source needs a convention, one of {', '.join(CONVENTIONS)}")
     factorization = resolve_factorization(factorization, tree.num_classes if tree is not None else 0,
                                           tree is not None)
     if factorization == "tree":

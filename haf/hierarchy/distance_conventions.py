@@ -6,14 +6,23 @@
 
 Both are ultrametric, d(l_p, l_q) = max_{p ≤ t < q} d(l_t, l_{t+1}) over the leaves in depth-first order, so a
 whole K × K matrix is one running maximum per row (:func:`leaf_distance_matrix`).
+
+This module is the one home of the conventions' names (:data:`Convention`, :data:`CONVENTIONS`), the default
+(:data:`DEFAULT_CONVENTION`; a dataset may state its own, e.g. tieredImageNet-H's fixed-depth) and their
+validation (:func:`check_convention`): readers, the run config, methods and commands import them from here.
 """
 from __future__ import annotations
 
-from typing import Protocol
+import typing
+from typing import Literal, Protocol
 
 import numpy as np
 
-CONVENTIONS = ("lca-height", "fixed-depth")
+#: The tree distance conventions, as a type (config keys and reader options are checked against it).
+Convention = Literal["lca-height", "fixed-depth"]
+CONVENTIONS: tuple[str, ...] = typing.get_args(Convention)
+#: The convention when neither the dataset nor the caller names one (siblings at distance 1).
+DEFAULT_CONVENTION: Convention = "lca-height"
 
 
 class TreeView(Protocol):

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from haf.hierarchy.distance_conventions import DEFAULT_CONVENTION, Convention
 from haf.kernels import BACKENDS
 from haf.methods._full_precision import FullPrecisionBuffersMethod
 from haf.methods.base import MethodContext, register_method
@@ -121,7 +122,7 @@ class HAFrame(FixedFrameMethod):
         # cost is linear in K). docs/TREE_FRAME.md.
         factorization: Literal["dense", "tree"] = "dense"
         # The tree frame's distance convention; must be the dataset's (checked against context.distances).
-        distance_convention: Literal["lca-height", "fixed-depth"] = "lca-height"
+        distance_convention: Convention = DEFAULT_CONVENTION
 
         def __post_init__(self) -> None:
             if self.factorization not in ("dense", "tree"):

@@ -7,7 +7,8 @@ imports them all and builds one by name. Registered names (``available_backbones
 * ``wrn28_8`` (the CIFAR-100 reference), ``wrn28_10``, ``wrn28_2``, ``wrn16_4``, ``wide_resnet``
   (:mod:`haf.models.wide_resnet`);
 * ``resnet32`` (the CIFAR-LT recipe), ``cifar_resnet`` (:mod:`haf.models.cifar_resnet`);
-* ``tiny_cnn`` — for tests and the CPU demo (:mod:`haf.models.tiny_cnn`).
+* ``tiny_cnn`` — for tests and the CPU demo (:mod:`haf.models.tiny_cnn`);
+* ``timm:<model>`` — any timm model, with the optional ``timm`` extra (:mod:`haf.models.timm_backbone`).
 
 Every backbone takes ``weights=None`` or a local checkpoint path, the ResNets also a torchvision weights name
 (:mod:`haf.models.backbone_weights`). Wide-ResNets, CIFAR ResNets and ``tiny_cnn`` set ``head_defaults`` so that
@@ -19,13 +20,15 @@ from typing import Any
 
 from torch import nn
 
-from haf.models.backbone_registry import BACKBONES, check_factory_options, register_backbone
+from haf.models.backbone_registry import (BACKBONES, backbone_factory, check_factory_options, import_backbone_module,
+                                          register_backbone, register_backbone_family)
 from haf.models.backbone_weights import CHECKPOINT_PREFIXES, load_backbone_checkpoint, resolve_torchvision_weights
 
 # Importing an architecture's module registers its backbones.
 from haf.models.cifar_resnet import CifarResNet
 from haf.models.resnet import ResNetFeatures
 from haf.models.tiny_cnn import TinyCNN
+from haf.models import timm_backbone  # noqa: F401  (registers the timm: family; timm itself is imported on use)
 from haf.models.wide_resnet import WideResNet
 
 __all__ = [
@@ -35,10 +38,13 @@ __all__ = [
     "TinyCNN",
     "WideResNet",
     "available_backbones",
+    "backbone_factory",
     "build_backbone",
     "check_factory_options",
+    "import_backbone_module",
     "load_backbone_checkpoint",
     "register_backbone",
+    "register_backbone_family",
     "resolve_torchvision_weights",
 ]
 
@@ -48,11 +54,8 @@ def available_backbones() -> list[str]:
 
 
 def build_backbone(name: str, **options: Any) -> nn.Module:
-    """Build the backbone registered as ``name`` with its keyword ``options``."""
-    try:
-        factory = BACKBONES[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; valid choices: {', '.join(available_backbones())}") from None
+    """Build the backbone registered as ``name`` (or a family's ``prefix:model``) with its keyword ``options``."""
+    factory = backbone_factory(name)
     check_factory_options("backbone", name, factory, options)
     model = factory(**options)
     if not isinstance(getattr(model, "out_channels", None), int):

@@ -80,7 +80,10 @@ def distances_for(dataset: Any, convention: str | None, source: str | None = Non
 def build_model(config: RunConfig, dataset: Any, distances: Any) -> torch.nn.Module:
     """backbone → head → method from the registries; the frame rotation is seeded by ``config.seed``."""
     from haf.methods import MethodContext
+    from haf.models.backbone_registry import import_backbone_module
     from haf.models.classifier import build_classifier
+
+    import_backbone_module(config.model.backbone_module)
 
     hierarchy = dataset.hierarchy
     context = MethodContext(
@@ -157,6 +160,7 @@ def make_split_loader(config: RunConfig, data: PreparedData, split: str, *, trai
     ⌊N/B⌋·B images, B = ``train.batch_size`` (the reference's validation loader drops its last partial batch).
     """
     from haf.pipelines import make_loader
+    from haf.pipelines.loaders.augment_list import augment_items
 
     global_batch = config.train.batch_size if train else config.train.eval_batch_size
     if train:
@@ -166,7 +170,8 @@ def make_split_loader(config: RunConfig, data: PreparedData, split: str, *, trai
         micro = max(1, math.ceil(global_batch / world_size))
     # Without augmentation the training split takes the evaluation transform, still shuffled, full batches only.
     return make_loader(
-        data.dataset, split, backend=config.data.backend, train=train and config.data.augment,
+        data.dataset, split, backend=config.data.backend, train=train and config.data.augment is not False,
+        augment_list=augment_items(config.data.augment) if train else None,
         batch_size=micro, image_size=config.data.image_size, workers=config.data.workers, rank=rank,
         world_size=world_size, seed=config.seed, device=device, dtype=dtype, channels_last=channels_last,
         shuffle=train, drop_last=train and config.train.drop_last, **transform_options(config),

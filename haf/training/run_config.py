@@ -4,14 +4,22 @@
 Loading is strict: an unknown key, a wrong type or a value outside its choices raises ``ValueError`` naming the
 file, the dotted key and the valid keys/choices. ``base: other.yaml`` (or a list, relative to the including file)
 is loaded first and the including file deep-merged on top (mappings key by key, everything else replaced), except
-that ``method.options`` do not outlive a change of ``method.name``. A config is named by a file path or by its
-name among the shipped configs (``demo``, ``cifar100/haframe``): :func:`resolve_config_path`. Keys a config
+that a choice's options do not outlive a change of the choice (``method.options`` of ``method.name``,
+``model.backbone_options`` of ``model.backbone``, ``dataset.options`` of ``dataset.kind``: :func:`merge_layer`).
+A config, and each ``base:``, is named by a file path (a ``base:`` relative to the including file's folder) or by
+its name among the shipped configs (``demo``, ``cifar100/haframe``); a file that exists wins
+(:func:`resolve_config_path`). In a config file of your own the paths of :data:`FILE_RELATIVE_KEYS` are relative
+to that file's folder when they exist there, else to the working directory. ``dataset.options`` are checked
+against the reader's signature, a ``data.augment`` list against torchvision and ``model.backbone`` against the
+backbone registry (:func:`check_dataset_and_backbone`). Keys a config
 leaves to its dataset (``data.transforms`` / ``data.normalize``: null) are resolved on load
 (:func:`resolve_data_defaults`), so a loaded config always states them.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import os
 import types
 import typing
 from pathlib import Path
@@ -23,6 +31,8 @@ from haf.shipped import shipped_dir  # noqa: F401  (re-exported: its home is haf
 from haf.training.schema import NormalizeConfig, RunConfig, TransformsConfig, check_semantics
 
 BASE_KEY = "base"  # composition key; removed after merging, never part of the validated object
+# Paths in a user's config file that resolve against that file's folder when they exist there (dotted keys).
+FILE_RELATIVE_KEYS = ("dataset.root", "dataset.options.hierarchy", "model.backbone_module")
 
 # Defaults of a dataset that names no transforms: small images (≤ 64 px, or CIFAR-100's arrays) the pad-4 crop,
 # larger ones the ImageNet convention; the statistics of haf.pipelines.loaders.transforms' presets.
@@ -42,20 +52,75 @@ def list_configs() -> list[str]:
                   if not p.name.startswith("_") and p.name != "base.yaml")
 
 
+def _shipped_config(name: str) -> Path | None:
+    """The shipped config file of ``name`` (``demo``, ``cifar100/haframe``, ``base``; ``.yaml`` optional)."""
+    name = name.removesuffix(".yaml")
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        return None
+    try:
+        candidate = shipped_dir("configs") / f"{name}.yaml"
+    except FileNotFoundError:
+        return None
+    return candidate if candidate.is_file() else None
+
+
+def _close_configs(name: str) -> str:
+    """``; did you mean a, b?`` over the shipped config names (difflib), or nothing when none is close."""
+    try:
+        names = list_configs()
+    except FileNotFoundError:
+        return ""
+    close = difflib.get_close_matches(name.removesuffix(".yaml"), names, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
 def resolve_config_path(name_or_path: str | Path) -> Path:
     """A config file path as given when it exists, else the shipped config of that name (``.yaml`` optional)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    name = path.as_posix().removesuffix(".yaml")
+    shipped = _shipped_config(path.as_posix())
+    if shipped is not None:
+        return shipped
+    raise FileNotFoundError(f"config file not found: {name_or_path} (nor a shipped config of that name"
+                            f"{_close_configs(str(name_or_path))}; `haf config --list` shows the names)")
+
+
+def _resolve_base(including: Path, base: str) -> Path:
+    """A ``base:`` entry: a file relative to the including file's folder when it exists (other than the including
+    file itself: ``demo.yaml`` may say ``base: demo``), else a shipped config."""
+    candidate = including.parent / base
+    for path in (candidate, candidate.with_name(candidate.name + ".yaml")):
+        if path.is_file() and path.resolve() != including.resolve():
+            return path
+    shipped = _shipped_config(base)
+    if shipped is not None:
+        return shipped
+    raise FileNotFoundError(f"{including}: key '{BASE_KEY}': config file not found: {candidate} (nor a shipped "
+                            f"config named {base!r}{_close_configs(base)}; `haf config --list` shows the names)")
+
+
+def _is_shipped(path: Path) -> bool:
     try:
-        candidate = shipped_dir("configs") / f"{name}.yaml"
+        return path.resolve().is_relative_to(shipped_dir("configs").resolve())
     except FileNotFoundError:
-        candidate = None
-    if candidate is not None and candidate.is_file() and not Path(name).is_absolute():
-        return candidate
-    raise FileNotFoundError(f"config file not found: {name_or_path} (nor a shipped config of that name: "
-                            "`haf config --list` shows the names)")
+        return False
+
+
+def _anchor_paths(data: dict, folder: Path) -> dict:
+    """Each :data:`FILE_RELATIVE_KEYS` value that is a relative path existing under ``folder`` made absolute; other
+    values stay as written (relative to the working directory; a hierarchy may also name a shipped file)."""
+    for dotted in FILE_RELATIVE_KEYS:
+        *parents, leaf = dotted.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or not isinstance(node.get(leaf), str):
+            continue
+        value = Path(node[leaf]).expanduser()
+        if not value.is_absolute() and (folder / value).exists():
+            node[leaf] = str((folder / value).resolve())
+    return data
 
 
 # ------------------------------------------------------------------------------------------- public loaders
@@ -87,6 +152,7 @@ def load_config(
     config = dataclasses.replace(config, source=source if path is not None else None)
     config = resolve_data_defaults(config)
     check_semantics(config)
+    check_dataset_and_backbone(config)
     if validate_method:
         # Store the method's options as validated and defaulted (gamma 2 → 2.0, omitted keys filled in), so the
         # saved config says exactly what ran.
@@ -132,16 +198,18 @@ def load_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
         data = {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    if not _is_shipped(path):
+        data = _anchor_paths(data, resolved.parent)
     bases = data.pop(BASE_KEY, None)
     if bases is None:
         return data
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ValueError(f"{path}: key '{BASE_KEY}' must be a path or a list of paths, got {bases!r}")
+        raise ValueError(f"{path}: key '{BASE_KEY}' must be a config name or path, or a list of them, got {bases!r}")
     merged: dict = {}
     for base in bases:
-        merged = merge_layer(merged, load_yaml_tree(path.parent / base, (*_seen, resolved)))
+        merged = merge_layer(merged, load_yaml_tree(_resolve_base(path, base), (*_seen, resolved)))
     return merge_layer(merged, data)
 
 
@@ -156,20 +224,34 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict:
     return merged
 
 
+#: (section, choice key) → the keys of that section that belong to one choice: a layer that changes the choice does
+#: not inherit them (they are validated against that one method / backbone / head / reader).
+CHOICE_DEPENDENT_KEYS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("method", "name"): ("options",),
+    ("model", "backbone"): ("backbone_options", "pretrained"),
+    ("model", "head"): ("head_options",),
+    ("dataset", "kind"): ("options",),
+}
+
+
 def merge_layer(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict:
-    """:func:`deep_merge` of one config layer over another, except that ``method.options`` do not outlive a change
-    of ``method.name`` (they are validated against one method's ``Options``)."""
-    return deep_merge(_without_other_methods_options(base, top), top)
+    """:func:`deep_merge` of one config layer over another, except that a choice's own keys
+    (:data:`CHOICE_DEPENDENT_KEYS`: ``method.options``, ``model.backbone_options``, ...) do not outlive a change of
+    that choice."""
+    return deep_merge(_without_other_choices_keys(base, top), top)
 
 
-def _without_other_methods_options(base: Mapping[str, Any], top: Mapping[str, Any]) -> Mapping[str, Any]:
-    """``base`` minus its ``method.options`` when ``top`` names another method than ``base`` does."""
-    base_method, top_method = base.get("method"), top.get("method")
-    if not (isinstance(base_method, Mapping) and isinstance(top_method, Mapping)):
-        return base
-    if "name" not in top_method or top_method["name"] == base_method.get("name"):
-        return base
-    return {**base, "method": {k: v for k, v in base_method.items() if k != "options"}}
+def _without_other_choices_keys(base: Mapping[str, Any], top: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``base`` minus the keys of each choice that ``top`` changes (another method, backbone, head or reader)."""
+    out = dict(base)
+    for (section, choice), dependent in CHOICE_DEPENDENT_KEYS.items():
+        base_section, top_section = out.get(section), top.get(section)
+        if not (isinstance(base_section, Mapping) and isinstance(top_section, Mapping)):
+            continue
+        if choice not in top_section or top_section[choice] == base_section.get(choice):
+            continue
+        out[section] = {k: v for k, v in base_section.items() if k not in dependent}
+    return out
 
 
 def apply_override(raw: dict, override: str) -> dict:
@@ -184,9 +266,9 @@ def apply_override(raw: dict, override: str) -> dict:
     except yaml.YAMLError:
         value = text  # not YAML: keep the literal string (e.g. a path with ':' in it)
     parts = key.split(".")
-    if parts == ["method", "name"]:
-        # Another method does not inherit this one's options (see the module docstring).
-        raw = dict(_without_other_methods_options(raw, {"method": {"name": value}}))
+    if len(parts) == 2 and tuple(parts) in CHOICE_DEPENDENT_KEYS:
+        # Another method (backbone, head, reader) does not inherit this one's options (see merge_layer).
+        raw = _without_other_choices_keys(raw, {parts[0]: {parts[1]: value}})
     out = deep_merge({}, raw)
     node = out
     for i, part in enumerate(parts[:-1]):
@@ -310,10 +392,56 @@ def _check_value(hint: Any, value: Any, key: str, where: str, source: str) -> An
     return value
 
 
+def check_dataset_and_backbone(config: RunConfig) -> None:
+    """``dataset.options`` against the reader's options (names and types, from its signature), a ``data.augment``
+    list against torchvision's transforms, and ``model.backbone`` / ``model.backbone_options`` against the backbone
+    registry; one line naming the key."""
+    from haf.models.backbones import backbone_factory, check_factory_options, import_backbone_module
+    from haf.pipelines.readers.registry import reader_options
+
+    where = config.source or "<config>"
+    ds, model = config.dataset, config.model
+    accepted = reader_options(ds.kind)
+    for name, value in ds.options.items():
+        key = f"dataset.options.{name}"
+        if name not in accepted:
+            if "**" in accepted:
+                continue
+            from haf.models.backbone_registry import close_matches
+
+            raise ValueError(f"{where}: unknown key '{key}' for dataset kind {ds.kind!r}"
+                             f"{close_matches(name, list(accepted))}; valid options: {', '.join(accepted)}")
+        _check_value(accepted[name], value, key, where, where)
+    augment = config.data.augment
+    if not isinstance(augment, bool):
+        from haf.pipelines.loaders.augment_list import check_augment
+
+        if config.data.backend == "dali":
+            raise ValueError(f"{where}: key 'data.augment': a list of torchvision transforms runs on the torch "
+                             "backend only; set data.backend: torch (or auto)")
+        try:
+            check_augment(augment, config.data.image_size)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
+    try:
+        import_backbone_module(model.backbone_module)
+    except (ValueError, FileNotFoundError) as error:
+        raise type(error)(f"{where}: {error}") from None
+    try:
+        factory = backbone_factory(model.backbone)
+        options = {**model.backbone_options, **({"weights": model.pretrained} if model.pretrained else {})}
+        check_factory_options("backbone", model.backbone, factory, options)
+    except (ValueError, ImportError) as error:  # ImportError: a family's optional package is missing
+        raise ValueError(f"{where}: key 'model.backbone': {error}") from None
+
+
 def _describe(hint: Any) -> str:
     if typing.get_origin(hint) is Literal:
         return "one of " + ", ".join(str(c) for c in typing.get_args(hint))
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "a mapping"}.get(
+    if typing.get_origin(hint) in (list, tuple, Sequence):
+        return "a list"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", dict: "a mapping",
+            os.PathLike: "a path", type(None): "null"}.get(
         hint, getattr(hint, "__name__", str(hint)))
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from haf.hierarchy.distance_conventions import Convention
 from haf.pipelines.loaders.backends import DATA_BACKENDS, DEFAULT_DATA_BACKEND
 from haf.models.heads import available_heads
 from haf.pipelines.readers.registry import DATASET_KINDS
@@ -26,11 +27,12 @@ class DatasetConfig:
 
     kind: Literal[DATASET_KINDS] = "demo"  # the dataset registry's kinds
     root: str = ".cache/demo-data"
-    # Reader-specific keyword arguments, passed through verbatim (the reader validates them).
+    # Reader-specific keyword arguments: checked on load against the reader's signature (names and types).
     options: dict = field(default_factory=dict)
-    # How the reader's hierarchy becomes a distance matrix (docs/METHOD.md): "lca-height" (siblings at 1) or
-    # "fixed-depth" (tieredImageNet-H's H − depth(LCA)); null keeps the reader's/file's own convention.
-    distance_convention: Union[Literal["lca-height", "fixed-depth"], None] = None
+    # How the reader's hierarchy becomes a distance matrix (haf.hierarchy.distance_conventions, docs/METHOD.md):
+    # "lca-height" (siblings at 1) or "fixed-depth" (tieredImageNet-H's H − depth(LCA)); null keeps the
+    # reader's/file's own convention.
+    distance_convention: Union[Convention, None] = None
     val_split: str = "val"
     test_split: str = "test"
 
@@ -39,11 +41,15 @@ class DatasetConfig:
 class ModelConfig:
     """Backbone + head; the method on top is the ``method`` section."""
 
-    backbone: str = "resnet50"  # checked against the backbone registry when the model is built
+    # A registered name (haf.models.backbones), or "timm:<model>" with the optional timm package; checked on load.
+    backbone: str = "resnet50"
+    # The module that registers a backbone of your own (@haf.models.backbone_registry.register_backbone): a dotted
+    # module name, or a .py file (relative to the config file's folder when it is there); imported before lookup.
+    backbone_module: Union[str, None] = None
     # The head registry's names (docs/METHOD.md "Heads"): type-I baseline, type-II HAFrame head, fixed-width mlp.
     head: Literal[HEAD_NAMES] = "type2"
-    # Backbone initialisation: null (from scratch), a torchvision weights name ("IMAGENET1K_V1", "DEFAULT"), or a
-    # path to a (self-supervised) checkpoint file. Passed as the backbone's ``weights`` option.
+    # Backbone initialisation: null (from scratch), a torchvision weights name ("IMAGENET1K_V1", "DEFAULT"; for a
+    # timm: backbone "timm"), or a path to a (self-supervised) checkpoint file. Passed as the backbone's ``weights``.
     pretrained: Union[str, None] = None
     backbone_options: dict = field(default_factory=dict)  # keyword options of the backbone factory
     head_options: dict = field(default_factory=dict)  # keyword options of the head factory
@@ -121,9 +127,12 @@ class DataConfig:
     backend: Literal[DATA_BACKENDS] = DEFAULT_DATA_BACKEND
     image_size: int = 224
     workers: int = 4  # per rank
-    # Random training augmentation (crop/flip). false: the training split gets the deterministic evaluation
-    # transform (still shuffled) — for debugging, and for comparing runs sample for sample across world sizes.
-    augment: bool = True
+    # Random training augmentation. true: the built-in crop/flip (data.transforms.train). false: the training split
+    # gets the deterministic evaluation transform (still shuffled) — for debugging, and for comparing runs sample
+    # for sample across world sizes. A list of torchvision.transforms.v2 transforms, e.g.
+    # [{RandomResizedCrop: {size: 32, scale: [0.5, 1.0]}}, {RandomHorizontalFlip: {}}]: those instead of the
+    # built-in one, then normalisation (torch backend; haf.pipelines.loaders.augment_list).
+    augment: Union[bool, list] = True
     # Channels-last activations ("auto": on GPU only, where cuDNN's NHWC convolutions are faster).
     channels_last: Literal["auto", "on", "off"] = "auto"
     # The named transforms of the train and eval splits (haf.pipelines.loaders.transforms.TRANSFORMS) and the per-channel

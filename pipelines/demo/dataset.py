@@ -16,6 +16,7 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+from haf.hierarchy.distance_conventions import DEFAULT_CONVENTION, Convention
 from haf.safe_files import naming
 
 from haf.pipelines.demo.render import GENERATOR_VERSION, SUPERSAMPLE, image_rng, iter_images, render_image  # noqa: F401
@@ -191,7 +192,7 @@ def read_demo(
     root: str | os.PathLike,
     seed: int = 0,
     generate: bool = True,
-    convention: str = "lca-height",
+    convention: Convention = DEFAULT_CONVENTION,
     splits: tuple[str, ...] | None = None,
     **spec_options,
 ):

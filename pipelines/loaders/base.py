@@ -40,6 +40,8 @@ class LoaderOptions:
     eval_transform: str | None = None  # a name of transforms.EVAL_TRANSFORMS; None: the augment preset's
     mean: tuple[float, float, float] | None = None  # normalisation; None: the augment preset's
     std: tuple[float, float, float] | None = None
+    # torchvision transforms instead of the training transform (torch backend; haf.pipelines.loaders.augment_list)
+    augment_list: tuple | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in LOADER_BACKENDS:
@@ -68,6 +70,8 @@ class LoaderOptions:
         if self.dali_device == "gpu" and self.device.type != "cuda":
             raise ValueError(f"dali_device='gpu' needs a CUDA output device, got device={self.device}")
         check_on_error(self.on_error)
+        if self.augment_list is not None and (self.backend != "torch" or not self.train):
+            raise ValueError("augment_list: torchvision transforms run on the torch backend's training split only")
 
 
 def transform_spec(options: LoaderOptions, crop_bottom: int = 0) -> TransformSpec:

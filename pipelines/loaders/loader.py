@@ -51,6 +51,7 @@ def make_loader(
     transforms: tuple[str, str] | None = None,
     normalize: tuple[tuple[float, float, float], tuple[float, float, float]] | None = None,
     whole_batches_of: int | None = None,
+    augment_list: list | None = None,
 ) -> Loader:
     """A loader over ``dataset[split]`` (see the module docstring).
 
@@ -64,11 +65,18 @@ def make_loader(
     ``normalize`` = (mean, std) override the ``augment`` preset (a run's ``data.transforms`` / ``data.normalize``).
     ``whole_batches_of`` = B keeps only the first ⌊N/B⌋·B images of the split, in its order: what a single-process
     loader of batch B with ``drop_last`` sees (the reference's validation), independent of the world size.
+    ``augment_list``: torchvision transforms instead of the training transform (a run's ``data.augment`` list,
+    :mod:`haf.pipelines.loaders.augment_list`): the torch backend only ("auto" picks it, "dali" is refused).
     """
     the_split = dataset[split]
     if whole_batches_of is not None:
         the_split = leading_whole_batches(the_split, whole_batches_of)
     device = torch.device(device)
+    if augment_list and train:
+        if backend == "dali":
+            raise ValueError("key 'data.augment': a list of torchvision transforms runs on the torch backend only; "
+                             "set data.backend: torch (or auto)")
+        backend = "torch"
     backend = resolve_data_backend(backend, device)
     options = LoaderOptions(
         backend=backend,
@@ -91,6 +99,7 @@ def make_loader(
         eval_transform=transforms[1] if transforms else None,
         mean=tuple(normalize[0]) if normalize else None,
         std=tuple(normalize[1]) if normalize else None,
+        augment_list=tuple(augment_list) if augment_list and train else None,
     )
     if backend == "dali":
         from haf.pipelines.loaders.dali_loader import DaliLoader

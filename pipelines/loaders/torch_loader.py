@@ -22,6 +22,7 @@ from haf.pipelines.loaders.encoded_images import CorruptImageError, encoded_size
 from haf.pipelines.loaders.base import Loader, LoaderOptions
 from haf.pipelines.readers.splits import Split
 from haf.pipelines.loaders.transforms import SampleOps, TransformSpec, batch_uniforms, plan_sample
+from haf.pipelines.loaders.augment_list import augment_image, build_augment
 
 
 def apply_ops(image: torch.Tensor, ops: SampleOps, spec: TransformSpec) -> torch.Tensor:
@@ -40,25 +41,37 @@ def apply_ops(image: torch.Tensor, ops: SampleOps, spec: TransformSpec) -> torch
         image = F.crop(image, top, left, h, w)
     if ops.flip:
         image = F.horizontal_flip(image)
-    image = image.to(torch.float32).div_(255.0)
-    return F.normalize(image, list(spec.mean), list(spec.std))
+    return normalized(image, spec)
+
+
+def normalized(image: torch.Tensor, spec: TransformSpec) -> torch.Tensor:
+    """uint8 3 × S × S → float32 (x / 255 − mean) / std."""
+    return F.normalize(image.to(torch.float32).div_(255.0), list(spec.mean), list(spec.std))
 
 
 class _PlannedSamples(Dataset):
-    """Map-style dataset whose keys are (sample index, row of uniforms): workers plan and decode one sample."""
+    """Map-style dataset whose keys are (sample index, row of uniforms): workers plan and decode one sample.
+    With ``augment`` (a config's torchvision list) that list replaces the planned ops, seeded by the row."""
 
-    def __init__(self, split: Split, spec: TransformSpec, on_error: str):
-        self.split, self.spec, self.on_error = split, spec, on_error
+    def __init__(self, split: Split, spec: TransformSpec, on_error: str, augment: torch.nn.Module | None = None):
+        self.split, self.spec, self.on_error, self.augment = split, spec, on_error, augment
 
     def __len__(self) -> int:
         return len(self.split)
+
+    def _transform(self, image: torch.Tensor, uniforms: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        if self.augment is None:
+            return apply_ops(image, plan_sample(self.spec, uniforms, *size), self.spec)
+        if self.spec.crop_bottom:
+            image = image[:, : image.shape[-2] - self.spec.crop_bottom]
+        return normalized(augment_image(self.augment, image, float(uniforms[0]), self.spec.image_size), self.spec)
 
     def __getitem__(self, key: tuple[int, np.ndarray]):
         index, uniforms = key
         if self.split.arrays is not None:
             array = self.split.arrays[index]
             image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
-            return apply_ops(image, plan_sample(self.spec, uniforms, *array.shape[:2]), self.spec), index, None
+            return self._transform(image, uniforms, array.shape[:2]), index, None
         path = self.split.files[index]
         try:
             data = read_encoded(path)
@@ -73,7 +86,7 @@ class _PlannedSamples(Dataset):
             if self.on_error == "raise":
                 raise
             return None, index, error.path
-        return apply_ops(image, plan_sample(self.spec, uniforms, *size), self.spec), index, None
+        return self._transform(image, uniforms, size), index, None
 
 
 def _collate(samples):
@@ -113,7 +126,8 @@ class TorchLoader(Loader):
         super().__init__(split, options)
         workers = options.workers
         self._loader = DataLoader(
-            _PlannedSamples(split, self.spec, options.on_error),
+            _PlannedSamples(split, self.spec, options.on_error,
+                            build_augment(options.augment_list) if options.augment_list else None),
             batch_sampler=_EpochBatches(self),
             num_workers=workers,
             collate_fn=_collate,

@@ -7,7 +7,8 @@ The *random* numbers behind the region and the flip are not drawn by either back
 them from a generator seeded by ``(seed, epoch, rank, batch)``, and :func:`plan_sample` turns one row of them plus
 the image's size into a :class:`SampleOps`, through the planner of the spec's named transform (:data:`TRANSFORMS`).
 So for the same files, seed and epoch the two backends crop and flip the same pixels, a resumed run replays the
-same augmentation, and DALI's own (per-pipeline-instance) random state is never used.
+same augmentation, and DALI's own (per-pipeline-instance) random state is never used. (A run config may instead
+name a list of torchvision transforms for its training split, torch backend only: :mod:`.augment_list`.)
 """
 from __future__ import annotations
 

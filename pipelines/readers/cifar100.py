@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from haf.hierarchy.distance_conventions import DEFAULT_CONVENTION, Convention
 from haf.hierarchy import Hierarchy
 
 from haf.pipelines.readers.long_tail import PROFILES, long_tail_counts, select_long_tail
@@ -180,7 +181,7 @@ def superclass_hierarchy(
 def read_cifar100(
     root: str | os.PathLike,
     hierarchy: str | os.PathLike | None = None,
-    convention: str = "lca-height",
+    convention: Convention = DEFAULT_CONVENTION,
     validation_per_class: int = VALIDATION_PER_CLASS,
     name: str = "cifar100",
     long_tail: str | None = None,

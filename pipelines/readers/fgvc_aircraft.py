@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from haf.hierarchy.distance_conventions import DEFAULT_CONVENTION, Convention
 from haf.hierarchy.builders import fgvc_aircraft_hierarchy, read_fgvc_label_file
 
 from haf.pipelines.readers.common import (
@@ -51,7 +52,7 @@ def fgvc_data_dir(root: Path) -> Path:
 def read_fgvc_aircraft(
     root: str | os.PathLike,
     splits: Sequence[str] = ("train", "val", "test"),
-    convention: str = "lca-height",
+    convention: Convention = DEFAULT_CONVENTION,
     crop_bottom: int = BANNER_PX,
     name: str = "fgvc-aircraft",
 ) -> DatasetSplits:

@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from haf.hierarchy.distance_conventions import DEFAULT_CONVENTION, Convention
 from haf.pipelines.readers.common import (
     SPLIT_NAMES,
     check_same_classes,
@@ -54,8 +55,8 @@ def default_hierarchy_file(root: Path) -> Path:
 def read_image_folder(
     root: str | os.PathLike,
     hierarchy: str | os.PathLike | None = None,
-    convention: str = "lca-height",
-    splits: Sequence[str] | None = None,
+    convention: Convention = DEFAULT_CONVENTION,
+    splits: str | Sequence[str] | None = None,
     crop_bottom: int = 0,
     name: str | None = None,
 ) -> DatasetSplits:

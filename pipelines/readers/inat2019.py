@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from haf.hierarchy.distance_conventions import DEFAULT_CONVENTION, Convention
 from haf.hierarchy.builders import inat2019_hierarchy
 from haf.hierarchy.tree import Hierarchy
 
@@ -97,7 +98,7 @@ def read_inat2019(
     images_root: str | os.PathLike | None = None,
     splits: Sequence[str] = INAT_SPLITS,
     leaf_name: str = "id",
-    convention: str = "lca-height",
+    convention: Convention = DEFAULT_CONVENTION,
     check_files: bool = True,
     name: str = "inat2019",
     splits_dir: str | os.PathLike | None = None,

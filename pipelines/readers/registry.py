@@ -14,7 +14,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-from typing import Callable
+import typing
+from typing import Any, Callable
 
 from haf.pipelines.readers.splits import DatasetSplits
 
@@ -29,6 +30,8 @@ DATASET_READERS: dict[str, tuple[str, str]] = {
     "synthetic-tree": ("readers.synthetic_tree", "read_synthetic_tree"),
 }
 DATASET_KINDS = tuple(DATASET_READERS)
+# Readers that forward ``**options`` to a dataclass: kind -> (module, class); its fields are their options.
+FORWARDED_OPTIONS: dict[str, tuple[str, str]] = {"demo": ("demo.spec", "DemoSpec")}
 
 
 def dataset_reader(kind: str) -> Callable[..., DatasetSplits]:
@@ -40,22 +43,35 @@ def dataset_reader(kind: str) -> Callable[..., DatasetSplits]:
     return getattr(module, function_name)
 
 
+def reader_options(kind: str) -> dict[str, Any]:
+    """The options of ``kind``'s reader, name -> type hint, read off its signature (after ``root``) and, for a
+    reader that forwards ``**options``, off the dataclass it forwards them to (:data:`FORWARDED_OPTIONS`). A reader
+    that takes any other ``**options`` gets the entry ``"**"`` (no name is then unknown)."""
+    reader = dataset_reader(kind)
+    hints = typing.get_type_hints(reader)
+    parameters = list(inspect.signature(reader).parameters.values())[1:]
+    options = {p.name: hints.get(p.name, Any) for p in parameters
+               if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)}
+    if kind in FORWARDED_OPTIONS:
+        module_name, class_name = FORWARDED_OPTIONS[kind]
+        target = getattr(importlib.import_module(f"haf.pipelines.{module_name}"), class_name)
+        options.update(typing.get_type_hints(target))
+    elif any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        options["**"] = Any  # takes any further keyword
+    return options
+
+
+def is_path_option(hint: Any) -> bool:
+    """Does an option of this type name a file or folder (``os.PathLike`` among its types)?"""
+    return hint is os.PathLike or os.PathLike in typing.get_args(hint)
+
+
 def load_dataset(kind: str, root: str | os.PathLike, **options) -> DatasetSplits:
     """Read the dataset of format ``kind`` at ``root`` with the reader's keyword ``options`` (kinds: module
     docstring)."""
     reader = dataset_reader(kind)
-    parameters = list(inspect.signature(reader).parameters.values())[1:]
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
-    known = [p.name for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    if kind == "demo":
-        # The demo reader forwards extra options to DemoSpec: check them against its fields.
-        from dataclasses import fields
-
-        from haf.pipelines.demo.dataset import DemoSpec
-
-        known = known + [f.name for f in fields(DemoSpec)]
-        takes_any = False
-    unknown = sorted(set(options) - set(known)) if not takes_any else []
+    known = reader_options(kind)
+    unknown = sorted(set(options) - set(known)) if "**" not in known else []
     if unknown:
         raise ValueError(
             f"dataset kind {kind!r}: unknown option {unknown[0]!r}; valid options: {', '.join(known)}"

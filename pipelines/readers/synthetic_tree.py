@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from haf.hierarchy.distance_conventions import DEFAULT_CONVENTION, Convention
 from haf.hierarchy import Hierarchy
 from haf.hierarchy.tree_distances import TreeDistances
 
@@ -34,7 +35,7 @@ def _random_parents(num_classes: int, depth: int, rng: np.random.Generator) -> l
 def read_synthetic_tree(root: str | os.PathLike, num_classes: int = 10_000, depth: int = 4, image_size: int = 8,
                         pattern_size: int = 2, train_per_class: int = 2, val_per_class: int = 1,
                         test_per_class: int = 1, noise: float = 0.15, seed: int = 0,
-                        convention: str = "lca-height", eval_classes: int | None = None) -> DatasetSplits:
+                        convention: Convention = DEFAULT_CONVENTION, eval_classes: int | None = None) -> DatasetSplits:
     """``root`` is unused (the data live in memory); see the module docstring for the options."""
     del root
     if eval_classes is not None and not 1 <= eval_classes <= num_classes:

@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from haf.hierarchy.distance_conventions import Convention
 from haf.pipelines.readers.common import (
     SPLIT_NAMES,
     check_same_classes,
@@ -63,7 +64,7 @@ def read_tiered_imagenet(
     root: str | os.PathLike,
     hierarchy: str | os.PathLike | None = None,
     splits_dir: str | os.PathLike | None = None,
-    convention: str = "fixed-depth",
+    convention: Convention = "fixed-depth",
     splits: Sequence[str] | None = None,
     name: str = "tiered-imagenet",
 ) -> DatasetSplits:
