@@ -28,7 +28,7 @@ import torch.distributed as dist
 from haf.safe_files import atomic_write, naming
 from haf.training.crash_points import crash_point
 from haf.training.run_config import config_from_dict
-from haf.training.run_folder import BEST_LINK_NAME, BEST_NAME, DEEPSPEED_DIR, LAST_NAME
+from haf.training.run_folder import BEST_LINK_NAME, BEST_NAME, DEEPSPEED_DIR, LAST_NAME, resume_differences
 from haf.training.schema import RunConfig
 from haf.training.seeding import capture_rng_state, restore_rng_state
 
@@ -216,14 +216,13 @@ def restore_training_state(engine: Any, state: dict, output_dir: Path) -> None:
 
 
 def check_resume_compatible(config: RunConfig, state: dict, path: Path) -> None:
+    """Refuse a resume whose resolved config differs from the checkpoint's in anything that changes what is
+    trained (every key but :data:`haf.training.run_folder.RESUME_FREE_KEYS`)."""
     stored = config_from_dict(state["config"], source=str(path))
-    for section in ("dataset", "model", "method", "optim", "deepspeed"):
-        if getattr(stored, section) != getattr(config, section):
-            raise ValueError(f"{path}: cannot resume: the config's '{section}' section differs from the "
-                             f"checkpoint's ({getattr(stored, section)} vs {getattr(config, section)})")
-    if stored.seed != config.seed:
-        raise ValueError(f"{path}: cannot resume: key 'seed' is {config.seed}, the checkpoint's is {stored.seed}")
-    for key in ("batch_size", "epochs", "mixup_alpha", "drop_last"):
-        if getattr(stored.train, key) != getattr(config.train, key):
-            raise ValueError(f"{path}: cannot resume: key 'train.{key}' is {getattr(config.train, key)}, the "
-                             f"checkpoint's is {getattr(stored.train, key)}")
+    differences = resume_differences(stored.to_dict(), config.to_dict())
+    if differences:
+        key, old, new = differences[0]
+        more = f" (and {len(differences) - 1} more: {', '.join(d[0] for d in differences[1:4])})" \
+            if len(differences) > 1 else ""
+        raise ValueError(f"{path}: cannot resume: key '{key}' is {new!r}, the checkpoint's is {old!r}{more}; "
+                         "resume with the run's config, or start a new run")

@@ -57,6 +57,7 @@ from haf.training.run_folder import (
     claim_run_folder,
     default_output_dir,
     progress_bar,
+    release_run_folders,
     remove_stale_files,
     shot_keys,
     truncate_logs,
@@ -79,6 +80,8 @@ def run_training(config: RunConfig, *, resume: bool = False, overwrite: bool = F
         # No closing barrier: the other ranks may never reach it, and a hang would hide this rank's error.
         teardown_distributed(context, barrier=False)
         raise
+    finally:
+        release_run_folders()  # the output folder's lock (taken by claim_run_folder)
     teardown_distributed(context)
     return result
 

@@ -1,0 +1,103 @@
+"""Run folders under concurrency and resume: a second run into a folder another live process trains into is
+refused (a real second process holds the lock), a killed holder blocks nothing, and a resume whose config differs
+in anything that changes what is trained (the data section included) is refused naming the key."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from train_fixtures import TINY_DEMO_OPTIONS, tiny_run_dict
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+HOLDER = """
+import sys
+from pathlib import Path
+from haf.training.run_folder import claim_run_folder
+claim_run_folder(Path(sys.argv[1]), resume=True, overwrite=False)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> Path:
+    from haf.pipelines import ensure_demo_dataset
+
+    return ensure_demo_dataset(tmp_path_factory.mktemp("demo") / "data", **TINY_DEMO_OPTIONS)
+
+
+def _train(demo_root: Path, out: Path, *, resume: bool = False, **sections):
+    from haf.training.loop import run_training
+    from haf.training.run_config import load_config
+
+    sections = {"deepspeed": {"enabled": False}, **sections}
+    config = load_config(None, data=tiny_run_dict(demo_root, out, **sections))
+    return run_training(config, resume=resume)
+
+
+def _holder(out: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_run_into_a_folder_another_process_holds_is_refused(demo_root, tmp_path):
+    out = tmp_path / "new-run"  # a new folder: both runs would find it empty
+    holder = _holder(out)
+    try:
+        with pytest.raises(ValueError, match=r"another run is training into this folder") as caught:
+            _train(demo_root, out, train={"epochs": 1, "max_steps_per_epoch": 1})
+        assert str(out) in str(caught.value) and "\n" not in str(caught.value)
+        assert list(out.iterdir()) == []  # the refused run wrote nothing
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def test_a_killed_holder_leaves_no_stale_lock(demo_root, tmp_path):
+    out = tmp_path / "run"
+    holder = _holder(out)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=60)
+    assert _train(demo_root, out, train={"epochs": 1, "max_steps_per_epoch": 1}) is not None
+    # and the lock ends with the run: another process may now resume the folder
+    holder = _holder(out)
+    holder.stdin.close()
+    assert holder.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize("key,change", [
+    ("data.image_size", {"data": {"image_size": 12}}),
+    ("data.normalize.mean", {"data": {"normalize": {"mean": [0.4, 0.4, 0.4], "std": [0.2, 0.2, 0.2]}}}),
+    ("data.augment", {"data": {"augment": False}}),
+    ("train.max_steps_per_epoch", {"train": {"max_steps_per_epoch": 1}}),
+])
+def test_resume_refuses_any_change_to_what_is_trained(demo_root, tmp_path, key, change):
+    out = tmp_path / "run"
+    base = {"train": {"epochs": 2, "max_steps_per_epoch": 2, "stop_after_epoch": 1}}
+    _train(demo_root, out, **base)
+    from haf.training.run_config import merge_layer
+
+    with pytest.raises(ValueError, match=rf"cannot resume: key '{key}"):
+        _train(demo_root, out, resume=True, **merge_layer(base, change))
+    # keys that only change logging or where the run stops may differ
+    assert _train(demo_root, out, resume=True, train={"epochs": 2, "max_steps_per_epoch": 2},
+                  logging={"log_every": 5}) is not None
+
+
+def test_resume_differences_ignores_only_the_free_keys():
+    from haf.training.run_folder import resume_differences
+
+    stored = {"seed": 1, "output_dir": "a", "logging": {"jsonl": True}, "data": {"image_size": 32, "workers": 4,
+              "normalize": {"mean": [0.5], "std": None}}, "train": {"epochs": 3, "stop_after_epoch": 1}}
+    current = {"seed": 1, "output_dir": "b", "logging": {"jsonl": False}, "data": {"image_size": 32, "workers": 0,
+               "normalize": {"mean": [0.4], "std": None}}, "train": {"epochs": 3, "stop_after_epoch": None}}
+    assert resume_differences(stored, current) == [("data.normalize.mean", [0.5], [0.4])]
