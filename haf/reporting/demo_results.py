@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from haf.safe_files import json_text
 from haf.training.run_folder import LOG_NAME, METRICS_NAME
 
 from .demo_runs import PlannedRun, resolved_config
@@ -87,7 +88,7 @@ def hierdist_curve(run_dir: Path, data: Any,
         if scores is not None:
             metrics = hierarchical_metrics(scores, result["targets"], data.distances, ks=ks)
             curves[name] = {k: float(metrics[f"hierdist@{k}"]) for k in ks}
-    atomic_write_text(cache, json.dumps(curves, indent=1) + "\n")  # atomic: a torn cache would look fresh by its mtime
+    atomic_write_text(cache, json_text(curves, indent=1) + "\n")  # atomic: a torn cache would look fresh by its mtime
     return curves
 
 

@@ -9,7 +9,6 @@ validation top-1 improved. After the last epoch the chosen checkpoint (``train.t
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from haf.safe_files import atomic_write_text
+from haf.safe_files import atomic_write_text, json_text
 from haf.training.assemble import (
     PreparedData,
     build_model,
@@ -328,7 +327,7 @@ def _final_test(engine: Any, config: RunConfig, data: PreparedData, context: Dis
         show_progress=context.is_main and config.logging.progress, max_steps=config.train.max_eval_steps,
         checkpoint_name=path.name)
     if context.is_main:
-        atomic_write_text(output_dir / METRICS_NAME, json.dumps(record, indent=2) + "\n")
+        atomic_write_text(output_dir / METRICS_NAME, json_text(record, indent=2) + "\n")
         logger.log({"split": "test", "epoch": int(state["epoch"]), "step": global_step, **result["metrics"],
                     **shot_keys(result["shots"])}, global_step)
         print(format_metric_table({"plain": result["metrics"], "crm": result["crm"]},

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from haf.safe_files import atomic_write_text, naming
+from haf.safe_files import atomic_write_text, json_text, naming
 from haf.training.crash_points import armed, crash_point
 
 if TYPE_CHECKING:
@@ -256,7 +256,7 @@ class RunLogger:
         if not self.enabled:
             return
         if stream is not None:
-            line = json.dumps(record) + "\n"
+            line = json_text(record) + "\n"
             with naming(stream.name):
                 if armed("log-append"):  # test-only: die with half a record written (see crash_points)
                     stream.write(line[: len(line) // 2])
