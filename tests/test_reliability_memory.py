@@ -92,3 +92,48 @@ def test_real_pickles_pass_the_opcode_check(protocol):
     tree_like = [["a", ["b", "c"]] * 10, "x" * 300, b"y" * 70000, 2**70]
     for obj in (table, tree_like):
         check_pickle_bounds(pickle.dumps(obj, protocol=protocol), source="f")
+
+
+def _caterpillar(depth: int) -> np.ndarray:
+    """A spine of ``depth`` inner nodes, one leaf hanging off each, two off the last: K = depth + 1, H = depth."""
+    return np.array([-1, *range(depth - 1), *range(depth), depth - 1])
+
+
+def test_a_tree_thousands_deep_builds_its_frame_in_memory_linear_in_its_nodes():
+    from haf.frame.tree import TreeArrays, build_tree_frame
+
+    tree = TreeArrays.from_parents(_caterpillar(4500))  # K 4501 > the all-pairs limit: sampled Gram check
+    tracemalloc.start()
+    try:
+        frame = build_tree_frame(tree, 1.0, "lca-height")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert tree.height == 4500 and frame.gram_pairs > 100_000 and frame.max_gram_error < 1e-9
+    assert peak < 32 * 2**20, peak  # a K × H table alone would be 162 MB (it peaked at 4.4 GB at depth 5000)
+
+
+def test_binary_lifting_lca_equals_climbing_on_random_and_deep_trees():
+    import torch
+
+    from haf.frame.tree import TreeArrays
+    from haf.hierarchy.tree_distances import TreeDistances
+
+    rng = np.random.default_rng(0)
+    for parent in (_caterpillar(300), np.array([-1, *[rng.integers(0, v) for v in range(1, 400)]])):
+        tree = TreeArrays.from_parents(parent)
+        a, b = rng.integers(0, tree.num_nodes, 2000), rng.integers(0, tree.num_nodes, 2000)
+
+        def climb(x, y):
+            seen = set()
+            while x >= 0:
+                seen.add(x)
+                x = tree.parent[x]
+            while y not in seen:
+                y = tree.parent[y]
+            return y
+
+        want = np.array([climb(x, y) for x, y in zip(a, b)])
+        np.testing.assert_array_equal(tree.lca(a, b), want)
+        dist = TreeDistances(tree, "lca-height")
+        np.testing.assert_array_equal(dist.lca(torch.from_numpy(a), torch.from_numpy(b)).numpy(), want)
