@@ -96,3 +96,32 @@ def test_not_an_archive_names_the_file(tmp_path):
     with pytest.raises(ValueError, match="not a readable .npz archive") as caught:
         load_tree_frame(path)
     assert str(caught.value).startswith(str(path))
+
+
+def test_training_uses_a_saved_tree_frame_and_refuses_a_wrong_one(tmp_path):
+    import torch
+
+    from haf.frame import save_tree_frame
+    from haf.methods import MethodContext, get_method
+    from haf.models.classifier import build_method_options
+    from haf.pipelines import load_dataset
+
+    data = load_dataset("synthetic-tree", "unused", num_classes=40, depth=3, train_per_class=1)
+    context = MethodContext(data.classes, data.distances.matrix, seed=0, hierarchy=data.hierarchy)
+    cls = get_method("haframe")
+    build = lambda **o: cls(16, context, build_method_options(cls, {"factorization": "tree", "gamma": 3.0, **o}))  # noqa: E731
+    built = build()
+    tree = TreeArrays.from_hierarchy(data.hierarchy)
+    path = tmp_path / "frame.npz"
+    save_tree_frame(build_tree_frame(tree, 3.0, "lca-height"), path)
+    loaded = build(frame_file=str(path))
+    buffers = dict(built.tree_frame.named_buffers())
+    assert buffers
+    for name, buffer in buffers.items():
+        assert torch.equal(buffer, dict(loaded.tree_frame.named_buffers())[name]), name
+    with pytest.raises(ValueError, match=r"frame.npz: method.options.frame_file: the frame has gamma = 3.0"):
+        build(frame_file=str(path), gamma=2.0)
+    other = tmp_path / "other.npz"
+    save_tree_frame(build_tree_frame(TreeArrays.from_parents(np.array([-1, 0, 0])), 3.0, "lca-height"), other)
+    with pytest.raises(ValueError, match=r"other.npz: method.options.frame_file: the frame's tree \(2 classes"):
+        build(frame_file=str(other))
