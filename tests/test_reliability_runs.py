@@ -101,3 +101,27 @@ def test_resume_differences_ignores_only_the_free_keys():
     current = {"seed": 1, "output_dir": "b", "logging": {"jsonl": False}, "data": {"image_size": 32, "workers": 0,
                "normalize": {"mean": [0.4], "std": None}}, "train": {"epochs": 3, "stop_after_epoch": None}}
     assert resume_differences(stored, current) == [("data.normalize.mean", [0.5], [0.4])]
+
+
+def test_disk_full_inside_torch_save_is_one_line_on_a_real_full_tmpfs(demo_root, tmp_path, capsys):
+    import yaml
+
+    from haf.cli import main as haf_main
+
+    out = tmp_path / "full"
+    out.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(out)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        config = tmp_path / "run.yaml"
+        config.write_text(yaml.safe_dump(tiny_run_dict(demo_root, out, deepspeed={"enabled": False},
+                                                       train={"epochs": 1, "max_steps_per_epoch": 1})))
+        code = haf_main(["train", "--config", str(config)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2
+        assert err[-1] == f"haf train: error: {out / 'last.pt'}: No space left on device (the disk is full)"
+        assert not any("Traceback" in line for line in err)
+        assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
+    finally:
+        subprocess.run(["umount", str(out)], check=True)

@@ -40,10 +40,34 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` that a kill at any moment cannot tear (see the module docstring); an OS error (a full disk,
     no permission) names ``path`` and leaves the old file and no temporary one."""
     def write(handle: IO) -> None:
-        torch.save(obj, handle)
+        recording = _RecordingWriter(handle)
+        try:
+            torch.save(obj, recording)
+        except RuntimeError:
+            # torch's writer turns a failed write (a full disk) into "unexpected pos …": raise the OS error
+            if recording.error is not None:
+                raise recording.error from None
+            raise
         crash_point("checkpoint-temp-written")
 
     atomic_write(path, write)
+
+
+class _RecordingWriter:
+    """The file handle torch.save writes through, keeping the ``OSError`` of a failed write (torch hides it)."""
+
+    def __init__(self, handle: IO) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
