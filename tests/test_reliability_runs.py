@@ -125,3 +125,34 @@ def test_disk_full_inside_torch_save_is_one_line_on_a_real_full_tmpfs(demo_root,
         assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
     finally:
         subprocess.run(["umount", str(out)], check=True)
+
+
+def test_non_finite_features_stop_the_run_naming_epoch_and_step(demo_root, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from haf.cli import main as haf_main
+    from haf.training import loop
+
+    real_build = loop.build_model
+
+    def build(*args, **kwargs):  # the features turn to inf from the 3rd training forward (epoch 2, step 3)
+        model = real_build(*args, **kwargs)
+        calls, forward = [0], model.forward
+
+        def poisoned(images):
+            calls[0] += model.training
+            outputs = forward(images)
+            return outputs * float("inf") if calls[0] >= 3 and model.training else outputs
+
+        model.forward = poisoned
+        return model
+
+    monkeypatch.setattr(loop, "build_model", build)
+    out = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_run_dict(demo_root, out, deepspeed={"enabled": False},
+                                                   train={"epochs": 3, "max_steps_per_epoch": 2})))
+    assert haf_main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("haf train: error: epoch 2, step 3: features has non-finite values"), err
+    assert "stopped, the last checkpoint is kept" in err

@@ -252,9 +252,15 @@ def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: Distr
         if alpha > 0:
             mixed = mix_batch(images, targets, alpha, mixup_generator(config.seed, epoch, micro_step, context.rank))
             images = mixed.images
-        with engine.autocast():
-            outputs = engine.forward(images)
-            loss = model.loss(outputs, targets) if mixed is None else mixed_loss(model.loss, outputs, mixed)
+        try:
+            with engine.autocast():
+                outputs = engine.forward(images)
+                loss = model.loss(outputs, targets) if mixed is None else mixed_loss(model.loss, outputs, mixed)
+        except ValueError as error:  # the loss refuses non-finite features: the weights diverged
+            if "non-finite" not in str(error):
+                raise
+            raise TrainingDiverged(f"epoch {epoch + 1}, step {global_step + 1}: {error}; stopped, the last "
+                                   "checkpoint is kept") from None
         # Every rank skips the same batch (a backward on some ranks only would hang the gradient all-reduce).
         if skip_nonfinite and not _all_finite(value := float(loss.detach()), context):
             skipped += 1
