@@ -125,3 +125,20 @@ def test_training_uses_a_saved_tree_frame_and_refuses_a_wrong_one(tmp_path):
     save_tree_frame(build_tree_frame(TreeArrays.from_parents(np.array([-1, 0, 0])), 3.0, "lca-height"), other)
     with pytest.raises(ValueError, match=r"other.npz: method.options.frame_file: the frame's tree \(2 classes"):
         build(frame_file=str(other))
+
+
+def test_an_imbalance_ratio_that_empties_classes_is_refused_naming_them(tmp_path):
+    from test_readers_cifar100 import make_cifar
+
+    from haf.pipelines.readers.registry import load_dataset
+
+    make_cifar(tmp_path / "cifar", per_class_train=53)
+    with pytest.raises(ValueError, match=r"imbalance ratio 0.01 leaves \d+ class\(es\) with no training image "
+                                         r"\('.*'\): with 53 images per class it must be at least 1/53"):
+        load_dataset("cifar100", tmp_path / "cifar", long_tail="exp", imbalance_ratio=0.01,
+                     hierarchy=None, validation_per_class=4)
+    # ratio 1.0 takes every training image: refused when the data are read, before any training
+    with pytest.raises(ValueError, match=r"none is left for validation"):
+        load_dataset("cifar100", tmp_path / "cifar", long_tail="exp", imbalance_ratio=1.0, validation_per_class=4)
+    ds = load_dataset("cifar100", tmp_path / "cifar", long_tail="exp", imbalance_ratio=1.0, validation_per_class=0)
+    assert len(ds["train"].labels) == 5 * 53

@@ -261,7 +261,7 @@ def read_cifar100(
 
     splits: dict[str, Split] = {}
     if long_tail is not None:
-        counts = long_tail_counts(k, len(train_labels) / k, long_tail, imbalance_ratio)
+        counts = long_tail_counts(k, len(train_labels) / k, long_tail, imbalance_ratio, classes)
         try:
             chosen = select_long_tail(train_labels, counts)
         except ValueError as error:
@@ -269,6 +269,10 @@ def read_cifar100(
         splits["train"] = Split("train", train_labels[chosen], arrays=train_images[chosen])
         if validation_per_class:
             held_out = unselected_validation_indices(train_labels, chosen, validation_per_class, k)
+            if held_out.size == 0:
+                raise ValueError(f"{train_path}: the long-tailed subset (imbalance ratio {imbalance_ratio}) takes "
+                                 "every training image, so none is left for validation; set dataset.options."
+                                 "validation_per_class: 0 and dataset.val_split: test, or a ratio below 1")
             splits["val"] = Split("val", train_labels[held_out], arrays=train_images[held_out])
     elif validation_per_class:
         held_out = validation_indices(train_labels, validation_per_class, k, train_path)
