@@ -142,3 +142,19 @@ def test_an_imbalance_ratio_that_empties_classes_is_refused_naming_them(tmp_path
         load_dataset("cifar100", tmp_path / "cifar", long_tail="exp", imbalance_ratio=1.0, validation_per_class=4)
     ds = load_dataset("cifar100", tmp_path / "cifar", long_tail="exp", imbalance_ratio=1.0, validation_per_class=0)
     assert len(ds["train"].labels) == 5 * 53
+
+
+def test_a_json_hierarchy_whose_class_list_omits_a_leaf_is_refused(tmp_path):
+    import json
+
+    from haf.hierarchy import Hierarchy, load_hierarchy
+
+    document = {"format": "haf-hierarchy", "version": 1, "root": "r", "classes": ["a", "b"],
+                "edges": [["r", "x"], ["x", "a"], ["x", "b"], ["r", "c"]]}
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match=r"h.json: key 'classes' omits the leaf 'c' of the edges") as caught:
+        load_hierarchy(path)
+    assert "\n" not in str(caught.value)
+    # an explicit class list still selects (prunes to) the classes asked for
+    assert Hierarchy.from_json(json.dumps(document), classes=["a", "b"]).classes == ("a", "b")
