@@ -158,3 +158,16 @@ def test_a_json_hierarchy_whose_class_list_omits_a_leaf_is_refused(tmp_path):
     assert "\n" not in str(caught.value)
     # an explicit class list still selects (prunes to) the classes asked for
     assert Hierarchy.from_json(json.dumps(document), classes=["a", "b"]).classes == ("a", "b")
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"validation_per_class": "5"}, r"option 'validation_per_class' must be int, got str '5'"),
+    ({"imbalance_ratio": "0.1", "long_tail": "exp"}, r"option 'imbalance_ratio' must be float, got str"),
+    ({"long_tail": 3}, r"option 'long_tail' must be str or None, got int 3"),
+    ({"validation_per_class": True}, r"must be int, got bool True"),
+])
+def test_wrong_typed_reader_options_are_named_not_a_type_error(tmp_path, options, message):
+    from haf.pipelines.readers.registry import load_dataset
+
+    with pytest.raises(ValueError, match=message):
+        load_dataset("cifar100", tmp_path, **options)
