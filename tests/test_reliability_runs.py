@@ -156,3 +156,16 @@ def test_non_finite_features_stop_the_run_naming_epoch_and_step(demo_root, tmp_p
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("haf train: error: epoch 2, step 3: features has non-finite values"), err
     assert "stopped, the last checkpoint is kept" in err
+
+
+def test_a_stale_hidden_link_left_by_a_crash_is_gone_after_resume(demo_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    sections = {"train": {"epochs": 2, "max_steps_per_epoch": 1}}
+    _train(demo_root, out, **{"train": {**sections["train"], "stop_after_epoch": 1}})
+    os.link(out / "last.pt", out / ".best.pt.link")  # what a kill between linking and renaming leaves
+    (out / ".last.pt.x1y2.tmp").write_bytes(b"torn")
+    assert _train(demo_root, out, resume=True, **sections) is not None
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    err = capsys.readouterr().err
+    assert f"removed {out / '.best.pt.link'}" in err
+    assert os.stat(out / "best.pt").st_nlink in (1, 2)  # best.pt shares its inode with last.pt or with nothing

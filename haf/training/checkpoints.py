@@ -203,6 +203,8 @@ def link_best(output_dir: Path) -> None:
             shutil.copyfile(last, tmp)
         crash_point("best-link-made")
         os.replace(tmp, output_dir / BEST_NAME)
+        # rename() of two links to one file does nothing (best.pt already linked to last.pt): drop the link.
+        tmp.unlink(missing_ok=True)
     crash_point("best-replaced")
 
 
