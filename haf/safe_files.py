@@ -22,6 +22,7 @@ TMP_SUFFIX = ".tmp"
 # How the JSON we write spells a non-finite float: a string Python's float() reads back. JSON has no NaN or
 # Infinity, and json.dumps' default (bare NaN) is invalid JSON that other tools refuse.
 NONFINITE_JSON = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+_NONFINITE_SPELLINGS = frozenset(NONFINITE_JSON.values())
 
 
 def _finite_or_marked(value: object) -> object:
@@ -44,6 +45,13 @@ def json_loads(text: str, source: str) -> object:
         raise ValueError(f"{source} line {error.lineno}: not valid JSON ({error.msg})") from None
     except RecursionError:
         raise ValueError(f"{source}: JSON nested too deeply to read (a damaged or hostile file?)") from None
+
+
+def json_number(value: object) -> object:
+    """A value read from our JSON with the non-finite spellings (:data:`NONFINITE_JSON`) turned back into floats."""
+    if isinstance(value, str) and value in _NONFINITE_SPELLINGS:
+        return float(value)
+    return value
 
 
 def json_text(value: object, **options: object) -> str:

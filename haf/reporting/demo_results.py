@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from haf.safe_files import json_text
+from haf.safe_files import json_number, json_text
 from haf.training.run_folder import LOG_NAME, METRICS_NAME
 
 from .demo_runs import PlannedRun, resolved_config
@@ -165,7 +165,8 @@ def paired_differences(runs: Sequence[PlannedRun], baseline: str = "cross-entrop
         return ""
     cells = []
     for key in keys:
-        pairs = [metrics[(method, s)].get(key) for s in seeds], [metrics[(baseline, s)].get(key) for s in seeds]
+        pairs = ([json_number(metrics[(method, s)].get(key)) for s in seeds],
+                 [json_number(metrics[(baseline, s)].get(key)) for s in seeds])
         if any(v is None for v in (*pairs[0], *pairs[1])):
             continue
         summary = summarize([a - b for a, b in zip(*pairs)])

@@ -12,7 +12,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from haf.safe_files import NONFINITE_JSON
+from haf.safe_files import json_number
 
 DPI = 120  # readable on a README page without making the PNGs large
 
@@ -152,8 +152,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
             except RecursionError:
                 raise ValueError(f"{path}:{number}: JSON nested too deeply to read") from None
             if isinstance(record, dict):  # NaN/±inf as our writers spell them (haf.safe_files.NONFINITE_JSON)
-                record = {k: float(v) if isinstance(v, str) and v in NONFINITE_JSON.values() else v
-                          for k, v in record.items()}
+                record = {k: json_number(v) for k, v in record.items()}
             key = (record.get("epoch"), record.get("split")) if isinstance(record, dict) else None
             records[key if key is not None and None not in key else number] = record
     return list(records.values())

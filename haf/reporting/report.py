@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from haf.metrics import SHOT_GROUPS
-from haf.safe_files import NONFINITE_JSON, json_loads
+from haf.safe_files import json_loads, json_number
 from haf.reporting.paper_results import METRIC_KEYS, paper_row
 from haf.training.run_folder import METRICS_NAME
 
@@ -118,8 +118,7 @@ def _metrics_from(mapping: Mapping, path: Path, where: str) -> dict[str, float]:
         if key in METRIC_KEYS or key.startswith("hierdist@"):
             if value is None:
                 continue
-            if isinstance(value, str) and value in NONFINITE_JSON.values():
-                value = float(value)
+            value = json_number(value)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{path}: key {where}{key!r} should be a number, got {value!r}")
             metrics[key] = float(value)
