@@ -37,8 +37,10 @@ def test_a_saved_frame_loads_back_equal(frame_file):
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("u", lambda u: np.where(np.arange(u.size) == 3, np.nan, u), r"array 'u' holds a non-finite value \(nan at index 3\)"),
-    ("node_similarity", lambda g: np.where(np.arange(g.size) == 0, np.inf, g), r"array 'node_similarity' holds a non-finite"),
+    ("u", lambda u: np.where(np.arange(u.size) == 3, np.nan, u),
+     r"array 'u' holds a non-finite value \(nan at index 3\)"),
+    ("node_similarity", lambda g: np.where(np.arange(g.size) == 0, np.inf, g),
+     r"array 'node_similarity' holds a non-finite"),
     ("beta", lambda b: np.array(np.nan), r"array 'beta' holds a non-finite"),
     ("u", lambda u: u * 1.01, r"array 'u' disagrees with the frame its tree"),
     ("q", lambda q: q + 1e-3, r"array 'q' disagrees"),
@@ -109,7 +111,9 @@ def test_training_uses_a_saved_tree_frame_and_refuses_a_wrong_one(tmp_path):
     data = load_dataset("synthetic-tree", "unused", num_classes=40, depth=3, train_per_class=1)
     context = MethodContext(data.classes, data.distances.matrix, seed=0, hierarchy=data.hierarchy)
     cls = get_method("haframe")
-    build = lambda **o: cls(16, context, build_method_options(cls, {"factorization": "tree", "gamma": 3.0, **o}))  # noqa: E731
+    def build(**options):
+        return cls(16, context, build_method_options(cls, {"factorization": "tree", "gamma": 3.0, **options}))
+
     built = build()
     tree = TreeArrays.from_hierarchy(data.hierarchy)
     path = tmp_path / "frame.npz"

@@ -18,7 +18,8 @@ LAUGHS = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
 
 
 @pytest.mark.parametrize("text,message", [
-    ("seed: 1\ntrain:\n  epochs: 2\n  batch_size: 8\n  epochs: 3\n", r"line 5: duplicate key 'epochs' \(first at line 3\)"),
+    ("seed: 1\ntrain:\n  epochs: 2\n  batch_size: 8\n  epochs: 3\n",
+     r"line 5: duplicate key 'epochs' \(first at line 3\)"),
     ("seed: 1\nseed: 2\n", r"line 2: duplicate key 'seed' \(first at line 1\)"),
     (LAUGHS, r"expands \(through aliases\) to more than 100000 nodes"),
     ("train: &t {epochs: 2, again: *t}\n", r"line 1: a recursive anchor"),
@@ -52,7 +53,7 @@ def test_a_set_value_with_a_duplicate_key_is_refused_not_taken_literally():
 def test_cli_prints_one_line_and_exits_2(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("seed: 1\nseed: 2\n")
-    done = subprocess.run([str(Path(sys.executable).parent / "haf"), "config", str(path)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([str(Path(sys.executable).parent / "haf"), "config", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().count("\n") == 0 and "duplicate key 'seed'" in done.stderr

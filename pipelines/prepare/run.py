@@ -73,7 +73,8 @@ class PrepareReport:
         return (
             f"{self.backend}: {self.done} done, {self.skipped} skipped, {len(self.failed)} failed"
             f"{f', {self.copied} other files copied' if self.copied else ''}"
-            f"{f', {len(self.not_regular)} not regular files skipped' if self.not_regular else ''} in {self.seconds:.1f} s "
+            f"{f', {len(self.not_regular)} not regular files skipped' if self.not_regular else ''}"
+            f" in {self.seconds:.1f} s "
             f"({self.images_per_second:.1f} images/s)"
         )
 
