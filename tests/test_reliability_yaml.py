@@ -23,7 +23,10 @@ LAUGHS = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
     ("seed: 1\nseed: 2\n", r"line 2: duplicate key 'seed' \(first at line 1\)"),
     (LAUGHS, r"expands \(through aliases\) to more than 100000 nodes"),
     ("train: &t {epochs: 2, again: *t}\n", r"line 1: a recursive anchor"),
-    ("train:\n  x: " + "[" * 50_000 + "]" * 50_000 + "\n", r"nested too deeply"),
+    ("train:\n  x: " + "[" * 50_000 + "]" * 50_000 + "\n", r"line 2: collections nested more than 100 deep"),
+    ("".join(" " * i + f"k{i}:\n" for i in range(600)) + " " * 600 + "x: 1\n",
+     r"line 100: blocks nested more than 100 deep"),
+    ("k:\n  " + "- " * 3000 + "x\n", r"nested too deeply"),
 ])
 def test_hostile_config_files_are_refused_in_one_line(tmp_path, text, message):
     path = tmp_path / "run.yaml"

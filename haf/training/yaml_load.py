@@ -8,7 +8,8 @@
   on the node graph (each distinct node once, memoised) before anything is constructed; beyond
   :data:`MAX_EXPANDED_NODES` → refused, naming the file and the line of the anchor that grew past it.
 * A recursive anchor (``&a [*a]``) → refused naming its line (it would be an infinite structure).
-* Nesting deeper than Python's recursion allows → refused with one line, not a ``RecursionError``.
+* Nesting deeper than Python's recursion allows → refused with one line, not a ``RecursionError``; flow
+  brackets nested beyond :data:`MAX_FLOW_DEPTH` are refused by a one-pass scan before parsing.
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ import yaml
 
 # A real run config expands to a few hundred nodes; the paper configs with every base to under 2,000.
 MAX_EXPANDED_NODES = 100_000
+# Flow collections ([…], {…}) or indented blocks nested deeper than this are refused before parsing (a config
+# needs a handful; the pure-Python parser needs seconds to reach its recursion limit).
+MAX_FLOW_DEPTH = 100
 
 
 class _Refused(Exception):
@@ -91,9 +95,52 @@ class YamlRefused(ValueError):
     """A document that parses but is refused (a duplicate key, an alias bomb, a recursive anchor, deep nesting)."""
 
 
+def _flow_depth_refusal(text: str) -> str | None:
+    """Where flow brackets nest deeper than :data:`MAX_FLOW_DEPTH` ("line N: …"), quoted text and comments
+    skipped; None when they do not. One pass, no allocation."""
+    depth, quote, line = 0, "", 1
+    comment = False
+    previous = "\n"
+    for char in text:
+        if char == "\n":
+            line, comment = line + 1, False
+        elif comment:
+            pass
+        elif quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and previous in " \t\n":
+            comment = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_FLOW_DEPTH:
+                return f"line {line}: collections nested more than {MAX_FLOW_DEPTH} deep; refusing it"
+        elif char in "]}":
+            depth = max(0, depth - 1)
+        previous = char
+    indents: list[int] = [-1]  # block nesting: the stack of indentations of the enclosing lines
+    for number, text_line in enumerate(text.splitlines(), start=1):
+        stripped = text_line.lstrip(" ")
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = len(text_line) - len(stripped)
+        while indent < indents[-1]:
+            indents.pop()
+        if indent > indents[-1]:
+            indents.append(indent)
+            if len(indents) > MAX_FLOW_DEPTH:
+                return f"line {number}: blocks nested more than {MAX_FLOW_DEPTH} deep; refusing it"
+    return None
+
+
 def load_yaml(text: str, source: str) -> Any:
     """Parse ``text`` (the contents of ``source``) with :class:`StrictSafeLoader`; every refusal and syntax
     error is one ``ValueError`` line naming ``source`` (and the line where known)."""
+    refusal = _flow_depth_refusal(text)
+    if refusal is not None:
+        raise YamlRefused(f"{source} {refusal}")
     loader = StrictSafeLoader(text)
     try:
         return loader.get_single_data()
