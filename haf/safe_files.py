@@ -10,6 +10,8 @@ the (device, inode) identity of every existing ancestor.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -17,6 +19,45 @@ from pathlib import Path
 from typing import IO, Callable, Iterator
 
 TMP_SUFFIX = ".tmp"
+# How the JSON we write spells a non-finite float: a string Python's float() reads back. JSON has no NaN or
+# Infinity, and json.dumps' default (bare NaN) is invalid JSON that other tools refuse.
+NONFINITE_JSON = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+_NONFINITE_SPELLINGS = frozenset(NONFINITE_JSON.values())
+
+
+def _finite_or_marked(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return NONFINITE_JSON[str(value)]
+    if isinstance(value, dict):
+        return {key: _finite_or_marked(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_marked(item) for item in value]
+    return value
+
+
+def json_loads(text: str, source: str) -> object:
+    """``json.loads`` whose every failure is one ``ValueError`` naming ``source``: invalid JSON (with the line),
+    and nesting deeper than the parser's recursion allows (``[[[[…`` 10⁵ deep), which is a ``RecursionError``
+    in the standard library."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{source} line {error.lineno}: not valid JSON ({error.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{source}: JSON nested too deeply to read (a damaged or hostile file?)") from None
+
+
+def json_number(value: object) -> object:
+    """A value read from our JSON with the non-finite spellings (:data:`NONFINITE_JSON`) turned back into floats."""
+    if isinstance(value, str) and value in _NONFINITE_SPELLINGS:
+        return float(value)
+    return value
+
+
+def json_text(value: object, **options: object) -> str:
+    """``json.dumps`` that always writes valid JSON: NaN/±inf become the strings "NaN"/"Infinity"/"-Infinity"
+    (:data:`NONFINITE_JSON`; ``float(s)`` reads them back), never bare ``NaN``."""
+    return json.dumps(_finite_or_marked(value), allow_nan=False, **options)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager

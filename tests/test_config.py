@@ -135,7 +135,7 @@ def test_base_composition_merges_and_reports_bad_files(tmp_path):
     config = load_config(tmp_path / "top.yaml")
     assert (config.seed, config.train.epochs, config.train.batch_size) == (5, 9, 32)
     assert config.method.options == {"gamma": 2.0, "alpha": 0.5, "s_min": None, "backend": "auto",
-                                      "factorization": "dense", "distance_convention": "lca-height"}
+                                      "factorization": "dense", "distance_convention": "lca-height", "frame_file": None}
 
     (tmp_path / "loop_a.yaml").write_text("base: loop_b.yaml\n")
     (tmp_path / "loop_b.yaml").write_text("base: loop_a.yaml\n")

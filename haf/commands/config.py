@@ -16,8 +16,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
+    from haf.safe_files import json_text
     from haf.training.run_config import list_configs, load_config
 
     if args.list:
@@ -26,5 +25,5 @@ def run(args: argparse.Namespace) -> int:
     if args.config is None:
         raise ValueError("name a config (or --list to see the shipped ones)")
     config = load_config(args.config, args.overrides)
-    print(json.dumps(config.to_dict(), indent=2) if args.json else config.to_yaml(), end="\n" if args.json else "")
+    print(json_text(config.to_dict(), indent=2) if args.json else config.to_yaml(), end="\n" if args.json else "")
     return 0

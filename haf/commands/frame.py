@@ -13,7 +13,6 @@ trees. Its Gram error is over all pairs for K ≤ 4000, else over ≥ 10⁵ samp
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -107,6 +106,8 @@ def _format_text(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from haf.safe_files import json_text
+
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix not in OUT_SUFFIXES:
         raise ValueError(f"--out {out}: unknown format; use one of {', '.join(OUT_SUFFIXES)}")
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--out {out}: a tree frame is saved as .npz")
         saver(out, report)
         report["out"] = str(out)
-    print(json.dumps(report) if args.json else _format_text(report))
+    print(json_text(report) if args.json else _format_text(report))
     return 0
 
 

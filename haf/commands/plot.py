@@ -25,9 +25,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_label(metrics_path: Path) -> str:
-    import json
+    from haf.safe_files import json_loads
 
-    run = json.loads(metrics_path.read_text()).get("run", {})
+    data = json_loads(metrics_path.read_text(), str(metrics_path))
+    run = data.get("run") if isinstance(data, dict) else None
+    run = run if isinstance(run, dict) else {}
     return f"{run.get('method', metrics_path.parent.name)} seed {run.get('seed', '?')}"
 
 
@@ -87,10 +89,11 @@ def run(args: argparse.Namespace) -> int:
     shots: dict[str, dict[str, list[float]]] = {}  # method -> "<group>/<metric>" -> values over seeds
     selective: dict[str, list[tuple[list, list]]] = {}  # method[+crm] -> risk-coverage curves over seeds
     for metrics_path in find_metric_files(args.runs):
+        results = load_run(metrics_path)  # first: refuses a file that is not a metrics record, naming it
         if (metrics_path.parent / LOG_NAME).exists():
             logs[_run_label(metrics_path)] = plots.read_jsonl(metrics_path.parent / LOG_NAME)
         _collect_selective(metrics_path, selective)
-        for result in load_run(metrics_path):
+        for result in results:
             for key, value in result.metrics.items():
                 if key.startswith("selective/"):
                     continue

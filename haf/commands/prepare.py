@@ -59,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
         ffmpeg=args.ffmpeg, copy_other=not args.no_copy_other, pillow_fallback=args.pillow_fallback,
         progress=not args.no_progress,
     )
+    for path in report.not_regular:
+        print(f"  warning: {path}: not a regular file (a pipe, socket, device or broken link); skipped unopened",
+              file=sys.stderr)
     print(f"haf prepare: {report.summary()}; {spec.describe()}")
     for source, reason in report.failed:
         print(f"  failed: {source}: {reason}", file=sys.stderr)

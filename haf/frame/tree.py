@@ -83,11 +83,12 @@ class TreeFrame:
         if k * width > max_classes * max_classes:
             raise ValueError(f"materialise: K × width = {k} × {width} is too large (limit {max_classes}²)")
         w = np.tile(-self.beta * self.u[1:], (k, 1))
-        table = self.tree.ancestor_table()
-        rows = np.repeat(np.arange(k), table.shape[1])
-        nodes = table.ravel()
-        keep = nodes > 0
-        w[rows[keep], nodes[keep] - 1] += self.sqrt_a[nodes[keep]]
+        rows, nodes = np.arange(k), self.tree.leaf_node.copy()
+        while rows.size:  # climb all class paths at once, one step per level: no K × H table
+            w[rows, nodes - 1] += self.sqrt_a[nodes]
+            nodes = self.tree.parent[nodes]
+            keep = nodes > 0
+            rows, nodes = rows[keep], nodes[keep]
         return w
 
     def similarity(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -106,18 +107,24 @@ class TreeFrame:
         + β² u·u, with the path sums gathered along each class's ancestors (no identity F u = 1 assumed)."""
         return self._gram(self._gram_tables(), i, j)
 
-    def _gram_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ancestor table, Σ_path √a·u per class, a along each path): built once per batch of pair chunks."""
-        table = self.tree.ancestor_table()
-        at = np.maximum(table, 0)
-        path_u = np.where(table > 0, self.sqrt_a[at] * self.u[at], 0.0).sum(axis=1)
-        return table, path_u, np.where(table > 0, self.a[at], 0.0)
+    def _gram_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per node v, sums over the root path of v (root excluded): (Σ a, Σ √a·u). One top-down pass, O(N):
+        the path of leaf i and the shared part of the paths of i and j (the path of LCA(i, j)) are read off
+        them, with no K × H ancestor table (a tree thousands of levels deep stays O(N))."""
+        edge, path_u = np.zeros_like(self.a), np.zeros_like(self.a)
+        term = self.sqrt_a * self.u
+        for lo, hi, _, _ in self.tree.levels():
+            up = self.tree.parent[lo:hi]
+            edge[lo:hi] = edge[up] + self.a[lo:hi]
+            path_u[lo:hi] = path_u[up] + term[lo:hi]
+        return edge, path_u
 
-    def _gram(self, tables: tuple[np.ndarray, np.ndarray, np.ndarray], i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        table, path_u, edge = tables
-        i, j = np.asarray(i), np.asarray(j)
-        shared = np.where((table[i] == table[j]) & (table[i] > 0), edge[i], 0.0).sum(axis=1)
-        return shared - self.beta * (path_u[i] + path_u[j]) + self.beta**2 * float(self.u @ self.u)
+    def _gram(self, tables: tuple[np.ndarray, np.ndarray], i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        edge, path_u = tables
+        nodes = self.tree.leaf_node
+        ni, nj = nodes[np.asarray(i)], nodes[np.asarray(j)]
+        shared = edge[self.tree.lca(ni, nj)]
+        return shared - self.beta * (path_u[ni] + path_u[nj]) + self.beta**2 * float(self.u @ self.u)
 
     def gram_error(self, rng_seed: int = 0) -> tuple[float, int]:
         """max |W Wᵀ − S| over all pairs (K ≤ 4000: W materialised, one GEMM), else over ≥ 10⁵ random pairs plus

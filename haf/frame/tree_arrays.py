@@ -5,11 +5,24 @@ tree is one vectorised numpy step per level (:meth:`TreeArrays.levels`, :func:`_
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 
 __all__ = ["TreeArrays"]
+
+
+def binary_lifting(parent: np.ndarray, height: int) -> np.ndarray:
+    """(L, N) table of 2^k-th ancestors, L = max(1, bit length of ``height``); the root (parent −1) maps to
+    itself, and node 0 must be the root."""
+    up = np.where(np.asarray(parent) < 0, 0, parent).astype(np.int64)
+    tables = [up]
+    for _ in range(max(1, int(height).bit_length()) - 1):
+        tables.append(tables[-1][tables[-1]])
+    table = np.stack(tables)
+    table.setflags(write=False)
+    return table
 
 
 def _level_sum(values: np.ndarray, parent: np.ndarray, lo: int, hi: int, plo: int, phi: int) -> np.ndarray:
@@ -114,20 +127,26 @@ class TreeArrays:
         d = self.subtree_height if convention == "lca-height" else self.height - self.depth
         return np.where(self.is_leaf, 0, d)
 
+    @functools.cached_property
+    def jumps(self) -> np.ndarray:
+        """Binary lifting: ``jumps[k, v]`` is v's 2^k-th ancestor (the root where there is none); ⌈log₂ H⌉ × N,
+        so a caterpillar thousands deep costs O(N log H), never K × H."""
+        return binary_lifting(self.parent, int(self.depth.max()))
+
     def lca(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """Lowest common ancestors of node pairs (vectorised; one step per depth level)."""
+        """Lowest common ancestors of node pairs (vectorised; O(log H) steps by binary lifting)."""
+        jumps = self.jumps
         a, b = np.array(i, dtype=np.int64), np.array(j, dtype=np.int64)
-        da, db = self.depth[a], self.depth[b]
-        for _ in range(int(self.depth.max()) + 1):
-            deeper_a, deeper_b = da > db, db > da
-            a = np.where(deeper_a, self.parent[a], a)
-            b = np.where(deeper_b, self.parent[b], b)
-            da, db = self.depth[a], self.depth[b]
-        while np.any(a != b):
-            differ = a != b
-            a = np.where(differ, self.parent[a], a)
-            b = np.where(differ, self.parent[b], b)
-        return a
+        swap = self.depth[a] < self.depth[b]
+        a, b = np.where(swap, b, a), np.where(swap, a, b)  # a is the deeper one
+        gap = self.depth[a] - self.depth[b]
+        for k in range(jumps.shape[0]):
+            a = np.where((gap >> k) & 1 == 1, jumps[k][a], a)
+        for k in range(jumps.shape[0] - 1, -1, -1):
+            ja, jb = jumps[k][a], jumps[k][b]
+            move = ja != jb
+            a, b = np.where(move, ja, a), np.where(move, jb, b)
+        return np.where(a == b, a, jumps[0][a])
 
     @classmethod
     def from_hierarchy(cls, hierarchy) -> "TreeArrays":

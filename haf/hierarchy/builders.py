@@ -51,6 +51,8 @@ def _inat_categories(categories: str | Path | Sequence[Mapping[str, Any]] | Mapp
             document = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: not valid JSON: {error}") from None
+        except RecursionError:
+            raise ValueError(f"{path}: JSON nested too deeply to read (a damaged or hostile file?)") from None
         source = str(path)
     else:
         document, source = categories, "<iNat2019 categories>"

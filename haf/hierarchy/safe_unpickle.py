@@ -7,7 +7,11 @@ object and raises ``ValueError`` naming the file and the global for anything els
 are refused too. The distance dicts need no global at all (:data:`DISTANCES_GLOBALS`); nltk trees need the few
 in :data:`TREE_GLOBALS`, mapped to :class:`TreeNode`, a stand-in that needs no nltk. Size is bounded too:
 :func:`read_capped` refuses a file (decompressed as a stream) as soon as it holds more than ``max_bytes``, so a
-small "bomb" that expands to gigabytes never allocates more than the cap.
+small "bomb" that expands to gigabytes never allocates more than the cap. Before unpickling,
+:func:`check_pickle_bounds` walks the opcodes (``pickletools.genops``, which allocates nothing beyond the data)
+and refuses what would make the unpickler allocate more than the data's own size: a memo index beyond the number
+of opcodes read (CPython grows the memo to twice the index), a length or frame that claims more bytes than remain
+(CPython allocates the claimed length before reading it).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import io
 import lzma
 import os
 import pickle
+import pickletools
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
@@ -96,14 +101,53 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise ValueError(f"{self._source}: refusing persistent id {pid!r} in an untrusted pickle")
 
 
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def check_pickle_bounds(data: bytes, *, source: str) -> None:
+    """Refuse a pickle whose opcodes would make the unpickler allocate beyond ``len(data)`` (module docstring).
+
+    A pickler numbers its memo entries 0, 1, 2, … with one opcode each, so a real file's memo index never exceeds
+    the number of opcodes before it; every length is followed by that many bytes. Raises ``ValueError`` naming
+    ``source`` and the opcode's offset.
+    """
+    stream = io.BytesIO(data)
+    count = 0
+    try:
+        for count, (opcode, arg, position) in enumerate(pickletools.genops(stream)):
+            if opcode.name in _MEMO_PUTS and isinstance(arg, int) and arg > count:
+                raise ValueError(
+                    f"{source}: memo index {arg} at byte {position} exceeds the {count} opcodes before it "
+                    "(a hostile pickle asking for a huge memo?); refusing it"
+                )
+            if opcode.name == "FRAME" and isinstance(arg, int) and arg > len(data) - stream.tell():
+                raise ValueError(
+                    f"{source}: frame at byte {position} claims {arg} bytes, only {len(data) - stream.tell()} "
+                    "remain; refusing it"
+                )
+    except ValueError as error:
+        message = str(error)
+        if message.startswith(source):
+            raise
+        raise ValueError(f"{source}: not a readable pickle: {message}") from None
+
+
 def restricted_loads(data: bytes, allowed: Mapping[tuple[str, str], Any], *, source: str) -> Any:
-    """Unpickle ``data`` admitting only ``allowed`` globals; every failure is a ``ValueError`` naming ``source``."""
+    """Unpickle ``data`` admitting only ``allowed`` globals; every failure is a ``ValueError`` naming ``source``.
+
+    The opcodes are checked first (:func:`check_pickle_bounds`), so memory stays within a small multiple of
+    ``len(data)``."""
+    check_pickle_bounds(data, source=source)
     try:
         return RestrictedUnpickler(io.BytesIO(data), allowed, source=source).load()
     except ValueError:
         raise
     except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, IndexError, KeyError) as error:
         raise ValueError(f"{source}: not a readable pickle of the expected kind: {error}") from None
+    except MemoryError:
+        raise ValueError(f"{source}: unpickling it needs more memory than there is; refusing it") from None
+    except RecursionError:
+        raise ValueError(f"{source}: nested too deeply to unpickle; refusing it") from None
 
 
 _CHUNK = 1 << 20
@@ -126,7 +170,8 @@ def read_capped(path: str | os.PathLike, max_bytes: int, *, why: str) -> bytes:
     too_big = f"{source}: holds more than {_mib(max_bytes)} ({why}); refusing to read it (a damaged or hostile file?)"
     with open(path, "rb") as handle:
         if not source.endswith(COMPRESSED_SUFFIXES):
-            data = handle.read(max_bytes + 1)
+            # read(n) allocates n bytes up front: ask for no more than the file holds (plus one, to see growth).
+            data = handle.read(min(max_bytes, os.fstat(handle.fileno()).st_size) + 1)
             if len(data) > max_bytes:
                 raise ValueError(too_big)
             return data

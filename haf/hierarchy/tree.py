@@ -347,9 +347,19 @@ class Hierarchy:
     ) -> Hierarchy:
         """Parse our JSON format from text or an already-decoded mapping. ``classes`` overrides the stored order.
 
-        A ``root`` that disagrees with the edges' root is an error naming the key.
+        A ``root`` that disagrees with the edges' root is an error naming the key. The stored ``classes`` must
+        list every leaf of the edges (a file is a whole tree; pruning is what an explicit ``classes`` asks for):
+        an omitted leaf is an error naming it, never pruned in silence.
         """
         edges, stored, root = parse_tree_document(document, source=source)
+        if classes is None and stored is not None:
+            parents = {parent for parent, _ in edges}
+            listed = set(stored)
+            omitted = [child for _, child in edges if child not in parents and child not in listed]
+            if omitted:
+                more = f" (and {len(omitted) - 1} more)" if len(omitted) > 1 else ""
+                raise ValueError(f"{source}: key 'classes' omits the leaf {omitted[0]!r}{more} of the edges; list "
+                                 "every leaf as a class (or remove its edge)")
         hierarchy = cls.from_edges(
             edges,
             classes if classes is not None else stored,

@@ -3,8 +3,9 @@
 d(i, j) = f(LCA(i, j)) for i ≠ j, 0 for i = j, with f(v) = subtree height of v (``lca-height``) or H − depth(v)
 (``fixed-depth``), the same numbers as :meth:`haf.hierarchy.Hierarchy.distance_matrix`.
 
-* pairs: LCA by depth-aligned ancestor climbing (the deeper node steps up until both depths agree, then both
-  step up until they meet), vectorised over any broadcast batch of pairs: O(pairs · H).
+* pairs: LCA by binary lifting (the deeper node jumps up by the depth gap's bits, then both jump by halving
+  powers of two while they differ), vectorised over any broadcast batch of pairs: O(pairs · log H) time and an
+  O(N log H) table, so trees thousands of levels deep cost no K × H table and no H steps.
 * expected cost (CRM): E_j = Σ_i p_i d(i, j) for every j by one bottom-up and one top-down pass. With
   P(v) = Σ_{leaves i under v} p_i and f(leaf) := 0, the leaves whose LCA with j is the path node w carry mass
   P(w) − P(child of w towards j), so E_j telescopes to E(root) = f(root)·P(root),
@@ -34,6 +35,7 @@ class TreeDistances:
         self.depth = as_long(tree.depth)
         self.leaf_node = as_long(tree.leaf_node)
         self.node_distance = as_long(node_distance)
+        self.jumps = torch.from_numpy(np.array(tree.jumps))  # 2^k-th ancestors (tree_arrays.binary_lifting)
 
     @classmethod
     def from_hierarchy(cls, hierarchy, convention: str) -> "TreeDistances":
@@ -63,7 +65,7 @@ class TreeDistances:
             return self
         moved = object.__new__(TreeDistances)
         moved.__dict__.update(self.__dict__)
-        for name in ("parent", "depth", "leaf_node", "node_distance"):
+        for name in ("parent", "depth", "leaf_node", "node_distance", "jumps"):
             setattr(moved, name, getattr(self, name).to(device))
         return moved
 
@@ -89,20 +91,18 @@ class TreeDistances:
 
     # -- the tree computations ---------------------------------------------------------------------------------
     def lca(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Lowest common ancestors of node tensors (broadcast): align depths, then climb together."""
+        """Lowest common ancestors of node tensors (broadcast), by binary lifting: O(log H) steps."""
         a, b = torch.broadcast_tensors(a.to(self.device, torch.long), b.to(self.device, torch.long))
-        da, db = self.depth[a], self.depth[b]
-        for _ in range(self.height):
-            a = torch.where(da > db, self.parent[a], a)
-            b = torch.where(db > da, self.parent[b], b)
-            da, db = self.depth[a], self.depth[b]
-        for _ in range(self.height):
-            differ = a != b
-            if not bool(differ.any()):
-                break
-            a = torch.where(differ, self.parent[a], a)
-            b = torch.where(differ, self.parent[b], b)
-        return a
+        swap = self.depth[a] < self.depth[b]
+        a, b = torch.where(swap, b, a), torch.where(swap, a, b)  # a is the deeper one
+        gap = self.depth[a] - self.depth[b]
+        for k in range(self.jumps.shape[0]):
+            a = torch.where(((gap >> k) & 1) == 1, self.jumps[k][a], a)
+        for k in range(self.jumps.shape[0] - 1, -1, -1):
+            ja, jb = self.jumps[k][a], self.jumps[k][b]
+            move = ja != jb
+            a, b = torch.where(move, ja, a), torch.where(move, jb, b)
+        return torch.where(a == b, a, self.jumps[0][a])
 
     def pairs(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         """d(i, j) for class-index tensors i, j (broadcast), int64."""

@@ -35,6 +35,8 @@ def parse_tree_document(
             document = json.loads(document)
         except json.JSONDecodeError as error:
             raise ValueError(f"{source}: not valid JSON: {error}") from None
+        except RecursionError:
+            raise ValueError(f"{source}: JSON nested too deeply to read (a damaged or hostile file?)") from None
     if not isinstance(document, Mapping):
         raise ValueError(f"{source}: the document must be a JSON object, got {type(document).__name__}")
     fmt = document.get("format")

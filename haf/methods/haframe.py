@@ -123,6 +123,9 @@ class HAFrame(FixedFrameMethod):
         factorization: Literal["dense", "tree"] = "dense"
         # The tree frame's distance convention; must be the dataset's (checked against context.distances).
         distance_convention: Convention = DEFAULT_CONVENTION
+        # A tree frame saved by `haf frame --factorization tree --out FILE.npz`, used instead of building one: it
+        # must be the frame of the dataset's tree with these gamma, convention (and s_min when given).
+        frame_file: str | None = None
 
         def __post_init__(self) -> None:
             if self.factorization not in ("dense", "tree"):
@@ -190,7 +193,10 @@ class HAFrame(FixedFrameMethod):
                 else TreeArrays.from_hierarchy(context.hierarchy))
         if tree.classes != tuple(context.classes):
             raise ValueError("haframe: the hierarchy's class order differs from the dataset's")
-        frame = build_tree_frame(tree, options.gamma, options.distance_convention, s_min=options.s_min)
+        if options.frame_file is not None:
+            frame = _saved_tree_frame(options.frame_file, tree, options)
+        else:
+            frame = build_tree_frame(tree, options.gamma, options.distance_convention, s_min=options.s_min)
         _check_tree_distances(frame, context.distances, options.distance_convention)
         #: Learnable D → N − 1 map into the frame's space (no bias: the frame has none either).
         self.projection = torch.nn.Linear(self.in_features, frame.width, bias=False)
@@ -255,3 +261,23 @@ def _check_tree_distances(frame, distances, convention: str, pairs: int = 4096) 
     if not torch.equal(TreeDistances(frame.tree, convention).pairs(i, j), pair_distances(given, i, j).cpu().long()):
         raise ValueError(f"haframe: option distance_convention={convention!r} does not give the dataset's distances; "
                          "set it to the dataset's distance_convention")
+
+
+def _saved_tree_frame(path: str, tree: Any, options: Any) -> Any:
+    """The tree frame in ``path`` (value-checked on load), refused unless it is the frame of ``tree`` (same
+    parents, classes and class order) under the method's gamma, convention and s_min (when given)."""
+    from haf.frame import load_tree_frame
+
+    frame = load_tree_frame(path)
+    if not (np.array_equal(frame.tree.parent, tree.parent) and np.array_equal(frame.tree.leaf_node, tree.leaf_node)
+            and frame.tree.classes in (None, tree.classes)):
+        raise ValueError(f"{path}: method.options.frame_file: the frame's tree ({frame.tree.num_classes} classes, "
+                         f"{frame.tree.num_nodes} nodes) is not the dataset's ({tree.num_classes} classes, "
+                         f"{tree.num_nodes} nodes, or another order)")
+    for key, want in (("gamma", float(options.gamma)), ("convention", options.distance_convention),
+                      ("s_min", None if options.s_min is None else float(options.s_min))):
+        got = getattr(frame, key)
+        if want is not None and got != want:
+            raise ValueError(f"{path}: method.options.frame_file: the frame has {key} = {got!r}, the method "
+                             f"options {want!r}")
+    return frame

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from haf.safe_files import json_number, json_text
 from haf.training.run_folder import LOG_NAME, METRICS_NAME
 
 from .demo_runs import PlannedRun, resolved_config
@@ -87,7 +88,7 @@ def hierdist_curve(run_dir: Path, data: Any,
         if scores is not None:
             metrics = hierarchical_metrics(scores, result["targets"], data.distances, ks=ks)
             curves[name] = {k: float(metrics[f"hierdist@{k}"]) for k in ks}
-    atomic_write_text(cache, json.dumps(curves, indent=1) + "\n")  # atomic: a torn cache would look fresh by its mtime
+    atomic_write_text(cache, json_text(curves, indent=1) + "\n")  # atomic: a torn cache would look fresh by its mtime
     return curves
 
 
@@ -164,7 +165,8 @@ def paired_differences(runs: Sequence[PlannedRun], baseline: str = "cross-entrop
         return ""
     cells = []
     for key in keys:
-        pairs = [metrics[(method, s)].get(key) for s in seeds], [metrics[(baseline, s)].get(key) for s in seeds]
+        pairs = ([json_number(metrics[(method, s)].get(key)) for s in seeds],
+                 [json_number(metrics[(baseline, s)].get(key)) for s in seeds])
         if any(v is None for v in (*pairs[0], *pairs[1])):
             continue
         summary = summarize([a - b for a, b in zip(*pairs)])

@@ -80,12 +80,12 @@ def resolved_config(run: PlannedRun) -> Any:
 
 def run_state(run: PlannedRun) -> str:
     """"done" (metrics.json of this very config), "resume" (interrupted, same config) or "new"."""
-    import yaml
+    from haf.training.yaml_load import load_yaml
 
     config_file = run.output_dir / CONFIG_NAME
     if not config_file.is_file():
         return "new"
-    stored = yaml.safe_load(config_file.read_text()) or {}
+    stored = load_yaml(config_file.read_text(), str(config_file)) or {}
     wanted = resolved_config(run).to_dict()
     # Where the folder is does not change what was trained (a moved or differently spelled --output-dir).
     stored.pop("output_dir", None)

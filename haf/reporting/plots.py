@@ -12,6 +12,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from haf.safe_files import json_number
+
 DPI = 120  # readable on a README page without making the PNGs large
 
 
@@ -171,6 +173,10 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 if number == len(lines) and not text.endswith("\n"):
                     break
                 raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            except RecursionError:
+                raise ValueError(f"{path}:{number}: JSON nested too deeply to read") from None
+            if isinstance(record, dict):  # NaN/±inf as our writers spell them (haf.safe_files.NONFINITE_JSON)
+                record = {k: json_number(v) for k, v in record.items()}
             key = (record.get("epoch"), record.get("split")) if isinstance(record, dict) else None
             records[key if key is not None and None not in key else number] = record
     return list(records.values())

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from haf.metrics import SHOT_GROUPS
+from haf.safe_files import json_loads, json_number
 from haf.reporting.paper_results import METRIC_KEYS, paper_row
 from haf.training.run_folder import METRICS_NAME
 
@@ -49,17 +49,26 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Summary:
-    """Mean and 95% CI half-width of one metric over n runs (``ci`` is None when n < 2)."""
+    """Mean and 95% CI half-width of one metric over the n runs where it is finite (``ci`` is None when n < 2);
+    ``nonfinite`` holds the NaN/±inf values of the other runs (a diverged run), shown, never averaged in."""
 
     mean: float
     ci: float | None
     n: int
+    nonfinite: tuple[float, ...] = ()
 
     def format(self, digits: int = 2) -> str:
-        if math.isnan(self.mean):
-            return "n/a"
+        marks = _nonfinite_marks(self.nonfinite)
+        if self.n == 0:
+            return marks or "n/a"  # "n/a": no run has the metric; "nan"/"inf": runs have it, not finite
         text = f"{self.mean:.{digits}f}"
-        return text if self.ci is None else f"{text} ± {self.ci:.{digits}f}"
+        text = text if self.ci is None else f"{text} ± {self.ci:.{digits}f}"
+        return f"{text} (+{len(self.nonfinite)} {marks})" if marks else text
+
+
+def _nonfinite_marks(values: Sequence[float]) -> str:
+    names = sorted({"nan" if math.isnan(v) else ("inf" if v > 0 else "-inf") for v in values})
+    return "/".join(names)
 
 
 @dataclass
@@ -85,15 +94,17 @@ def t_quantile_975(dof: int) -> float:
 
 
 def summarize(values: Sequence[float]) -> Summary:
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    present = [float(v) for v in values if v is not None]
+    finite = [v for v in present if math.isfinite(v)]
+    nonfinite = tuple(v for v in present if not math.isfinite(v))
     n = len(finite)
     if n == 0:
-        return Summary(float("nan"), None, 0)
+        return Summary(float("nan"), None, 0, nonfinite)
     mean = sum(finite) / n
     if n < 2:
-        return Summary(mean, None, n)
+        return Summary(mean, None, n, nonfinite)
     variance = sum((v - mean) ** 2 for v in finite) / (n - 1)
-    return Summary(mean, t_quantile_975(n - 1) * math.sqrt(variance) / math.sqrt(n), n)
+    return Summary(mean, t_quantile_975(n - 1) * math.sqrt(variance) / math.sqrt(n), n, nonfinite)
 
 
 def _require(mapping: Mapping, key: str, path: Path, where: str = "") -> object:
@@ -103,26 +114,29 @@ def _require(mapping: Mapping, key: str, path: Path, where: str = "") -> object:
 
 
 def _metrics_from(mapping: Mapping, path: Path, where: str) -> dict[str, float]:
+    """The metric values of one section: numbers, or the strings our JSON writers put for NaN/±inf
+    (``haf.safe_files.json_text``); null is a metric without a value (missing, shown "n/a")."""
     metrics = {}
     for key, value in mapping.items():
         if key in METRIC_KEYS or key.startswith("hierdist@"):
-            if value is not None and not isinstance(value, (int, float)):
+            if value is None:
+                continue
+            value = json_number(value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{path}: key {where}{key!r} should be a number, got {value!r}")
-            metrics[key] = float("nan") if value is None else float(value)
+            metrics[key] = float(value)
     for key in ("top1", "mistake_severity", "hierdist@1"):
-        _require(metrics, key, path, where)
+        _require(mapping, key, path, where)
     return metrics
 
 
 def load_run(path: str | Path, include_crm: bool = True) -> list[RunResult]:
     """One metrics.json → one result, plus a ``<method>+crm`` result when the file has a "crm" section."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    data = json_loads(path.read_text(), str(path))
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
+        raise ValueError(f"{path}: expected a JSON object with the metrics and a 'run' record, got a "
+                         f"{type(data).__name__}")
     run = _require(data, "run", path)
     if not isinstance(run, dict):
         raise ValueError(f"{path}: key 'run' should be an object")

@@ -29,7 +29,7 @@ from haf.safe_files import atomic_write, naming
 from haf.training.crash_points import crash_point
 from haf.training.portable import portable_fields
 from haf.training.run_config import config_from_dict
-from haf.training.run_folder import BEST_LINK_NAME, BEST_NAME, DEEPSPEED_DIR, LAST_NAME
+from haf.training.run_folder import BEST_LINK_NAME, BEST_NAME, DEEPSPEED_DIR, LAST_NAME, resume_differences
 from haf.training.schema import RunConfig
 from haf.training.seeding import capture_rng_state, restore_rng_state
 
@@ -41,10 +41,34 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` that a kill at any moment cannot tear (see the module docstring); an OS error (a full disk,
     no permission) names ``path`` and leaves the old file and no temporary one."""
     def write(handle: IO) -> None:
-        torch.save(obj, handle)
+        recording = _RecordingWriter(handle)
+        try:
+            torch.save(obj, recording)
+        except RuntimeError:
+            # torch's writer turns a failed write (a full disk) into "unexpected pos …": raise the OS error
+            if recording.error is not None:
+                raise recording.error from None
+            raise
         crash_point("checkpoint-temp-written")
 
     atomic_write(path, write)
+
+
+class _RecordingWriter:
+    """The file handle torch.save writes through, keeping the ``OSError`` of a failed write (torch hides it)."""
+
+    def __init__(self, handle: IO) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -181,6 +205,8 @@ def link_best(output_dir: Path) -> None:
             shutil.copyfile(last, tmp)
         crash_point("best-link-made")
         os.replace(tmp, output_dir / BEST_NAME)
+        # rename() of two links to one file does nothing (best.pt already linked to last.pt): drop the link.
+        tmp.unlink(missing_ok=True)
     crash_point("best-replaced")
 
 
@@ -218,14 +244,13 @@ def restore_training_state(engine: Any, state: dict, output_dir: Path) -> None:
 
 
 def check_resume_compatible(config: RunConfig, state: dict, path: Path) -> None:
+    """Refuse a resume whose resolved config differs from the checkpoint's in anything that changes what is
+    trained (every key but :data:`haf.training.run_folder.RESUME_FREE_KEYS`)."""
     stored = config_from_dict(state["config"], source=str(path))
-    for section in ("dataset", "model", "method", "optim", "deepspeed"):
-        if getattr(stored, section) != getattr(config, section):
-            raise ValueError(f"{path}: cannot resume: the config's '{section}' section differs from the "
-                             f"checkpoint's ({getattr(stored, section)} vs {getattr(config, section)})")
-    if stored.seed != config.seed:
-        raise ValueError(f"{path}: cannot resume: key 'seed' is {config.seed}, the checkpoint's is {stored.seed}")
-    for key in ("batch_size", "epochs", "mixup_alpha", "drop_last"):
-        if getattr(stored.train, key) != getattr(config.train, key):
-            raise ValueError(f"{path}: cannot resume: key 'train.{key}' is {getattr(config.train, key)}, the "
-                             f"checkpoint's is {getattr(stored.train, key)}")
+    differences = resume_differences(stored.to_dict(), config.to_dict())
+    if differences:
+        key, old, new = differences[0]
+        more = f" (and {len(differences) - 1} more: {', '.join(d[0] for d in differences[1:4])})" \
+            if len(differences) > 1 else ""
+        raise ValueError(f"{path}: cannot resume: key '{key}' is {new!r}, the checkpoint's is {old!r}{more}; "
+                         "resume with the run's config, or start a new run")

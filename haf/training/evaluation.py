@@ -13,7 +13,6 @@ ranks) and reports the neural-collapse diagnostics ``nc_mean``, ``nc_std`` and `
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -352,7 +351,7 @@ def evaluate_checkpoint(
     Returns ``{"record": metrics.json-style dict, "table": printable text, "json_path": Path}``.
     """
     from haf.training.assemble import build_model, prepare_dataset
-    from haf.safe_files import atomic_write_text
+    from haf.safe_files import atomic_write_text, json_text
     from haf.training.checkpoints import load_checkpoint
     from haf.training.devices import autocast_factory, choose_device, use_channels_last
     from haf.training.run_config import load_config
@@ -388,7 +387,7 @@ def evaluate_checkpoint(
         allow_hierarchy_change=allow_hierarchy_change)
     record["loss"] = result["loss"]
     json_path = Path(json_out) if json_out is not None else path.parent / f"eval-{split}.json"
-    atomic_write_text(json_path, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(json_path, json_text(record, indent=2) + "\n")
     table = format_metric_table({"plain": result["metrics"], "crm": result["crm"]},
                                 title=f"{path} (epoch {state['epoch']}) on {config.dataset.kind}/{split}, "
                                       f"{result['images']} images:")

@@ -12,7 +12,6 @@ to the ``haf`` logger (stderr).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from haf.safe_files import atomic_write_text
+from haf.safe_files import atomic_write_text, json_text
 from haf.training.assemble import (
     PreparedData,
     build_model,
@@ -76,6 +75,7 @@ from haf.training.run_folder import (
     claim_run_folder,
     default_output_dir,
     new_folders,
+    release_run_folders,
     remove_stale_files,
     remove_unused_folders,
     shot_keys,
@@ -106,6 +106,8 @@ def run_training(config: RunConfig, *, resume: bool = False, overwrite: bool = F
         # No closing barrier: the other ranks may never reach it, and a hang would hide this rank's error.
         teardown_distributed(context, barrier=False)
         raise
+    finally:
+        release_run_folders()  # the output folder's lock (taken by claim_run_folder)
     teardown_distributed(context)
     return result
 
@@ -309,9 +311,15 @@ def _train_one_epoch(engine: Any, loader: Any, config: RunConfig, context: Distr
         if alpha > 0:
             mixed = mix_batch(images, targets, alpha, mixup_generator(config.seed, epoch, micro_step, context.rank))
             images = mixed.images
-        with engine.autocast():
-            outputs = engine.forward(images)
-            loss = model.loss(outputs, targets) if mixed is None else mixed_loss(model.loss, outputs, mixed)
+        try:
+            with engine.autocast():
+                outputs = engine.forward(images)
+                loss = model.loss(outputs, targets) if mixed is None else mixed_loss(model.loss, outputs, mixed)
+        except ValueError as error:  # the loss refuses non-finite features: the weights diverged
+            if "non-finite" not in str(error):
+                raise
+            raise TrainingDiverged(f"epoch {epoch + 1}, step {global_step + 1}: {error}; stopped, the last "
+                                   "checkpoint is kept") from None
         # Every rank skips the same batch (a backward on some ranks only would hang the gradient all-reduce).
         if skip_nonfinite and not _all_finite(value := float(loss.detach()), context):
             skipped += 1
@@ -389,7 +397,7 @@ def _final_test(engine: Any, config: RunConfig, data: PreparedData, context: Dis
         show_progress=context.is_main and config.logging.progress, max_steps=config.train.max_eval_steps,
         checkpoint_name=path.name)
     if context.is_main:
-        atomic_write_text(output_dir / METRICS_NAME, json.dumps(record, indent=2) + "\n")
+        atomic_write_text(output_dir / METRICS_NAME, json_text(record, indent=2) + "\n")
         logger.log({"split": "test", "epoch": int(state["epoch"]), "step": global_step, **result["metrics"],
                     **shot_keys(result["shots"])}, global_step)
         _say(format_metric_table({"plain": result["metrics"], "crm": result["crm"]},

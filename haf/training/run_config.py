@@ -25,9 +25,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, Union
 
-import yaml
-
 from haf.shipped import shipped_dir  # noqa: F401  (re-exported: its home is haf.shipped)
+from haf.training.yaml_load import YamlRefused, load_yaml
 from haf.training.schema import NormalizeConfig, RunConfig, TransformsConfig, check_semantics
 
 BASE_KEY = "base"  # composition key; removed after merging, never part of the validated object
@@ -188,12 +187,7 @@ def load_yaml_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     if resolved in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, resolved))
         raise ValueError(f"{path}: circular '{BASE_KEY}:' chain: {chain}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ValueError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    data = load_yaml(path.read_text(), str(path))  # duplicate keys, alias bombs, recursive anchors: refused
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -262,8 +256,10 @@ def apply_override(raw: dict, override: str) -> dict:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ValueError(f"--set {override!r}: expected dotted.key=value, e.g. --set train.epochs=2")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(text, f"--set {key}") if text.strip() else ""
+    except YamlRefused:
+        raise
+    except ValueError:
         value = text  # not YAML: keep the literal string (e.g. a path with ':' in it)
     parts = key.split(".")
     if len(parts) == 2 and tuple(parts) in CHOICE_DEPENDENT_KEYS:

@@ -3,10 +3,15 @@
 The files and the fields of their records are described in docs/ARCHITECTURE.md ("Training outputs"). A folder
 that holds a run is never trained into again unless asked (:func:`claim_run_folder`: ``resume`` continues it,
 ``overwrite`` replaces it); a resumed run's logs are cut back to its checkpoint (:func:`truncate_logs`), so each
-(epoch, split) record and each step record appears once.
+(epoch, split) record and each step record appears once. A run holds an exclusive lock on its folder
+(:func:`lock_run_folder`, ``flock`` on the folder) from its claim to its exit, so two runs started into one
+folder cannot both write it: the second is refused. The kernel drops the lock when its holder dies, so a
+killed run never blocks the next.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import glob
 import json
 import logging
@@ -18,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from haf.safe_files import atomic_write_text, naming
+from haf.safe_files import atomic_write_text, json_text, naming
 from haf.training.crash_points import armed, crash_point
 
 if TYPE_CHECKING:
@@ -43,6 +48,34 @@ REPLACED_PREFIX = ".replaced-"  # an overwritten run's files on their way out
 _TEMP = re.compile(r"\.(" + "|".join(map(re.escape, RUN_FILES)) + r"|eval-[^/]*\.json)\..+\.tmp")
 
 
+# Config keys a resumed run may change: they decide where and how a run is logged, evaluated or split into jobs,
+# not what is trained. Every other key of the resolved config (the whole dataset, data, model, method, optim and
+# deepspeed sections, the seed, the training keys) must equal the checkpoint's. train.epochs is compared: the
+# learning-rate schedule depends on it, so a longer run is a new run.
+RESUME_FREE_KEYS = frozenset({
+    "output_dir", "source", "logging", "train.stop_after_epoch", "train.eval_batch_size", "train.max_eval_steps",
+    "train.device", "train.test_checkpoint", "data.workers", "data.channels_last", "dataset.test_split",
+})
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and (value or not prefix):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def resume_differences(stored: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """(key, checkpoint's value, config's value) for every key of two resolved config dicts that differs and
+    may not differ on resume (:data:`RESUME_FREE_KEYS`), in key order."""
+    old, new = _flatten(stored), _flatten(current)
+    free = lambda key: any(key == k or key.startswith(k + ".") for k in RESUME_FREE_KEYS)  # noqa: E731
+    return [(key, old.get(key, "(absent)"), new.get(key, "(absent)")) for key in sorted(old.keys() | new.keys())
+            if not free(key) and old.get(key, "(absent)") != new.get(key, "(absent)")]
+
+
 def default_output_dir(config: RunConfig) -> Path:
     stem = Path(config.source).stem if config.source else config.method.name
     return Path("runs") / config.dataset.kind / f"{stem}-seed{config.seed}"
@@ -54,18 +87,57 @@ def is_temp_file(name: str) -> bool:
 
 
 def _is_run_entry(name: str) -> bool:
-    return (name in RUN_FILES or name in RUN_DIRS or is_temp_file(name) or name.startswith(REPLACED_PREFIX)
+    return (name in RUN_FILES or name in RUN_DIRS or is_temp_file(name)
+            or name.startswith(REPLACED_PREFIX)
             or (name.startswith("eval-") and name.endswith(".json")))
 
 
+# Locks this process holds, by the folder's (device, inode): a second claim of the same folder within one run
+# (after --overwrite swapped it) reuses its lock instead of blocking on itself. Released when the run ends.
+_HELD_LOCKS: dict[tuple[int, int], int] = {}
+
+
+def lock_run_folder(output_dir: Path) -> None:
+    """Take the exclusive lock of ``output_dir`` (created if missing) until :func:`release_run_folders`.
+
+    The lock is ``flock`` on the folder itself (no lock file is left behind). Another live process holding it →
+    ``ValueError`` naming the folder. ``flock`` locks belong to an open file: they vanish with their process, so
+    a killed run blocks nothing. A file system without ``flock`` on folders gets a warning and no lock.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    info = output_dir.stat()
+    key = (info.st_dev, info.st_ino)
+    if key in _HELD_LOCKS:
+        return
+    fd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        os.close(fd)
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise ValueError(f"{output_dir}: another run is training into this folder (it holds the folder's "
+                             "lock); wait for it to end or choose another output_dir") from None
+        logging.getLogger(__name__).warning(
+            f"{output_dir}: cannot lock the folder ({error.strerror}); nothing stops a second run from training "
+            "into it at the same time")
+        return
+    _HELD_LOCKS[key] = fd
+
+
+def release_run_folders() -> None:
+    """Drop every run-folder lock this process holds (the end of a run; an exiting process drops them anyway)."""
+    while _HELD_LOCKS:
+        os.close(_HELD_LOCKS.popitem()[1])
+
+
 def claim_run_folder(output_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse a folder that holds a run unless ``resume`` (continue it) or ``overwrite`` (replace it) is given."""
+    """Lock ``output_dir`` (:func:`lock_run_folder`), then refuse it if it holds a run, unless ``resume``
+    (continue it) or ``overwrite`` (replace it) is given."""
     if resume and overwrite:
         raise ValueError(f"{output_dir}: --resume and --overwrite exclude each other")
-    if not output_dir.exists():
-        return
-    if not output_dir.is_dir():
+    if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(20, "Not a directory", str(output_dir))
+    lock_run_folder(output_dir)
     found = [name for name in RUN_FILES if (output_dir / name).exists()]
     if not found or resume:
         return
@@ -73,6 +145,7 @@ def claim_run_folder(output_dir: Path, *, resume: bool, overwrite: bool) -> None
         raise ValueError(f"{output_dir}: holds a training run ({', '.join(found)}); continue it with --resume or "
                          "replace it with --overwrite")
     clear_run(output_dir)
+    lock_run_folder(output_dir)  # a folder holding only the run was swapped for a new one: lock that one too
 
 
 def clear_run(output_dir: Path) -> None:
@@ -195,7 +268,7 @@ class RunLogger:
         if not self.enabled:
             return
         if stream is not None:
-            line = json.dumps(record) + "\n"
+            line = json_text(record) + "\n"
             with naming(stream.name):
                 if armed("log-append"):  # test-only: die with half a record written (see crash_points)
                     stream.write(line[: len(line) // 2])

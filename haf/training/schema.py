@@ -227,8 +227,8 @@ def check_semantics(config: RunConfig) -> None:
     def fail(key: str, message: str) -> None:
         raise ValueError(f"{where}: key '{key}': {message}")
 
-    if config.seed < 0:
-        fail("seed", f"must be >= 0, got {config.seed}")
+    if not 0 <= config.seed < 2**32:  # numpy's legacy seeding (and every loader's) takes 32 bits
+        fail("seed", f"must be in 0 .. 2**32 - 1, got {config.seed}")
     o, t, d, ds, lg = config.optim, config.train, config.data, config.deepspeed, config.logging
     for key, value in (("optim.lr", o.lr), ("optim.weight_decay", o.weight_decay),
                        ("optim.backbone_lr_scale", o.backbone_lr_scale),

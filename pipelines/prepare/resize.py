@@ -28,6 +28,11 @@ QSCALE_RANGE = (2, 31)
 # Seconds one ffmpeg process may take per image before it is considered hung (decode + scale + encode of a
 # large photo takes tens of ms; a minute per image is far beyond any real input).
 SECONDS_PER_IMAGE_LIMIT = 60.0
+# The largest output side: JPEG stops at 65,535 px, and a 16,384² RGB output already takes 768 MiB to encode.
+MAX_OUTPUT_SIDE = 16_384
+# What ffmpeg prints after an output path it cannot write: a destination fault, not a bad input.
+_DESTINATION_ERRORS = {"Permission denied": errno.EACCES, "Read-only file system": errno.EROFS,
+                       "Is a directory": errno.EISDIR, "No space left on device": errno.ENOSPC}
 
 
 @dataclass(frozen=True)
@@ -43,11 +48,11 @@ class ResizeSpec:
     def __post_init__(self) -> None:
         if (self.shorter_side is None) == (self.size is None):
             raise ValueError("give exactly one of shorter_side (e.g. 256) and size (W, H)")
-        if self.shorter_side is not None and self.shorter_side < 1:
-            raise ValueError(f"shorter_side must be ≥ 1, got {self.shorter_side}")
+        if self.shorter_side is not None and not 1 <= self.shorter_side <= MAX_OUTPUT_SIDE:
+            raise ValueError(f"shorter_side must be in 1..{MAX_OUTPUT_SIDE}, got {self.shorter_side}")
         if self.size is not None:
-            if len(self.size) != 2 or min(self.size) < 1:
-                raise ValueError(f"size must be (W, H) with both ≥ 1, got {self.size}")
+            if len(self.size) != 2 or min(self.size) < 1 or max(self.size) > MAX_OUTPUT_SIDE:
+                raise ValueError(f"size must be (W, H) with both in 1..{MAX_OUTPUT_SIDE}, got {self.size}")
             object.__setattr__(self, "size", (int(self.size[0]), int(self.size[1])))
         if self.crop_bottom < 0:
             raise ValueError(f"crop_bottom must be ≥ 0, got {self.crop_bottom}")
@@ -63,8 +68,13 @@ class ResizeSpec:
             return self.size
         s = self.shorter_side
         if width <= height:
-            return s, max(1, round(height * s / width))
-        return max(1, round(width * s / height)), s
+            out = s, max(1, round(height * s / width))
+        else:
+            out = max(1, round(width * s / height)), s
+        if max(out) > MAX_OUTPUT_SIDE:
+            raise ValueError(f"a {width}×{height} image at shorter side {s} would be {out[0]}×{out[1]} px, beyond "
+                             f"the {MAX_OUTPUT_SIDE}-px limit")
+        return out
 
     def accepts(self, width: int, height: int) -> bool:
         """Does an output of this size satisfy the spec? (Shorter side exact; ffmpeg may round the longer ±1.)"""
@@ -198,8 +208,9 @@ def resize_batch_ffmpeg(
     for job in jobs:
         remove_if_present(job.part)
     if len(jobs) == 1:
-        if "No space left on device" in errors:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), jobs[0].part)
+        for text, number in _DESTINATION_ERRORS.items():
+            if (number == errno.ENOSPC and text in errors) or f"{jobs[0].part}: {text}" in errors:
+                raise OSError(number, os.strerror(number), jobs[0].part)
         reason = f"ffmpeg failed: {ffmpeg_error_text(errors, code)}"
         if pillow_fallback:
             [(job, pillow_error)] = resize_batch_pillow(jobs, spec)
@@ -220,14 +231,14 @@ def resize_batch_pillow(jobs: Sequence[Job], spec: ResizeSpec) -> list[tuple[Job
         os.makedirs(os.path.dirname(job.target), exist_ok=True)
         try:
             with Image.open(job.source) as image:
+                target = spec.target_size(image.width, image.height)  # refuses an absurd size before decoding
                 image.load()
                 if spec.crop_bottom:
                     image = image.crop((0, 0, image.width, image.height - spec.crop_bottom))
                 is_jpeg = job.target.lower().endswith((".jpg", ".jpeg"))
                 if is_jpeg and image.mode not in ("RGB", "L"):
                     image = image.convert("RGB")
-                resized = image.resize(spec.target_size(image.width, image.height + spec.crop_bottom),
-                                       Image.Resampling.BICUBIC)
+                resized = image.resize(target, Image.Resampling.BICUBIC)
                 if is_jpeg:
                     resized.save(job.part, format="JPEG", quality=spec.quality, subsampling=2)
                 else:

@@ -63,6 +63,7 @@ class PrepareReport:
     skipped: int = 0
     copied: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (source path, reason)
+    not_regular: list[str] = field(default_factory=list)  # source entries skipped unopened: pipes, devices, ...
     seconds: float = 0.0
 
     @property
@@ -72,7 +73,9 @@ class PrepareReport:
     def summary(self) -> str:
         return (
             f"{self.backend}: {self.done} done, {self.skipped} skipped, {len(self.failed)} failed"
-            f"{f', {self.copied} other files copied' if self.copied else ''} in {self.seconds:.1f} s "
+            f"{f', {self.copied} other files copied' if self.copied else ''}"
+            f"{f', {len(self.not_regular)} not regular files skipped' if self.not_regular else ''}"
+            f" in {self.seconds:.1f} s "
             f"({self.images_per_second:.1f} images/s)"
         )
 
@@ -135,11 +138,12 @@ def prepare_images(
     ffmpeg_path = find_ffmpeg(ffmpeg) if backend == "ffmpeg" else ffmpeg
 
     start = time.perf_counter()
-    images, others = walk_tree(src_path)
+    not_regular: list[str] = []
+    images, others = walk_tree(src_path, not_regular)
     check_apart(src_path, dst_path, sorted({os.path.dirname(rel) or "." for rel in (*images, *others)}))
     check_manifest(dst_path, spec)
     remove_stale_temporaries(dst_path)
-    report = PrepareReport(backend=backend)
+    report = PrepareReport(backend=backend, not_regular=[str(src_path / rel) for rel in not_regular])
     jobs = [Job(str(src_path / rel), str(dst_path / rel)) for rel in images]
     rel_of = dict(zip(jobs, images))
     records = read_done(dst_path)

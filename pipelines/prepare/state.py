@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -31,10 +33,20 @@ def is_image(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS) and PART_TAG not in name
 
 
-def walk_tree(src: Path) -> tuple[list[str], list[str]]:
-    """Relative paths of the images and of the other (non-hidden) files under ``src``, sorted."""
+def _unreadable_folder(error: OSError) -> None:
+    """os.walk's onerror: a folder that cannot be listed is an error naming it, never skipped in silence."""
+    raise error
+
+
+def walk_tree(src: Path, skipped: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Relative paths of the images and of the other (non-hidden) regular files under ``src``, sorted.
+
+    A folder that cannot be listed raises its ``OSError`` (naming it). Entries that are not regular files (named
+    pipes, sockets, devices, broken links) are never opened — a pipe would block forever — and their relative
+    paths go to ``skipped`` (with a warning line on stderr when ``skipped`` is None).
+    """
     images, others = [], []
-    for folder, dirs, files in os.walk(src):
+    for folder, dirs, files in os.walk(src, onerror=_unreadable_folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel_folder = os.path.relpath(folder, src)
         for name in sorted(files):
@@ -43,6 +55,17 @@ def walk_tree(src: Path) -> tuple[list[str], list[str]]:
             if PART_TAG in name:
                 continue  # a temporary output of an interrupted run inside the source: neither image nor data
             rel = name if rel_folder == "." else os.path.join(rel_folder, name)
+            try:
+                regular = stat.S_ISREG(os.stat(os.path.join(folder, name)).st_mode)  # stat never blocks
+            except FileNotFoundError:
+                regular = False  # a broken link
+            if not regular:
+                if skipped is None:
+                    print(f"warning: {os.path.join(folder, name)}: not a regular file (a pipe, socket, device or "
+                          "broken link); skipped", file=sys.stderr)
+                else:
+                    skipped.append(rel)
+                continue
             (images if is_image(name) else others).append(rel)
     return images, others
 

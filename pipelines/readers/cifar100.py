@@ -12,7 +12,9 @@ with a restricted unpickler that admits only numpy's array reconstruction (:data
 """
 from __future__ import annotations
 
+import functools
 import io
+import math
 import os
 import pickle
 import warnings
@@ -23,6 +25,7 @@ import numpy as np
 
 from haf.hierarchy.distance_conventions import DEFAULT_CONVENTION, Convention
 from haf.hierarchy import Hierarchy
+from haf.hierarchy.safe_unpickle import check_pickle_bounds
 
 from haf.pipelines.readers.long_tail import PROFILES, long_tail_counts, select_long_tail
 from haf.pipelines.readers.common import check_convention, dataset_splits, distances_of, hierarchy_from_file, require_dir
@@ -33,11 +36,23 @@ VALIDATION_PER_CLASS = 50  # the reference split: last 50 training images of eac
 COARSE_PREFIX = "superclass:"  # fallback-tree inner nodes; keeps e.g. a superclass and a class of one name apart
 
 
-def _reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
-    """``numpy.core.multiarray._reconstruct`` limited to plain ndarrays (the only subtype the files use)."""
+def _reconstruct(subtype: Any, shape: Any, dtype: Any, *, max_bytes: int = 0) -> np.ndarray:
+    """``numpy.core.multiarray._reconstruct`` limited to plain ndarrays (the only subtype the files use) of at
+    most ``max_bytes`` (the file's size: an array's data must be in the file; the real files pass shape (0,))."""
     if subtype is not np.ndarray:
         raise pickle.UnpicklingError(f"refusing to reconstruct an array of type {subtype!r}")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
+    dims = (shape,) if isinstance(shape, int) else shape
+    if not isinstance(dims, tuple) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
+        raise pickle.UnpicklingError(f"refusing array shape {shape!r}")
+    if isinstance(dtype, (bytes, str)) and len(dtype) <= 8:  # numpy writes b"b" here; setstate sets the dtype
+        dtype = np.dtype(dtype.decode("latin1") if isinstance(dtype, bytes) else dtype)
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError(f"refusing array dtype {dtype!r}")
+    nbytes = math.prod(dims) * dtype.itemsize
+    if nbytes > max_bytes:
+        raise pickle.UnpicklingError(f"an array of shape {dims} ({nbytes} bytes) cannot come from a file of "
+                                     f"{max_bytes} bytes")
+    return np.ndarray.__new__(np.ndarray, dims, dtype)
 
 
 def _dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
@@ -46,8 +61,10 @@ def _dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
         spec = spec.decode("latin1")
     if not isinstance(spec, str):
         raise pickle.UnpicklingError(f"refusing dtype spec {spec!r}")
+    if len(spec) > 8:
+        raise pickle.UnpicklingError(f"refusing dtype spec {spec[:20]!r}")
     dtype = np.dtype(spec)
-    if dtype.hasobject or dtype.fields is not None:
+    if dtype.kind not in "biuf" or dtype.itemsize > 16:
         raise pickle.UnpicklingError(f"refusing dtype {dtype!r}")
     return np.dtype(spec, bool(align), bool(copy))
 
@@ -65,13 +82,17 @@ CIFAR_GLOBALS: dict[tuple[str, str], Any] = {
 class CifarUnpickler(pickle.Unpickler):
     """Resolves only :data:`CIFAR_GLOBALS`; Python 2 ``str`` objects decode as latin-1 (numpy's convention)."""
 
-    def __init__(self, file: io.BufferedIOBase, source: str) -> None:
+    def __init__(self, file: io.BufferedIOBase, source: str, max_array_bytes: int) -> None:
         super().__init__(file, encoding="latin1")
         self._source = source
+        self._max_array_bytes = max_array_bytes
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return CIFAR_GLOBALS[(module, name)]
+            found = CIFAR_GLOBALS[(module, name)]
+            if found is _reconstruct:
+                return functools.partial(_reconstruct, max_bytes=self._max_array_bytes)
+            return found
         except KeyError:
             raise ValueError(
                 f"{self._source}: refusing to unpickle global {module}.{name}: a CIFAR batch may only hold numpy "
@@ -83,14 +104,20 @@ class CifarUnpickler(pickle.Unpickler):
 
 
 def load_batch(path: Path) -> dict[str, Any]:
-    """Unpickle one batch file with :class:`CifarUnpickler`; keys come back as ``str``."""
+    """Unpickle one batch file with :class:`CifarUnpickler`; keys come back as ``str``.
+
+    Memory is bounded by the file's size: the opcodes are checked first (``check_pickle_bounds``: memo indices,
+    claimed lengths) and no array may hold more bytes than the file."""
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR-100 batch file not found: {path}")
+    data = path.read_bytes()
+    check_pickle_bounds(data, source=str(path))
     try:
-        with open(path, "rb") as handle:
-            batch = CifarUnpickler(handle, str(path)).load()
+        batch = CifarUnpickler(io.BytesIO(data), str(path), max_array_bytes=len(data)).load()
     except ValueError:
         raise
+    except MemoryError:
+        raise ValueError(f"{path}: unpickling it needs more memory than there is; refusing it") from None
     except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, IndexError, KeyError) as error:
         raise ValueError(f"{path}: not a readable CIFAR-100 batch: {error}") from None
     if not isinstance(batch, dict):
@@ -235,7 +262,7 @@ def read_cifar100(
 
     splits: dict[str, Split] = {}
     if long_tail is not None:
-        counts = long_tail_counts(k, len(train_labels) / k, long_tail, imbalance_ratio)
+        counts = long_tail_counts(k, len(train_labels) / k, long_tail, imbalance_ratio, classes)
         try:
             chosen = select_long_tail(train_labels, counts)
         except ValueError as error:
@@ -243,6 +270,10 @@ def read_cifar100(
         splits["train"] = Split("train", train_labels[chosen], arrays=train_images[chosen])
         if validation_per_class:
             held_out = unselected_validation_indices(train_labels, chosen, validation_per_class, k)
+            if held_out.size == 0:
+                raise ValueError(f"{train_path}: the long-tailed subset (imbalance ratio {imbalance_ratio}) takes "
+                                 "every training image, so none is left for validation; set dataset.options."
+                                 "validation_per_class: 0 and dataset.val_split: test, or a ratio below 1")
             splits["val"] = Split("val", train_labels[held_out], arrays=train_images[held_out])
     elif validation_per_class:
         held_out = validation_indices(train_labels, validation_per_class, k, train_path)

@@ -48,6 +48,8 @@ def load_annotations(path: Path) -> Mapping:
         document = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON: {error}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to read (a damaged or hostile file?)") from None
     if not isinstance(document, Mapping):
         raise ValueError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories'")
     for key in ("images", "annotations"):

@@ -18,8 +18,24 @@ PROFILES = ("exp", "step")
 SELECTION_SEED = 0  # the authors' np.random.seed(0)
 
 
-def long_tail_counts(num_classes: int, img_max: float, profile: str, ratio: float) -> np.ndarray:
-    """Images per class (K int64) of ``profile`` with imbalance ``ratio`` = n_min / n_max in (0, 1]."""
+def long_tail_counts(num_classes: int, img_max: float, profile: str, ratio: float,
+                     names: tuple[str, ...] | None = None) -> np.ndarray:
+    """Images per class (K int64) of ``profile`` with imbalance ``ratio`` = n_min / n_max in (0, 1].
+
+    A ratio so small that a class gets no image (img_max · ρ < 1) is refused, naming the classes (``names``, or
+    their indices)."""
+    counts = _counts(num_classes, img_max, profile, ratio)
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        label = lambda c: repr(names[c]) if names is not None else f"index {c}"  # noqa: E731
+        listed = ", ".join(label(int(c)) for c in empty[:5]) + (f" and {empty.size - 5} more" if empty.size > 5 else "")
+        raise ValueError(f"imbalance ratio {ratio} leaves {empty.size} class(es) with no training image ({listed}): "
+                         f"with {int(img_max)} images per class it must be at least 1/{int(img_max)} = "
+                         f"{1 / int(img_max) if int(img_max) else float('inf'):.3g}")
+    return counts
+
+
+def _counts(num_classes: int, img_max: float, profile: str, ratio: float) -> np.ndarray:
     if profile not in PROFILES:
         raise ValueError(f"unknown long-tail profile {profile!r}; valid choices: {', '.join(PROFILES)}")
     if not (isinstance(ratio, (int, float)) and 0.0 < ratio <= 1.0):

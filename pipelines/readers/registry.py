@@ -76,4 +76,30 @@ def load_dataset(kind: str, root: str | os.PathLike, **options) -> DatasetSplits
         raise ValueError(
             f"dataset kind {kind!r}: unknown option {unknown[0]!r}; valid options: {', '.join(known)}"
         )
+    parameters = inspect.signature(reader).parameters
+    for option, value in options.items():
+        parameter = parameters.get(option)
+        if parameter is not None:
+            _check_option_type(kind, parameter, value)
     return reader(root, **options)
+
+
+# Annotation words a reader option's type is checked against (others, e.g. Sequence[str], are left to the reader).
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "None": (type(None),), "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+    "os.PathLike": (os.PathLike,), "Path": (os.PathLike,),
+}
+
+
+def _check_option_type(kind: str, parameter: inspect.Parameter, value: object) -> None:
+    """A wrong-typed option (``validation_per_class: "5"``) is an error naming it, not a ``TypeError`` inside the
+    reader. Checked from the reader's annotation when it is a union of simple types."""
+    annotation = parameter.annotation if isinstance(parameter.annotation, str) else ""
+    words = [word.strip() for word in annotation.split("|")] if annotation else []
+    if not words or any(word not in _OPTION_TYPES for word in words):
+        return
+    allowed = tuple(t for word in words for t in _OPTION_TYPES[word])
+    bad_bool = isinstance(value, bool) and "bool" not in words
+    if bad_bool or not isinstance(value, allowed):
+        raise ValueError(f"dataset kind {kind!r}: option {parameter.name!r} must be {' or '.join(words)}, got "
+                         f"{type(value).__name__} {value!r}")
