@@ -112,3 +112,39 @@ def test_bad_dataset_options_are_one_line_naming_the_key(tmp_path, capsys, optio
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("haf config: error: ")
     assert re.search(message, err), err
+
+
+@pytest.mark.slow
+def test_own_data_end_to_end_in_fresh_processes(tmp_path):
+    """The user's journey, each step a fresh `haf` process: train the README's YAML from another folder (the plain
+    engine: no C++ extension is built), the run folder printed on stdout; then delete the hierarchy file and
+    evaluate the checkpoint from a third folder with only --data-root."""
+    import os
+    import subprocess
+    import sys
+
+    project = tmp_path / "my_project"
+    config_file = make_project(project)
+    run_dir, elsewhere, extensions = tmp_path / "run", tmp_path / "elsewhere", tmp_path / "torch_extensions"
+    elsewhere.mkdir()
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(extensions), "OMP_NUM_THREADS": "1"}
+    quick = [arg for key in ("train.epochs=1", "logging.tensorboard=false") for arg in ("--set", key)]
+    train = subprocess.run([sys.executable, "-m", "haf.cli", "train", "--config", str(config_file), "--output-dir",
+                            str(run_dir), *quick], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr[-2000:]
+    assert f"run folder: {run_dir}" in train.stdout
+    assert not extensions.exists() or not any(extensions.iterdir())  # nothing compiled
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["deepspeed"]["enabled"] is False  # plain engine
+
+    (project / "my_isa.txt").unlink()
+    third = tmp_path / "third"
+    third.mkdir()
+    out = third / "eval.json"
+    evaluation = subprocess.run([sys.executable, "-m", "haf.cli", "eval", str(run_dir / "last.pt"), "--data-root",
+                                 str(project / "data"), "--json", str(out)], cwd=third, env=env, capture_output=True,
+                                text=True, timeout=600)
+    assert evaluation.returncode == 0, evaluation.stderr[-2000:]
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    evaluated = json.loads(out.read_text())
+    assert evaluated["num_samples"] == trained["num_samples"] == len(CLASSES) * PER_SPLIT["test"]
+    assert evaluated["top1"] == pytest.approx(trained["top1"])  # one epoch: the tested checkpoint is last.pt's

@@ -27,11 +27,9 @@ PRETRAINED_NAMES = ("timm", "DEFAULT")
 
 
 def import_timm() -> Any:
-    try:
-        import timm
-    except ImportError:
-        raise ImportError("timm: backbones need the optional timm package: pip install 'haf[timm]'") from None
-    return timm
+    from haf.optional_deps import require
+
+    return require("timm", purpose="timm: backbones")
 
 
 class TimmBackbone(nn.Module):

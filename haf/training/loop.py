@@ -123,8 +123,8 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, overwr
     refusal, made = None, []
     if main:
         try:
+            made = new_folders(output_dir)  # before the claim: locking the folder creates it
             claim_run_folder(output_dir, resume=resume, overwrite=overwrite)
-            made = new_folders(output_dir)
             output_dir.mkdir(parents=True, exist_ok=True)
             for name in remove_stale_files(output_dir):
                 log.info(f"removed {output_dir / name} (left by an interrupted run)")
