@@ -22,7 +22,8 @@ END = "<!-- demo-results:end -->"
 NOTICE = "<!-- written by `make demo` (haf/reporting/demo_doc.py) from one run: do not edit by hand -->"
 RESULTS_DOC = Path("docs/demo/results.md")  # relative to the repository root
 README = Path("README.md")
-PLOT_NAMES = ("frame_vs_hierarchy.png", "hierdist_at_k.png", "training_curves.png", "neural_collapse.png")
+PLOT_NAMES = ("frame_vs_hierarchy.png", "hierdist_at_k.png", "training_curves.png", "neural_collapse.png",
+              "risk_coverage.png")
 RESULTS_TITLE = "# The demo's results (`make demo`)"
 
 
