@@ -1,10 +1,12 @@
 """The fused Triton tree-frame loss (interpreter on CPU, small shapes) against the reference path in float64."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from haf.frame import build_frame
+from haf.frame.tree import TreeArrays, build_tree_frame
 from haf.kernels import frame_loss
 from haf.kernels.dense import fused as fused
 from test_tree_frame import random_hierarchy
@@ -139,3 +141,30 @@ def test_tree_frame_values_are_checked_where_they_enter(field, message):
     with pytest.raises(ValueError, match=message):
         TreeFrameTensors(types.SimpleNamespace(**fields))
     TreeFrameTensors(frame)  # the real one passes
+
+
+def test_deep_caterpillar_matches_reference(monkeypatch):
+    """A caterpillar 40 deep (one leaf and one inner child per inner node): the targets' path walks, the per-level
+    path sums and similarity rows, the level sums of the backward (one node per program, so a level spans
+    several), in row chunks, the last one short."""
+    from haf.kernels.tree import fused as tree_fused
+
+    monkeypatch.setattr(tree_fused, "ROW_CHUNK", 16)
+    monkeypatch.setattr(tree_fused, "BLOCK_P", 1)
+    depth = 40
+    parent = np.array([-1, *range(depth - 1), *range(depth), depth - 1])
+    frame = build_tree_frame(TreeArrays.from_parents(parent), 3.0, "fixed-depth")
+    gen = torch.Generator().manual_seed(2)
+    h = (2 * torch.randn(19, frame.width, generator=gen)).to(DEVICE)
+    y = torch.randint(0, frame.num_classes, (19,), generator=gen)
+    y[:3] = torch.tensor([depth - 1, depth, 0])  # the two deepest leaves and the shallowest
+    y[4] = -100
+    y = y.to(DEVICE)
+    fast_h, ref_h = h.clone().requires_grad_(), h.double().requires_grad_()
+    fast = frame_loss(fast_h, frame, y, None, 0.4, "none", backend="triton")
+    ref = frame_loss(ref_h, frame, y, None, 0.4, "none", backend="reference")
+    weights = torch.rand(19, generator=gen, dtype=torch.float64).to(DEVICE)
+    (fast.double() * weights).sum().backward()
+    (ref * weights).sum().backward()
+    torch.testing.assert_close(fast.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast_h.grad.double(), ref_h.grad, rtol=1e-5, atol=1e-5)
