@@ -73,7 +73,7 @@ def _tree_mark_path(sim_ptr, stride_buf, y_ptr, leaf_ptr, parent_ptr, g_ptr, bat
     row_mask = rows < batch
     y = tl.load(y_ptr + rows, mask=row_mask, other=0)
     node = tl.load(leaf_ptr + y, mask=row_mask, other=0)
-    for _ in range(0, steps):
+    for _step in range(0, steps):
         tl.store(sim_ptr + rows * stride_buf + node, tl.load(g_ptr + node), mask=row_mask)
         node = tl.load(parent_ptr + node)
 
