@@ -119,3 +119,28 @@ def test_no_grad_gives_the_same_losses(monkeypatch):
         without = frame_loss(h, frame, y, None, 0.3, "none", backend="reference")
     torch.testing.assert_close(without, with_grad.detach(), rtol=0, atol=0)
     assert asked == [True, False]  # the gradient is skipped under no_grad
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("inner leaf", "leaf_node must list each of the"), ("repeated leaf", "leaf_node must list each of the"),
+    ("depth", "depth must be 0 at the root"),
+])
+def test_tree_structure_is_checked_where_it_enters(fault, message):
+    """Each class's walk to the root starts at its own leaf, and depth agrees with parent (the walks' step count)."""
+    import types
+
+    frame, _, _ = tree_and_dense(12, 4, "fixed-depth")
+    tree = frame.tree
+    leaf_node, depth = tree.leaf_node.copy(), tree.depth.copy()
+    if fault == "inner leaf":
+        leaf_node[3] = tree.parent[leaf_node[3]]
+    elif fault == "repeated leaf":
+        leaf_node[3] = leaf_node[4]
+    else:
+        depth[-1] += 1
+    bad_tree = types.SimpleNamespace(parent=tree.parent, depth=depth, leaf_node=leaf_node, levels=tree.levels,
+                                     num_classes=tree.num_classes, num_nodes=tree.num_nodes)
+    fields = {name: getattr(frame, name) for name in ("beta", "c", "sqrt_a", "node_similarity", "u")}
+    with pytest.raises(ValueError, match=message):
+        TreeFrameTensors(types.SimpleNamespace(tree=bad_tree, **fields))
+    assert TreeFrameTensors(types.SimpleNamespace(tree=tree, **fields)).height == tree.height

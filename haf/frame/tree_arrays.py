@@ -105,19 +105,6 @@ class TreeArrays:
         o = self.level_offsets
         return [(int(o[d]), int(o[d + 1]), int(o[d - 1]), int(o[d])) for d in range(1, len(o) - 1)]
 
-    def ancestor_table(self) -> np.ndarray:
-        """K × (H + 1) nodes on each class's path, root first; −1 pads below a shallow leaf."""
-        h = self.height
-        table = np.full((self.num_classes, h + 1), -1, dtype=np.int64)
-        node = self.leaf_node.copy()
-        d = self.depth[node]
-        for level in range(h, -1, -1):
-            here = d >= level
-            table[here, level] = node[here]
-            node = np.where(here, self.parent[node], node)
-            d = np.where(here, d - 1, d)
-        return table
-
     def node_distance(self, convention: str) -> np.ndarray:
         """d(v) per node, the distance of two distinct leaves whose LCA is v: the subtree height (``lca-height``)
         or H − depth(v) (``fixed-depth``); 0 at the leaves (d(i, i) = 0; distinct leaves never meet at one)."""

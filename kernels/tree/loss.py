@@ -77,19 +77,26 @@ def _path_sums(frame: TreeFrameTensors, h: torch.Tensor, out: torch.Tensor) -> t
     return out
 
 
+#: Not yet known in a similarity row (every g is finite, checked where the tree enters).
+UNSET = float("inf")
+
+
 def _similarity_rows(frame: TreeFrameTensors, y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out[b, v] = g(LCA(v, y_b)) for every node (so S[i, y_b] = out[b, leaf i]): top-down, per depth level."""
+    """out[b, v] = g(LCA(v, y_b)) for every node (so S[i, y_b] = out[b, leaf i]), O(B·N) memory and time.
+
+    The nodes on y_b's root path get g(v) by walking up from y_b's leaf with ``parent`` (B values per step, depth
+    of the deepest target steps, the root its own parent), every other node takes its parent's value, top-down
+    per depth level: no K × H (nor B × H) path table."""
     g = frame.cast("g", out.dtype)
     rows = torch.arange(y.shape[0], device=y.device)
-    path = frame.anc[y]  # y's ancestors by depth (−1 below a shallow leaf), gathered once
-    out[:, 0] = g[0]
-    for depth, (lo, hi, _, _) in enumerate(frame.levels, start=1):
-        out[:, lo:hi] = out[:, frame.parent[lo:hi]]
-        if depth < path.shape[1]:
-            node = path[:, depth]
-            has = node >= 0
-            column = torch.where(has, node, lo)  # a row without an ancestor here rewrites its own value
-            out[rows, column] = torch.where(has, g[column], out[rows, column])
+    node = frame.leaf_node[y]
+    out.fill_(UNSET)
+    for _ in range(int(frame.depth[node].max()) + 1 if node.numel() else 0):
+        out[rows, node] = g[node]
+        node = frame.parent[node]
+    for lo, hi, _, _ in frame.levels:
+        level = out[:, lo:hi]
+        torch.where(level == UNSET, out[:, frame.parent[lo:hi]], level, out=level)
     return out
 
 
@@ -119,12 +126,26 @@ def tree_logits(features: torch.Tensor, frame) -> torch.Tensor:
 def tree_frame_matrix(frame) -> torch.Tensor:
     """W = F − β·1uᵀ as a dense K × (N − 1) float64 tensor (small K: tests, neural-collapse diagnostics)."""
     frame = as_tree_frame(frame, torch.device("cpu")) if not isinstance(frame, TreeFrameTensors) else frame
-    anc = frame.anc[:, 1:]
-    rows = torch.arange(anc.shape[0], device=anc.device)[:, None].expand_as(anc)
-    on_path = anc > 0
     w = (-frame.beta * frame.u[1:]).repeat(frame.num_classes, 1)
-    w[rows[on_path], anc[on_path] - 1] += frame.sqrt_a[anc[on_path]]
+    rows, nodes = torch.arange(frame.num_classes, device=w.device), frame.leaf_node
+    while rows.numel():  # climb every class's path at once, one step per level
+        w[rows, nodes - 1] += frame.sqrt_a[nodes]
+        nodes = frame.parent[nodes]
+        keep = nodes > 0
+        rows, nodes = rows[keep], nodes[keep]
     return w
+
+
+def _ancestor_table(frame: TreeFrameTensors) -> torch.Tensor:
+    """K × (H + 1) nodes on each class's path, root first, −1 below a shallow leaf: the oracle's literal paths
+    (small K only; the loss paths never build it)."""
+    table = torch.full((frame.num_classes, frame.height + 1), -1, dtype=torch.int64, device=frame.parent.device)
+    rows, nodes = torch.arange(frame.num_classes, device=table.device), frame.leaf_node
+    while rows.numel():
+        table[rows, frame.depth[nodes]] = nodes
+        keep = nodes > 0
+        rows, nodes = rows[keep], frame.parent[nodes[keep]]
+    return table
 
 
 # --------------------------------------------------------------------------------------------- reference path
@@ -228,10 +249,11 @@ def tree_frame_loss_autograd(features: torch.Tensor, frame, target: torch.Tensor
     dtype = compute_dtype(features)
     h = features.to(dtype)
     node_values = torch.cat([h.new_zeros(h.shape[0], 1), h], dim=1) * frame.sqrt_a.to(dtype)
-    anc, pad = frame.anc.clamp_min(0), frame.anc < 0
+    table = _ancestor_table(frame)
+    anc, pad = table.clamp_min(0), table < 0
     z = node_values[:, anc].masked_fill(pad, 0).sum(dim=2) - frame.beta * (h @ frame.u[1:].to(dtype))[:, None]
     y = torch.where(valid, target.long(), torch.zeros_like(target, dtype=torch.long))
-    same = (frame.anc[None, :, :] == frame.anc[y][:, None, :]) & ~pad[None]  # B × K × (H + 1), a prefix
+    same = (table[None, :, :] == table[y][:, None, :]) & ~pad[None]  # B × K × (H + 1), a prefix
     lca_level = same.long().cumprod(dim=2).sum(dim=2) - 1
     s = frame.g.to(dtype)[anc[torch.arange(anc.shape[0])[None, :], lca_level]]
     cos = z / directionless_as_inf(h.norm(dim=1))[:, None]

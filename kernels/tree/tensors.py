@@ -17,8 +17,10 @@ __all__ = ["TreeFrameTensors", "as_tree_frame", "directionless_as_inf", "is_tree
 class TreeFrameTensors(nn.Module):
     """A :class:`haf.frame.TreeFrame` as buffers (float64 values, int64 structure) that follow ``.to(device)``.
 
-    ``anc``: K × (H + 1) path of each class, root first, −1 below a shallow leaf. ``levels``: per depth ≥ 1 the
-    node range [lo, hi) and its parents' range [plo, phi) (nodes are breadth first).
+    Everything is O(N): per-node arrays (``parent`` with the root its own parent, ``depth``, ``first_child``,
+    ``child_count``, the values), ``leaf_node`` per class and ``levels``: per depth ≥ 1 the node range [lo, hi) and
+    its parents' range [plo, phi) (nodes are breadth first). No K × H path table: a class's path is walked with
+    ``parent`` (a caterpillar thousands of levels deep costs O(N), not K × H).
     """
 
     def __init__(self, frame) -> None:
@@ -34,7 +36,6 @@ class TreeFrameTensors(nn.Module):
         self.register_buffer("parent", as_long(np.maximum(tree.parent, 0)), persistent=False)
         self.register_buffer("depth", as_long(tree.depth), persistent=False)
         self.register_buffer("leaf_node", as_long(tree.leaf_node), persistent=False)
-        self.register_buffer("anc", as_long(tree.ancestor_table()), persistent=False)
         self.register_buffer("sqrt_a", as_float(frame.sqrt_a), persistent=False)
         self.register_buffer("g", as_float(frame.node_similarity), persistent=False)
         self.register_buffer("u", as_float(frame.u), persistent=False)
@@ -42,6 +43,9 @@ class TreeFrameTensors(nn.Module):
         first_child, child_count, self.level_max_children = _children(self.parent, self.levels, self.num_nodes)
         self.register_buffer("first_child", first_child, persistent=False)
         self.register_buffer("child_count", child_count, persistent=False)
+        self._check_leaves()
+        #: H, the deepest class's depth: the steps of a walk from a leaf to the root.
+        self.height = int(self.depth[self.leaf_node].max())
         self._casts: dict = {}
 
     def _check_values(self) -> None:
@@ -62,12 +66,17 @@ class TreeFrameTensors(nn.Module):
             raise ValueError(f"tree frame: leaf_node must hold {classes} node indices in [1, {nodes})")
         if self.parent.shape != (nodes,) or bool((self.parent[1:] >= torch.arange(1, nodes)).any()):
             raise ValueError("tree frame: parent must give every non-root node a parent numbered before it")
-        anc = self.anc
-        if anc.shape[0] != classes or bool((anc[:, 0] != 0).any()) or bool((anc >= nodes).any()):
-            raise ValueError(f"tree frame: anc must be {classes} × (H + 1) paths from the root (node 0)")
-        last = anc.gather(1, (anc >= 0).sum(dim=1, keepdim=True) - 1)[:, 0]
-        if not bool((last == self.leaf_node).all()):
-            raise ValueError("tree frame: anc does not end at leaf_node for every class")
+        if self.depth.shape != (nodes,) or int(self.depth[0]) != 0 or \
+                bool((self.depth[1:] != self.depth[self.parent[1:]] + 1).any()):
+            raise ValueError("tree frame: depth must be 0 at the root and one more than the parent's elsewhere")
+
+    def _check_leaves(self) -> None:
+        """leaf_node lists every leaf (a node without children) exactly once: each class's walk to the root is
+        the path of one leaf."""
+        leaves = self.child_count == 0
+        if int(leaves.sum()) != self.num_classes or not bool(leaves[self.leaf_node].all()) or \
+                torch.unique(self.leaf_node).numel() != self.num_classes:
+            raise ValueError(f"tree frame: leaf_node must list each of the {int(leaves.sum())} leaves exactly once")
 
     @property
     def width(self) -> int:
@@ -92,7 +101,7 @@ class TreeFrameTensors(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, width={self.width}, depth={self.anc.shape[1] - 1}"
+        return f"num_classes={self.num_classes}, width={self.width}, depth={self.height}"
 
 
 def _children(parent: torch.Tensor, levels, nodes: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
