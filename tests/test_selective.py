@@ -110,9 +110,20 @@ def test_risk_coverage_curve_matches_a_brute_force_sweep(seed):
         assert r == pytest.approx(1 - np.mean([a[v, y] for v, y in zip(chosen, targets)]), abs=1e-12)
     assert curve["coverage"][0] == pytest.approx(1.0) and curve["risk"][0] == pytest.approx(np.mean(leaves != targets))
     assert curve["coverage"][-1] == pytest.approx(0.0) and curve["risk"][-1] == 0.0
-    # hAURC by an independent trapezoid over a fine θ grid of the brute force
+    # hAURC by an independent trapezoid over the brute force at every breakpoint: θ = 0 (the leaves) and just
+    # above each node probability on a prediction's path (coverage and risk only change there; both fall as θ
+    # grows), so a curve that left out a point or mis-placed one gives a different area
+    breaks = sorted({0.0} | {float(nodes[i, v]) for i in range(b) for v in tree.path(tree.leaf_node[leaves[i]])})
+    points = []
+    for theta in breaks:
+        above = np.nextafter(theta, 2) if theta > 0 else 0.0
+        chosen = [brute_climb(nodes[i], tree, leaves[i], above) for i in range(b)]
+        points.append((np.mean(cov[chosen]), 1 - np.mean([a[v, y] for v, y in zip(chosen, targets)])))
+    brute_c, brute_r = np.array(points).T
+    brute_area = float(np.sum(-np.diff(brute_c) * (brute_r[1:] + brute_r[:-1]) / 2))
     area = haurc(curve)
-    assert 0.0 <= area <= np.mean(leaves != targets) + 1e-12
+    assert area == pytest.approx(brute_area, abs=1e-12)
+    assert 0.0 < area <= np.mean(leaves != targets) + 1e-12
     summary = selective_summary(curve)
     assert summary["haurc"] == area and len(summary["curve"]["risk"]) == 101
     assert summary["coverage@0.9"] == coverage_at_accuracy(curve, 0.9)
