@@ -218,7 +218,23 @@ def test_million_classes_without_a_node_by_class_matrix():
     assert nodes[:, 0].tolist() == [1.0] * b
     level1 = nodes[:, 1:11]
     np.testing.assert_allclose(level1, probs.reshape(b, 10, -1).sum(2), rtol=1e-5)
-    assert np.all((chosen >= 0) & (chosen < n)) and np.all(thresholds >= 0)
+    # Each row's climb and tight threshold against the path computed here: every class's ancestor at each level by
+    # following the parent array, a path node's probability the float64 sum over the classes below it.
+    ancestors = [np.asarray(tree.leaf_node)]  # ancestors[j][c]: class c's node j steps up
+    for _ in range(4):
+        ancestors.append(parent[ancestors[-1]])
+    assert chosen.tolist() == [0] * b  # no node below the root holds half of 10⁶ near-uniform probabilities
+    for i in range(b):
+        row = probs[i].astype(np.float64)
+        leaf = int(row.argmax())
+        path = [int(ancestors[j][leaf]) for j in range(5)]
+        path_p = [float(row[ancestors[j] == v].sum()) for j, v in enumerate(path)]
+        np.testing.assert_allclose(nodes[i, path], path_p, rtol=1e-5)
+        truth = {int(ancestors[j][targets[i]]) for j in range(5)}
+        wrong = [q for v, q in zip(path, path_p) if v not in truth]
+        assert thresholds[i] == pytest.approx(max(wrong) if wrong else 0.0, rel=1e-5)
+        theta = 0.5 * (path_p[1] + path_p[2])  # between the leaf's parent and grandparent: the climb stops at the latter
+        assert leaf == leaves[i] and climb(nodes[i:i + 1], tree, np.array([leaf]), theta)[0].tolist() == [path[2]]
 
 
 def test_evaluation_keeps_no_selective_metrics_for_non_finite_probabilities():
