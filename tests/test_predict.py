@@ -142,6 +142,7 @@ def test_bad_input_is_one_line(run, tmp_path, capsys):
     assert err.count("\n") == 1 and str(broken) in err
 
 
+@pytest.mark.slow
 def test_two_ranks_under_torchrun_merge_one_output(run, tmp_path):
     single, merged = tmp_path / "single.json", tmp_path / "merged.json"
     base = [str(run["run"] / "best.pt"), str(run["own"]), "--device", "cpu", "--batch-size", "4",
