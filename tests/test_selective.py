@@ -233,7 +233,7 @@ def test_million_classes_without_a_node_by_class_matrix():
         truth = {int(ancestors[j][targets[i]]) for j in range(5)}
         wrong = [q for v, q in zip(path, path_p) if v not in truth]
         assert thresholds[i] == pytest.approx(max(wrong) if wrong else 0.0, rel=1e-5)
-        theta = 0.5 * (path_p[1] + path_p[2])  # between the leaf's parent and grandparent: the climb stops at the latter
+        theta = 0.5 * (path_p[1] + path_p[2])  # between the leaf's parent and grandparent: it stops at the latter
         assert leaf == leaves[i] and climb(nodes[i:i + 1], tree, np.array([leaf]), theta)[0].tolist() == [path[2]]
 
 
