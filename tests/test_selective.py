@@ -252,3 +252,53 @@ def test_evaluation_keeps_no_selective_metrics_for_non_finite_probabilities():
     bad[1, 0] = float("nan")
     _selective_update(paths, tree, bad, bad, None, torch.arange(4) % k)
     assert _selective_compute(paths) is None
+
+
+def test_evaluation_and_prediction_give_the_same_results_in_row_chunks(monkeypatch):
+    """Evaluation's kept paths, calibration's path records and a classifier's selective records, computed a few
+    rows at a time (as a 10⁶-class tree forces), equal the one-chunk results (odd batch: the last chunk is short)."""
+    import types
+
+    import torch
+
+    from haf.inference.classifier import records_from_probabilities
+    from haf.inference.predict import calibration_paths
+    from haf.metrics import selective
+    from haf.training.evaluation import _selective_compute, _selective_update
+
+    tree = NodeTree.from_hierarchy(random_hierarchy(6, classes=11))
+    k = tree.num_classes
+    probs = torch.softmax(3 * torch.randn(23, k, generator=torch.Generator().manual_seed(6)), dim=1)
+    targets = torch.randint(0, k, (23,), generator=torch.Generator().manual_seed(7))
+    names = [f"v{v}" for v in range(tree.num_nodes)]
+    classifier = types.SimpleNamespace(classes=tuple(names[v] for v in tree.leaf_node), tree=tree, distances=None,
+                                       node_name=lambda v: names[v],
+                                       path_to_root=lambda v: [names[u] for u in tree.path(v)])
+
+    def run():
+        paths = {"plain": []}
+        _selective_update(paths, tree, probs, probs, None, targets)
+        calibration = calibration_paths(classifier, targets.numpy())(probs, list(range(23)))
+        return (_selective_compute(paths), records_from_probabilities(classifier, probs, top_k=2, threshold=0.45),
+                calibration)
+
+    whole = run()
+    real = selective.row_chunks
+    seen = []
+
+    def small(rows, nodes, max_elements=0):
+        chunks = real(rows, nodes, max_elements=4 * nodes)  # 4 rows a chunk
+        seen.append(len(chunks))
+        return chunks
+
+    monkeypatch.setattr(selective, "row_chunks", small)
+    chunked = run()
+    assert seen == [6, 6, 6]  # 23 rows in chunks of 4, in each of the three paths
+    assert chunked[1] == whole[1]
+    assert json_ready(chunked[0]) == json_ready(whole[0]) and json_ready(chunked[2]) == json_ready(whole[2])
+
+
+def json_ready(value):
+    import json
+
+    return json.loads(json.dumps(value, default=lambda a: np.asarray(a).tolist()))
