@@ -169,6 +169,8 @@ def test_compiled_operator_and_eager_entry_pick_the_same_tiles(autocast, classes
             else:
                 loss = dispatcher._compiled_frame_loss(h, *args, 0.4, "mean", -100, "triton", False, False)
         loss.backward()
+        tiled_plans = [isinstance(plan, tiled.TiledPlan) for plan in fused._PLANS.values()]
+        assert tiled_plans and all(tiled_plans) == (classes == 70) and any(tiled_plans) == (classes == 70), entry
         seen[entry] = (calls, h.grad.dtype, loss.detach().cpu())
         h.grad = None
     assert seen["eager"][0] and seen["eager"][0] == seen["compiled"][0]

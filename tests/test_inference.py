@@ -162,12 +162,28 @@ def test_tree_frame_checkpoint_predicts_nodes(tmp_path):
     assert isinstance(classifier.distances, TreeDistances) and classifier.tree.num_classes == 300
     data = load_dataset("synthetic-tree", "unused", **options)
     arrays = list(data.splits["test"].arrays[:6])
-    records = classifier.predict(arrays, threshold=0.5)
+    # The climb, computed here: path probabilities summed over the classes below each node (float64), and a
+    # threshold just under the smallest grandparent probability, so that the climb stops below the root (after one
+    # epoch every node at 0.5 is the root, which any climb returns).
+    hierarchy = classifier.hierarchy
+    under = {c: {c, *hierarchy.ancestors(c)} for c in classifier.classes}
+    with torch.no_grad():
+        probs = classifier.probabilities(classifier.prepare(arrays)).double()
+    paths, path_probs = [], []
+    for p in probs:
+        leaf = classifier.classes[int(p.argmax())]
+        paths.append([leaf, *hierarchy.ancestors(leaf)])
+        path_probs.append([float(sum(p[k] for k, c in enumerate(classifier.classes) if v in under[c]))
+                           for v in paths[-1]])
+    theta = min(q[2] for q in path_probs) * (1 - 1e-6)
+    records = classifier.predict(arrays, threshold=theta)
     assert len(records) == 6
-    for record in records:
-        assert record["node"] in record["path"] and record["path"][-1] == classifier.hierarchy.root
-        assert record["node_score"] >= 0.5 - 1e-9
-    crm = classifier.predict(arrays, decode="crm", threshold=0.5)
+    for record, path, q in zip(records, paths, path_probs):
+        assert record["path"] == path and record["path"][-1] == hierarchy.root
+        node = next((v for v, pv in zip(path, q) if pv >= theta), hierarchy.root)
+        assert record["node"] == node and record["node_score"] == pytest.approx(q[path.index(node)], abs=1e-6)
+    assert any(r["node"] != hierarchy.root for r in records)
+    crm = classifier.predict(arrays, decode="crm", threshold=theta)
     assert all(r["class"] in classifier.classes for r in crm)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert np.isfinite(metrics["selective"]["plain"]["haurc"])

@@ -62,7 +62,9 @@ def test_predict_csv_and_stdout(run, capsys):
 
 def test_selective_prediction_is_right_at_least_as_often_as_flat(run, tmp_path, capsys):
     """Calibrated on the training images (64, so the 0.95 quantile is a real threshold), applied to the own folder:
-    every record gets a node on its class's path, and nodes are right at least as often as the flat classes."""
+    every record gets the node a climb computed here from the class probabilities gives (the first on its class's
+    path whose probability reaches the threshold), nodes are right at least as often as the flat classes (implied by
+    the path), and the calibration images themselves reach the target accuracy."""
     from haf.cli import main
     from haf.hierarchy import Hierarchy
 
@@ -80,11 +82,46 @@ def test_selective_prediction_is_right_at_least_as_often_as_flat(run, tmp_path, 
         flat += r["class"] == true
         nodes += r["node"] == true or r["node"] in tree.ancestors(true)
     assert nodes >= flat and len({r["threshold"] for r in records}) == 1
+    # Independently of haf's climb: node probabilities summed over the classes under each node, in float64, and the
+    # first node from the leaf up whose probability reaches the threshold (the root otherwise).
+    theta = records[0]["threshold"]
+    assert 0.0 < theta <= 1.0
+    under = {c: {c, *tree.ancestors(c)} for c in tree.classes}  # class -> its ancestors-or-self
+    own = _climbed(run, sorted(run["truth"]), under, theta)
+    for r in records:
+        node, score = own[r["image"]]
+        assert r["node"] == node and r["node_score"] == pytest.approx(score, abs=1e-6), r
+    # The calibrated threshold reaches the target accuracy on the calibration images themselves (the conformal rank
+    # ⌈(n + 1)·0.95⌉ = 62 of the 64 tight thresholds lie below it).
+    train = sorted(str(f) for f in (run["data"] / "train").rglob("*.jpg"))
+    on_train = _climbed(run, train, under, theta)
+    right = [node in under[Path(f).parent.name] for f, (node, _) in on_train.items()]
+    assert len(right) == 64 and sum(right) >= 62
     # the validation split of the checkpoint's dataset, with a confidence level
     assert main(["predict", str(run["run"] / "best.pt"), str(run["own"]), "--device", "cpu", "--target-accuracy",
                  "0.8", "--confidence", "0.9"]) == 0
     captured = capsys.readouterr()
     assert "calibrated on 16 images" in captured.err and len(json.loads(captured.out)) == 24
+
+
+def _climbed(run, files, under, theta) -> dict[str, tuple[str, float]]:
+    """Each image's climbed node and its probability, computed here from the classifier's class probabilities."""
+    import torch
+
+    from haf.inference import load_classifier
+
+    classifier = load_classifier(run["run"] / "best.pt")
+    with torch.no_grad():
+        probs = classifier.probabilities(classifier.prepare(list(files))).double()
+    out = {}
+    for f, p in zip(files, probs):
+        leaf = classifier.classes[int(p.argmax())]
+        for node in [leaf, *sorted(under[leaf] - {leaf}, key=lambda v: -len(classifier.hierarchy.ancestors(v)))]:
+            score = float(sum(p[k] for k, c in enumerate(classifier.classes) if node in under[c]))
+            if score >= theta or node == classifier.hierarchy.root:
+                out[f] = (node, score)
+                break
+    return out
 
 
 def test_bad_input_is_one_line(run, tmp_path, capsys):
@@ -105,6 +142,7 @@ def test_bad_input_is_one_line(run, tmp_path, capsys):
     assert err.count("\n") == 1 and str(broken) in err
 
 
+@pytest.mark.slow
 def test_two_ranks_under_torchrun_merge_one_output(run, tmp_path):
     single, merged = tmp_path / "single.json", tmp_path / "merged.json"
     base = [str(run["run"] / "best.pt"), str(run["own"]), "--device", "cpu", "--batch-size", "4",

@@ -62,6 +62,12 @@ def test_public_api_builds_a_frame_and_a_loss_from_a_shipped_name():
     weights, similarity = torch.from_numpy(frame.W), torch.from_numpy(frame.S)
     loss = haf.frame_loss(features, weights, target, similarity)
     assert torch.isfinite(loss) and loss.dtype == torch.float64
+    # the paper's loss written out here in float64: (1 − α)·CE(h Wᵀ) + α·Σ_i (cos(h, w_i) − S[i, y])², α = 0.5
+    logits = features @ weights.T
+    cosine = logits / (features.norm(dim=1, keepdim=True) * weights.norm(dim=1)[None, :])
+    expected = (0.5 * torch.nn.functional.cross_entropy(logits, target, reduction="none")
+                + 0.5 * (cosine - similarity.T[target]).square().sum(1)).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=0)
     assert torch.allclose(haf.FrameLoss(weights, similarity)(features, target), loss)
 
 

@@ -19,7 +19,7 @@ from haf.cli import main as haf_main
 from haf.pipelines.prepare import ResizeSpec, prepare_images
 
 REPO = Path(__file__).resolve().parents[1]
-HAF = str(Path(sys.executable).parent / "haf")
+HAF = [sys.executable, "-m", "haf.cli"]  # this interpreter: a console script may name another environment's python
 
 
 def make_source(root: Path) -> Path:
@@ -37,7 +37,7 @@ def test_a_named_pipe_in_the_source_is_skipped_unopened(tmp_path, backend):
     src = make_source(tmp_path / "src")
     os.mkfifo(src / "a" / "pipe.jpg")  # an image name: a reader that opened it would block forever
     os.mkfifo(src / "labels.txt")  # an "other" file: copied if it were regular
-    done = subprocess.run([HAF, "prepare", str(src), str(tmp_path / "dst"), "--size", "8x8", "--backend", backend,
+    done = subprocess.run([*HAF, "prepare", str(src), str(tmp_path / "dst"), "--size", "8x8", "--backend", backend,
                            "--workers", "1", "--no-progress"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)  # a hang fails here instead of blocking the suite
     assert done.returncode == 0, done.stderr

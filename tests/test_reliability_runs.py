@@ -42,6 +42,14 @@ def _train(demo_root: Path, out: Path, *, resume: bool = False, **sections):
     return run_training(config, resume=resume)
 
 
+def _finished(record, out: Path, epochs: int) -> bool:
+    """The run tested its chosen checkpoint (a record, not None) after training all ``epochs``."""
+    import torch
+
+    return (record is not None and (out / "metrics.json").is_file()
+            and torch.load(out / "last.pt", weights_only=True)["epoch"] == epochs)
+
+
 def _holder(out: Path) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=REPO, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
@@ -67,7 +75,7 @@ def test_a_killed_holder_leaves_no_stale_lock(demo_root, tmp_path):
     holder = _holder(out)
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait(timeout=60)
-    assert _train(demo_root, out, train={"epochs": 1, "max_steps_per_epoch": 1}) is not None
+    assert _finished(_train(demo_root, out, train={"epochs": 1, "max_steps_per_epoch": 1}), out, 1)
     # and the lock ends with the run: another process may now resume the folder
     holder = _holder(out)
     holder.stdin.close()
@@ -89,8 +97,8 @@ def test_resume_refuses_any_change_to_what_is_trained(demo_root, tmp_path, key, 
     with pytest.raises(ValueError, match=rf"cannot resume: key '{key}"):
         _train(demo_root, out, resume=True, **merge_layer(base, change))
     # keys that only change logging or where the run stops may differ
-    assert _train(demo_root, out, resume=True, train={"epochs": 2, "max_steps_per_epoch": 2},
-                  logging={"log_every": 5}) is not None
+    assert _finished(_train(demo_root, out, resume=True, train={"epochs": 2, "max_steps_per_epoch": 2},
+                            logging={"log_every": 5}), out, 2)
 
 
 def test_resume_differences_ignores_only_the_free_keys():
@@ -164,8 +172,9 @@ def test_a_stale_hidden_link_left_by_a_crash_is_gone_after_resume(demo_root, tmp
     _train(demo_root, out, **{"train": {**sections["train"], "stop_after_epoch": 1}})
     os.link(out / "last.pt", out / ".best.pt.link")  # what a kill between linking and renaming leaves
     (out / ".last.pt.x1y2.tmp").write_bytes(b"torn")
-    assert _train(demo_root, out, resume=True, **sections) is not None
+    assert _finished(_train(demo_root, out, resume=True, **sections), out, 2)
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
     err = capsys.readouterr().err
     assert f"removed {out / '.best.pt.link'}" in err
-    assert os.stat(out / "best.pt").st_nlink in (1, 2)  # best.pt shares its inode with last.pt or with nothing
+    # best.pt shares its inode with last.pt (the last epoch was the best) or with nothing: no hidden link is left
+    assert os.stat(out / "best.pt").st_nlink == (2 if os.path.samefile(out / "best.pt", out / "last.pt") else 1)

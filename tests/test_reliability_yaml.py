@@ -56,7 +56,7 @@ def test_a_set_value_with_a_duplicate_key_is_refused_not_taken_literally():
 def test_cli_prints_one_line_and_exits_2(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("seed: 1\nseed: 2\n")
-    done = subprocess.run([str(Path(sys.executable).parent / "haf"), "config", str(path)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "haf.cli", "config", str(path)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().count("\n") == 0 and "duplicate key 'seed'" in done.stderr

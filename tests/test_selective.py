@@ -110,9 +110,20 @@ def test_risk_coverage_curve_matches_a_brute_force_sweep(seed):
         assert r == pytest.approx(1 - np.mean([a[v, y] for v, y in zip(chosen, targets)]), abs=1e-12)
     assert curve["coverage"][0] == pytest.approx(1.0) and curve["risk"][0] == pytest.approx(np.mean(leaves != targets))
     assert curve["coverage"][-1] == pytest.approx(0.0) and curve["risk"][-1] == 0.0
-    # hAURC by an independent trapezoid over a fine θ grid of the brute force
+    # hAURC by an independent trapezoid over the brute force at every breakpoint: θ = 0 (the leaves) and just
+    # above each node probability on a prediction's path (coverage and risk only change there; both fall as θ
+    # grows), so a curve that left out a point or mis-placed one gives a different area
+    breaks = sorted({0.0} | {float(nodes[i, v]) for i in range(b) for v in tree.path(tree.leaf_node[leaves[i]])})
+    points = []
+    for theta in breaks:
+        above = np.nextafter(theta, 2) if theta > 0 else 0.0
+        chosen = [brute_climb(nodes[i], tree, leaves[i], above) for i in range(b)]
+        points.append((np.mean(cov[chosen]), 1 - np.mean([a[v, y] for v, y in zip(chosen, targets)])))
+    brute_c, brute_r = np.array(points).T
+    brute_area = float(np.sum(-np.diff(brute_c) * (brute_r[1:] + brute_r[:-1]) / 2))
     area = haurc(curve)
-    assert 0.0 <= area <= np.mean(leaves != targets) + 1e-12
+    assert area == pytest.approx(brute_area, abs=1e-12)
+    assert 0.0 < area <= np.mean(leaves != targets) + 1e-12
     summary = selective_summary(curve)
     assert summary["haurc"] == area and len(summary["curve"]["risk"]) == 101
     assert summary["coverage@0.9"] == coverage_at_accuracy(curve, 0.9)
@@ -207,7 +218,23 @@ def test_million_classes_without_a_node_by_class_matrix():
     assert nodes[:, 0].tolist() == [1.0] * b
     level1 = nodes[:, 1:11]
     np.testing.assert_allclose(level1, probs.reshape(b, 10, -1).sum(2), rtol=1e-5)
-    assert np.all((chosen >= 0) & (chosen < n)) and np.all(thresholds >= 0)
+    # Each row's climb and tight threshold against the path computed here: every class's ancestor at each level by
+    # following the parent array, a path node's probability the float64 sum over the classes below it.
+    ancestors = [np.asarray(tree.leaf_node)]  # ancestors[j][c]: class c's node j steps up
+    for _ in range(4):
+        ancestors.append(parent[ancestors[-1]])
+    assert chosen.tolist() == [0] * b  # no node below the root holds half of 10⁶ near-uniform probabilities
+    for i in range(b):
+        row = probs[i].astype(np.float64)
+        leaf = int(row.argmax())
+        path = [int(ancestors[j][leaf]) for j in range(5)]
+        path_p = [float(row[ancestors[j] == v].sum()) for j, v in enumerate(path)]
+        np.testing.assert_allclose(nodes[i, path], path_p, rtol=1e-5)
+        truth = {int(ancestors[j][targets[i]]) for j in range(5)}
+        wrong = [q for v, q in zip(path, path_p) if v not in truth]
+        assert thresholds[i] == pytest.approx(max(wrong) if wrong else 0.0, rel=1e-5)
+        theta = 0.5 * (path_p[1] + path_p[2])  # between the leaf's parent and grandparent: it stops at the latter
+        assert leaf == leaves[i] and climb(nodes[i:i + 1], tree, np.array([leaf]), theta)[0].tolist() == [path[2]]
 
 
 def test_evaluation_keeps_no_selective_metrics_for_non_finite_probabilities():
@@ -225,3 +252,53 @@ def test_evaluation_keeps_no_selective_metrics_for_non_finite_probabilities():
     bad[1, 0] = float("nan")
     _selective_update(paths, tree, bad, bad, None, torch.arange(4) % k)
     assert _selective_compute(paths) is None
+
+
+def test_evaluation_and_prediction_give_the_same_results_in_row_chunks(monkeypatch):
+    """Evaluation's kept paths, calibration's path records and a classifier's selective records, computed a few
+    rows at a time (as a 10⁶-class tree forces), equal the one-chunk results (odd batch: the last chunk is short)."""
+    import types
+
+    import torch
+
+    from haf.inference.classifier import records_from_probabilities
+    from haf.inference.predict import calibration_paths
+    from haf.metrics import selective
+    from haf.training.evaluation import _selective_compute, _selective_update
+
+    tree = NodeTree.from_hierarchy(random_hierarchy(6, classes=11))
+    k = tree.num_classes
+    probs = torch.softmax(3 * torch.randn(23, k, generator=torch.Generator().manual_seed(6)), dim=1)
+    targets = torch.randint(0, k, (23,), generator=torch.Generator().manual_seed(7))
+    names = [f"v{v}" for v in range(tree.num_nodes)]
+    classifier = types.SimpleNamespace(classes=tuple(names[v] for v in tree.leaf_node), tree=tree, distances=None,
+                                       node_name=lambda v: names[v],
+                                       path_to_root=lambda v: [names[u] for u in tree.path(v)])
+
+    def run():
+        paths = {"plain": []}
+        _selective_update(paths, tree, probs, probs, None, targets)
+        calibration = calibration_paths(classifier, targets.numpy())(probs, list(range(23)))
+        return (_selective_compute(paths), records_from_probabilities(classifier, probs, top_k=2, threshold=0.45),
+                calibration)
+
+    whole = run()
+    real = selective.row_chunks
+    seen = []
+
+    def small(rows, nodes, max_elements=0):
+        chunks = real(rows, nodes, max_elements=4 * nodes)  # 4 rows a chunk
+        seen.append(len(chunks))
+        return chunks
+
+    monkeypatch.setattr(selective, "row_chunks", small)
+    chunked = run()
+    assert seen == [6, 6, 6]  # 23 rows in chunks of 4, in each of the three paths
+    assert chunked[1] == whole[1]
+    assert json_ready(chunked[0]) == json_ready(whole[0]) and json_ready(chunked[2]) == json_ready(whole[2])
+
+
+def json_ready(value):
+    import json
+
+    return json.loads(json.dumps(value, default=lambda a: np.asarray(a).tolist()))

@@ -103,6 +103,7 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> No
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_demo_sweep_killed_and_rerun_skips_finished_runs(tmp_path):
     from haf.pipelines import ensure_demo_dataset
 
