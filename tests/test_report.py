@@ -116,3 +116,17 @@ def test_every_subcommand_builds_its_help(capsys):
     out = capsys.readouterr().out
     for name in ("frame", "report", "plot", "eval", "prepare", "demo-data"):
         assert name in out
+
+
+def test_subcommand_descriptions_show_a_single_percent_sign(capsys):
+    # A HELP string is both the command list's help (%-formatted by argparse) and the subcommand's description
+    # (printed as written): its '%%' must read '%' in `haf report --help` too.
+    from haf.cli import build_parser
+
+    parser, modules = build_parser()
+    for name in modules:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        out = capsys.readouterr().out
+        assert "%%" not in out, name
+    assert "95% CI" in parser._subparsers._group_actions[0].choices["report"].format_help()
