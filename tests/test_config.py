@@ -100,8 +100,10 @@ def test_set_overrides_parse_yaml_values():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.epoch=2", r"unknown key 'train.epoch' in train; valid keys: epochs, batch_size"),
-    ("trian.epochs=2", r"unknown key 'trian'.*valid keys: seed, output_dir, dataset, model, method"),
+    ("train.epoch=2", r"unknown key 'train.epoch' in train \(did you mean epochs\?\); valid keys: epochs, "
+                      r"batch_size"),
+    ("trian.epochs=2", r"unknown key 'trian' in top level \(did you mean train\?\); valid keys: seed, output_dir, "
+                       r"dataset, model, method"),
     ("train.epochs=two", r"key 'train.epochs': expected an integer, got 'two'"),
     ("train.epochs=2.5", r"key 'train.epochs': expected an integer"),
     ("optim.nesterov=yes please", r"key 'optim.nesterov': expected true or false"),
@@ -114,7 +116,8 @@ def test_set_overrides_parse_yaml_values():
     ("train.stop_after_epoch=soon", r"key 'train.stop_after_epoch': expected an integer"),
     ("train=3", r"key 'train' must be a mapping"),
     ("method.name=hafraem", r"key 'method.name': unknown method 'hafraem'; valid choices: .*haframe"),
-    ("method.options.gama=2", r"unknown key 'method.options.gama'.*valid keys: gamma, alpha"),
+    ("method.options.gama=2", r"unknown key 'method.options.gama'.*\(did you mean gamma\?\); valid keys: gamma, "
+                              r"alpha"),
     ("method.options.alpha=1.5", r"alpha must lie in \[0, 1\]"),
     ("optim.momentum=1.0", r"key 'optim.momentum': must be in \[0, 1\)"),
     ("optim.lr=-1", r"key 'optim.lr': must be a finite number >= 0"),

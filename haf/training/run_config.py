@@ -307,7 +307,10 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     unknown = [k for k in raw if k not in fields]
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ValueError(f"{where}: unknown key '{key}' in {section}; valid keys: {', '.join(fields)}")
+        from haf.models.backbone_registry import close_matches
+
+        raise ValueError(f"{where}: unknown key '{key}' in {section}{close_matches(unknown[0], list(fields))}; "
+                         f"valid keys: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in raw.items():
