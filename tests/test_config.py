@@ -267,3 +267,24 @@ def test_deepspeed_config_assembly():
     assert world_batch_split(64, 4) == 16
     with pytest.raises(ValueError, match=r"key 'train.batch_size': global batch 256 does not split evenly over 3"):
         deepspeed_config(config.replace(deepspeed=config.deepspeed.__class__(gradient_accumulation_steps=1)), 3)
+
+
+def test_configs_readme_lists_every_key_of_the_schema():
+    """configs/README.md's 'Sections and their keys' names every field of haf/training/schema.py."""
+    import dataclasses
+    import re
+    import typing
+
+    from haf.training import schema
+
+    text = (CONFIGS / "README.md").read_text()
+    listed = text[text.index("Sections and their keys"):]
+    missing = []
+    for section in dataclasses.fields(schema.RunConfig):
+        if section.metadata.get("internal"):
+            continue
+        kind = typing.get_type_hints(schema.RunConfig)[section.name]
+        keys = [f.name for f in dataclasses.fields(kind)] if dataclasses.is_dataclass(kind) else []
+        missing += [section.name] if f"`{section.name}`" not in listed else []
+        missing += [f"{section.name}.{key}" for key in keys if not re.search(rf"\b{key}\b", listed)]
+    assert missing == []
