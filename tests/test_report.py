@@ -130,3 +130,15 @@ def test_subcommand_descriptions_show_a_single_percent_sign(capsys):
         out = capsys.readouterr().out
         assert "%%" not in out, name
     assert "95% CI" in parser._subparsers._group_actions[0].choices["report"].format_help()
+
+
+def test_every_subcommand_takes_the_same_verbosity_flags_and_documents_its_options():
+    from haf.cli import build_parser
+
+    parser, modules = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name in modules:
+        options = commands[name]._option_string_actions
+        assert {"-q", "--quiet", "-v", "--verbose"} <= set(options), name
+        undocumented = sorted({a.option_strings[-1] for a in options.values() if not a.help})
+        assert undocumented == [], (name, undocumented)
