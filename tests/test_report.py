@@ -142,3 +142,8 @@ def test_every_subcommand_takes_the_same_verbosity_flags_and_documents_its_optio
         assert {"-q", "--quiet", "-v", "--verbose"} <= set(options), name
         undocumented = sorted({a.option_strings[-1] for a in options.values() if not a.help})
         assert undocumented == [], (name, undocumented)
+        for action in commands[name]._subparsers._group_actions if commands[name]._subparsers else ():
+            for sub_name, sub_parser in action.choices.items():  # haf plot frame / haf plot runs
+                undocumented = sorted({a.option_strings[-1] for a in sub_parser._option_string_actions.values()
+                                       if not a.help})
+                assert undocumented == [] and sub_parser.description, (name, sub_name, undocumented)
