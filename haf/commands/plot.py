@@ -14,7 +14,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     frame.add_argument("file", help="hierarchy file (JSON, *_isa.txt, *_tree.pkl, *_distances.pkl.xz) or "
                        "a shipped hierarchy's name (haf hierarchies)")
     frame.add_argument("--gamma", type=float, required=True, help="γ of S = (1−s_min)·exp(−γ·d/d_max) + s_min")
-    frame.add_argument("--s-min", type=float, default=None, help="use this s_min instead of the reference's grid choice")
+    frame.add_argument("--s-min", type=float, default=None,
+                       help="use this s_min instead of the reference's grid choice")
     frame.add_argument("--seed", type=int, default=0, help="seed of the frame's random rotation (default 0)")
     frame.add_argument("--distance", default=None, metavar="CONVENTION",
                        help="tree distance convention: lca-height (default) or fixed-depth")
