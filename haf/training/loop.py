@@ -133,8 +133,6 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, overwr
             remove_unused_folders(made)
     if not _same_on_all_ranks(refusal is None, context) or refusal is not None:
         raise refusal or ValueError(f"{output_dir}: refused on rank 0 (see its error)")
-    if main:
-        _say(f"run folder: {output_dir}")
     try:
         return _run_in_folder(config, context, output_dir, resume=resume, data=data, made=made)
     except BaseException:
@@ -213,6 +211,7 @@ def _run_in_folder(config: RunConfig, context: DistributedContext, output_dir: P
         # After the resume checks: a refused resume leaves the run's config.yaml and logs as they were.
         atomic_write_text(output_dir / CONFIG_NAME, config.to_yaml())
         made.clear()  # the folder holds the run from here on: kept whatever happens
+        _say(f"run folder: {output_dir}")
         truncate_logs(output_dir, start_epoch)  # the records of the epochs about to be (re)done go
         prune_snapshots(output_dir, start_epoch)
     # On resume, steps after the checkpoint's are redone: TensorBoard hides what an interrupted run logged there.
