@@ -16,6 +16,7 @@ command stay light: nothing here imports torch until one of them is touched::
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -50,6 +51,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
 def __getattr__(name: str) -> Any:
     module_name = _EXPORTS.get(name)
     if module_name is None:
+        if not name.startswith("_") and importlib.util.find_spec(f"haf.{name}") is not None:
+            return importlib.import_module(f"haf.{name}")  # a subpackage (haf.metrics) after a bare `import haf`
         raise AttributeError(f"module 'haf' has no attribute {name!r}")
     try:
         module = importlib.import_module(module_name)

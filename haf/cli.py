@@ -43,7 +43,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
     for name, module_name in modules.items():
         module = importlib.import_module(module_name)
         configure = getattr(module, "configure")
-        sub_parser = sub.add_parser(name, help=getattr(module, "HELP", None), description=getattr(module, "HELP", None))
+        help_text = getattr(module, "HELP", None)
+        description = help_text.replace("%%", "%") if help_text else None  # argparse %-formats help, not this
+        sub_parser = sub.add_parser(name, help=help_text, description=description)
         configure(sub_parser)
         if "--verbose" not in sub_parser._option_string_actions:
             if "--quiet" in sub_parser._option_string_actions:  # the subcommand's own --quiet (e.g. no progress bar)

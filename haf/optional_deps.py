@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from types import ModuleType
 
-__all__ = ["EXTRAS", "MissingExtraError", "available", "require"]
+__all__ = ["EXTRAS", "MissingExtraError", "available", "missing_extra", "require"]
 
 #: Top-level module -> the extra of the ``haf`` distribution that installs it.
 EXTRAS: dict[str, str] = {
@@ -46,11 +46,18 @@ def require(module: str, *, purpose: str, extra: str | None = None) -> ModuleTyp
     except ImportError as error:
         missing = error.name is not None and (module == error.name or module.startswith(error.name + "."))
         if missing:
-            message = f"{purpose} needs {module}, which is not installed: pip install 'haf[{extra}]'"
-        else:  # installed, but one of its own imports fails: a broken install, not a missing extra
-            message = f"{purpose} needs {module}, which is installed but fails to import ({error}); reinstall it " \
-                      f"with pip install --force-reinstall 'haf[{extra}]'"
+            raise missing_extra(module, purpose=purpose, extra=extra) from error
+        # installed, but one of its own imports fails: a broken install, not a missing extra
+        message = f"{purpose} needs {module}, which is installed but fails to import ({error}); reinstall it " \
+                  f"with pip install --force-reinstall 'haf[{extra}]'"
         raise MissingExtraError(message, name=module) from error
+
+
+def missing_extra(module: str, *, purpose: str, extra: str | None = None, hint: str = "") -> MissingExtraError:
+    """The error for ``module`` not being installed: ``PURPOSE needs MODULE, which is not installed: pip install
+    'haf[EXTRA]'`` (+ ``hint``), for :func:`require` and for code that only probes (``find_spec``) before needing it."""
+    message = f"{purpose} needs {module}, which is not installed: pip install 'haf[{extra or _extra_of(module)}]'"
+    return MissingExtraError(message + hint, name=module)
 
 
 def available(module: str) -> bool:

@@ -69,3 +69,13 @@ def test_load_rejects_other_files(tmp_path):
     np.savez(path, frame=np.eye(2))
     with pytest.raises(ValueError, match="not a tree frame file"):
         load_tree_frame(path)
+
+
+def test_a_tree_frame_to_a_pt_file_is_refused_before_it_is_built(monkeypatch, capsys):
+    """`--factorization tree --out x.pt` is known to fail before the frame is built (minutes at 10⁶ classes)."""
+    from haf.cli import main
+    from haf.commands import frame as frame_command
+
+    monkeypatch.setattr(frame_command, "_tree", lambda args: pytest.fail("built the frame before refusing --out"))
+    assert main(["frame", "inaturalist19", "--gamma", "5", "--factorization", "tree", "--out", "x.pt"]) == 2
+    assert "saved as .npz" in capsys.readouterr().err

@@ -100,8 +100,10 @@ def test_set_overrides_parse_yaml_values():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.epoch=2", r"unknown key 'train.epoch' in train; valid keys: epochs, batch_size"),
-    ("trian.epochs=2", r"unknown key 'trian'.*valid keys: seed, output_dir, dataset, model, method"),
+    ("train.epoch=2", r"unknown key 'train.epoch' in train \(did you mean epochs\?\); valid keys: epochs, "
+                      r"batch_size"),
+    ("trian.epochs=2", r"unknown key 'trian' in top level \(did you mean train\?\); valid keys: seed, output_dir, "
+                       r"dataset, model, method"),
     ("train.epochs=two", r"key 'train.epochs': expected an integer, got 'two'"),
     ("train.epochs=2.5", r"key 'train.epochs': expected an integer"),
     ("optim.nesterov=yes please", r"key 'optim.nesterov': expected true or false"),
@@ -114,7 +116,8 @@ def test_set_overrides_parse_yaml_values():
     ("train.stop_after_epoch=soon", r"key 'train.stop_after_epoch': expected an integer"),
     ("train=3", r"key 'train' must be a mapping"),
     ("method.name=hafraem", r"key 'method.name': unknown method 'hafraem'; valid choices: .*haframe"),
-    ("method.options.gama=2", r"unknown key 'method.options.gama'.*valid keys: gamma, alpha"),
+    ("method.options.gama=2", r"unknown key 'method.options.gama'.*\(did you mean gamma\?\); valid keys: gamma, "
+                              r"alpha"),
     ("method.options.alpha=1.5", r"alpha must lie in \[0, 1\]"),
     ("optim.momentum=1.0", r"key 'optim.momentum': must be in \[0, 1\)"),
     ("optim.lr=-1", r"key 'optim.lr': must be a finite number >= 0"),
@@ -264,3 +267,24 @@ def test_deepspeed_config_assembly():
     assert world_batch_split(64, 4) == 16
     with pytest.raises(ValueError, match=r"key 'train.batch_size': global batch 256 does not split evenly over 3"):
         deepspeed_config(config.replace(deepspeed=config.deepspeed.__class__(gradient_accumulation_steps=1)), 3)
+
+
+def test_configs_readme_lists_every_key_of_the_schema():
+    """configs/README.md's 'Sections and their keys' names every field of haf/training/schema.py."""
+    import dataclasses
+    import re
+    import typing
+
+    from haf.training import schema
+
+    text = (CONFIGS / "README.md").read_text()
+    listed = text[text.index("Sections and their keys"):]
+    missing = []
+    for section in dataclasses.fields(schema.RunConfig):
+        if section.metadata.get("internal"):
+            continue
+        kind = typing.get_type_hints(schema.RunConfig)[section.name]
+        keys = [f.name for f in dataclasses.fields(kind)] if dataclasses.is_dataclass(kind) else []
+        missing += [section.name] if f"`{section.name}`" not in listed else []
+        missing += [f"{section.name}.{key}" for key in keys if not re.search(rf"\b{key}\b", listed)]
+    assert missing == []

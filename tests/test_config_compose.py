@@ -95,3 +95,11 @@ def test_a_bad_convention_option_is_one_line_with_the_choices(tmp_path):
     with pytest.raises(ValueError, match=r"key 'dataset.distance_convention': expected one of lca-height, "
                                          r"fixed-depth or null, got 'depth'"):
         load_config("demo", ["dataset.distance_convention=depth"])
+
+
+def test_a_file_naming_only_itself_as_base_says_so(tmp_path):
+    # `base: mine.yaml` inside mine.yaml (no shipped config of that name): not "file not found" for a file that is
+    # there, but that a file cannot base itself.
+    with pytest.raises(ValueError, match=r"mine.yaml: key 'base': 'mine.yaml' is this file itself \(a config "
+                                         r"cannot base itself.*nor a shipped config of that name"):
+        load_config(write(tmp_path / "mine.yaml", "base: mine.yaml\nseed: 1\n"))

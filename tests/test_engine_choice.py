@@ -45,14 +45,17 @@ def test_auto_picks_deepspeed_only_when_asked_or_launched_on_several_ranks(field
 def test_without_deepspeed_auto_falls_back_and_a_deepspeed_feature_is_one_line(monkeypatch):
     import importlib.util
 
+    from haf.optional_deps import MissingExtraError
     from haf.training import engine
 
     real = importlib.util.find_spec
     monkeypatch.setattr(engine.importlib.util, "find_spec",
                         lambda name, *a: None if name == "deepspeed" else real(name, *a))
     assert engine.resolve_engine(_ds(), {"WORLD_SIZE": "2"}) is False  # DDP instead
-    for fields in ({"enabled": True}, {"zero_stage": 2}):
-        with pytest.raises(ValueError, match="needs DeepSpeed, which is not installed"):
+    for fields, key in (({"enabled": True}, "deepspeed.enabled: true"), ({"zero_stage": 2}, "deepspeed.zero_stage")):
+        # the one wording of a missing extra (haf.optional_deps), as the README and the wheel check print it
+        with pytest.raises(MissingExtraError, match=rf"^{key}.* \(the DeepSpeed engine\) needs deepspeed, which is "
+                                                    r"not installed: pip install 'haf\[deepspeed\]'"):
             engine.resolve_engine(_ds(**fields), {})
 
 

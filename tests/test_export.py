@@ -81,3 +81,18 @@ def test_onnx_missing_names_the_extra(run, tmp_path, monkeypatch, capsys):
     assert main(["export", str(run["run"] / "best.pt"), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'haf[onnx]'" in err and not (tmp_path / "m.onnx").exists()
+
+
+def test_export_keeps_the_tracer_quiet(run, tmp_path):
+    """Tracing turns the heads' input-shape checks into constants, which is right (they check the channels, not
+    the dynamic batch axis): `haf export` does not print torch's TracerWarning about them."""
+    import warnings
+
+    from haf.inference import load_classifier
+    from haf.inference.export import export_classifier
+
+    classifier = load_classifier(run["run"] / "best.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_classifier(classifier, "torchscript", tmp_path / "model.pt")
+    assert [str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)] == []

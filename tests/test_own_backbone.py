@@ -70,7 +70,9 @@ def test_the_readme_s_py_file_beside_the_yaml_registers_the_backbone_the_config_
     BACKBONES.pop("my_net")
     (tmp_path / "bare").mkdir()
     bare = write_config(tmp_path / "bare", demo_root, backbone="my_net")
-    with pytest.raises(ValueError, match=r"key 'model.backbone': unknown backbone 'my_net'"):
+    with pytest.raises(ValueError, match=r"key 'model.backbone': unknown backbone 'my_net'.*timm:<model> "
+                                         r"\(one of your own: register it and name its module in "
+                                         r"model.backbone_module\)"):
         load_config(bare)
 
 

@@ -164,3 +164,14 @@ def test_two_ranks_under_torchrun_merge_one_output(run, tmp_path):
     for x, y in zip(a, b):
         assert x["class"] == y["class"] and x["score"] == pytest.approx(y["score"], abs=1e-5)
         assert x["node"] == y["node"] and x["threshold"] == y["threshold"]
+
+
+def test_calibration_without_the_stored_dataset_says_what_to_pass(run, tmp_path, capsys):
+    """A checkpoint used away from its dataset (another machine, or a working-directory-relative root such as the
+    demo's): the calibration error points at --data-root and --calibration, in one line."""
+    from haf.cli import main
+
+    assert main(["predict", str(run["run"] / "best.pt"), str(run["own"]), "--device", "cpu", "--target-accuracy",
+                 "0.9", "--data-root", str(tmp_path / "moved")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "moved" in err and "--data-root" in err and "--calibration" in err

@@ -156,3 +156,12 @@ def test_readers_take_a_shipped_name_or_the_configs_path(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="nor a shipped hierarchy"):
         hierarchy_from_file(tmp_path / "absent_isa.txt", classes, "lca-height")
     assert os.path.isdir(tmp_path)
+
+
+def test_subpackages_are_reachable_as_attributes_after_import_haf():
+    """The README's `haf.metrics.hierarchical_metrics(...)` after a bare `import haf` (a fresh interpreter: other
+    tests have imported haf.metrics already)."""
+    code = ("import sys, haf; assert 'haf.metrics' not in sys.modules; "
+            "assert callable(haf.metrics.hierarchical_metrics) and 'haf.metrics' in sys.modules; "
+            "assert callable(haf.inference.load_classifier); assert not hasattr(haf, 'no_such_module')")
+    subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

@@ -116,3 +116,34 @@ def test_every_subcommand_builds_its_help(capsys):
     out = capsys.readouterr().out
     for name in ("frame", "report", "plot", "eval", "prepare", "demo-data"):
         assert name in out
+
+
+def test_subcommand_descriptions_show_a_single_percent_sign(capsys):
+    # A HELP string is both the command list's help (%-formatted by argparse) and the subcommand's description
+    # (printed as written): its '%%' must read '%' in `haf report --help` too.
+    from haf.cli import build_parser
+
+    parser, modules = build_parser()
+    for name in modules:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        out = capsys.readouterr().out
+        assert "%%" not in out, name
+    assert "95% CI" in parser._subparsers._group_actions[0].choices["report"].format_help()
+
+
+def test_every_subcommand_takes_the_same_verbosity_flags_and_documents_its_options():
+    from haf.cli import build_parser
+
+    parser, modules = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name in modules:
+        options = commands[name]._option_string_actions
+        assert {"-q", "--quiet", "-v", "--verbose"} <= set(options), name
+        undocumented = sorted({a.option_strings[-1] for a in options.values() if not a.help})
+        assert undocumented == [], (name, undocumented)
+        for action in commands[name]._subparsers._group_actions if commands[name]._subparsers else ():
+            for sub_name, sub_parser in action.choices.items():  # haf plot frame / haf plot runs
+                undocumented = sorted({a.option_strings[-1] for a in sub_parser._option_string_actions.values()
+                                       if not a.help})
+                assert undocumented == [] and sub_parser.description, (name, sub_name, undocumented)

@@ -206,3 +206,31 @@ def test_failed_start_leaves_no_folder(demo_root, tmp_path):
     existing.mkdir()
     start(existing)
     assert existing.is_dir() and list(existing.iterdir()) == []
+
+
+def test_a_batch_larger_than_the_train_split_leaves_no_run_behind(demo_root, tmp_path):
+    """The one-optimizer-step check fails before config.yaml and the logs are written: the corrected rerun into the
+    same folder is not refused as 'holds a training run'."""
+    from haf.training.loop import run_training
+    from haf.training.run_config import load_config
+
+    out = tmp_path / "runs" / "run"
+    too_big = tiny_run_dict(demo_root, out, train={"batch_size": 4096, "epochs": 1}, deepspeed={"enabled": False})
+    with pytest.raises(ValueError, match=r"train.batch_size.*64 images make 0 full batch"):
+        run_training(load_config(None, data=too_big))
+    assert not (tmp_path / "runs").exists()
+    run_training(load_config(None, data=tiny_run_dict(demo_root, out, train={"epochs": 1},
+                                                      deepspeed={"enabled": False})))
+    assert (out / "metrics.json").is_file()
+
+
+def test_a_failed_start_prints_no_run_folder(demo_root, tmp_path, capsys):
+    """stdout names the run folder only once the folder holds the run: a start refused for a missing dataset names
+    no folder that is then removed."""
+    from haf.training.loop import run_training
+    from haf.training.run_config import load_config
+
+    data = tiny_run_dict(tmp_path / "no-such-data", tmp_path / "run", deepspeed={"enabled": False})
+    with pytest.raises(FileNotFoundError):
+        run_training(load_config(None, data=data))
+    assert "run folder" not in capsys.readouterr().out and not (tmp_path / "run").exists()

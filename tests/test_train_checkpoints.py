@@ -94,3 +94,16 @@ def test_epoch_seeds_are_distinct_and_reproducible():
     assert len(seeds) == 3 * 50 * 8
     assert epoch_seed(0, 5, 1) == epoch_seed(0, 5, 1)
     assert all(0 <= s < 2**63 for s in seeds)
+
+
+def test_a_run_folder_given_as_checkpoint_names_the_checkpoints_in_it(tmp_path):
+    """`haf eval runs/x` (the folder, not runs/x/best.pt): not 'checkpoint not found' for a path that is there."""
+    from haf.training.checkpoints import load_checkpoint
+
+    (tmp_path / "best.pt").write_bytes(b"")
+    (tmp_path / "last.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"is a folder, not a checkpoint file: name one in it \(.*best.pt, .*last.pt\)"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"is a folder, not a checkpoint file \(it holds no \*.pt\)"):
+        load_checkpoint(tmp_path / "empty")

@@ -17,11 +17,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patterns", type=int, default=3, help="level-2 patterns per colour (default 3, max 4)")
     parser.add_argument("--shapes", type=int, default=3, help="leaf shapes per pattern (default 3, max 6)")
     parser.add_argument("--image-size", type=int, default=32, help="square image side in px (default 32)")
-    parser.add_argument("--train-per-class", type=int, default=60)
-    parser.add_argument("--val-per-class", type=int, default=10)
-    parser.add_argument("--test-per-class", type=int, default=20)
-    parser.add_argument("--jpeg-quality", type=int, default=90)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--train-per-class", type=int, default=60, help="training images per class (default 60)")
+    parser.add_argument("--val-per-class", type=int, default=10, help="validation images per class (default 10)")
+    parser.add_argument("--test-per-class", type=int, default=20, help="test images per class (default 20)")
+    parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1..100 (default 90)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar; warnings and errors only")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,7 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a stored config value, e.g. --set data.backend=torch (repeatable)")
     parser.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: the config's)")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                        help="auto (default): the GPU when there is one")
     parser.add_argument("--crm", choices=("auto", "on", "off"), default="auto",
                         help="also score CRM decoding (auto: for probabilistic methods such as cross-entropy)")
     parser.add_argument("--json", dest="json_out", default=None, metavar="FILE",

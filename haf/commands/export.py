@@ -12,8 +12,9 @@ HELP = "export a trained model to TorchScript or ONNX (frame baked in; classes a
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a last.pt / best.pt written by training")
-    parser.add_argument("--format", choices=("onnx", "torchscript"), required=True)
-    parser.add_argument("--output", required=True, metavar="FILE")
+    parser.add_argument("--format", choices=("onnx", "torchscript"), required=True,
+                        help="torchscript (torch.jit.load) or onnx (needs pip install 'haf[onnx]')")
+    parser.add_argument("--output", required=True, metavar="FILE", help="the exported model file (written atomically)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 

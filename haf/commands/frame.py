@@ -111,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix not in OUT_SUFFIXES:
         raise ValueError(f"--out {out}: unknown format; use one of {', '.join(OUT_SUFFIXES)}")
+    if out is not None and args.factorization == "tree" and out.suffix != ".npz":  # before minutes of building
+        raise ValueError(f"--out {out}: a tree frame is saved as .npz")
     report, saver = _dense(args) if args.factorization == "dense" else _tree(args)
     if out is not None:
         if report["factorization"] == "tree" and out.suffix != ".npz":

@@ -9,19 +9,23 @@ HELP = "draw the hierarchy beside its frame, or training / HierDist@k / neural-c
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
-    frame = sub.add_parser("frame", help="distance matrix beside the frame's Gram matrix")
+    frame = sub.add_parser("frame", help="distance matrix beside the frame's Gram matrix",
+                           description="draw a hierarchy's distance matrix beside its frame's Gram matrix W Wᵀ")
     frame.add_argument("file", help="hierarchy file (JSON, *_isa.txt, *_tree.pkl, *_distances.pkl.xz) or "
                        "a shipped hierarchy's name (haf hierarchies)")
-    frame.add_argument("--gamma", type=float, required=True)
-    frame.add_argument("--s-min", type=float, default=None)
-    frame.add_argument("--seed", type=int, default=0)
+    frame.add_argument("--gamma", type=float, required=True, help="γ of S = (1−s_min)·exp(−γ·d/d_max) + s_min")
+    frame.add_argument("--s-min", type=float, default=None,
+                       help="use this s_min instead of the reference's grid choice")
+    frame.add_argument("--seed", type=int, default=0, help="seed of the frame's random rotation (default 0)")
     frame.add_argument("--distance", default=None, metavar="CONVENTION",
                        help="tree distance convention: lca-height (default) or fixed-depth")
     frame.add_argument("--classes", help="file with one class name a line (needed for distance files)")
-    frame.add_argument("--out", required=True, help="PNG to write")
-    runs = sub.add_parser("runs", help="curves from run folders (metrics.jsonl, metrics.json)")
+    frame.add_argument("--out", required=True, metavar="PNG", help="PNG to write")
+    runs = sub.add_parser("runs", help="curves from run folders (metrics.jsonl, metrics.json)",
+                          description="draw HierDist@k, risk-coverage, training and neural-collapse curves of runs "
+                                      "(shot groups on long-tailed data); prints the PNGs written as a JSON list")
     runs.add_argument("runs", nargs="+", help="run folders, searched recursively")
-    runs.add_argument("--out-dir", required=True)
+    runs.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the PNGs (created)")
 
 
 def _run_label(metrics_path: Path) -> str:

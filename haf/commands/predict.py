@@ -22,9 +22,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.add_argument("--decode", choices=("argmax", "crm"), default="argmax",
                         help="class decision: the top score, or CRM (least expected hierarchical distance)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                        help="auto (default): the GPU when there is one")
     parser.add_argument("--target-accuracy", type=float, default=None, metavar="A",
                         help="predict hierarchy nodes: calibrate the climbing threshold so that the nodes are right "
                              "with probability >= A (e.g. 0.95)")

@@ -9,9 +9,11 @@ extra: ``pip install 'haf[onnx]'`` (onnx, onnxruntime).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -48,9 +50,18 @@ def _example(classifier: HafClassifier, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
+@contextlib.contextmanager
+def _quiet_tracer():
+    """Tracing bakes the heads' input-shape checks (channels, never the batch axis) into the graph as constants,
+    as intended: torch's TracerWarning about each is noise for the user."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        yield
+
+
 def _torchscript(classifier: HafClassifier) -> bytes:
     module = _Scores(classifier.model.cpu()).eval()
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_tracer():
         traced = torch.jit.trace(module, _example(classifier), check_trace=False)
     buffer = io.BytesIO()
     torch.jit.save(traced, buffer, _extra_files={"haf.json": export_metadata(classifier)})
@@ -61,7 +72,7 @@ def _onnx(classifier: HafClassifier) -> bytes:
     onnx = require("onnx", purpose="haf export --format onnx")
     module = _Scores(classifier.model.cpu()).eval()
     buffer = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_tracer():
         torch.onnx.export(module, (_example(classifier),), buffer, input_names=["images"], output_names=["scores"],
                           dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}}, opset_version=17,
                           dynamo=False)

@@ -114,7 +114,12 @@ def calibration_items(classifier: HafClassifier, folder: str | None = None, data
     state = {"hierarchy": classifier.hierarchy.to_json(indent=None)} if classifier.hierarchy is not None else {}
     with temporary_folder() as tmp:
         config, _ = substitute_missing_hierarchy(config, state, tmp)
-        data = prepare_dataset(config, generate=False)
+        try:
+            data = prepare_dataset(config, generate=False)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{_os_text(error)} (calibration reads the checkpoint's "
+                                    f"{config.dataset.val_split!r} split: pass --data-root DIR where that dataset "
+                                    "is, or --calibration DIR/<class>/<images>)") from None
     split_name = config.dataset.val_split
     if split_name not in data.dataset.splits:
         raise ValueError(f"dataset {config.dataset.root!r} has no validation split {split_name!r}; pass "
@@ -124,6 +129,13 @@ def calibration_items(classifier: HafClassifier, folder: str | None = None, data
     split = data.dataset.splits[split_name]
     items = list(split.files) if split.files else list(split.arrays)
     return items, np.asarray(split.labels, dtype=np.int64), f"{config.dataset.root} ({split_name} split)"
+
+
+def _os_text(error: OSError) -> str:
+    """An OSError's own message, or ``PATH: reason`` for one raised by the system."""
+    if error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
 
 
 def leaf_decisions(classifier: HafClassifier, probs: torch.Tensor, decode: str) -> np.ndarray:

@@ -79,7 +79,8 @@ def backbone_factory(name: str) -> BackboneFactory:
     if name not in BACKBONES:
         families = ", ".join(f"{p}:<model>" for p in sorted(BACKBONE_FAMILIES))
         raise ValueError(f"unknown backbone {name!r}{close_matches(name, sorted(BACKBONES))}; valid choices: "
-                         f"{', '.join(sorted(BACKBONES))}{', ' + families if families else ''}")
+                         f"{', '.join(sorted(BACKBONES))}{', ' + families if families else ''} (one of your own: "
+                         "register it and name its module in model.backbone_module)")
     return BACKBONES[name]
 
 

@@ -74,6 +74,10 @@ class _RecordingWriter:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a training checkpoint with ``weights_only=True`` and check that it is one of ours."""
     path = Path(path)
+    if path.is_dir():  # a run folder given for its checkpoint
+        found = sorted(str(p) for p in path.glob("*.pt"))
+        raise ValueError(f"{path}: is a folder, not a checkpoint file: name one in it ({', '.join(found)})" if found
+                         else f"{path}: is a folder, not a checkpoint file (it holds no *.pt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:

@@ -83,8 +83,10 @@ def resolve_engine(ds: DeepSpeedConfig, environ: Mapping[str, str] = os.environ)
                                        (f"deepspeed.precision {ds.precision}", ds.precision in ("bf16", "fp16")),
                                        ("deepspeed.enabled: true", ds.enabled is True)) if wanted]
     if needs and ds.enabled is not False and not installed:
-        raise ValueError(f"{needs[0]} needs DeepSpeed, which is not installed (pip install deepspeed); or set "
-                         "deepspeed.enabled: false")
+        from haf.optional_deps import missing_extra
+
+        raise missing_extra("deepspeed", purpose=f"{needs[0]} (the DeepSpeed engine)",
+                            hint="; or set deepspeed.enabled: false")
     if ds.enabled != "auto":
         return bool(ds.enabled)
     if needs:

@@ -133,8 +133,6 @@ def _run(config: RunConfig, context: DistributedContext, *, resume: bool, overwr
             remove_unused_folders(made)
     if not _same_on_all_ranks(refusal is None, context) or refusal is not None:
         raise refusal or ValueError(f"{output_dir}: refused on rank 0 (see its error)")
-    if main:
-        _say(f"run folder: {output_dir}")
     try:
         return _run_in_folder(config, context, output_dir, resume=resume, data=data, made=made)
     except BaseException:
@@ -179,6 +177,16 @@ def _run_in_folder(config: RunConfig, context: DistributedContext, output_dir: P
                  f"{context.world_size} rank(s)")
     if main and config.data.backend == "auto":
         log.info(f"data.backend auto: {type(train_loader).__name__} on {context.device}")
+    # Micro-batches per epoch: whole optimizer steps only (a partial accumulation window would leak into the next);
+    # checked before config.yaml is written, so a refused start leaves no run behind.
+    accumulation = config.deepspeed.gradient_accumulation_steps
+    micro_steps = (len(train_loader) // accumulation) * accumulation
+    if config.train.max_steps_per_epoch is not None:
+        micro_steps = min(micro_steps, config.train.max_steps_per_epoch * accumulation)
+    if micro_steps == 0:
+        raise ValueError(f"{config.source or '<config>'}: key 'train.batch_size': the train split's "
+                         f"{len(data.dataset['train'])} images make {len(train_loader)} full batch(es) per rank at batch size "
+                         f"{config.train.batch_size}, fewer than one optimizer step; lower the batch size")
     epochs = config.train.epochs
     start_epoch, global_step, best_metric, best_epoch = 0, 0, -math.inf, -1
     last_path = output_dir / LAST_NAME
@@ -203,19 +211,12 @@ def _run_in_folder(config: RunConfig, context: DistributedContext, output_dir: P
         # After the resume checks: a refused resume leaves the run's config.yaml and logs as they were.
         atomic_write_text(output_dir / CONFIG_NAME, config.to_yaml())
         made.clear()  # the folder holds the run from here on: kept whatever happens
+        _say(f"run folder: {output_dir}")
         truncate_logs(output_dir, start_epoch)  # the records of the epochs about to be (re)done go
         prune_snapshots(output_dir, start_epoch)
     # On resume, steps after the checkpoint's are redone: TensorBoard hides what an interrupted run logged there.
     logger = RunLogger(output_dir, config, enabled=main, purge_step=global_step + 1 if resume else None)
     show_progress = main and config.logging.progress
-    # Micro-batches per epoch: whole optimizer steps only (a partial accumulation window would leak into the next).
-    accumulation = config.deepspeed.gradient_accumulation_steps
-    micro_steps = (len(train_loader) // accumulation) * accumulation
-    if config.train.max_steps_per_epoch is not None:
-        micro_steps = min(micro_steps, config.train.max_steps_per_epoch * accumulation)
-    if micro_steps == 0:
-        raise ValueError(f"{config.source or '<config>'}: key 'train.batch_size': the train split has "
-                         f"{len(train_loader)} batch(es) per rank, fewer than one optimizer step")
     class_groups = data.class_groups
     try:
         for epoch in range(start_epoch, epochs):

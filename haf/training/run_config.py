@@ -95,6 +95,10 @@ def _resolve_base(including: Path, base: str) -> Path:
     shipped = _shipped_config(base)
     if shipped is not None:
         return shipped
+    if any(p.is_file() and p.resolve() == including.resolve()
+           for p in (candidate, candidate.with_name(candidate.name + ".yaml"))):
+        raise ValueError(f"{including}: key '{BASE_KEY}': {base!r} is this file itself (a config cannot base "
+                         f"itself; nor a shipped config of that name{_close_configs(base)})")
     raise FileNotFoundError(f"{including}: key '{BASE_KEY}': config file not found: {candidate} (nor a shipped "
                             f"config named {base!r}{_close_configs(base)}; `haf config --list` shows the names)")
 
@@ -307,7 +311,10 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     unknown = [k for k in raw if k not in fields]
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ValueError(f"{where}: unknown key '{key}' in {section}; valid keys: {', '.join(fields)}")
+        from haf.models.backbone_registry import close_matches
+
+        raise ValueError(f"{where}: unknown key '{key}' in {section}{close_matches(unknown[0], list(fields))}; "
+                         f"valid keys: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in raw.items():
