@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import Callable, IO, Iterable, Iterator
 
 TMP_SUFFIX = ".tmp"
 # How the JSON we write spells a non-finite float: a string Python's float() reads back. JSON has no NaN or
@@ -154,3 +154,13 @@ def lies_within(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
         if _identity(candidate) == folder_id:
             return True
     return False
+
+
+def refuse_existing(paths: Iterable[str | os.PathLike], overwrite: bool) -> None:
+    """Nothing of the user's is replaced unless asked: an output path that exists is a ``FileExistsError`` naming it
+    and ``--overwrite`` (the flag every command that writes a named output takes)."""
+    if overwrite:
+        return
+    for path in paths:
+        if os.path.lexists(path):
+            raise FileExistsError(f"output file exists: {path} (pass --overwrite to replace it)")

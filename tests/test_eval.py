@@ -215,3 +215,18 @@ def test_methods_without_a_single_k_row_classifier_get_no_diagnostics():
     assert flamingo.classifier_weights() is None and collapse_target(flamingo) is None
     result = _collapse_of(_CollapsedFeatures(flamingo, torch.eye(4), torch.zeros(4)))
     assert result["collapse"] is None and result["metrics"]["num_samples"] == 24
+
+
+def test_eval_keeps_an_existing_json_unless_overwrite(trained_run, tmp_path, capsys):
+    from haf.cli import main
+
+    _, out = trained_run
+    target = tmp_path / "mine.json"
+    target.write_text("my notes\n")
+    args = ["eval", str(out / "best.pt"), "--json", str(target), "--no-progress", "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite" in err and str(target) in err
+    assert target.read_text() == "my notes\n"
+    assert main([*args, "--overwrite"]) == 0
+    assert json.loads(target.read_text())["run"]["split"] == "test"

@@ -26,6 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="also score CRM decoding (auto: for probabilistic methods such as cross-entropy)")
     parser.add_argument("--json", dest="json_out", default=None, metavar="FILE",
                         help="write the metrics as JSON here (default: eval-<split>.json beside the checkpoint)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --json FILE (the default file beside the checkpoint is replaced)")
     parser.add_argument("--allow-hierarchy-change", action="store_true",
                         help="evaluate even when the dataset's hierarchy (class distances) differs from the "
                              "checkpoint's, with a warning (default: refused, naming the first differing pair)")
@@ -33,8 +35,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from haf.safe_files import refuse_existing
     from haf.training.evaluation import evaluate_checkpoint
 
+    if args.json_out is not None:  # before the evaluation: a refused output costs nothing
+        refuse_existing([args.json_out], args.overwrite)
     result = evaluate_checkpoint(
         args.checkpoint, split=args.split, data_root=args.data_root, overrides=args.overrides,
         batch_size=args.batch_size, device=args.device, crm=args.crm, json_out=args.json_out,

@@ -19,12 +19,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    if Path(args.output).exists() and not args.overwrite:
-        raise FileExistsError(f"output file exists: {args.output} (pass --overwrite to replace it)")
     from haf.inference import load_classifier
     from haf.inference.export import export_classifier
+    from haf.safe_files import refuse_existing
+
+    refuse_existing([args.output], args.overwrite)
 
     path = export_classifier(load_classifier(args.checkpoint), args.format, args.output, overwrite=args.overwrite)
     print(f"wrote {path}")

@@ -45,6 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--out", metavar="FILE", default=None,
                         help="save W, S, distances, classes and settings (.pt for torch, .npz for numpy)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
 def _save(path: Path, report: dict[str, Any], result, distances) -> None:
@@ -106,13 +107,15 @@ def _format_text(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from haf.safe_files import json_text
+    from haf.safe_files import json_text, refuse_existing
 
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix not in OUT_SUFFIXES:
         raise ValueError(f"--out {out}: unknown format; use one of {', '.join(OUT_SUFFIXES)}")
     if out is not None and args.factorization == "tree" and out.suffix != ".npz":  # before minutes of building
         raise ValueError(f"--out {out}: a tree frame is saved as .npz")
+    if out is not None:
+        refuse_existing([out], args.overwrite)
     report, saver = _dense(args) if args.factorization == "dense" else _tree(args)
     if out is not None:
         if report["factorization"] == "tree" and out.suffix != ".npz":

@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# The PNGs `haf plot runs` may write into --out-dir.
+RUN_PLOTS = ("hierdist_at_k.png", "shot_groups.png", "risk_coverage.png", "training_curves.png", "neural_collapse.png")
+
 HELP = "draw the hierarchy beside its frame, or training / HierDist@k / neural-collapse curves of runs"
 
 
@@ -21,11 +24,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="tree distance convention: lca-height (default) or fixed-depth")
     frame.add_argument("--classes", help="file with one class name a line (needed for distance files)")
     frame.add_argument("--out", required=True, metavar="PNG", help="PNG to write")
+    frame.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     runs = sub.add_parser("runs", help="curves from run folders (metrics.jsonl, metrics.json)",
                           description="draw HierDist@k, risk-coverage, training and neural-collapse curves of runs "
                                       "(shot groups on long-tailed data); prints the PNGs written as a JSON list")
     runs.add_argument("runs", nargs="+", help="run folders, searched recursively")
     runs.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the PNGs (created)")
+    runs.add_argument("--overwrite", action="store_true", help="replace PNGs of these names already in --out-dir")
 
 
 def _run_label(metrics_path: Path) -> str:
@@ -64,8 +69,10 @@ def mean_curves(curves: dict) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from haf.reporting import plots
+    from haf.safe_files import refuse_existing
 
     if args.what == "frame":
+        refuse_existing([args.out], args.overwrite)
         from haf.frame import build_frame
         from haf.hierarchy import load_class_distances
 
@@ -88,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from haf.training.run_folder import LOG_NAME
 
     out = Path(args.out_dir)
+    refuse_existing([out / name for name in RUN_PLOTS], args.overwrite)
     logs: dict[str, list[dict]] = {}
     hierdist: dict[str, dict[int, list[float]]] = {}  # method -> k -> values over seeds
     shots: dict[str, dict[str, list[float]]] = {}  # method -> "<group>/<metric>" -> values over seeds

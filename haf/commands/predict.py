@@ -53,11 +53,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-k must be ≥ 1, got {args.top_k}")
     if args.confidence is not None and args.target_accuracy is None:
         raise ValueError("--confidence needs --target-accuracy")
-    if args.output is not None and not args.overwrite:
-        from pathlib import Path
+    if args.output is not None:
+        from haf.safe_files import refuse_existing
 
-        if Path(args.output).exists():
-            raise FileExistsError(f"output file exists: {args.output} (pass --overwrite to replace it)")
+        refuse_existing([args.output], args.overwrite)
     rank, world, device, started = start_ranks(args.device)
     try:
         files = find_images(args.paths)
