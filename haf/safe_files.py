@@ -42,7 +42,7 @@ def json_loads(text: str, source: str) -> object:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{source} line {error.lineno}: not valid JSON ({error.msg})") from None
+        raise ValueError(f"{source}: not valid JSON (line {error.lineno}: {error.msg})") from None
     except RecursionError:
         raise ValueError(f"{source}: JSON nested too deeply to read (a damaged or hostile file?)") from None
 

@@ -8,10 +8,11 @@ keep their plain names. The root is ``"root"``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from haf.safe_files import json_loads
 
 from .tree import Hierarchy
 
@@ -47,12 +48,7 @@ def _inat_categories(categories: str | Path | Sequence[Mapping[str, Any]] | Mapp
         path = Path(categories)
         if not path.is_file():
             raise FileNotFoundError(f"iNat2019 annotation file not found: {path}")
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON: {error}") from None
-        except RecursionError:
-            raise ValueError(f"{path}: JSON nested too deeply to read (a damaged or hostile file?)") from None
+        document = json_loads(path.read_text(encoding="utf-8"), str(path))
         source = str(path)
     else:
         document, source = categories, "<iNat2019 categories>"

@@ -7,8 +7,9 @@ builds the tree from. Unknown keys, a wrong ``format``/``version`` or a malforme
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
+
+from haf.safe_files import json_loads
 
 JSON_FORMAT_NAME = "haf-hierarchy"
 JSON_FORMAT_VERSION = 1
@@ -31,12 +32,8 @@ def parse_tree_document(
 ) -> tuple[list[list[str]], list[str] | None, str | None]:
     """Decode and check a document (text or an already-decoded mapping): (edges, stored classes, stored root)."""
     if isinstance(document, (str, bytes)):
-        try:
-            document = json.loads(document)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{source}: not valid JSON: {error}") from None
-        except RecursionError:
-            raise ValueError(f"{source}: JSON nested too deeply to read (a damaged or hostile file?)") from None
+        text = document.decode("utf-8") if isinstance(document, bytes) else document
+        document = json_loads(text, source)
     if not isinstance(document, Mapping):
         raise ValueError(f"{source}: the document must be a JSON object, got {type(document).__name__}")
     fmt = document.get("format")

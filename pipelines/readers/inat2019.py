@@ -9,7 +9,6 @@ hierarchy comes from ``train2019.json`` either way.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,6 +28,7 @@ from haf.pipelines.readers.common import (
     require_file,
 )
 from haf.pipelines.readers.splits import DatasetSplits
+from haf.safe_files import json_loads
 
 INAT_SPLITS = ("train", "val")
 LIST_SPLITS = ("train", "val", "test")
@@ -44,12 +44,7 @@ def load_annotations(path: Path) -> Mapping:
                          "family": ..., "genus": ...}, ...]}
     """
     require_file(path, "iNat2019 annotation file")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON: {error}") from None
-    except RecursionError:
-        raise ValueError(f"{path}: JSON nested too deeply to read (a damaged or hostile file?)") from None
+    document = json_loads(path.read_text(encoding="utf-8"), str(path))
     if not isinstance(document, Mapping):
         raise ValueError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories'")
     for key in ("images", "annotations"):
